@@ -1,0 +1,390 @@
+"""The Context: context source turned into views, paths and parameters.
+
+A Context is built the same way in every stage (frontend, pool workers,
+reduce) from the same source, so building one must be deterministic and free
+of side effects beyond what the context code itself does.  Everything
+another process needs to rebuild it is in :meth:`Context.to_dict`, and
+:meth:`Context.from_dict` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import collections
+import difflib
+import linecache
+import logging
+import sys
+import types
+
+import numpy as np
+import xarray as xr
+
+from . import __version__
+from .enums import ContextStage, ViewOutput, ViewStage
+from .error import (ContextError, ContextSyntaxError, PathResolutionError,
+                    ViewDefError, _context_frame_lineno)
+from .euxfel import KaraboPath  # noqa: F401  (registers the karabo# type)
+from .path import Path, ViewPath, split_type
+from .view import View
+from .viewdef import Parameter, ViewDecorator, ViewGroup, ViewPrototype, _loading
+
+__all__ = ["Context", "View", "Path"]
+
+log = logging.getLogger(__name__)
+
+#: Features this implementation always provides.
+BUILTIN_FEATURES = ("karabo",)
+
+#: The order in which a view's trigger can be raised by its dependencies.
+_STAGE_RANK = {ViewStage.POOL: 0, ViewStage.REDUCE: 1, ViewStage.STEP: 2,
+               ViewStage.ACTION: 2}
+
+
+class Context:
+    """Online analysis context: the views defined by one context source.
+
+    Parameters
+    ----------
+    source : str
+        Python source of the context.
+    path : str
+        File name used in tracebacks and error messages.
+    stage : ContextStage
+        The stage this context object lives in.  Only the frontend rejects
+        path types it does not know; other stages accept them as opaque keys.
+    version : int
+        Context version, sent with every event as ``internal#ctx_version``.
+    parameters : dict, optional
+        Values overriding those the source declares with ``parameters()``.
+    features : list of str
+        Optional capabilities the frontend provides, for ``require_feature``.
+    event_alias, event_id_alias, event_counter_alias : str
+        Names of the event concept: ``event_alias='train'`` names the index
+        entry counting events ``internal#train``; ``event_id_alias='train_id'``
+        makes ``internal#train_id`` and ``internal#event_id`` the same value;
+        ``event_counter_alias`` names an internal path holding a running count
+        of events (``internal#<alias>``).
+    """
+
+    def __init__(self, source, path="<ctx>", stage=ContextStage.FRONTEND, version=0,
+                 parameters=None, features=[], event_alias="event",  # noqa: B006
+                 event_id_alias=None, event_counter_alias=None):
+        self.source = source
+        self.path = str(path)
+        self.stage = ContextStage(stage)
+        self.version = version
+        self.features = list(features)
+        self.event_alias = event_alias
+        self.event_id_alias = event_id_alias
+        self.event_counter_alias = event_counter_alias
+        self.views: dict[str, View] = {}
+        self.parameters: dict = {}
+        self.view_docs: dict[str, tuple] = {}
+        self.view_counts = collections.Counter()
+        self.groups: list[ViewGroup] = []
+        self._overrides = dict(parameters or {})
+        self._group_params: dict[str, tuple] = {}
+        self._view_lines: dict[str, int] = {}
+        self._load()
+
+    # -- loading -------------------------------------------------------------
+    def _namespace(self):
+        module = types.ModuleType(f"metropc_context_{id(self):x}")
+        ns = module.__dict__
+        ns.update(
+            __file__=self.path, ctx=self, View=View, ViewGroup=ViewGroup,
+            ViewPrototype=ViewPrototype, Parameter=Parameter,
+            parameters=self.declare_parameters,
+            require_feature=self.require_feature, require_version=self.require_version,
+            set_view_docs=self.set_view_docs, increase_view_counts=self.increase_view_counts,
+            np=np, xr=xr)
+        return module
+
+    def _load(self):
+        lines = self.source.splitlines(keepends=True)
+        linecache.cache[self.path] = (len(self.source), None, lines, self.path)
+        try:
+            code = compile(self.source, self.path, "exec")
+        except SyntaxError as e:
+            raise ContextSyntaxError(e, self.path) from None
+        module = self._namespace()
+        self.namespace = module.__dict__
+        token = _loading.set(self)
+        sys.modules[module.__name__] = module  # for dataclasses in contexts
+        try:
+            exec(code, self.namespace)
+        except ContextError:
+            raise
+        except Exception as e:
+            lineno = _context_frame_lineno(e.__traceback__, self.path)
+            raise ContextError(f"{type(e).__name__}: {e}", self.path, lineno) from e
+        finally:
+            _loading.reset(token)
+            sys.modules.pop(module.__name__, None)
+        self._collect_group_parameters()
+        self._resolve_paths()
+        self.order = self._sort_views()
+        self._assign_stages()
+
+    def _add_view(self, view, filename, lineno):
+        """Called by the decorators for each new view."""
+        if view.name in self.views:
+            first = self._view_lines.get(view.name)
+            raise ViewDefError(f"a view named '{view.name}' is already defined "
+                               f"(line {first})", filename, lineno)
+        self.views[view.name] = view
+        self._view_lines[view.name] = lineno
+
+    def _add_group(self, group):
+        self.groups.append(group)
+
+    def _collect_group_parameters(self):
+        """Expose group parameters as ``<instance name>.<parameter>``."""
+        names = {id(v): k for k, v in self.namespace.items() if isinstance(v, ViewGroup)}
+        for group in self.groups:
+            var = names.get(id(group))
+            if var is None:
+                continue
+            for param in type(group).group_parameters():
+                key = f"{var}.{param}"
+                self._group_params[key] = (group, param)
+                if key in self._overrides:
+                    setattr(group, param, self._overrides[key])
+                self.parameters[key] = getattr(group, param)
+
+    def _error_at(self, view, message, cls=PathResolutionError):
+        lineno = getattr(view, "decorator_line", None) or view.lineno
+        if cls is PathResolutionError:
+            return cls(message, view.filename, lineno, view=view)
+        return cls(message, view.filename, lineno)
+
+    def _resolve_paths(self):
+        for view in self.views.values():
+            for arg in view.args:
+                arg.path = self._resolve(view, arg.spec)
+
+    def _resolve(self, view, spec):
+        kind, body = split_type(spec)
+        if kind == "view" or (kind is None and spec in self.views):
+            name = body
+            if name not in self.views:
+                hint = difflib.get_close_matches(name, self.views, n=1)
+                extra = f"; did you mean 'view#{hint[0]}'?" if hint else ""
+                raise self._error_at(
+                    view, f"view '{view.name}' needs 'view#{name}' which no view "
+                          f"provides{extra}")
+            if name == view.name:
+                raise self._error_at(view, f"view '{view.name}' uses its own result")
+            return ViewPath(f"view#{name}")
+        types_ = Path._types
+        if kind is not None:
+            cls = types_.get(kind)
+            if cls is None:
+                if self.stage is not ContextStage.FRONTEND:
+                    return Path(spec)
+                known = ", ".join(sorted(types_))
+                raise self._error_at(
+                    view, f"view '{view.name}' needs '{spec}' of unknown path type "
+                          f"'{kind}#' (known: {known})")
+            try:
+                return cls(spec)
+            except ValueError as e:
+                raise self._error_at(view, f"view '{view.name}': {e}") from None
+        for cls in types_.values():
+            if cls.accepts_bare(spec):
+                return cls(spec)
+        hint = difflib.get_close_matches(spec, self.views, n=1)
+        extra = f"; did you mean the view '{hint[0]}'?" if hint else ""
+        raise self._error_at(
+            view, f"view '{view.name}' needs '{spec}', which is neither a view nor "
+                  f"a path of a known type{extra}")
+
+    def _sort_views(self):
+        """Views in dependency order; a cycle is an error naming its views."""
+        deps = {name: [a.path.view_name for a in v.args if isinstance(a.path, ViewPath)]
+                for name, v in self.views.items()}
+        order, state = [], {}
+
+        def visit(name, trail):
+            if state.get(name) == "done":
+                return
+            if state.get(name) == "active":
+                cycle = trail[trail.index(name):] + [name]
+                view = self.views[name]
+                lines = ", ".join(f"'{n}' (line {self._view_lines.get(n)})"
+                                  for n in cycle[:-1])
+                raise self._error_at(view, "views depend on each other in a cycle: "
+                                     + " -> ".join(cycle) + f" [{lines}]", ViewDefError)
+            state[name] = "active"
+            for dep in deps[name]:
+                visit(dep, trail + [name])
+            state[name] = "done"
+            order.append(self.views[name])
+
+        for name in self.views:
+            visit(name, [])
+        return order
+
+    def _assign_stages(self):
+        """Apply the stage rules of docs/contexts.md (section Stages)."""
+        for view in self.order:
+            if view.stage in (ViewStage.FRONTEND, ViewStage.ASYNC):
+                raise self._error_at(view, f"view '{view.name}': stage "
+                                     f"{view.stage.name} is not implemented", ViewDefError)
+            view.trigger = ("action" if view.stage is ViewStage.ACTION else
+                            "step" if view.kernel_at_step else "event")
+            for arg in view.args:
+                if not isinstance(arg.path, ViewPath):
+                    continue
+                dep = self.views[arg.path.view_name]
+                self._raise_stage(view, dep)
+
+    def _raise_stage(self, view, dep):
+        triggers = {view.trigger, dep.trigger} - {"event"}
+        if len(triggers) > 1:
+            raise self._error_at(view, f"view '{view.name}' mixes inputs of step and "
+                                 "action views", ViewDefError)
+        if dep.trigger != "event":
+            view.trigger = dep.trigger
+        wanted = dep.stage if dep.trigger == "event" else (
+            ViewStage.STEP if dep.trigger == "step" else ViewStage.ACTION)
+        if wanted is ViewStage.STEP and view.trigger == "event":
+            wanted = ViewStage.REDUCE  # consumes a step accumulator's per-event pass
+        if _STAGE_RANK[wanted] > _STAGE_RANK[view.stage]:
+            if view.explicit_stage is not None:
+                raise self._error_at(
+                    view, f"view '{view.name}' is declared stage="
+                    f"{view.explicit_stage.name.lower()} but needs '{dep.name}', which "
+                    f"runs in stage {dep.stage.name.lower()}", ViewDefError)
+            view.stage = wanted
+
+    # -- context API (also injected into the source's globals) ----------------
+    def declare_parameters(self, **values):
+        """``parameters(name=value, ...)``: declare context parameters.
+
+        Each becomes a global of the context code; values given to the
+        Context constructor (or later through ``b"params"``) win.
+        """
+        for name, value in values.items():
+            if name in self._overrides:
+                value = self._overrides[name]
+            self.parameters[name] = value
+            self.namespace[name] = value
+
+    def update_parameters(self, values):
+        """Change parameters at run time; returns the names that are unknown.
+
+        Context parameters are globals of the context code, so the next
+        kernel call sees the new value.  Group parameters (``grp.name``) are
+        set on the group instance.
+        """
+        unknown = []
+        for name, value in values.items():
+            if name in self._group_params:
+                group, attr = self._group_params[name]
+                setattr(group, attr, value)
+            elif name in self.parameters:
+                self.namespace[name] = value
+            else:
+                unknown.append(name)
+                continue
+            self.parameters[name] = value
+        return unknown
+
+    def require_feature(self, *features):
+        """Raise ContextError unless every feature is available here."""
+        missing = [f for f in features if f not in self.features and f not in BUILTIN_FEATURES]
+        if missing:
+            raise ContextError(f"context requires unsupported feature(s): "
+                               f"{', '.join(missing)}", self.path, self._caller_line())
+
+    def require_version(self, version_str):
+        """Raise ContextError if metropc is older than `version_str`."""
+        if _parse_version(__version__) < _parse_version(version_str):
+            raise ContextError(f"context requires metropc >= {version_str}, this is "
+                               f"{__version__}", self.path, self._caller_line())
+
+    def set_view_docs(self, name, label, docstring=None):
+        """Set a label (and docstring, for names that are not views)."""
+        self.view_docs[name] = (label, docstring)
+        if name in self.views:
+            self.views[name].label = label
+
+    def increase_view_counts(self, view_name, delta):
+        """Add `delta` to the counts of `view_name` (which need not exist)."""
+        self.view_counts[view_name] += int(delta)
+
+    def _caller_line(self):
+        frame = sys._getframe(2)
+        while frame is not None and frame.f_code.co_filename != self.path:
+            frame = frame.f_back
+        return frame.f_lineno if frame is not None else None
+
+    # -- introspection and transfer --------------------------------------------
+    def get_paths(self):
+        """Every distinct Path the views use, in first-use order."""
+        seen = {}
+        for view in self.views.values():
+            for arg in view.args:
+                seen.setdefault(str(arg.path), arg.path)
+        return list(seen.values())
+
+    def to_dict(self):
+        """What another process needs to rebuild this context (:meth:`from_dict`).
+
+        Symbols registered by a frontend (``ViewDecorator.kwargs_symbols``)
+        travel too, so worker processes that never imported the frontend's
+        module still understand ``View.Image_WithROIs``; their classes are
+        sent by reference (module and name) and imported on the other side.
+        """
+        return {
+            "source": self.source, "path": self.path, "version": self.version,
+            "parameters": dict(self.parameters), "features": list(self.features),
+            "event_alias": self.event_alias, "event_id_alias": self.event_id_alias,
+            "event_counter_alias": self.event_counter_alias,
+            "symbols": {k: dict(v) for k, v in ViewDecorator.kwargs_symbols.items()
+                        if k not in _BUILTIN_SYMBOLS},
+        }
+
+    @classmethod
+    def from_dict(cls, data, stage=ContextStage.POOL):
+        """Rebuild a context sent with :meth:`to_dict` in stage `stage`."""
+        for name, kwargs in (data.get("symbols") or {}).items():
+            ViewDecorator.kwargs_symbols.setdefault(name, kwargs)
+        return cls(data["source"], path=data.get("path", "<ctx>"), stage=stage,
+                   version=data.get("version", 0), parameters=data.get("parameters"),
+                   features=data.get("features", []),
+                   event_alias=data.get("event_alias", "event"),
+                   event_id_alias=data.get("event_id_alias"),
+                   event_counter_alias=data.get("event_counter_alias"))
+
+    @classmethod
+    def from_file(cls, filename, **kwargs):
+        """Load a context file; its name appears in every error message."""
+        with open(filename, encoding="utf-8") as f:
+            source = f.read()
+        return cls(source, path=str(filename), **kwargs)
+
+    def views_in(self, *stages):
+        """Views of the given stages, in dependency order."""
+        return [v for v in self.order if v.stage in stages]
+
+    def __repr__(self):
+        return (f"<Context {self.path!r} v{self.version} stage={self.stage.name} "
+                f"views={len(self.views)}>")
+
+
+_BUILTIN_SYMBOLS = frozenset(ViewDecorator.kwargs_symbols)
+
+
+def _parse_version(text):
+    try:
+        from packaging.version import Version
+        return Version(text)
+    except ImportError:
+        return tuple(int(p) if p.isdigit() else 0 for p in text.split("."))
+
+
+def output_of(view):
+    """A view's output type (helper for stages that only see names)."""
+    return view.output if isinstance(view.output, ViewOutput) else ViewOutput(view.output)

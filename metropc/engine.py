@@ -1,0 +1,245 @@
+"""Executing a context's views for events, without any I/O.
+
+The same :class:`Engine` runs in-process (:func:`metropc.run`, notebooks,
+tests) and inside the pipeline's stages: a POOL worker calls
+:meth:`Engine.pool`, the REDUCE stage calls :meth:`Engine.reduce`,
+:meth:`Engine.step` and :meth:`Engine.action`.  Keeping it free of sockets is
+what makes "same semantics in-process and in the pipeline" true by
+construction.
+
+An event is a dict mapping full path strings (``'internal#train_id'``,
+``'karabo#DEV:ch[key]'``) to values.  Results are dicts mapping view names to
+values; only views that produced a result appear.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+import traceback
+
+from .enums import ViewStage
+from .error import ViewExecutionError
+
+__all__ = ["Engine", "ErrorReporter", "STEP", "Action"]
+
+log = logging.getLogger(__name__)
+
+_MISSING = object()
+
+
+class _StepMarker:
+    """Marks an operator step boundary in an event stream."""
+
+    def __repr__(self):
+        return "metropc.STEP"
+
+
+#: Put into the events given to :func:`metropc.run` to end an operator step.
+STEP = _StepMarker()
+
+
+class Action:
+    """Put into the events given to :func:`metropc.run` to run an ACTION view."""
+
+    def __init__(self, view_name):
+        self.view_name = view_name
+
+    def __repr__(self):
+        return f"metropc.Action({self.view_name!r})"
+
+
+class ErrorReporter:
+    """Reports failing views with file:line, at most once per view per window.
+
+    The first failure of a view is logged at once with the context part of
+    its traceback; later failures within `window` seconds are only counted,
+    and the next report says how many were suppressed.  `sink`, if given,
+    receives each report (the pipeline forwards them to the frontend).
+    """
+
+    def __init__(self, window=10.0, sink=None, clock=time.monotonic):
+        self.window = window
+        self.sink = sink
+        self.clock = clock
+        self._last = {}
+        self._suppressed = collections.Counter()
+
+    def report(self, view, exc, event_id, ctx_path):
+        error = _execution_error(view, exc, event_id, ctx_path)
+        now = self.clock()
+        last = self._last.get(view.name)
+        if last is not None and now - last < self.window:
+            self._suppressed[view.name] += 1
+            return None
+        self._last[view.name] = now
+        suppressed = self._suppressed.pop(view.name, 0)
+        text = str(error)
+        if suppressed:
+            text += f" (and {suppressed} more failure(s) of this view not shown)"
+        error.report_text = text
+        log.error("%s\n%s", text, error.traceback_text.rstrip())
+        if self.sink is not None:
+            self.sink(error)
+        return error
+
+
+def _execution_error(view, exc, event_id, ctx_path):
+    frames = traceback.extract_tb(exc.__traceback__)
+    ctx_frames = [f for f in frames if f.filename == ctx_path]
+    lineno = ctx_frames[-1].lineno if ctx_frames else view.lineno
+    filename = ctx_path if ctx_frames else view.filename
+    tb_text = "".join(traceback.format_list(ctx_frames))
+    message = (f"view '{view.name}' failed on event {event_id}: "
+               f"{type(exc).__name__}: {exc}")
+    return ViewExecutionError(message, filename, lineno, view=view.name,
+                              event_id=event_id, traceback_text=tb_text)
+
+
+class Engine:
+    """Runs the views of one context; keeps their counts and error counts."""
+
+    def __init__(self, ctx, reporter=None):
+        self.ctx = ctx
+        self.reporter = reporter or ErrorReporter()
+        self.counts = collections.Counter()
+        self.errors = collections.Counter()
+        self.latest = {}
+        order = ctx.order
+        self.pool_views = [v for v in order if v.stage is ViewStage.POOL]
+        self.reduce_views = [v for v in order if v.trigger == "event"
+                             and v.stage in (ViewStage.REDUCE, ViewStage.STEP)]
+        self.step_views = [v for v in order if v.stage is ViewStage.STEP]
+        self.action_views = [v for v in order if v.trigger == "action"]
+        # Paths whose latest value step and action kernels read.
+        self._latest_keys = {str(a.path) for v in order if v.trigger != "event"
+                             for a in v.args}
+        self._event_counter = 0
+
+    # -- per event -------------------------------------------------------------
+    def prepare(self, event):
+        """Fill in the internal paths an event lacks (id, version, aliases)."""
+        ctx = self.ctx
+        self._event_counter += 1
+        event_id = event.get("internal#event_id", _MISSING)
+        if event_id is _MISSING:
+            event_id = event.get("internal#train_id", self._event_counter)
+            event["internal#event_id"] = event_id
+        event.setdefault("internal#ctx_version", ctx.version)
+        event.setdefault("internal#sequence_id", -1)
+        if ctx.event_id_alias:
+            event.setdefault(f"internal#{ctx.event_id_alias}", event_id)
+        if ctx.event_counter_alias:
+            event.setdefault(f"internal#{ctx.event_counter_alias}", self._event_counter)
+        return event_id
+
+    def pool(self, event):
+        """Run the POOL views of one event; returns {view name: result}."""
+        return self._run(self.pool_views, event, {})
+
+    def reduce(self, event, pool_results):
+        """Run the per-event REDUCE-stage views, given the POOL results."""
+        results = self._run(self.reduce_views, event, pool_results)
+        if self._latest_keys:
+            self._remember(event, results, pool_results)
+        return results
+
+    def process(self, event):
+        """POOL then REDUCE for one event, as the pipeline does; all results."""
+        self.prepare(event)
+        results = self.pool(event)
+        results.update(self.reduce(event, results))
+        return results
+
+    def step(self):
+        """End an operator step: run the STEP views; returns their results."""
+        results = {}
+        for view in self.step_views:
+            if view.trigger == "event":
+                value = self._guard(view, view.on_step, "step")
+                if value is not None:
+                    results[view.name] = value
+                    self.counts[view.name] += 1
+            else:
+                results.update(self._run([view], self.latest, results, "step"))
+        self._remember({}, results, {})
+        return results
+
+    def action(self, name):
+        """Run the ACTION view `name` and what depends on it; None if unknown."""
+        if name not in self.ctx.views or self.ctx.views[name].trigger != "action":
+            return None
+        chain = [self.ctx.views[name]] + [
+            v for v in self.action_views if v.name != name
+            and self._depends_on(v, name)]
+        return self._run(chain, self.latest, {}, "action")
+
+    def reset(self):
+        """Clear every view's accumulated state."""
+        for view in self.ctx.views.values():
+            view.reset()
+
+    # -- internals ---------------------------------------------------------------
+    def _depends_on(self, view, name, seen=None):
+        for arg in view.args:
+            dep = getattr(arg.path, "view_name", None)
+            if dep is None:
+                continue
+            if dep == name or self._depends_on(self.ctx.views[dep], name):
+                return True
+        return False
+
+    def _remember(self, event, results, pool_results):
+        latest = self.latest
+        for key in self._latest_keys:
+            if key.startswith("view#"):
+                name = key[5:]
+                value = results.get(name, pool_results.get(name, _MISSING))
+            else:
+                value = event.get(key, _MISSING)
+            if value is not _MISSING:
+                latest[key] = value
+
+    def _run(self, views, data, known, event_id=None):
+        """Run `views` in order over `data`; `known` holds earlier results."""
+        results = {}
+        if event_id is None:
+            event_id = data.get("internal#event_id")
+        for view in views:
+            kwargs = {}
+            for arg in view.args:
+                key = str(arg.path)
+                if key.startswith("view#"):
+                    name = key[5:]
+                    value = results.get(name, known.get(name, _MISSING))
+                    if value is _MISSING and view.trigger != "event":
+                        value = data.get(key, _MISSING)
+                else:
+                    value = data.get(key, _MISSING)
+                if value is _MISSING:
+                    if not arg.optional:
+                        break
+                    value = arg.default
+                kwargs[arg.name] = value
+            else:
+                value = self._guard(view, lambda: self._call(view, kwargs), event_id)
+                if value is not None:
+                    results[view.name] = value
+                    self.counts[view.name] += 1
+        return results
+
+    @staticmethod
+    def _call(view, kwargs):
+        raw = view.kernel(**kwargs)
+        if raw is None:
+            return None
+        return view.process(raw)
+
+    def _guard(self, view, fn, event_id):
+        try:
+            return fn()
+        except Exception as exc:  # a failing view is reported, never fatal
+            self.errors[view.name] += 1
+            self.reporter.report(view, exc, event_id, self.ctx.path)
+            return None

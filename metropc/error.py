@@ -1,0 +1,137 @@
+"""Every public exception of metropc.
+
+Errors a context author causes (``ContextError`` and its subclasses) carry
+the context file and line, so that every message can start with
+``ctx.py:12:``.  Protocol errors are ``ValueError``s so that code which
+already guards against bad input keeps working.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+__all__ = [
+    "MetropcError",
+    "ContextError",
+    "ContextSyntaxError",
+    "PathResolutionError",
+    "ViewDefError",
+    "ViewExecutionError",
+    "ProtocolError",
+    "SourceError",
+]
+
+
+class MetropcError(Exception):
+    """Root of all metropc exceptions."""
+
+
+def _context_frame_lineno(tb, filename):
+    """The innermost traceback line that lies in `filename`, or None."""
+    lineno = None
+    for frame, line in traceback.walk_tb(tb):
+        if frame.f_code.co_filename == filename:
+            lineno = line
+    return lineno
+
+
+class ContextError(MetropcError):
+    """A problem in context code, reported with file and line.
+
+    Attributes
+    ----------
+    path : str
+        The context file (``'<ctx>'`` for source without a file).
+    lineno : int or None
+        The line in that file the problem is tied to.
+    message : str
+        The message without the location prefix.
+    """
+
+    def __init__(self, message, path="<ctx>", lineno=None):
+        self.message = str(message)
+        self.path = path
+        self.lineno = lineno
+        super().__init__(self.location_prefix() + self.message)
+
+    def location_prefix(self):
+        if self.lineno is None:
+            return f"{self.path}: "
+        return f"{self.path}:{self.lineno}: "
+
+    def format_for_context(self, source=None):
+        """A readable report: the message, then the offending source line.
+
+        `source` is the context source text; without it only the message is
+        returned.
+        """
+        text = str(self)
+        if source is None or self.lineno is None:
+            return text
+        lines = source.splitlines()
+        if 1 <= self.lineno <= len(lines):
+            text += f"\n    {self.lineno:4d} | {lines[self.lineno - 1].rstrip()}"
+        return text
+
+    def _find_context_frame(self, filename="<ctx>"):
+        """Line number of the innermost frame in `filename` (EXtra-foam API)."""
+        if self.path == filename and self.lineno is not None:
+            return self.lineno
+        return _context_frame_lineno(self.__traceback__, filename)
+
+    def __reduce__(self):
+        # Keep the structured attributes when errors cross process borders.
+        return (_rebuild_error, (type(self), self.message, self.path, self.lineno,
+                                 self.__dict__))
+
+
+def _rebuild_error(cls, message, path, lineno, state):
+    err = cls.__new__(cls)
+    ContextError.__init__(err, message, path, lineno)
+    err.__dict__.update(state)
+    return err
+
+
+class ContextSyntaxError(ContextError):
+    """The context source does not compile; ``orig_error`` is the SyntaxError."""
+
+    def __init__(self, orig_error, path="<ctx>"):
+        self.orig_error = orig_error
+        msg = f"syntax error: {orig_error.msg}"
+        super().__init__(msg, path, orig_error.lineno)
+
+
+class ViewDefError(ContextError):
+    """A view is defined in a way that cannot work (bad keyword, cycle, ...)."""
+
+
+class PathResolutionError(ViewDefError):
+    """A view's argument names a path nothing provides; ``view`` is the view."""
+
+    def __init__(self, message, path="<ctx>", lineno=None, view=None):
+        self.view = view
+        super().__init__(message, path, lineno)
+
+
+class ViewExecutionError(ContextError):
+    """A view's kernel raised while processing an event.
+
+    These are reported (logged and counted), never raised into a stage loop.
+    ``view`` is the view name, ``event_id`` the event, ``traceback_text``
+    the traceback restricted to frames in the context file.
+    """
+
+    def __init__(self, message, path="<ctx>", lineno=None, view=None,
+                 event_id=None, traceback_text=""):
+        self.view = view
+        self.event_id = event_id
+        self.traceback_text = traceback_text
+        super().__init__(message, path, lineno)
+
+
+class ProtocolError(MetropcError, ValueError):
+    """A message does not follow the wire protocol."""
+
+
+class SourceError(MetropcError):
+    """A data source cannot be opened or read."""

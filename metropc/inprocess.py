@@ -1,0 +1,61 @@
+"""``metropc.run``: a context over recorded events, in this process.
+
+This is what notebooks and tests use.  It has the pipeline's semantics
+(POOL views, then REDUCE views in event order, STEP views at step
+boundaries) without processes or sockets.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .core import Context
+from .engine import STEP, Action, Engine
+
+__all__ = ["run", "load_context"]
+
+
+def load_context(context, parameters=None, **kwargs):
+    """A Context from a Context, a file path or a source string."""
+    if isinstance(context, Context):
+        if parameters:
+            unknown = context.update_parameters(parameters)
+            if unknown:
+                raise KeyError(f"unknown parameter(s): {', '.join(unknown)}")
+        return context
+    if isinstance(context, os.PathLike) or (
+            isinstance(context, str) and "\n" not in context and context.endswith(".py")):
+        return Context.from_file(context, parameters=parameters, **kwargs)
+    return Context(context, parameters=parameters, **kwargs)
+
+
+def run(context, events, *, parameters=None):
+    """Run `context` over `events`; yield ``(event_id, results)`` per event.
+
+    Parameters
+    ----------
+    context : Context, path or str
+        A Context, the path of a context file, or context source.
+    events : iterable
+        Dicts mapping path strings to values.  ``metropc.STEP`` in the
+        stream ends an operator step (yields ``(metropc.STEP, results)``
+        with the STEP views' results); ``metropc.Action('name')`` runs an
+        ACTION view (yields ``(action, results)``).
+    parameters : dict, optional
+        Parameter values overriding those the context declares.
+
+    A view that raises is reported (logged with file:line) and skipped;
+    ``results`` maps view name to result for every view that produced one
+    for that event, COMPUTE views included.
+    """
+    ctx = load_context(context, parameters)
+    engine = Engine(ctx)
+    for event in events:
+        if event is STEP:
+            yield STEP, engine.step()
+        elif isinstance(event, Action):
+            yield event, engine.action(event.view_name) or {}
+        else:
+            event = dict(event)
+            results = engine.process(event)
+            yield event["internal#event_id"], results
