@@ -1,0 +1,69 @@
+"""Putting pool results back into dispatch order, without any I/O.
+
+Pool workers finish events in any order; REDUCE must see them in the order
+the frontend dispatched them (its sequence numbers).  The buffer is bounded:
+an event that does not arrive within `timeout` seconds, or while `window`
+later events wait, is given up and counted as lost, so a crashed worker
+cannot stall the pipeline.
+"""
+
+from __future__ import annotations
+
+import time
+
+__all__ = ["ReorderBuffer"]
+
+
+class ReorderBuffer:
+    """Releases items in sequence order; skips gaps after a deadline."""
+
+    def __init__(self, window=64, timeout=1.0, clock=time.monotonic):
+        self.window = window
+        self.timeout = timeout
+        self.clock = clock
+        self.next_seq = 0
+        self.lost = 0
+        self.late = 0
+        self._items = {}
+        self._waiting_since = None
+
+    def __len__(self):
+        return len(self._items)
+
+    def push(self, seq, item):
+        """Add an item; returns the items now releasable, in order."""
+        if seq < self.next_seq:
+            self.late += 1  # already given up on it
+            return []
+        self._items[seq] = item
+        return self.pop_ready()
+
+    def pop_ready(self):
+        """Items releasable now (in order), skipping gaps past the deadline."""
+        out = []
+        items = self._items
+        while True:
+            if self.next_seq in items:
+                out.append(items.pop(self.next_seq))
+                self.next_seq += 1
+                self._waiting_since = None
+                continue
+            if not items:
+                self._waiting_since = None
+                return out
+            now = self.clock()
+            if self._waiting_since is None:
+                self._waiting_since = now
+            if len(items) > self.window or now - self._waiting_since >= self.timeout:
+                # Give up on the missing ones up to the oldest we hold.
+                first = min(items)
+                self.lost += first - self.next_seq
+                self.next_seq = first
+                continue
+            return out
+
+    def deadline(self):
+        """Seconds until pop_ready() may skip a gap (None: nothing waits)."""
+        if not self._items or self._waiting_since is None:
+            return None
+        return max(0.0, self.timeout - (self.clock() - self._waiting_since))

@@ -1,0 +1,142 @@
+"""A POOL worker: runs the POOL views of whole events.
+
+The worker receives events and control messages on one DEALER connected to
+the frontend's control ROUTER (so a new context is always applied before
+the events dispatched after it), and pushes one result message per event to
+REDUCE.  It asks for work with credits: it never holds more than `prefetch`
+events, which keeps memory bounded and lets the frontend apply its drop
+policy.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import zmq
+
+from ..core import Context
+from ..engine import Engine, ErrorReporter
+from ..enums import ContextStage, ViewOutput, ViewStage
+from ..error import ContextError
+from .common import (KEY_EVENT_ID, KEY_FAILED, KEY_PRODUCED, KEY_SEQ, KEY_SKIP,
+                     KEY_VERSION, OP_CONTEXT, OP_CREDIT, OP_ERROR, OP_EVENT,
+                     OP_HELLO, OP_PARAMS, OP_RESULT, OP_STOP, SEQ_PATH, make_socket,
+                     recv, send)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run_pool", "reduce_inputs"]
+
+
+def reduce_inputs(ctx):
+    """What a worker must forward to REDUCE for `ctx`.
+
+    Returns ``(view_names, paths)``: POOL views whose results REDUCE needs
+    (to publish them, or as inputs of REDUCE/STEP/ACTION views), and event
+    paths that REDUCE-stage views read directly.
+    """
+    names, paths = set(), set()
+    for view in ctx.views.values():
+        if view.stage is ViewStage.POOL:
+            if view.output != ViewOutput.COMPUTE:
+                names.add(view.name)
+            continue
+        for arg in view.args:
+            key = str(arg.path)
+            if key.startswith("view#"):
+                dep = ctx.views[key[5:]]
+                if dep.stage is ViewStage.POOL:
+                    names.add(dep.name)
+            else:
+                paths.add(key)
+    return names, paths
+
+
+class PoolWorker:
+    """State of one worker process; :func:`run_pool` drives it."""
+
+    def __init__(self, name, control, results):
+        self.name = name
+        self.control = control
+        self.results = results
+        self.ctx = None
+        self.engine = None
+        self.forward_views = set()
+        self.forward_paths = set()
+
+    def report(self, error):
+        send(self.control, OP_ERROR, {"msg": f"[{self.name}] {error.report_text}"})
+
+    def load(self, data):
+        try:
+            ctx = Context.from_dict(data["ctx"], stage=ContextStage.POOL)
+        except ContextError as e:
+            send(self.control, OP_ERROR, {"msg": f"[{self.name}] context refused: "
+                                                 f"{e.format_for_context(data['ctx'].get('source'))}"})
+            return
+        except Exception as e:  # noqa: BLE001 - reported, old context kept
+            send(self.control, OP_ERROR, {"msg": f"[{self.name}] context refused: "
+                                                 f"{type(e).__name__}: {e}"})
+            return
+        self.ctx = ctx
+        self.engine = Engine(ctx, ErrorReporter(sink=self.report))
+        self.forward_views, self.forward_paths = reduce_inputs(ctx)
+
+    def event(self, event):
+        seq = event.pop(SEQ_PATH, None)
+        if seq is None:
+            return
+        engine = self.engine
+        if engine is None:
+            send(self.results, OP_RESULT, {KEY_SEQ: seq, KEY_SKIP: True})
+            return
+        event_id = engine.prepare(event)
+        before = dict(engine.errors)
+        results = engine.pool(event)
+        out = {KEY_SEQ: seq, KEY_VERSION: self.ctx.version, KEY_EVENT_ID: event_id,
+               KEY_PRODUCED: tuple(results)}
+        failed = tuple(n for n, c in engine.errors.items() if before.get(n, 0) != c)
+        if failed:
+            out[KEY_FAILED] = failed
+        for name in self.forward_views.intersection(results):
+            out[f"view#{name}"] = results[name]
+        for path in self.forward_paths.intersection(event):
+            out[path] = event[path]
+        send(self.results, OP_RESULT, out)
+
+
+def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None):
+    """Run one POOL worker until told to stop; returns an exit code."""
+    name = f"pool-{index}"
+    zctx = zmq_context or zmq.Context()
+    control = make_socket(zctx, zmq.DEALER, identity=name.encode())
+    results = make_socket(zctx, zmq.PUSH)
+    try:
+        control.connect(control_addr)
+        results.connect(reduce_addr)
+        worker = PoolWorker(name, control, results)
+        send(control, OP_HELLO, {"stage": name})
+        send(control, OP_CREDIT, {"n": prefetch})
+        while True:
+            opcode, data = recv(control)
+            if opcode == OP_EVENT:
+                worker.event(data)
+                send(control, OP_CREDIT, {"n": 1})
+            elif opcode == OP_CONTEXT:
+                worker.load(data)
+            elif opcode == OP_PARAMS:
+                if worker.ctx is not None:
+                    unknown = worker.ctx.update_parameters(data)
+                    if unknown:
+                        log.debug("%s: unknown parameters %s", name, unknown)
+            elif opcode == OP_STOP:
+                return 0
+            else:
+                log.debug("%s: ignoring opcode %r", name, opcode)
+    except (KeyboardInterrupt, zmq.ContextTerminated):
+        return 0
+    finally:
+        control.close(0)
+        results.close(0)
+        if zmq_context is None:
+            zctx.term()

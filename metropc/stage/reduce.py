@@ -1,0 +1,293 @@
+"""The REDUCE stage: event order, accumulating views, output, index.
+
+One process receives every pool result, puts them back into dispatch order
+(:class:`~metropc.stage.ordering.ReorderBuffer`), runs the REDUCE, STEP and
+ACTION views, and publishes every non-COMPUTE result on the output PUB
+socket as topic ``view#<name>`` with payload ``{"data": result,
+"event_id": id, "version": ctx_version}``.  The PUB socket drops messages
+for clients that do not keep up (its high-water mark), so a slow client
+never slows this loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import zmq
+
+from ..core import Context
+from ..engine import Engine, ErrorReporter
+from ..enums import ContextStage, ViewOutput
+from ..error import ContextError, ProtocolError
+from .common import (KEY_EVENT_ID, KEY_FAILED, KEY_PRODUCED, KEY_SEQ, KEY_SKIP,
+                     KEY_VERSION, OP_ACTION, OP_CONTEXT, OP_ERROR, OP_HELLO, OP_INDEX,
+                     OP_PARAMS, OP_RESULT, OP_STATS, OP_STEP, OP_STOP, make_socket,
+                     recv, send)
+from .ordering import ReorderBuffer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run_reduce", "ReduceStage"]
+
+#: How often the index is published without being asked (seconds).
+INDEX_INTERVAL = 1.0
+
+
+class RateMeter:
+    """Counts plus a rate over the last index interval."""
+
+    def __init__(self):
+        self.counts = {}
+        self._prev = {}
+        self.rates = {}
+        self._t = time.monotonic()
+
+    def set(self, key, count):
+        self.counts[key] = count
+
+    def add(self, key, delta=1):
+        self.counts[key] = self.counts.get(key, 0) + delta
+
+    def update_rates(self):
+        now = time.monotonic()
+        dt = now - self._t
+        if dt < 0.2:
+            return
+        for key, count in self.counts.items():
+            self.rates[key] = (count - self._prev.get(key, 0)) / dt
+        self._prev = dict(self.counts)
+        self._t = now
+
+
+class ReduceStage:
+    """State of the reduce process; :func:`run_reduce` drives it."""
+
+    def __init__(self, control, output, reorder_window=64, reorder_timeout=1.0):
+        self.control = control
+        self.output = output
+        self.ctx = None
+        self.engine = None
+        self.pending = {}          # version -> (Context, from_seq)
+        self.buffer = ReorderBuffer(reorder_window, reorder_timeout)
+        self.pending_steps = []    # after_seq values
+        self.meter = RateMeter()
+        self.stale = 0
+        self.inputs = {}           # path -> count, from the frontend
+
+    # -- control ---------------------------------------------------------------
+    def report(self, error):
+        send(self.control, OP_ERROR, {"msg": f"[reduce] {error.report_text}"})
+
+    def on_context(self, data):
+        try:
+            ctx = Context.from_dict(data["ctx"], stage=ContextStage.REDUCE)
+        except Exception as e:  # noqa: BLE001 - reported, old context kept
+            text = (e.format_for_context(data["ctx"].get("source"))
+                    if isinstance(e, ContextError) else f"{type(e).__name__}: {e}")
+            send(self.control, OP_ERROR, {"msg": f"[reduce] context refused: {text}"})
+            return
+        from_seq = int(data.get("from_seq", 0))
+        if self.ctx is None or from_seq <= self.buffer.next_seq:
+            self._switch(ctx)
+        else:
+            self.pending[ctx.version] = (ctx, from_seq)
+
+    def _switch(self, ctx):
+        """Start using `ctx`: new views, so accumulated state starts empty."""
+        self.ctx = ctx
+        self.engine = Engine(ctx, ErrorReporter(sink=self.report))
+        self.pending = {v: p for v, p in self.pending.items() if v > ctx.version}
+        self.meter = RateMeter()
+        self.publish_index()
+
+    def on_params(self, data):
+        if self.ctx is not None:
+            self.ctx.update_parameters(data)
+        for ctx, _ in self.pending.values():
+            ctx.update_parameters(data)
+
+    def on_step(self, data):
+        self.pending_steps.append(int(data.get("after_seq", -1)))
+        self._run_steps()
+
+    def on_action(self, data):
+        if self.engine is None:
+            return
+        name = data.get("view_name")
+        results = self.engine.action(name)
+        if results is None:
+            send(self.control, OP_ERROR, {"msg": f"[reduce] no action view named {name!r}"})
+            return
+        self.publish(results, None)
+
+    # -- events -------------------------------------------------------------------
+    def on_result(self, data):
+        seq = data.get(KEY_SEQ)
+        if not isinstance(seq, int):
+            raise ProtocolError("result without sequence number")
+        for item in self.buffer.push(seq, data):
+            self.process(item)
+        self._run_steps()
+
+    def flush(self):
+        """Release what the reorder deadline allows (called on timeouts)."""
+        for item in self.buffer.pop_ready():
+            self.process(item)
+        self._run_steps()
+
+    def process(self, data):
+        seq = data[KEY_SEQ]
+        for version, (ctx, from_seq) in sorted(self.pending.items()):
+            if seq >= from_seq:
+                self._switch(ctx)
+        if data.get(KEY_SKIP) or self.engine is None:
+            return
+        if data.get(KEY_VERSION) != self.ctx.version:
+            self.stale += 1
+            return
+        event, pool_results = {}, {}
+        for key, value in data.items():
+            if key.startswith("view#"):
+                pool_results[key[5:]] = value
+            elif not key.startswith("#"):
+                event[key] = value
+        event_id = data.get(KEY_EVENT_ID)
+        event["internal#event_id"] = event_id
+        meter = self.meter
+        for name in data.get(KEY_PRODUCED, ()):
+            meter.add(name)
+        for name in data.get(KEY_FAILED, ()):
+            self.engine.errors[name] += 1
+        results = self.engine.reduce(event, pool_results)
+        for name in results:
+            meter.add(name)
+        meter.add("#events")
+        self.publish(pool_results, event_id)
+        self.publish(results, event_id)
+
+    def _run_steps(self):
+        done = self.buffer.next_seq - 1
+        while self.pending_steps and self.pending_steps[0] <= done and self.engine:
+            self.pending_steps.pop(0)
+            results = self.engine.step()
+            for name in results:
+                self.meter.add(name)
+            self.publish(results, None)
+
+    def publish(self, results, event_id):
+        views = self.ctx.views
+        for name, value in results.items():
+            view = views.get(name)
+            if view is None or view.output == ViewOutput.COMPUTE:
+                continue
+            try:
+                send(self.output, f"view#{name}".encode(),
+                     {"data": value, "event_id": event_id, "version": self.ctx.version},
+                     flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # no room for slow subscribers: drop, never wait
+
+    # -- index -----------------------------------------------------------------------
+    def index(self):
+        """The index payload: views and input paths with counts and rates."""
+        meter = self.meter
+        meter.update_rates()
+        entries = {}
+        for path, count in self.inputs.items():
+            entries[path] = (int(count), float(self.input_rates.get(path, 0.0)))
+        if self.ctx is not None:
+            alias = f"internal#{self.ctx.event_alias}"
+            entries[alias] = (int(meter.counts.get("#events", 0)),
+                              float(meter.rates.get("#events", 0.0)))
+            counts = dict(self.ctx.view_counts)
+            for name, view in self.ctx.views.items():
+                entries[f"view#{name}"] = (
+                    int(meter.counts.get(name, 0) + counts.pop(name, 0)),
+                    float(meter.rates.get(name, 0.0)), view.output.value,
+                    view.stage.value, int(self.engine.errors.get(name, 0)),
+                    bool(view.hidden), view.label or "")
+            for name, count in counts.items():  # pure counters
+                entries[f"view#{name}"] = (int(count), 0.0, ViewOutput.COMPUTE.value,
+                                           0, 0, True, "")
+        entries["internal#lost_events"] = (self.buffer.lost, 0.0)
+        entries["internal#stale_events"] = (self.stale, 0.0)
+        return entries
+
+    input_rates: dict = {}
+
+    def on_stats(self, data):
+        """Input statistics from the frontend: {path: (count, rate)}."""
+        self.inputs = {k: v[0] for k, v in data.items()}
+        self.input_rates = {k: v[1] for k, v in data.items()}
+
+    def publish_index(self):
+        try:
+            send(self.output, OP_INDEX, self.index(), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+
+def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
+               reorder_window=64, reorder_timeout=1.0, zmq_context=None):
+    """Run the REDUCE stage until told to stop; returns an exit code."""
+    zctx = zmq_context or zmq.Context()
+    control = make_socket(zctx, zmq.DEALER, identity=b"reduce")
+    results = make_socket(zctx, zmq.PULL)
+    output = make_socket(zctx, zmq.PUB, hwm=output_hwm)
+    try:
+        results.bind(reduce_addr)
+        output.bind(output_addr)
+        control.connect(control_addr)
+        stage = ReduceStage(control, output, reorder_window, reorder_timeout)
+        send(control, OP_HELLO, {"stage": "reduce",
+                                 "output_addr": output.last_endpoint.decode(),
+                                 "reduce_addr": results.last_endpoint.decode()})
+        handlers = {OP_CONTEXT: stage.on_context, OP_PARAMS: stage.on_params,
+                    OP_STEP: stage.on_step, OP_ACTION: stage.on_action,
+                    OP_STATS: stage.on_stats,
+                    OP_INDEX: lambda data: stage.publish_index()}
+        poller = zmq.Poller()
+        poller.register(control, zmq.POLLIN)
+        poller.register(results, zmq.POLLIN)
+        next_index = time.monotonic() + INDEX_INTERVAL
+        while True:
+            wait = next_index - time.monotonic()
+            deadline = stage.buffer.deadline()
+            if deadline is not None:
+                wait = min(wait, deadline)
+            ready = dict(poller.poll(max(0, int(wait * 1000)) + 1))
+            if results in ready:
+                for _ in range(256):  # drain, but let control in between
+                    try:
+                        opcode, data = recv(results)
+                        if opcode == OP_RESULT:
+                            stage.on_result(data)
+                    except zmq.Again:
+                        break
+                    except ProtocolError as e:
+                        log.warning("reduce: rejected malformed result: %s", e)
+                    if not results.poll(0):
+                        break
+            if control in ready:
+                try:
+                    opcode, data = recv(control)
+                except ProtocolError as e:
+                    log.warning("reduce: rejected malformed control message: %s", e)
+                    continue
+                if opcode == OP_STOP:
+                    return 0
+                handler = handlers.get(opcode)
+                if handler is not None:
+                    handler(data)
+            stage.flush()
+            if time.monotonic() >= next_index:
+                stage.publish_index()
+                next_index = time.monotonic() + INDEX_INTERVAL
+    except (KeyboardInterrupt, zmq.ContextTerminated):
+        return 0
+    finally:
+        for sock in (control, results, output):
+            sock.close(0)
+        if zmq_context is None:
+            zctx.term()
