@@ -38,7 +38,7 @@ from .core import Context
 from .error import ContextError, ProtocolError
 from .protocol import decode_protocol, encode_protocol
 from .stage.common import (OP_CONTEXT, OP_CREDIT, OP_DEBUG, OP_ERROR, OP_EVENT,
-                           OP_HELLO, OP_PARAMS, OP_STATS, OP_STEP, OP_STOP, SEQ_PATH,
+                           KEY_STEP, OP_HELLO, OP_PARAMS, OP_STATS, OP_STEP, OP_STOP, SEQ_PATH,
                            make_socket, recv, remove_ipc_file, send)
 from .stage.pool import run_pool
 from .stage.reduce import run_reduce
@@ -109,6 +109,7 @@ class ThreadedFrontend:
         self._events = collections.deque()
         self._queue_size = queue_size
         self._control = collections.deque()
+        self._enqueued = 0
         self._lock = threading.Lock()
         self._stopping = False
         self._stage_kwargs = dict(output_hwm=output_hwm, reorder_timeout=reorder_timeout)
@@ -153,7 +154,8 @@ class ThreadedFrontend:
                 if self.drop_policy == DROP_NEWEST:
                     return False
                 self._events.popleft()
-            self._events.append((opcode, data or {}))
+            self._events.append((self._enqueued, opcode, data or {}))
+            self._enqueued += 1
             self._wake()
         return True
 
@@ -204,7 +206,8 @@ class ThreadedFrontend:
 
     def _queue_control(self, target, opcode, data):
         with self._lock:
-            self._control.append((target, opcode, data or {}))
+            # Applies after every event queued before it, as the caller expects.
+            self._control.append((self._enqueued, target, opcode, data or {}))
             self._wake()
 
     def _make_runners(self):
@@ -313,22 +316,40 @@ class _LoopState:
             log.warning("frontend: cannot reach %s: %s", name, e)
 
     def dispatch(self):
+        """Send queued control messages and events, in the order queued."""
         fe = self.fe
-        while True:
-            with fe._lock:
-                if not fe._control:
-                    break
-                target, opcode, data = fe._control.popleft()
-            self.send_control(target, opcode, data)
         pools = [n for n in fe._runners if n.startswith("pool-")]
         while True:
+            with fe._lock:
+                control = fe._control[0] if fe._control else None
+                event_first = fe._events and (
+                    control is None or fe._events[0][0] < control[0])
+                if not event_first:
+                    if control is None:
+                        return
+                    fe._control.popleft()
+            if not event_first and control[2] != OP_STEP:
+                self.send_control(*control[1:])
+                continue
+            if not event_first:
+                # A step boundary travels like an event through a worker, so
+                # REDUCE sees it exactly between the events around it.
+                worker = next((n for n in pools if self.credits[n] > 0), None)
+                if worker is None:
+                    with fe._lock:
+                        fe._control.appendleft(control)
+                    return
+                self.credits[worker] -= 1
+                self.send_to(worker, OP_EVENT, {SEQ_PATH: self.seq, KEY_STEP: True})
+                self.seq += 1
+                continue
             worker = next((n for n in pools if self.credits[n] > 0), None)
             if worker is None:
                 return
             with fe._lock:
                 if not fe._events:
-                    return
-                opcode, data = fe._events.popleft()
+                    continue
+                _, opcode, data = fe._events.popleft()
             if opcode == OP_EVENT:
                 data = dict(data)
                 data[SEQ_PATH] = self.seq
@@ -345,8 +366,6 @@ class _LoopState:
         if opcode == OP_CONTEXT:
             self.version = data.get("version")
             data = {"ctx": data, "from_seq": self.seq}
-        elif opcode == OP_STEP:
-            data = {"after_seq": self.seq - 1}
         if target == "all":
             names = list(fe._runners)
         elif target == "pool":

@@ -24,7 +24,7 @@ OP_CONTEXT = b"context"  # {"ctx": Context.to_dict(), "from_seq": int}
 OP_PARAMS = b"params"    # {name: value}
 OP_INDEX = b"index"      # publish the index now (reduce)
 OP_ACTION = b"action"    # {"view_name": name} (reduce)
-OP_STEP = b"step"        # {"after_seq": int} (reduce)
+OP_STEP = b"step"        # operator step boundary (sent through a worker)
 OP_STATS = b"stats"      # {path: count} input statistics (reduce)
 OP_STOP = b"stop"        # leave the stage loop
 
@@ -44,6 +44,8 @@ KEY_EVENT_ID = "#event_id"
 KEY_PRODUCED = "#produced"
 KEY_FAILED = "#failed"
 KEY_SKIP = "#skip"
+#: Marks the pseudo-event that carries an operator step boundary.
+KEY_STEP = "#step"
 #: Event key carrying the frontend's dispatch sequence number.
 SEQ_PATH = "internal#seq"
 

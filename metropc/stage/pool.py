@@ -18,7 +18,7 @@ from ..core import Context
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput, ViewStage
 from ..error import ContextError
-from .common import (KEY_EVENT_ID, KEY_FAILED, KEY_PRODUCED, KEY_SEQ, KEY_SKIP,
+from .common import (KEY_EVENT_ID, KEY_FAILED, KEY_PRODUCED, KEY_SEQ, KEY_SKIP, KEY_STEP,
                      KEY_VERSION, OP_CONTEXT, OP_CREDIT, OP_ERROR, OP_EVENT,
                      OP_HELLO, OP_PARAMS, OP_RESULT, OP_STOP, SEQ_PATH, make_socket,
                      recv, send)
@@ -85,6 +85,9 @@ class PoolWorker:
     def event(self, event):
         seq = event.pop(SEQ_PATH, None)
         if seq is None:
+            return
+        if event.get(KEY_STEP):
+            send(self.results, OP_RESULT, {KEY_SEQ: seq, KEY_STEP: True})
             return
         engine = self.engine
         if engine is None:

@@ -20,9 +20,9 @@ from ..core import Context
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput
 from ..error import ContextError, ProtocolError
-from .common import (KEY_EVENT_ID, KEY_FAILED, KEY_PRODUCED, KEY_SEQ, KEY_SKIP,
+from .common import (KEY_EVENT_ID, KEY_FAILED, KEY_PRODUCED, KEY_SEQ, KEY_SKIP, KEY_STEP,
                      KEY_VERSION, OP_ACTION, OP_CONTEXT, OP_ERROR, OP_HELLO, OP_INDEX,
-                     OP_PARAMS, OP_RESULT, OP_STATS, OP_STEP, OP_STOP, make_socket,
+                     OP_PARAMS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
                      recv, send)
 from .ordering import ReorderBuffer
 
@@ -70,7 +70,6 @@ class ReduceStage:
         self.engine = None
         self.pending = {}          # version -> (Context, from_seq)
         self.buffer = ReorderBuffer(reorder_window, reorder_timeout)
-        self.pending_steps = []    # after_seq values
         self.meter = RateMeter()
         self.stale = 0
         self.inputs = {}           # path -> count, from the frontend
@@ -107,10 +106,6 @@ class ReduceStage:
         for ctx, _ in self.pending.values():
             ctx.update_parameters(data)
 
-    def on_step(self, data):
-        self.pending_steps.append(int(data.get("after_seq", -1)))
-        self._run_steps()
-
     def on_action(self, data):
         if self.engine is None:
             return
@@ -126,22 +121,28 @@ class ReduceStage:
         seq = data.get(KEY_SEQ)
         if not isinstance(seq, int):
             raise ProtocolError("result without sequence number")
-        for item in self.buffer.push(seq, data):
-            self.process(item)
-        self._run_steps()
+        self._process_all(self.buffer.push(seq, data))
 
     def flush(self):
         """Release what the reorder deadline allows (called on timeouts)."""
-        for item in self.buffer.pop_ready():
+        self._process_all(self.buffer.pop_ready())
+
+    def _process_all(self, items):
+        for item in items:
             self.process(item)
-        self._run_steps()
 
     def process(self, data):
         seq = data[KEY_SEQ]
         for version, (ctx, from_seq) in sorted(self.pending.items()):
             if seq >= from_seq:
                 self._switch(ctx)
-        if data.get(KEY_SKIP) or self.engine is None:
+        if self.engine is None or data.get(KEY_SKIP):
+            return
+        if data.get(KEY_STEP):
+            results = self.engine.step()
+            for name in results:
+                self.meter.add(name)
+            self.publish(results, None)
             return
         if data.get(KEY_VERSION) != self.ctx.version:
             self.stale += 1
@@ -165,15 +166,6 @@ class ReduceStage:
         meter.add("#events")
         self.publish(pool_results, event_id)
         self.publish(results, event_id)
-
-    def _run_steps(self):
-        done = self.buffer.next_seq - 1
-        while self.pending_steps and self.pending_steps[0] <= done and self.engine:
-            self.pending_steps.pop(0)
-            results = self.engine.step()
-            for name in results:
-                self.meter.add(name)
-            self.publish(results, None)
 
     def publish(self, results, event_id):
         views = self.ctx.views
@@ -244,7 +236,7 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
                                  "output_addr": output.last_endpoint.decode(),
                                  "reduce_addr": results.last_endpoint.decode()})
         handlers = {OP_CONTEXT: stage.on_context, OP_PARAMS: stage.on_params,
-                    OP_STEP: stage.on_step, OP_ACTION: stage.on_action,
+                    OP_ACTION: stage.on_action,
                     OP_STATS: stage.on_stats,
                     OP_INDEX: lambda data: stage.publish_index()}
         poller = zmq.Poller()

@@ -1,0 +1,262 @@
+"""``metropc-run``: run a context on a data source through the full pipeline.
+
+::
+
+    metropc-run ctx.py                       # built-in simulator at 10 Hz
+    metropc-run ctx.py --source tcp://exflqr1234:45000 --pool 4
+    metropc-run ctx.py --param threshold=0.5 --duration 60
+
+It starts the pipeline (a frontend in this process, POOL workers and REDUCE
+as child processes), prints the output address clients connect to, watches
+the context file and reloads it on save (a broken edit is reported with
+file and line, and the running context goes on), and shows a live status.
+Ctrl-C or SIGTERM stops everything within a few seconds; a second Ctrl-C
+exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from ..core import Context
+from ..error import ContextError, SourceError
+from ..frontend import DROP_NEWEST, DROP_OLDEST, ProcessRunner, ThreadedFrontend
+from .status import StatusDisplay
+
+log = logging.getLogger("metropc.run")
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def parse_param(text):
+    """``NAME=VALUE`` with VALUE a Python literal (else a string)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"--param wants NAME=VALUE, got {text!r}")
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    return name.strip(), parsed
+
+
+def parse_rate(text):
+    if text == "max":
+        return "max"
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rate wants a number or 'max', got {text!r}")
+    if rate <= 0:
+        raise argparse.ArgumentTypeError("--rate must be positive")
+    return rate
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="metropc-run", description="Run a metropc context on a data source.")
+    p.add_argument("context", help="the context file (Python)")
+    p.add_argument("--source", default="sim",
+                   help="data source: 'sim' (default), a Karabo bridge endpoint "
+                        "(tcp://HOST:PORT), a run directory or HDF5 file, or "
+                        "module:callable")
+    p.add_argument("--pool", type=int, default=2, metavar="N",
+                   help="number of POOL worker processes (default 2)")
+    p.add_argument("--output", default="tcp://127.0.0.1:0", metavar="ADDR",
+                   help="ZeroMQ address clients connect to (default: a free "
+                        "loopback TCP port)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow binding the output to a non-loopback interface")
+    p.add_argument("--param", action="append", type=parse_param, default=[],
+                   metavar="NAME=VALUE", help="override a context parameter")
+    p.add_argument("--rate", type=parse_rate, default=None,
+                   help="trains/s of the simulator or file replay, or 'max'")
+    p.add_argument("--seed", type=int, default=0, help="simulator seed")
+    p.add_argument("--bridge-socket", choices=("REQ", "SUB", "PULL"), default=None,
+                   help="socket type for a Karabo bridge (default REQ)")
+    p.add_argument("--queue-size", type=int, default=16,
+                   help="events waiting for a worker before dropping (default 16)")
+    p.add_argument("--drop-policy", choices=(DROP_OLDEST, DROP_NEWEST),
+                   default=DROP_OLDEST, help="which event to drop when full")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop after S seconds")
+    p.add_argument("--max-events", type=int, default=None, metavar="N",
+                   help="stop after the source gave N events")
+    p.add_argument("--no-watch", action="store_true",
+                   help="do not reload the context file when it changes")
+    p.add_argument("--status", choices=("auto", "live", "lines", "off"), default="auto",
+                   help="status display: live (in place), lines, off; auto picks "
+                        "live on a terminal")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def check_output_address(addr, allow_remote):
+    if addr.startswith("tcp://"):
+        host = addr[len("tcp://"):].rsplit(":", 1)[0]
+        if host not in LOOPBACK_HOSTS and not allow_remote:
+            raise SystemExit(
+                f"metropc-run: refusing to bind the output to {host!r}, which is not "
+                "a loopback interface; pass --allow-remote to do it on purpose")
+
+
+class RunFrontend(ThreadedFrontend):
+    """The CLI's frontend: reports through the ``metropc.run`` logger."""
+
+    def on_pipeline_error(self, msg):
+        log.error("%s", msg)
+
+    def on_pipeline_panic(self, msg):
+        log.critical("%s", msg)
+
+
+class ContextWatcher:
+    """Reloads the context file when it changes; keeps the old one on error."""
+
+    def __init__(self, path, frontend, parameters):
+        self.path = path
+        self.frontend = frontend
+        self.parameters = parameters
+        self.version = 0
+        self.ctx = None
+        self._stamp = None
+
+    def _read_stamp(self):
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def load(self):
+        """Load the file now; returns the Context, or None if it was refused."""
+        self._stamp = self._read_stamp()
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                source = f.read()
+            ctx = Context(source, path=self.path, version=self.version + 1,
+                          parameters=self.parameters)
+        except ContextError as e:
+            log.error("context refused, %s\n%s",
+                      "the previous one keeps running" if self.ctx else "nothing runs",
+                      e.format_for_context(source))
+            return None
+        except OSError as e:
+            log.error("cannot read context %s: %s", self.path, e)
+            return None
+        self.version = ctx.version
+        self.ctx = ctx
+        self.frontend.queue_to_all(b"context", ctx.to_dict())
+        log.info("context %s loaded (version %d, %d views)", self.path, ctx.version,
+                 len(ctx.views))
+        return ctx
+
+    def poll(self):
+        stamp = self._read_stamp()
+        if stamp is not None and stamp != self._stamp:
+            self.load()
+
+
+def feed(source, frontend, stop, max_events):
+    """Source thread: hand each event to the pipeline."""
+    n = 0
+    try:
+        for event in source:
+            if stop.is_set():
+                break
+            frontend.queue_to_any(b"event", event)
+            n += 1
+            if max_events is not None and n >= max_events:
+                break
+    except SourceError as e:
+        log.error("source failed: %s", e)
+    except Exception:  # noqa: BLE001 - report and stop feeding
+        log.exception("source failed")
+    finally:
+        log.info("source finished after %d events", n)
+        stop.set()
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.verbose < 0 else (
+        logging.INFO if args.verbose == 0 else logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    check_output_address(args.output, args.allow_remote)
+    if not os.path.isfile(args.context):
+        print(f"metropc-run: no such context file: {args.context}", file=sys.stderr)
+        return 2
+    output = args.output
+    if output.startswith("tcp://") and output.endswith(":0"):
+        output = output[:-2] + ":*"
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            os._exit(130)  # second Ctrl-C: leave at once
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    frontend = RunFrontend(output_addr=output, num_pool_stages=args.pool,
+                           sr_cls=ProcessRunner, queue_size=args.queue_size,
+                           drop_policy=args.drop_policy)
+    source = None
+    try:
+        watcher = ContextWatcher(args.context, frontend, dict(args.param))
+        ctx = watcher.load()
+        if ctx is None:
+            return 1
+        while not frontend.wait_ready(0.2):
+            if stop.is_set():
+                return 130
+        print(f"metropc-run: output on {frontend.output_addr}  "
+              f"(watch it with: metropc-client {frontend.output_addr})", flush=True)
+        try:
+            from ..sources import open_source
+            source = open_source(args.source, rate=args.rate, seed=args.seed,
+                                 bridge_socket=args.bridge_socket)
+        except SourceError as e:
+            log.error("%s", e)
+            return 1
+        feeder = threading.Thread(target=feed, args=(source, frontend, stop, args.max_events),
+                                  name="metropc-source", daemon=True)
+        feeder.start()
+        mode = args.status
+        if mode == "auto":
+            mode = "live" if sys.stderr.isatty() else "lines"
+        status = None if mode == "off" else StatusDisplay(frontend, live=(mode == "live"))
+        t_end = None if args.duration is None else time.monotonic() + args.duration
+        while not stop.is_set():
+            stop.wait(0.5)
+            if not args.no_watch:
+                watcher.poll()
+            if status is not None:
+                status.update()
+            if t_end is not None and time.monotonic() >= t_end:
+                break
+        # Let the last events drain through REDUCE before stopping.
+        if status is not None:
+            status.update(final=True)
+        return 0
+    finally:
+        stop.set()
+        if source is not None:
+            source.close()
+        frontend.close(timeout=3.0)
+        if 'status' in locals() and status is not None:
+            status.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

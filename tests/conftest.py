@@ -1,0 +1,73 @@
+"""Shared fixtures: real pipelines on real sockets, with deadlines, no sleeps."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import zmq
+
+from metropc.client import decode_protocol
+
+
+class Collector:
+    """A SUB socket on a pipeline output that gathers messages until a predicate holds."""
+
+    def __init__(self, addr, topics=(b"",)):
+        self.zctx = zmq.Context()
+        self.sub = self.zctx.socket(zmq.SUB)
+        self.sub.linger = 0
+        self.sub.connect(addr)
+        for t in topics:
+            self.sub.subscribe(t)
+        self.messages = []
+
+    def poll_until(self, predicate, timeout=10.0):
+        """Receive until predicate(messages) is true; fail after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self.messages):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(
+                    f"condition not met within {timeout} s; got {len(self.messages)} "
+                    f"messages: {[m[0] for m in self.messages[-10:]]}")
+            if self.sub.poll(int(min(left, 0.2) * 1000) + 1):
+                path, data = decode_protocol(self.sub.recv_multipart())
+                self.messages.append((path.decode(), data))
+        return self.messages
+
+    def values(self, view):
+        return [d["data"] for p, d in self.messages if p == f"view#{view}"]
+
+    def payloads(self, view):
+        return [d for p, d in self.messages if p == f"view#{view}"]
+
+    def indexes(self):
+        return [d for p, d in self.messages if p == "index"]
+
+    def close(self):
+        self.sub.close(0)
+        self.zctx.term()
+
+
+@pytest.fixture
+def collector_factory():
+    made = []
+
+    def make(addr, topics=(b"",)):
+        c = Collector(addr, topics)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def wait_for(predicate, timeout=10.0, interval=0.02):
+    """Poll `predicate` until true or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)

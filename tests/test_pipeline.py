@@ -1,0 +1,366 @@
+"""End-to-end tests of the pipeline: real stages, real ZeroMQ sockets.
+
+Most tests run the stages as threads (``ThreadRunner``) to stay fast; the
+ordering and EXtra-foam tests use real child processes (``ProcessRunner``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import string
+import threading
+
+import psutil
+import pytest
+
+from metropc.client import IndexEntry, IndexViewEntry, ViewOutput, decode_protocol
+from metropc.enums import ViewStage
+from metropc.frontend import Context, ProcessRunner, ThreadedFrontend, ThreadRunner
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def pipeline():
+    made = []
+
+    def start(sr_cls=ThreadRunner, num_pool_stages=2, **kwargs):
+        kwargs.setdefault("queue_size", 10000)
+        fe = ThreadedFrontend(num_pool_stages=num_pool_stages, sr_cls=sr_cls, **kwargs)
+        made.append(fe)
+        assert fe.wait_ready(30), "pipeline did not become ready"
+        return fe
+
+    yield start
+    for fe in made:
+        fe.close(timeout=5)
+    leftover = [p for p in psutil.Process().children(recursive=True) if p.is_running()
+                and p.status() != psutil.STATUS_ZOMBIE
+                # multiprocessing's shared resource tracker lives on by design
+                and "resource_tracker" not in " ".join(p.cmdline())]
+    assert not leftover, f"child processes left behind: {leftover}"
+
+
+def events(ids, **extra):
+    return [{"internal#train_id": i, **extra} for i in ids]
+
+
+def set_context(fe, source, version=1, **kwargs):
+    ctx = Context(source, version=version, **kwargs)
+    fe.queue_to_all(b"context", ctx.to_dict())
+    return ctx
+
+
+ORDER_CTX = """
+import time, random
+@View.Compute
+def jitter(t: 'internal#train_id'):
+    time.sleep(random.random() * 0.004)   # finish out of order
+    return t
+
+@View.Scalar(stage='reduce')
+def ordered(t: 'view#jitter'):
+    return t
+"""
+
+
+def test_results_reach_reduce_in_event_order_through_two_worker_processes(
+        pipeline, collector_factory):
+    fe = pipeline(sr_cls=ProcessRunner)
+    col = collector_factory(fe.output_addr)
+    set_context(fe, ORDER_CTX)
+    for ev in events(range(200)):
+        fe.queue_to_any(b"event", ev)
+    col.poll_until(lambda m: len(col.values("ordered")) >= 200, timeout=30)
+    assert col.values("ordered") == list(range(200))
+    assert [p["event_id"] for p in col.payloads("ordered")] == list(range(200))
+
+
+PARAM_CTX = """
+parameters(scale=1)
+
+@View.Scalar
+def scaled(t: 'internal#train_id'):
+    return t * scale
+"""
+
+
+def test_params_reach_every_stage_and_apply_to_the_next_events(pipeline, collector_factory):
+    fe = pipeline()
+    col = collector_factory(fe.output_addr)
+    set_context(fe, PARAM_CTX)
+    for ev in events(range(50)):
+        fe.queue_to_any(b"event", ev)
+    fe.queue_to_all(b"params", {"scale": 10})
+    for ev in events(range(50, 100)):
+        fe.queue_to_any(b"event", ev)
+    col.poll_until(lambda m: len(col.values("scaled")) >= 100)
+    by_id = {p["event_id"]: p["data"] for p in col.payloads("scaled")}
+    assert by_id == {i: i * (1 if i < 50 else 10) for i in range(100)}
+
+
+def test_reload_under_load_never_mixes_versions(pipeline, collector_factory):
+    fe = pipeline()
+    col = collector_factory(fe.output_addr)
+    set_context(fe, "@View.Scalar\ndef a(t: 'internal#train_id'): return t\n", version=1)
+    stop = threading.Event()
+
+    def feed():
+        i = 0
+        while not stop.is_set() and i < 20000:
+            fe.queue_to_any(b"event", {"internal#train_id": i})
+            i += 1
+            if i % 50 == 0:
+                stop.wait(0.001)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        col.poll_until(lambda m: len(col.values("a")) >= 20)
+        set_context(fe, "@View.Scalar\ndef b(t: 'internal#train_id'): return -t\n",
+                    version=2)
+        col.poll_until(lambda m: len(col.values("b")) >= 20)
+    finally:
+        stop.set()
+        feeder.join()
+    a, b = col.payloads("a"), col.payloads("b")
+    assert all(p["version"] == 1 for p in a)
+    assert all(p["version"] == 2 and p["data"] == -p["event_id"] for p in b)
+    # Every result of the old context precedes every result of the new one.
+    assert max(p["event_id"] for p in a) < min(p["event_id"] for p in b)
+    last_index = col.poll_until(lambda m: any("view#b" in d for d in col.indexes()))
+    assert not any("view#a" in d for d in col.indexes()[-1:])
+
+
+ACTION_CTX = """
+@View.Scalar
+def tid(t: 'internal#train_id'):
+    return t
+
+@View.Scalar(stage='action')
+def snapshot(t: 'view#tid'):
+    return t * 100
+"""
+
+
+def test_action_runs_on_request_with_the_latest_values(pipeline, collector_factory):
+    fe = pipeline()
+    col = collector_factory(fe.output_addr)
+    set_context(fe, ACTION_CTX)
+    for ev in events(range(10)):
+        fe.queue_to_any(b"event", ev)
+    col.poll_until(lambda m: 9 in col.values("tid"))
+    assert col.values("snapshot") == []
+    fe.queue_to("reduce", b"action", {"view_name": "snapshot"})
+    col.poll_until(lambda m: col.values("snapshot"))
+    assert col.values("snapshot") == [900]
+    index = col.poll_until(lambda m: col.indexes())[-1]
+    fe.queue_to("reduce", b"index")
+    col.poll_until(lambda m: len(col.indexes()) >= 2)
+    entry = col.indexes()[-1]["view#snapshot"]
+    assert entry.stage == ViewStage.ACTION
+
+
+STEP_CTX = """
+@View.Scalar
+def tid(t: 'internal#train_id'):
+    return t
+
+@View.Scalar(stage='step')
+def at_step(t: 'view#tid'):
+    return t
+"""
+
+
+def test_step_boundary_runs_step_views_after_the_events_before_it(pipeline, collector_factory):
+    fe = pipeline()
+    col = collector_factory(fe.output_addr)
+    set_context(fe, STEP_CTX)
+    for ev in events(range(30)):
+        fe.queue_to_any(b"event", ev)
+    fe.step()
+    for ev in events(range(30, 40)):
+        fe.queue_to_any(b"event", ev)
+    fe.step()
+    col.poll_until(lambda m: len(col.values("at_step")) >= 2)
+    assert col.values("at_step") == [29, 39]
+
+
+INDEX_CTX = """
+@View.Scalar
+def tid(t: 'internal#train_id'):
+    return t
+
+@View.Compute
+def hidden_work(t: 'internal#train_id'):
+    return t
+
+@View.Vector(hidden=True, label='Spectrum')
+def spectrum(x: 'karabo#SPEC/A/B:output[data.spectrum]'):
+    return x
+
+@View.Scalar
+def broken(t: 'internal#train_id'):
+    return 1 / 0
+"""
+
+
+def test_index_lists_views_and_inputs_with_counts(pipeline, collector_factory):
+    import numpy as np
+    fe = pipeline()
+    col = collector_factory(fe.output_addr)
+    set_context(fe, INDEX_CTX)
+    for ev in events(range(25), **{"karabo#SPEC/A/B:output[data.spectrum]": np.arange(4.0)}):
+        fe.queue_to_any(b"event", ev)
+
+    def complete(m):
+        idx = col.indexes()
+        return idx and idx[-1].get("view#tid") and idx[-1]["view#tid"].counts == 25 \
+            and idx[-1].get("internal#train_id") and idx[-1]["internal#train_id"].counts == 25
+
+    def ask(m):
+        fe.queue_to("reduce", b"index")
+        return complete(m)
+
+    col.poll_until(lambda m: complete(m) or ask(m) and False or complete(m), timeout=15)
+    idx = col.indexes()[-1]
+    assert isinstance(idx["view#tid"], IndexViewEntry)
+    assert idx["view#tid"].output == ViewOutput.SCALAR
+    assert idx["view#tid"].stage == ViewStage.POOL
+    assert idx["view#hidden_work"].output == ViewOutput.COMPUTE
+    assert idx["view#spectrum"].hidden and idx["view#spectrum"].label == "Spectrum"
+    assert idx["view#broken"].errors == 25 and idx["view#broken"].counts == 0
+    assert isinstance(idx["internal#train_id"], IndexEntry)
+    assert not isinstance(idx["internal#train_id"], IndexViewEntry)
+    assert idx["karabo#SPEC/A/B:output[data.spectrum]"].counts == 25
+    assert idx["internal#dropped_events"].counts == 0
+    # COMPUTE results are never published.
+    assert col.values("hidden_work") == []
+    np.testing.assert_array_equal(col.values("spectrum")[0], np.arange(4.0))
+
+
+SLOW_CTX = """
+import time
+@View.Scalar
+def slow(t: 'internal#train_id'):
+    time.sleep(0.02)
+    return t
+"""
+
+
+@pytest.mark.parametrize("policy", ["oldest", "newest"])
+def test_overload_drops_by_policy_and_counts(pipeline, collector_factory, policy):
+    fe = pipeline(num_pool_stages=1, queue_size=4, drop_policy=policy, prefetch=1)
+    col = collector_factory(fe.output_addr)
+    set_context(fe, SLOW_CTX)
+    for ev in events(range(200)):
+        fe.queue_to_any(b"event", ev)
+    assert len(fe._events) <= 4
+    col.poll_until(lambda m: any(d.get("internal#dropped_events") and
+                                 d["internal#dropped_events"].counts >= 150
+                                 for d in col.indexes()), timeout=15)
+    col.poll_until(lambda m: len(col.values("slow")) >= 200 - fe.dropped)
+    got = col.values("slow")
+    assert len(got) == 200 - fe.dropped
+    assert got == sorted(got)
+    if policy == "oldest":
+        assert got[-1] == 199  # the newest survived
+    else:
+        assert got[0] == 0  # what waited first survived
+
+
+def abstract_prefix():
+    return "".join(random.choices(string.ascii_lowercase, k=8))
+
+
+class FoamLikePipeline(ThreadedFrontend):
+    """Shaped like EXtra-foam's MetroPipeline (correlator_proc.py)."""
+
+    def __init__(self):
+        self.ready_event = threading.Event()
+        self.errors = []
+        prefix = abstract_prefix()
+        self.output_addr = f"ipc://@{prefix}-output"
+        super().__init__(control_addr=f"ipc://@{prefix}-control",
+                         reduce_addr=f"ipc://@{prefix}-reduce",
+                         output_addr=self.output_addr,
+                         queue_addr=f"inproc://{prefix}-ctrl-queue",
+                         num_pool_stages=max(2, os.cpu_count() // 2),
+                         sr_cls=ProcessRunner)
+
+    def on_pipeline_ready(self):
+        self.ready_event.set()
+
+    def on_pipeline_error(self, msg):
+        self.errors.append(msg)
+
+    def on_pipeline_panic(self, msg):
+        self.errors.append(msg)
+
+    def on_pipeline_debug(self, msg):
+        pass
+
+
+FOAM_CTX = """
+@View.Scalar
+def scalar(tid: "internal#train_id"):
+    return tid
+
+@View.Vector
+def digitizer(trace: "karabo#SQS_DIGITIZER_UTC1/ADC/1:network[digitizers.channel_1_A.raw.samples]"):
+    return trace[:4]
+
+@View.Compute
+def compute(tid: "internal#train_id"):
+    return tid
+"""
+
+
+def test_extra_foam_shaped_frontend_and_client(collector_factory):
+    import numpy as np
+    import zmq
+
+    pipe = FoamLikePipeline()
+    try:
+        assert pipe.ready_event.wait(30)
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.linger = 0
+        sub.connect(pipe.output_addr)
+        sub.subscribe(b"index")
+        ctx = Context(FOAM_CTX, version=0, features=["karabo"], event_alias="train")
+        pipe.queue_to_all(b"context", ctx.to_dict())
+        key = str(ctx.get_paths()[1])
+        assert key == ("karabo#SQS_DIGITIZER_UTC1/ADC/1:network"
+                       "[digitizers.channel_1_A.raw.samples]")
+        subscribed, values = set(), {}
+        tid = 1000
+        deadline = __import__("time").monotonic() + 30
+        while len(values.get("view#scalar", [])) < 5:
+            assert __import__("time").monotonic() < deadline, values
+            pipe.queue_to_any(b"event", {"internal#train_id": tid, "internal#event_id": tid,
+                                         "internal#sequence_id": -1,
+                                         "internal#ctx_version": ctx.version,
+                                         key: np.arange(10, dtype=np.float32) + tid})
+            tid += 1
+            if not zmq.select([sub], [], [], timeout=0.05)[0]:
+                pipe.queue_to("reduce", b"index")
+                continue
+            path, data = decode_protocol(sub.recv_multipart())
+            if path == b"index":
+                views = {p for p, v in data.items() if isinstance(v, IndexViewEntry)}
+                assert views == {"view#scalar", "view#digitizer", "view#compute"}
+                assert "internal#train" in data
+                for p in views - subscribed:
+                    sub.subscribe(p.encode())
+                subscribed |= views
+            else:
+                values.setdefault(path.decode(), []).append(data["data"])
+        sub.close(0)
+        assert values["view#scalar"] == sorted(values["view#scalar"])
+        assert "view#compute" not in values
+        first = values["view#digitizer"][0]
+        np.testing.assert_array_equal(first, np.arange(4, dtype=np.float32) + first[0])
+        assert not pipe.errors
+    finally:
+        pipe.close(timeout=5)
