@@ -1,0 +1,127 @@
+"""``metropc-run`` as a user starts it: a real subprocess on the simulator."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+CTX = """
+@View.Scalar
+def train(t: 'internal#train_id'):
+    return t
+
+@View.Scalar
+def flux(x: 'karabo#SIM_XGM/XGM/XGM1.pulseEnergy.photonFlux'):
+    return x * scale
+
+parameters(scale=1.0)
+"""
+
+
+def start(ctx_file, *args):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metropc.cli.run", str(ctx_file), "--pool", "1",
+         "--rate", "50", "--status", "lines", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.err_lines = []
+    reader = threading.Thread(target=lambda: proc.err_lines.extend(iter(proc.stderr.readline, "")),
+                              daemon=True)
+    reader.start()
+    proc.reader = reader
+    line = proc.stdout.readline()  # printed once the pipeline is ready
+    assert "output on" in line, (line, proc.err_lines)
+    return proc, line.split("output on ")[1].split()[0]
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    proc.wait(timeout=10)
+    elapsed = time.monotonic() - t0
+    proc.reader.join(5)
+    return elapsed, "".join(proc.err_lines)
+
+
+def descendants_of(pid):
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_run_serves_views_reloads_on_save_and_stops_cleanly(tmp_path, collector_factory):
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(CTX)
+    proc, addr = start(ctx_file, "--param", "scale=2.0")
+    children = descendants_of(proc.pid)
+    try:
+        col = collector_factory(addr)
+        col.poll_until(lambda m: len(col.values("flux")) >= 3 and col.indexes(), timeout=30)
+        trains = col.values("train")
+        assert trains == sorted(trains) and trains[0] >= 10000
+        # --param applied: simulator flux is around 1000 uJ-ish, scaled by 2
+        assert all(v > 1000 for v in col.values("flux"))
+
+        # A broken edit is refused with file:line; the old context goes on.
+        ctx_file.write_text(CTX + "\n@View.Scalar\ndef broken(x: 'view#nothing'):\n    return x\n")
+        wait_for(lambda: any("context refused" in line for line in proc.err_lines), 30)
+        n = len(col.values("train"))
+        col.poll_until(lambda m: len(col.values("train")) > n + 20, timeout=30)
+
+        # A good edit is picked up: a new view appears, old results stop.
+        ctx_file.write_text(CTX + "\n@View.Scalar\ndef doubled(t: 'internal#train_id'):\n"
+                            "    return 2 * t\n")
+        col.poll_until(lambda m: len(col.values("doubled")) >= 3, timeout=30)
+        assert all(p["version"] >= 2 for p in col.payloads("doubled"))
+    finally:
+        elapsed, err = stop(proc)
+    assert proc.returncode == 0, err
+    assert elapsed < 5
+    assert f"{ctx_file}:" in err and "view#nothing" in err  # file:line of the bad edit
+    assert "previous one keeps running" in err
+    for child in children:
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
+def test_run_reports_a_broken_context_and_exits(tmp_path):
+    ctx_file = tmp_path / "bad.py"
+    ctx_file.write_text("@View.Scalar\ndef f(x: 'view#missing'):\n    return x\n")
+    proc = subprocess.run([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
+                           "--status", "off"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert f"{ctx_file}:1" in proc.stderr and "view#missing" in proc.stderr
+
+
+def test_run_refuses_a_public_output_without_allow_remote(tmp_path):
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(CTX)
+    proc = subprocess.run([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
+                           "--output", "tcp://0.0.0.0:0"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode != 0 and "--allow-remote" in proc.stderr
+
+
+def test_run_on_the_example_context_for_a_fixed_duration():
+    root = Path(__file__).resolve().parent.parent
+    example = root / "contexts" / "sim_example.py"
+    if not example.exists():
+        pytest.skip("contexts/sim_example.py not present")
+    proc = subprocess.run([sys.executable, "-m", "metropc.cli.run", str(example),
+                           "--duration", "4", "--status", "lines"],
+                          capture_output=True, text=True, timeout=80,
+                          cwd=root, env={**os.environ})
+    assert proc.returncode == 0, proc.stderr
+    assert "output on tcp://127.0.0.1:" in proc.stdout
+    assert "metropc: out" in proc.stderr
