@@ -1,0 +1,402 @@
+"""Client side of a pipeline's output: the index and view results.
+
+    >>> from metropc.client import Client
+    >>> with Client("tcp://127.0.0.1:5555", views=["roi"], timeout=10) as client:
+    ...     index = client.wait_index()
+    ...     path, data = client.recv()          # ("view#roi", {"data": ..., "event_id": ...})
+
+The reduce stage publishes on a PUB socket: ``b"index"`` messages describe
+every path the pipeline knows (counts, rate and, for views, output type and
+stage), and ``b"view#<name>"`` messages carry one result each.  Both use the
+frame format of :mod:`metropc.protocol`; the index values are plain tuples on
+the wire so that clients in other languages need no pickle, and
+:func:`decode_protocol` here turns them into :class:`IndexEntry` objects.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from .enums import ViewOutput, ViewStage
+from .error import ProtocolError
+from .protocol import decode_protocol as _decode_protocol
+from .protocol import encode_protocol
+
+__all__ = [
+    "Client", "IndexEntry", "IndexViewEntry", "ViewOutput", "ViewStage",
+    "decode_protocol", "encode_protocol", "encode_index", "decode_index",
+    "view_path", "INDEX",
+]
+
+log = logging.getLogger(__name__)
+
+#: Topic (opcode) of index messages.
+INDEX = b"index"
+_VIEW_PREFIX = "view#"
+
+
+class IndexEntry:
+    """Statistics of one non-view path in the index (e.g. ``karabo#SRC.key``).
+
+    `counts` is how many events carried the path, `rate` how many per second
+    recently.  Entries use ``__slots__`` so that clients can subclass them
+    with extra slots of their own, as EXtra-foam does.
+    """
+
+    __slots__ = ("counts", "rate")
+
+    def __init__(self, counts: int, rate: float):
+        self.counts = counts
+        self.rate = rate
+
+    def _fields(self) -> tuple:
+        return (self.counts, self.rate)
+
+    def _field_names(self) -> tuple:
+        return IndexEntry.__slots__
+
+    def __eq__(self, other):
+        if not isinstance(other, IndexEntry):
+            return NotImplemented
+        return type(self) is type(other) and self._fields() == other._fields()
+
+    __hash__ = None  # mutable
+
+    def __repr__(self):
+        args = ", ".join(f"{n}={_repr_field(v)}"
+                         for n, v in zip(self._field_names(), self._fields(), strict=True))
+        return f"{type(self).__name__}({args})"
+
+
+class IndexViewEntry(IndexEntry):
+    """Statistics and metadata of one view (``view#<name>``) in the index.
+
+    The four positional arguments are the original's; `errors` (kernel
+    failures counted so far), `hidden` and `label` are optional additions.
+    `output` and `stage` are converted to :class:`ViewOutput` and
+    :class:`ViewStage`, so ints from the wire work as well.
+    """
+
+    __slots__ = ("output", "stage", "errors", "hidden", "label")
+
+    def __init__(self, counts: int, rate: float, output: ViewOutput | int,
+                 stage: ViewStage | int, *, errors: int = 0, hidden: bool = False,
+                 label: str = ""):
+        super().__init__(counts, rate)
+        self.output = ViewOutput(output)
+        self.stage = ViewStage(stage)
+        self.errors = errors
+        self.hidden = hidden
+        self.label = label
+
+    def _fields(self) -> tuple:
+        return (self.counts, self.rate, self.output, self.stage, self.errors,
+                self.hidden, self.label)
+
+    def _field_names(self) -> tuple:
+        return IndexEntry.__slots__ + IndexViewEntry.__slots__
+
+    def __eq__(self, other):
+        if not isinstance(other, IndexEntry):
+            return NotImplemented
+        # ViewOutput equality is loose (SCALAR == SCALAR_FAST); entries are
+        # only equal when the exact output type matches.
+        return (type(self) is type(other) and self._fields() == other._fields()
+                and self.output is other.output)
+
+    __hash__ = None
+
+
+def _repr_field(value):
+    if isinstance(value, (ViewOutput, ViewStage)):
+        return f"{type(value).__name__}.{value.name}"
+    return repr(value)
+
+
+def view_path(name: str) -> str:
+    """``"roi"`` or ``"view#roi"`` -> ``"view#roi"``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"view name must be a non-empty str, not {name!r}")
+    return name if name.startswith(_VIEW_PREFIX) else _VIEW_PREFIX + name
+
+
+# -- index wire encoding ---------------------------------------------------
+
+def encode_index(entries: Mapping[str, IndexEntry]) -> dict[str, tuple]:
+    """The wire payload of an index: ``{path: tuple}``.
+
+    Non-view paths become ``(counts, rate)``; views become ``(counts, rate,
+    output, stage, errors, hidden, label)`` with the enum values as ints.
+    All elements are fast-path types, so no pickle is involved.
+    """
+    payload = {}
+    for path, entry in entries.items():
+        if isinstance(entry, IndexViewEntry):
+            payload[path] = (int(entry.counts), float(entry.rate),
+                             int(entry.output.value), int(entry.stage.value),
+                             int(entry.errors), bool(entry.hidden), str(entry.label))
+        elif isinstance(entry, IndexEntry):
+            payload[path] = (int(entry.counts), float(entry.rate))
+        else:
+            raise TypeError(f"index entry for {path!r} is a {type(entry).__name__}")
+    return payload
+
+
+def _check(value, types, what, path):
+    if type(value) not in types:
+        raise ProtocolError(f"index entry {path!r}: {what} is a "
+                            f"{type(value).__name__}")
+    return value
+
+
+def _view_output(value, path):
+    try:
+        return ViewOutput(value)
+    except ValueError:
+        # A hint this side does not know yet: fall back to its generic type.
+        try:
+            return ViewOutput(value // 10)
+        except ValueError:
+            raise ProtocolError(f"index entry {path!r}: unknown output type "
+                                f"{value}") from None
+
+
+def _decode_entry(path: str, value) -> IndexEntry:
+    if type(value) is not tuple or len(value) < 2:
+        raise ProtocolError(f"index entry {path!r} is {value!r}, not a tuple "
+                            "(counts, rate, ...)")
+    counts = _check(value[0], (int,), "counts", path)
+    rate = float(_check(value[1], (float, int), "rate", path))
+    if not path.startswith(_VIEW_PREFIX) or len(value) < 4:
+        return IndexEntry(counts, rate)
+    output = _view_output(_check(value[2], (int,), "output", path), path)
+    try:
+        stage = ViewStage(_check(value[3], (int,), "stage", path))
+    except ValueError:
+        raise ProtocolError(f"index entry {path!r}: unknown stage {value[3]}") from None
+    # Later elements are optional (older pipelines) and anything beyond the
+    # known ones is ignored (newer pipelines).
+    errors = _check(value[4], (int,), "errors", path) if len(value) > 4 else 0
+    hidden = _check(value[5], (bool,), "hidden", path) if len(value) > 5 else False
+    label = _check(value[6], (str,), "label", path) if len(value) > 6 else ""
+    return IndexViewEntry(counts, rate, output, stage, errors=errors,
+                          hidden=hidden, label=label)
+
+
+def decode_index(payload: Mapping[str, Any]) -> dict[str, IndexEntry]:
+    """Turn the wire payload of an index into ``{path: IndexEntry}``."""
+    return {path: _decode_entry(path, value) for path, value in payload.items()}
+
+
+def decode_protocol(frames, **kwargs) -> tuple[bytes, dict]:
+    """Like :func:`metropc.protocol.decode_protocol`, with index decoding.
+
+    For ``b"index"`` messages the values become :class:`IndexEntry` /
+    :class:`IndexViewEntry` objects; other messages are passed through.
+    """
+    opcode, data = _decode_protocol(frames, **kwargs)
+    if opcode == INDEX:
+        data = decode_index(data)
+    return opcode, data
+
+
+# -- client ----------------------------------------------------------------
+
+class Client:
+    """Subscriber to the output of a running pipeline.
+
+    Always subscribed to the index; :meth:`subscribe` adds views.  Index
+    messages update :attr:`index`, while :meth:`recv` and iteration return
+    ``(path, data)`` of subscribed views only.  ZeroMQ filters topics by
+    prefix (``view#foo`` also matches ``view#foobar``), so the client checks
+    every path exactly before decoding its payload.
+
+    Parameters
+    ----------
+    address : str
+        ZeroMQ endpoint of the pipeline's output (``tcp://host:port``, ``ipc://...``).
+    views : iterable of str
+        Views to subscribe to right away (``"roi"`` or ``"view#roi"``).
+    timeout : float, optional
+        Default timeout in seconds for :meth:`recv`, :meth:`wait_index` and
+        iteration; None waits forever.
+    allow_pickle : bool
+        Passed to the decoder; False refuses pickled values (pickle executes
+        code chosen by the sender).
+    context : zmq.Context, optional
+        Defaults to the process-wide instance.
+
+    A Client is not thread-safe, like the ZeroMQ socket it wraps.
+    """
+
+    #: How many view messages :meth:`wait_index` keeps for later :meth:`recv`.
+    PENDING_LIMIT = 1000
+
+    def __init__(self, address: str, *, views: Iterable[str] = (),
+                 timeout: float | None = None, allow_pickle: bool = True,
+                 context=None):
+        import zmq
+
+        self.address = address
+        self.timeout = timeout
+        self.allow_pickle = allow_pickle
+        #: Latest index, ``{path: IndexEntry}``, or None before the first.
+        self.index: dict[str, IndexEntry] | None = None
+        #: Monotonic time the latest index arrived.
+        self.index_time: float | None = None
+        self._views: set[str] = set()
+        self._pending: collections.deque = collections.deque(maxlen=self.PENDING_LIMIT)
+        ctx = context if context is not None else zmq.Context.instance()
+        self._socket = ctx.socket(zmq.SUB)
+        try:
+            self._socket.connect(address)
+            self._socket.subscribe(INDEX)
+            for name in views:
+                self.subscribe(name)
+        except BaseException:
+            self._socket.close(linger=0)
+            raise
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+
+    @property
+    def views(self) -> frozenset[str]:
+        """Paths (``view#name``) currently subscribed to."""
+        return frozenset(self._views)
+
+    def subscribe(self, name: str) -> str:
+        """Receive results of view `name`; returns its path."""
+        path = view_path(name)
+        if path not in self._views:
+            self._socket.subscribe(path.encode("utf-8"))
+            self._views.add(path)
+            log.debug("subscribed to %s at %s", path, self.address)
+        return path
+
+    def unsubscribe(self, name: str) -> str:
+        """Stop receiving results of view `name`; returns its path."""
+        path = view_path(name)
+        if path in self._views:
+            self._socket.unsubscribe(path.encode("utf-8"))
+            self._views.discard(path)
+            self._pending = collections.deque(
+                (m for m in self._pending if m[0] != path), maxlen=self.PENDING_LIMIT)
+        return path
+
+    def _deadline(self, timeout):
+        timeout = self.timeout if timeout is None else timeout
+        return None if timeout is None else time.monotonic() + timeout
+
+    def _recv_one(self, deadline) -> tuple[str, dict] | bool:
+        """Receive and handle one message.
+
+        Returns ``(path, data)`` for a subscribed view, True for an index
+        (stored in :attr:`index`) and False for anything else (prefix
+        matches of unsubscribed paths).
+        """
+        if deadline is None:
+            wait_ms = None
+        else:
+            wait_ms = max(0, int((deadline - time.monotonic()) * 1000 + 0.999))
+        if not self._poller.poll(wait_ms):
+            raise TimeoutError(f"nothing received from {self.address} in time")
+        frames = self._socket.recv_multipart(copy=False)
+        topic = frames[0].bytes
+        if topic == INDEX:
+            _, self.index = decode_protocol(frames, allow_pickle=self.allow_pickle)
+            self.index_time = time.monotonic()
+            return True
+        try:
+            path = topic.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(f"topic {topic[:40]!r} is not UTF-8") from None
+        if path not in self._views:
+            return False
+        _, data = _decode_protocol(frames, allow_pickle=self.allow_pickle)
+        return path, data
+
+    def _messages(self, timeout):
+        """Results of :meth:`_recv_one` until the deadline.
+
+        Messages already queued at the deadline are still handled (so a
+        zero timeout drains the socket), but at most ``_DRAIN_LIMIT`` of
+        them, so that a flood of other topics cannot block forever.
+        """
+        deadline = self._deadline(timeout)
+        late = 0
+        while True:
+            yield self._recv_one(deadline)
+            if deadline is not None and time.monotonic() > deadline:
+                late += 1
+                if late > self._DRAIN_LIMIT:
+                    raise TimeoutError(f"nothing matching received from "
+                                       f"{self.address} in time")
+
+    _DRAIN_LIMIT = 1000
+
+    def recv(self, timeout: float | None = None) -> tuple[str, dict]:
+        """The next ``(path, data)`` of a subscribed view.
+
+        `data` is the published dict: ``{"data": result, "event_id": ...}``.
+        Index messages arriving meanwhile update :attr:`index`.
+
+        Raises
+        ------
+        TimeoutError
+            Nothing for a subscribed view within `timeout` seconds
+            (default: the client's timeout).
+        ProtocolError
+            A malformed message arrived; the client stays usable.
+        """
+        while self._pending:
+            msg = self._pending.popleft()
+            if msg[0] in self._views:
+                return msg
+        for msg in self._messages(timeout):
+            if type(msg) is tuple:
+                return msg
+
+    def wait_index(self, timeout: float | None = None) -> dict[str, IndexEntry]:
+        """Wait for the next index message and return it.
+
+        View results received while waiting are kept for :meth:`recv`
+        (up to :attr:`PENDING_LIMIT`, oldest dropped first).
+        """
+        try:
+            for msg in self._messages(timeout):
+                if msg is True:
+                    return self.index
+                if msg:
+                    self._pending.append(msg)
+        except TimeoutError:
+            raise TimeoutError(f"no index received from {self.address} "
+                               "in time") from None
+
+    def __iter__(self) -> Iterator[tuple[str, dict]]:
+        """Yield ``(path, data)`` forever; TimeoutError ends it if a timeout is set."""
+        while True:
+            yield self.recv()
+
+    def close(self) -> None:
+        """Close the socket at once (linger 0); idempotent."""
+        if not self._socket.closed:
+            self._poller.unregister(self._socket)
+            self._socket.close(linger=0)
+
+    @property
+    def closed(self) -> bool:
+        return self._socket.closed
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self.closed else f"{len(self._views)} view(s)"
+        return f"<Client {self.address} {state}>"

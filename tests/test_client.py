@@ -1,0 +1,417 @@
+"""metropc.client: index entries, index wire format, Client and metropc-client."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zmq
+
+import metropc.client
+from metropc.cli import client as cli
+from metropc.client import (
+    Client,
+    IndexEntry,
+    IndexViewEntry,
+    ViewOutput,
+    ViewStage,
+    decode_index,
+    decode_protocol,
+    encode_index,
+)
+from metropc.error import ProtocolError
+from metropc.protocol import encode_protocol
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# -- index entries ---------------------------------------------------------
+
+def test_index_entries_positional_and_slots():
+    e = IndexEntry(10, 9.5)
+    assert (e.counts, e.rate) == (10, 9.5)
+    v = IndexViewEntry(3, 1.0, 11, 2)
+    assert v.output is ViewOutput.SCALAR_FAST and v.stage is ViewStage.REDUCE
+    assert (v.errors, v.hidden, v.label) == (0, False, "")
+    assert isinstance(v, IndexEntry)
+    for obj in (e, v):
+        assert not hasattr(obj, "__dict__")
+        with pytest.raises(AttributeError):
+            obj.other = 1
+    assert IndexViewEntry(3, 1.0, ViewOutput.IMAGE, ViewStage.POOL).output == ViewOutput.IMAGE
+    with pytest.raises(ValueError):
+        IndexViewEntry(1, 1.0, 99, 1)
+
+
+def test_index_entries_repr_and_equality():
+    v = IndexViewEntry(3, 1.5, ViewOutput.VECTOR, ViewStage.POOL, errors=2,
+                       hidden=True, label="Spectrum")
+    assert repr(v) == ("IndexViewEntry(counts=3, rate=1.5, output=ViewOutput.VECTOR, "
+                       "stage=ViewStage.POOL, errors=2, hidden=True, label='Spectrum')")
+    assert repr(IndexEntry(1, 2.0)) == "IndexEntry(counts=1, rate=2.0)"
+    assert v == IndexViewEntry(3, 1.5, 2, 1, errors=2, hidden=True, label="Spectrum")
+    assert v != IndexViewEntry(3, 1.5, 2, 1, errors=3, hidden=True, label="Spectrum")
+    # Loose ViewOutput equality does not make entries equal.
+    assert v != IndexViewEntry(3, 1.5, ViewOutput.VECTOR_LINE, 1, errors=2, hidden=True,
+                               label="Spectrum")
+    assert IndexEntry(1, 2.0) == IndexEntry(1, 2.0) != IndexEntry(2, 2.0)
+    assert IndexEntry(1, 2.0) != IndexViewEntry(1, 2.0, 1, 1)
+
+
+class ViewEntry(IndexViewEntry):
+    """What EXtra-foam's correlator does with index entries, verbatim in spirit."""
+
+    __slots__ = ["annotations", "aspect_unlocked"]
+
+    def __init__(self, entry, annotations=None, aspect_unlocked=False):
+        super().__init__(entry.counts, entry.rate, entry.output, entry.stage)
+        self.annotations = annotations
+        self.aspect_unlocked = aspect_unlocked
+
+
+def test_extra_foam_style_subclass():
+    _, index = decode_protocol(encode_protocol(b"index", encode_index({
+        "view#img": IndexViewEntry(5, 2.0, ViewOutput.IMAGE, ViewStage.POOL),
+        "internal#train_id": IndexEntry(5, 2.0)})))
+    views = {p for p, v in index.items() if isinstance(v, IndexViewEntry)}
+    assert views == {"view#img"}
+    entry = ViewEntry(index["view#img"], ["roi"], True)
+    assert entry.output == ViewOutput.IMAGE and entry.stage == ViewStage.POOL
+    assert (entry.counts, entry.rate) == (5, 2.0)
+    assert entry.annotations == ["roi"] and entry.aspect_unlocked is True
+    assert not hasattr(entry, "__dict__")
+    assert "ViewEntry(counts=5" in repr(entry)
+    slots = {s for cls in type(entry).__mro__ for s in getattr(cls, "__slots__", [])}
+    assert {"counts", "rate", "output", "stage", "annotations"} <= slots
+
+
+# -- index wire format -----------------------------------------------------
+
+INDEX = {
+    "internal#train_id": IndexEntry(100, 10.0),
+    "karabo#DEV.prop": IndexEntry(50, 5.0),
+    "view#roi": IndexViewEntry(99, 9.9, ViewOutput.SCALAR, ViewStage.POOL, errors=1,
+                               label="ROI sum"),
+    "view#img": IndexViewEntry(10, 1.0, ViewOutput.IMAGE, ViewStage.REDUCE, hidden=True),
+    "view#go": IndexViewEntry(0, 0.0, ViewOutput.COMPUTE, ViewStage.ACTION),
+}
+
+
+def test_index_wire_tuples():
+    payload = encode_index(INDEX)
+    assert payload["internal#train_id"] == (100, 10.0)
+    assert payload["view#roi"] == (99, 9.9, 1, 1, 1, False, "ROI sum")
+    assert payload["view#img"] == (10, 1.0, 3, 2, 0, True, "")
+    frames = encode_protocol(b"index", payload)
+    assert frames[1][:3] == b"\x02if"  # no pickle anywhere
+    assert b"p" not in frames[1]
+    op, decoded = metropc.client.decode_protocol(frames, allow_pickle=False)
+    assert op == b"index" and decoded == INDEX
+    assert decoded["view#go"].stage is ViewStage.ACTION
+
+
+def test_index_tolerates_short_and_long_tuples():
+    decoded = decode_index({
+        "view#old": (4, 2.0, 2, 1),                       # original four fields
+        "view#new": (4, 2.0, 13, 1, 0, False, "x", "future", 1),  # unknown hint, extras
+        "karabo#A.b": (1, 2, "extra"),
+        "view#odd": (1, 1.0),                             # view without metadata
+    })
+    assert decoded["view#old"] == IndexViewEntry(4, 2.0, ViewOutput.VECTOR, ViewStage.POOL)
+    assert decoded["view#new"].output is ViewOutput.SCALAR  # hint 13 -> generic 1
+    assert decoded["view#new"].label == "x"
+    assert decoded["karabo#A.b"] == IndexEntry(1, 2.0)
+    assert type(decoded["view#odd"]) is IndexEntry
+
+
+@pytest.mark.parametrize("value, match", [
+    (5, "not a tuple"), ((1,), "not a tuple"), (("1", 2.0), "counts"),
+    ((1, "x"), "rate"), ((1, 1.0, 77, 1), "unknown output"), ((1, 1.0, 1, 9), "stage"),
+    ((1, 1.0, "1", 1), "output"), ((1, 1.0, 1, 1, 0, "no"), "hidden"),
+    ((1, 1.0, 1, 1, 0, False, 5), "label"),
+])
+def test_bad_index_entries(value, match):
+    frames = encode_protocol(b"index", {"view#x": value})
+    with pytest.raises(ProtocolError, match=match):
+        decode_protocol(frames)
+
+
+def test_non_index_messages_pass_through():
+    frames = encode_protocol(b"view#x", {"data": (1, 2.0), "event_id": 3})
+    assert decode_protocol(frames) == (b"view#x", {"data": (1, 2.0), "event_id": 3})
+    assert metropc.client.ViewOutput is metropc.ViewOutput
+    assert metropc.client.ViewStage is metropc.ViewStage
+
+
+# -- a publisher standing in for the reduce stage ---------------------------
+
+class Publisher:
+    """A PUB socket re-sending `messages` every few ms from its own thread.
+
+    Re-sending is how the tests beat the slow-joiner problem without sleeps.
+    """
+
+    def __init__(self, ctx, address="tcp://127.0.0.1"):
+        self.socket = ctx.socket(zmq.PUB)
+        if address.startswith("tcp://"):
+            self.address = f"{address}:{self.socket.bind_to_random_port(address)}"
+        else:
+            self.socket.bind(address)
+            self.address = address
+        self.messages: list[list] = []
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while not self._stop.wait(0.005):
+                for frames in list(self.messages):
+                    self.socket.send_multipart(frames, copy=False)
+                self.sent += 1
+        finally:
+            self.socket.close(linger=0)
+
+    def publish(self, path, data):
+        self.messages.append(encode_protocol(path, data))
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def zctx():
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)  # closes anything a failed test left open
+
+
+@pytest.fixture
+def publisher(zctx):
+    pub = Publisher(zctx)
+    yield pub
+    pub.stop()
+
+
+def test_wait_index_decodes_entries(zctx, publisher):
+    publisher.publish(b"index", encode_index(INDEX))
+    with Client(publisher.address, context=zctx) as client:
+        assert client.index is None
+        index = client.wait_index(timeout=10)
+        assert index == INDEX and client.index is index
+        assert index["view#img"].output == ViewOutput.IMAGE
+        assert index["view#img"].stage is ViewStage.REDUCE
+    assert client.closed
+
+
+def test_exact_match_filtering(zctx, publisher):
+    for path in ("view#foobar", "view#fo", "view#foo", "view#other"):
+        publisher.publish(path, {"data": path, "event_id": 1})
+    publisher.publish(b"index", encode_index(INDEX))
+    with Client(publisher.address, views=["foo"], context=zctx, timeout=10) as client:
+        assert client.views == {"view#foo"}
+        got = [client.recv() for _ in range(20)]
+        assert {p for p, _ in got} == {"view#foo"}
+        assert all(d == {"data": "view#foo", "event_id": 1} for _, d in got)
+        assert client.index == INDEX  # index messages were consumed on the way
+        client.unsubscribe("view#foo")
+        client.subscribe("view#foobar")
+        assert client.views == {"view#foobar"}
+        # Queued view#foo messages are dropped by the exact check.
+        assert {client.recv()[0] for _ in range(20)} == {"view#foobar"}
+
+
+def test_iteration_and_values(zctx, publisher):
+    image = np.arange(20, dtype=np.float32).reshape(4, 5)
+    publisher.publish(b"view#img", {"data": image, "event_id": 42})
+    with Client(publisher.address, views=["view#img"], context=zctx, timeout=10) as client:
+        for n, (path, data) in enumerate(client):
+            assert path == "view#img" and data["event_id"] == 42
+            np.testing.assert_array_equal(data["data"], image)
+            assert not data["data"].flags.writeable
+            if n == 3:
+                break
+
+
+def test_timeouts(zctx, publisher, tmp_path):
+    publisher.publish(b"view#other", {"data": 1})
+    with Client(publisher.address, views=["roi"], context=zctx) as client:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            client.recv(timeout=0.3)
+        assert 0.25 < time.monotonic() - t0 < 5
+        with pytest.raises(TimeoutError, match="no index"):
+            client.wait_index(timeout=0.2)
+    with Client(f"ipc://{tmp_path}/nobody", timeout=0.2, context=zctx) as client:
+        with pytest.raises(TimeoutError):
+            next(iter(client))
+        with pytest.raises(TimeoutError):
+            client.recv(timeout=0)
+
+
+def test_wait_index_keeps_view_messages(zctx, publisher):
+    publisher.publish(b"view#roi", {"data": 1.5, "event_id": 1})
+    with Client(publisher.address, views=["roi"], context=zctx, timeout=10) as client:
+        assert client.recv() == ("view#roi", {"data": 1.5, "event_id": 1})
+        publisher.publish(b"index", encode_index(INDEX))
+        client.wait_index()
+        assert client._pending  # results that arrived while waiting were kept
+        assert client.recv(timeout=0) == ("view#roi", {"data": 1.5, "event_id": 1})
+
+
+def test_client_refuses_pickle_when_asked(zctx, publisher):
+    publisher.publish(b"view#d", {"data": {"not": "fast path"}})
+    with Client(publisher.address, views=["d"], context=zctx, timeout=10,
+                allow_pickle=False) as client:
+        with pytest.raises(ProtocolError, match="allow_pickle"):
+            client.recv()
+    with Client(publisher.address, views=["d"], context=zctx, timeout=10) as client:
+        assert client.recv()[1] == {"data": {"not": "fast path"}}
+
+
+def test_extra_foam_style_monitor_loop(zctx, publisher):
+    """EXtra-foam's loop: raw SUB, recv_multipart() and client.decode_protocol."""
+    publisher.publish(b"index", encode_index(INDEX))
+    publisher.publish(b"view#roi", {"data": 3.0, "event_id": 5})
+    sub = zctx.socket(zmq.SUB)
+    try:
+        sub.connect(publisher.address)
+        sub.subscribe(b"index")
+        subscriptions, outputs = {}, []
+        deadline = time.monotonic() + 10
+        while not outputs and time.monotonic() < deadline:
+            if not sub.poll(100):
+                continue
+            path, data = decode_protocol(sub.recv_multipart())
+            if path == b"index":
+                for s in {p for p, v in data.items() if isinstance(v, IndexViewEntry)}:
+                    if s not in subscriptions:
+                        sub.subscribe(s.encode())
+                    subscriptions[s] = ViewEntry(data[s], [], False)
+            else:
+                outputs.append((path.decode(), data["data"]))
+        assert outputs and outputs[0] == ("view#roi", 3.0)
+        assert set(subscriptions) == {"view#roi", "view#img", "view#go"}
+    finally:
+        sub.close(linger=0)
+
+
+def test_close_and_repr(zctx, tmp_path):
+    client = Client(f"ipc://{tmp_path}/x", views=["a"], context=zctx)
+    assert "1 view(s)" in repr(client)
+    client.close()
+    client.close()
+    assert client.closed and "closed" in repr(client)
+    with pytest.raises(ValueError):
+        client.subscribe("")
+
+
+# -- metropc-client --------------------------------------------------------
+
+def test_summaries():
+    assert cli.summarize(1.5) == "1.5"
+    assert cli.summarize(np.float32(2)) == "2 (float32)"
+    assert cli.summarize(np.arange(4.0)) == "ndarray float64 (4,)  min 0  max 3  mean 1.5"
+    assert cli.summarize(np.array([np.nan, 1.0])).endswith("min 1  max 1  mean 1")
+    assert cli.summarize(np.zeros((0, 2))) == "ndarray float64 (0, 2)"
+    da = xr.DataArray(np.ones((2, 3)), dims=("x", "y"), name="n")
+    assert cli.summarize(da) == "DataArray 'n' float64 (x: 2, y: 3)  min 1  max 1  mean 1"
+    assert cli.summarize((1, "a")) == "tuple[2] (1; 'a')"
+    assert cli.summarize("x" * 100).endswith("...")
+
+
+def test_render_and_terminal_refresh(capsys):
+    text = cli.render("tcp://h:1", None, {}, ["view#roi"])
+    assert "no index yet" in text and "view#roi  (nothing yet)" in text
+    cli._show("frame one", tty=True)
+    assert capsys.readouterr().out == "\x1b[H\x1b[2Jframe one\n"
+    cli._show("frame two", tty=False)
+    out = capsys.readouterr().out
+    assert out.startswith("--- ") and out.endswith("frame two\n\n")
+    with pytest.raises(SystemExit):
+        cli.main(["tcp://h:1", "--interval", "0"])
+
+
+def run_cli(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "metropc.cli.client", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_cli_once_prints_index_and_values(publisher):
+    publisher.publish(b"index", encode_index(INDEX))
+    publisher.publish(b"view#roi", {"data": 22.5, "event_id": 7})
+    publisher.publish(b"view#img", {"data": np.arange(20, dtype=np.float32).reshape(4, 5),
+                                    "event_id": 8})
+    publisher.publish(b"view#spec", {"data": xr.DataArray(np.arange(3.0), dims="energy"),
+                                     "event_id": 9})
+    res = run_cli(publisher.address, "--view", "roi", "--view", "view#img",
+                  "--view", "spec", "--once", "--timeout", "30")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "\x1b[" not in out  # not a terminal: no ANSI codes
+    assert re.search(r"view#roi\s+SCALAR\s+POOL\s+99\s+9\.9/s\s+1\s+ROI sum", out)
+    assert re.search(r"view#img \(hidden\)\s+MATRIX\s+REDUCE\s+10", out)
+    assert re.search(r"internal#train_id\s+100\s+10\.0/s", out)
+    assert "view#roi  event 7  22.5" in out
+    assert "view#img  event 8  ndarray float32 (4, 5)  min 0  max 19  mean 9.5" in out
+    assert "view#spec  event 9  DataArray float64 (energy: 3)  min 0  max 2  mean 1" in out
+
+
+def test_cli_live_mode_prints_blocks(publisher):
+    publisher.publish(b"index", encode_index(INDEX))
+    publisher.publish(b"view#roi", {"data": 1.25, "event_id": 3})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metropc.cli.client", publisher.address, "--view", "roi",
+         "--interval", "0.05", "--timeout", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        seen = ""
+        deadline = time.monotonic() + 30
+        while "view#roi  event 3  1.25" not in seen and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen += line
+        assert "view#roi  event 3  1.25" in seen
+        assert seen.count("--- ") >= 1 and "VIEW" in seen
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+
+
+def test_cli_timeout_exit_code(tmp_path, capsys):
+    assert cli.main([f"ipc://{tmp_path}/nobody", "--once", "--timeout", "0.3"]) == 1
+    err = capsys.readouterr().err
+    assert "no index" in err and "within 0.3 s" in err
+
+
+def test_cli_missing_view_and_bad_address(publisher, capsys):
+    publisher.publish(b"index", encode_index(INDEX))
+    assert cli.main([publisher.address, "--view", "nope", "--once", "--timeout", "1"]) == 1
+    assert "view#nope not in the index" in capsys.readouterr().err
+    assert cli.main(["not-an-address", "--once"]) == 2
+    assert "cannot connect" in capsys.readouterr().err
+
+
+# -- docs/client.md examples ---------------------------------------------
+
+def test_docs_client_examples_run(publisher):
+    """Every python block in docs/client.md runs against a real publisher."""
+    publisher.publish(b"index", encode_index(INDEX))
+    publisher.publish(b"view#roi", {"data": 22.5, "event_id": 7})
+    publisher.publish(b"view#img", {"data": np.ones((4, 5), np.float32), "event_id": 7})
+    text = (REPO / "docs" / "client.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    for block in blocks:
+        code = block.replace("tcp://127.0.0.1:5555", publisher.address)
+        exec(compile(code, "docs/client.md", "exec"), {"__name__": "docs_example"})
