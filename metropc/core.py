@@ -104,7 +104,9 @@ class Context:
         lines = self.source.splitlines(keepends=True)
         linecache.cache[self.path] = (len(self.source), None, lines, self.path)
         try:
-            code = compile(self.source, self.path, "exec")
+            # dont_inherit: context code must not get this module's
+            # `from __future__ import annotations` (annotations are evaluated).
+            code = compile(self.source, self.path, "exec", dont_inherit=True)
         except SyntaxError as e:
             raise ContextSyntaxError(e, self.path) from None
         module = self._namespace()
@@ -121,10 +123,33 @@ class Context:
         finally:
             _loading.reset(token)
             sys.modules.pop(module.__name__, None)
+        self._bind_imported_globals()
+        for name, (label, _) in self.view_docs.items():
+            if name in self.views:  # set_view_docs() before the view was defined
+                self.views[name].label = label
         self._collect_group_parameters()
         self._resolve_paths()
         self.order = self._sort_views()
         self._assign_stages()
+
+    def _bind_imported_globals(self):
+        """Replace names imported from :mod:`metropc.context` by this context's.
+
+        ``from metropc.context import ctx`` gives a proxy that only works
+        while the source is being loaded; kernels run later, so the module
+        globals are rebound to the real objects (aliases included).
+        """
+        from . import context as importable
+
+        real = {id(importable.ctx): self,
+                id(importable.parameters): self.declare_parameters,
+                id(importable.require_feature): self.require_feature,
+                id(importable.require_version): self.require_version,
+                id(importable.set_view_docs): self.set_view_docs,
+                id(importable.increase_view_counts): self.increase_view_counts}
+        for name, value in list(self.namespace.items()):
+            if id(value) in real:
+                self.namespace[name] = real[id(value)]
 
     def _add_view(self, view, filename, lineno):
         """Called by the decorators for each new view."""
@@ -168,7 +193,8 @@ class Context:
         if kind == "view" or (kind is None and spec in self.views):
             name = body
             if name not in self.views:
-                hint = difflib.get_close_matches(name, self.views, n=1)
+                others = [n for n in self.views if n != view.name]
+                hint = difflib.get_close_matches(name, others, n=1)
                 extra = f"; did you mean 'view#{hint[0]}'?" if hint else ""
                 raise self._error_at(
                     view, f"view '{view.name}' needs 'view#{name}' which no view "
@@ -193,7 +219,7 @@ class Context:
         for cls in types_.values():
             if cls.accepts_bare(spec):
                 return cls(spec)
-        hint = difflib.get_close_matches(spec, self.views, n=1)
+        hint = difflib.get_close_matches(spec, [n for n in self.views if n != view.name], n=1)
         extra = f"; did you mean the view '{hint[0]}'?" if hint else ""
         raise self._error_at(
             view, f"view '{view.name}' needs '{spec}', which is neither a view nor "
@@ -232,7 +258,7 @@ class Context:
                 raise self._error_at(view, f"view '{view.name}': stage "
                                      f"{view.stage.name} is not implemented", ViewDefError)
             view.trigger = ("action" if view.stage is ViewStage.ACTION else
-                            "step" if view.kernel_at_step else "event")
+                            "step" if view.kernel_at_step or _plain_step(view) else "event")
             for arg in view.args:
                 if not isinstance(arg.path, ViewPath):
                     continue
@@ -240,16 +266,17 @@ class Context:
                 self._raise_stage(view, dep)
 
     def _raise_stage(self, view, dep):
-        triggers = {view.trigger, dep.trigger} - {"event"}
+        # A STEP view's result exists only at a step boundary (on_step or a
+        # kernel run there), so whatever consumes it runs there too.
+        dep_trigger = "step" if dep.stage is ViewStage.STEP else dep.trigger
+        triggers = {view.trigger, dep_trigger} - {"event"}
         if len(triggers) > 1:
             raise self._error_at(view, f"view '{view.name}' mixes inputs of step and "
                                  "action views", ViewDefError)
-        if dep.trigger != "event":
-            view.trigger = dep.trigger
-        wanted = dep.stage if dep.trigger == "event" else (
-            ViewStage.STEP if dep.trigger == "step" else ViewStage.ACTION)
-        if wanted is ViewStage.STEP and view.trigger == "event":
-            wanted = ViewStage.REDUCE  # consumes a step accumulator's per-event pass
+        if dep_trigger != "event":
+            view.trigger = dep_trigger
+        wanted = {"event": dep.stage, "step": ViewStage.STEP,
+                  "action": ViewStage.ACTION}[dep_trigger]
         if _STAGE_RANK[wanted] > _STAGE_RANK[view.stage]:
             if view.explicit_stage is not None:
                 raise self._error_at(
@@ -289,6 +316,7 @@ class Context:
                 unknown.append(name)
                 continue
             self.parameters[name] = value
+            self._overrides[name] = value  # travels with to_dict()
         return unknown
 
     def require_feature(self, *features):
@@ -339,7 +367,11 @@ class Context:
         """
         return {
             "source": self.source, "path": self.path, "version": self.version,
-            "parameters": dict(self.parameters), "features": list(self.features),
+            # Only values that differ from the source's declarations: the
+            # rest is rebuilt from the source, and declared values may be
+            # instances of classes defined in the context, which cannot be
+            # pickled for another process.
+            "parameters": dict(self._overrides), "features": list(self.features),
             "event_alias": self.event_alias, "event_id_alias": self.event_id_alias,
             "event_counter_alias": self.event_counter_alias,
             "symbols": {k: dict(v) for k, v in ViewDecorator.kwargs_symbols.items()
@@ -375,6 +407,11 @@ class Context:
 
 
 _BUILTIN_SYMBOLS = frozenset(ViewDecorator.kwargs_symbols)
+
+
+def _plain_step(view):
+    """A view declared stage=STEP without a step hook runs its kernel there."""
+    return view.stage is ViewStage.STEP and type(view).on_step is View.on_step
 
 
 def _parse_version(text):

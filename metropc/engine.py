@@ -207,6 +207,8 @@ class Engine:
         if event_id is None:
             event_id = data.get("internal#event_id")
         for view in views:
+            if not view.args and view.trigger == "event":
+                continue  # no input can trigger it (contexts add `_: 'internal#train_id'`)
             kwargs = {}
             for arg in view.args:
                 key = str(arg.path)

@@ -8,6 +8,7 @@ already guards against bad input keeps working.
 
 from __future__ import annotations
 
+import pickle
 import traceback
 
 __all__ = [
@@ -80,9 +81,17 @@ class ContextError(MetropcError):
         return _context_frame_lineno(self.__traceback__, filename)
 
     def __reduce__(self):
-        # Keep the structured attributes when errors cross process borders.
-        return (_rebuild_error, (type(self), self.message, self.path, self.lineno,
-                                 self.__dict__))
+        # Keep the structured attributes when errors cross process borders;
+        # those that cannot travel (a PathResolutionError's view holds a
+        # kernel defined in context code) arrive as None.
+        state = {}
+        for key, value in self.__dict__.items():
+            try:
+                pickle.dumps(value)
+            except Exception:  # noqa: BLE001 - any reason not to pickle
+                value = None
+            state[key] = value
+        return (_rebuild_error, (type(self), self.message, self.path, self.lineno, state))
 
 
 def _rebuild_error(cls, message, path, lineno, state):

@@ -22,9 +22,11 @@ from .path import Path
 __all__ = ["KaraboPath"]
 
 _DEV = r"[^\s.:\[\]@#]+"
+# In the bracket form the channel may contain dots (FastADC channels are
+# named like ``channel_1.output``); in the dotted form the first dot ends it.
 _FAST_RE = re.compile(
-    rf"^(?P<dev>{_DEV}):(?P<ch>[^\s.:\[\]@#]+)"
-    r"(?:\[(?P<key>[^\[\]\s]+)\]|\.(?P<dkey>[^\s\[\]@#]+))"
+    rf"^(?P<dev>{_DEV}):(?:(?P<bch>[^\s:\[\]@#]+)\[(?P<key>[^\[\]\s]+)\]"
+    r"|(?P<ch>[^\s.:\[\]@#]+)\.(?P<dkey>[^\s\[\]@#]+))"
     r"(?:@(?P<agg>\S+))?$")
 _SLOW_RE = re.compile(rf"^(?P<dev>{_DEV})\.(?P<key>[^\s\[\]@#:]+)$")
 
@@ -36,7 +38,7 @@ class KaraboPath(Path, alias="karabo"):
         body = self.strip_type(path)
         m = _FAST_RE.match(body)
         if m is not None:
-            self.source = f"{m['dev']}:{m['ch']}"
+            self.source = f"{m['dev']}:{m['bch'] or m['ch']}"
             self.key = m["key"] or m["dkey"]
             self.fast = True
             self.aggregator = m["agg"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import re
 import sys
 import types
 
@@ -109,7 +110,9 @@ class ViewDecorator:
 
     def __call__(self, func=None, /, **kwargs):
         if func is None:
-            return type(self)(self.output, {**self.kwargs, **kwargs}, self.origin)
+            new = type(self)(self.output, {**self.kwargs, **kwargs}, self.origin)
+            new.prototype = self.prototype  # ViewPrototype.Image(name=...) stays one
+            return new
         if kwargs or not callable(func):
             raise TypeError(f"View.{self.origin} takes keyword arguments only")
         filename, lineno = _caller_line()
@@ -180,6 +183,11 @@ class ViewSpec:
         except ViewDefError:
             raise
         except (TypeError, ValueError) as e:
+            m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+            if m is not None:
+                e = (f"unknown keyword '{m[1]}' (the decorator takes "
+                     f"{', '.join(DECORATOR_KEYWORDS)}; other keywords go to "
+                     f"{impl.__name__}, which does not take '{m[1]}')")
             raise ViewDefError(f"view '{name}' (View.{self.origin}): {e}",
                                self.filename, self.lineno) from None
         view.decorator_line = self.lineno
