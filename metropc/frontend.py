@@ -85,7 +85,7 @@ class ThreadedFrontend:
 
     def __init__(self, control_addr=None, reduce_addr=None, output_addr=None,
                  queue_addr=None, num_pool_stages=2, sr_cls=ProcessRunner, *,
-                 queue_size=16, drop_policy=DROP_OLDEST, prefetch=2, output_hwm=100,
+                 queue_size=16, drop_policy=DROP_OLDEST, prefetch=4, output_hwm=100,
                  reorder_timeout=1.0, stats_interval=1.0):
         if drop_policy not in (DROP_OLDEST, DROP_NEWEST):
             raise ValueError(f"drop_policy must be 'oldest' or 'newest', not {drop_policy!r}")
@@ -110,6 +110,7 @@ class ThreadedFrontend:
         self._queue_size = queue_size
         self._control = collections.deque()
         self._enqueued = 0
+        self._wake_pending = False
         self._lock = threading.Lock()
         self._stopping = False
         self._stage_kwargs = dict(output_hwm=output_hwm, reorder_timeout=reorder_timeout)
@@ -199,10 +200,18 @@ class ThreadedFrontend:
 
     # -- internals -------------------------------------------------------------------------
     def _wake(self):
+        """Wake the frontend thread (called with the lock held).
+
+        One wake-up message is enough until the thread has drained it, so
+        a busy source does not pay a socket send per event.
+        """
+        if self._wake_pending:
+            return
+        self._wake_pending = True
         try:
             self._wake_push.send(b"", zmq.NOBLOCK)
         except zmq.Again:
-            pass  # a wake-up is already pending
+            pass  # a wake-up is already on its way
 
     def _queue_control(self, target, opcode, data):
         with self._lock:
@@ -266,24 +275,40 @@ class _LoopState:
         poller.register(fe._router, zmq.POLLIN)
         poller.register(fe._wake_pull, zmq.POLLIN)
         next_stats = time.monotonic() + fe.stats_interval
+        next_check = 0.0
         while not fe._stopping:
             ready = dict(poller.poll(100))
             if fe._wake_pull in ready:
-                while fe._wake_pull.poll(0):
-                    fe._wake_pull.recv()
-            while fe._router in dict(poller.poll(0)):
-                self.on_stage_message()
-            self.check_stages()
+                with fe._lock:
+                    fe._wake_pending = False
+                    while True:
+                        try:
+                            fe._wake_pull.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+            if fe._router in ready:
+                self.drain_stage_messages()
+            now = time.monotonic()
+            if now >= next_check:
+                self.check_stages()
+                next_check = now + 0.25
             if fe.ready.is_set():
                 self.dispatch()
                 if time.monotonic() >= next_stats:
                     self.send_stats()
                     next_stats = time.monotonic() + fe.stats_interval
 
-    def on_stage_message(self):
+    def drain_stage_messages(self, limit=1000):
+        for _ in range(limit):
+            try:
+                self.on_stage_message(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+
+    def on_stage_message(self, flags=0):
         fe = self.fe
         try:
-            ident, opcode, data = recv(fe._router, identity=True)
+            ident, opcode, data = recv(fe._router, identity=True, flags=flags)
         except ProtocolError as e:
             log.warning("frontend: rejected malformed stage message: %s", e)
             return

@@ -22,7 +22,7 @@ class Collector:
             self.sub.subscribe(t)
         self.messages = []
 
-    def poll_until(self, predicate, timeout=10.0):
+    def poll_until(self, predicate, timeout=20.0):
         """Receive until predicate(messages) is true; fail after `timeout` s."""
         deadline = time.monotonic() + timeout
         while not predicate(self.messages):

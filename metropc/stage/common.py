@@ -57,9 +57,9 @@ def send(sock, opcode, data=None, *, prefix=(), flags=0):
     sock.send_multipart(frames, flags=flags, copy=False)
 
 
-def recv(sock, *, identity=False):
+def recv(sock, *, identity=False, flags=0):
     """Receive one message: ``(opcode, data)`` or ``(ident, opcode, data)``."""
-    frames = sock.recv_multipart(copy=False)
+    frames = sock.recv_multipart(flags, copy=False)
     if identity:
         ident = frames[0].bytes
         opcode, data = decode_protocol(frames[1:])
