@@ -25,9 +25,9 @@ import sys
 import threading
 import time
 
-from ..core import Context
 from ..error import ContextError, SourceError
-from ..frontend import DROP_NEWEST, DROP_OLDEST, ProcessRunner, ThreadedFrontend
+from ..frontend import DROP_NEWEST, DROP_OLDEST
+from ..pipeline import Pipeline
 from .status import StatusDisplay
 
 log = logging.getLogger("metropc.run")
@@ -107,26 +107,13 @@ def check_output_address(addr, allow_remote):
                 "a loopback interface; pass --allow-remote to do it on purpose")
 
 
-class RunFrontend(ThreadedFrontend):
-    """The CLI's frontend: reports through the ``metropc.run`` logger."""
-
-    def on_pipeline_error(self, msg):
-        log.error("%s", msg)
-
-    def on_pipeline_panic(self, msg):
-        log.critical("%s", msg)
-
-
 class ContextWatcher:
     """Reloads the context file when it changes; keeps the old one on error."""
 
-    def __init__(self, path, frontend, parameters):
-        self.path = path
-        self.frontend = frontend
-        self.parameters = parameters
-        self.version = 0
-        self.ctx = None
-        self._stamp = None
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        self.path = pipeline.context_path
+        self._stamp = self._read_stamp()
 
     def _read_stamp(self):
         try:
@@ -135,53 +122,26 @@ class ContextWatcher:
             return None
         return (st.st_mtime_ns, st.st_size)
 
-    def load(self):
-        """Load the file now; returns the Context, or None if it was refused."""
-        self._stamp = self._read_stamp()
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                source = f.read()
-            ctx = Context(source, path=self.path, version=self.version + 1,
-                          parameters=self.parameters)
-        except ContextError as e:
-            log.error("context refused, %s\n%s",
-                      "the previous one keeps running" if self.ctx else "nothing runs",
-                      e.format_for_context(source))
-            return None
-        except OSError as e:
-            log.error("cannot read context %s: %s", self.path, e)
-            return None
-        self.version = ctx.version
-        self.ctx = ctx
-        self.frontend.queue_to_all(b"context", ctx.to_dict())
-        log.info("context %s loaded (version %d, %d views)", self.path, ctx.version,
-                 len(ctx.views))
-        return ctx
-
     def poll(self):
         stamp = self._read_stamp()
-        if stamp is not None and stamp != self._stamp:
-            self.load()
+        if stamp is None or stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self.pipeline.reload()
+        except ContextError as e:
+            log.error("context refused, the previous one keeps running\n%s",
+                      e.format_for_context(_read(self.path)))
+        except OSError as e:
+            log.error("cannot read context %s: %s", self.path, e)
 
 
-def feed(source, frontend, stop, max_events):
-    """Source thread: hand each event to the pipeline."""
-    n = 0
+def _read(path):
     try:
-        for event in source:
-            if stop.is_set():
-                break
-            frontend.queue_to_any(b"event", event)
-            n += 1
-            if max_events is not None and n >= max_events:
-                break
-    except SourceError as e:
-        log.error("source failed: %s", e)
-    except Exception:  # noqa: BLE001 - report and stop feeding
-        log.exception("source failed")
-    finally:
-        log.info("source finished after %d events", n)
-        stop.set()
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def main(argv=None):
@@ -208,53 +168,45 @@ def main(argv=None):
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    frontend = RunFrontend(output_addr=output, num_pool_stages=args.pool,
-                           sr_cls=ProcessRunner, queue_size=args.queue_size,
-                           drop_policy=args.drop_policy)
-    source = None
     try:
-        watcher = ContextWatcher(args.context, frontend, dict(args.param))
-        ctx = watcher.load()
-        if ctx is None:
-            return 1
-        while not frontend.wait_ready(0.2):
-            if stop.is_set():
-                return 130
-        print(f"metropc-run: output on {frontend.output_addr}  "
-              f"(watch it with: metropc-client {frontend.output_addr})", flush=True)
-        try:
-            from ..sources import open_source
-            source = open_source(args.source, rate=args.rate, seed=args.seed,
-                                 bridge_socket=args.bridge_socket)
-        except SourceError as e:
-            log.error("%s", e)
-            return 1
-        feeder = threading.Thread(target=feed, args=(source, frontend, stop, args.max_events),
-                                  name="metropc-source", daemon=True)
-        feeder.start()
+        pipeline = Pipeline(args.context, source=args.source, pool=args.pool,
+                            output=output, parameters=dict(args.param), rate=args.rate,
+                            seed=args.seed, bridge_socket=args.bridge_socket,
+                            queue_size=args.queue_size, drop_policy=args.drop_policy,
+                            max_events=args.max_events)
+    except ContextError as e:
+        log.error("context refused, nothing runs\n%s",
+                  e.format_for_context(_read(args.context)))
+        return 1
+    except SourceError as e:
+        log.error("%s", e)
+        return 1
+    status = None
+    try:
+        print(f"metropc-run: output on {pipeline.output_addr}  "
+              f"(watch it with: metropc-client {pipeline.output_addr})", flush=True)
+        watcher = None if args.no_watch else ContextWatcher(pipeline)
         mode = args.status
         if mode == "auto":
             mode = "live" if sys.stderr.isatty() else "lines"
-        status = None if mode == "off" else StatusDisplay(frontend, live=(mode == "live"))
+        if mode != "off":
+            status = StatusDisplay(pipeline.output_addr, pipeline.ctx.event_alias,
+                                   live=(mode == "live"))
         t_end = None if args.duration is None else time.monotonic() + args.duration
-        while not stop.is_set():
+        while not stop.is_set() and not pipeline.finished.is_set():
             stop.wait(0.5)
-            if not args.no_watch:
+            if watcher is not None:
                 watcher.poll()
             if status is not None:
                 status.update()
             if t_end is not None and time.monotonic() >= t_end:
                 break
-        # Let the last events drain through REDUCE before stopping.
         if status is not None:
             status.update(final=True)
         return 0
     finally:
-        stop.set()
-        if source is not None:
-            source.close()
-        frontend.close(timeout=3.0)
-        if 'status' in locals() and status is not None:
+        pipeline.close(timeout=3.0)
+        if status is not None:
             status.close()
 
 

@@ -18,15 +18,16 @@ from ..client import IndexViewEntry, decode_protocol
 class StatusDisplay:
     """Redraws in place on a terminal (`live`), else prints a line now and then."""
 
-    def __init__(self, frontend, live=True, stream=None, line_interval=10.0):
-        self.frontend = frontend
+    def __init__(self, output_addr, event_alias="event", live=True, stream=None,
+                 line_interval=10.0):
+        self.event_path = f"internal#{event_alias}"
         self.live = live
         self.stream = stream or sys.stderr
         self.line_interval = line_interval
         self._zctx = zmq.Context()
         self._sub = self._zctx.socket(zmq.SUB)
         self._sub.linger = 0
-        self._sub.connect(frontend.output_addr)
+        self._sub.connect(output_addr)
         self._sub.subscribe(b"index")
         self.index = None
         self._last_line = 0.0
@@ -51,20 +52,16 @@ class StatusDisplay:
 
     def summary(self):
         idx = self.index
-        events = next((e for p, e in idx.items() if p.startswith("internal#")
-                       and p not in _COUNTERS and not isinstance(e, IndexViewEntry)
-                       and p == self._event_path()), None)
-        out = f"out {events.counts} ({events.rate:.1f}/s)" if events else "out 0"
-        dropped = idx.get("internal#dropped_events")
-        errors = sum(e.errors for e in idx.values() if isinstance(e, IndexViewEntry))
-        return (f"metropc: {out}, dropped {dropped.counts if dropped else 0}, "
-                f"lost {idx.get('internal#lost_events').counts if 'internal#lost_events' in idx else 0}, "
-                f"view errors {errors}")
 
-    def _event_path(self):
-        ctx = getattr(self.frontend, "ctx", None)
-        alias = ctx.event_alias if ctx is not None else "event"
-        return f"internal#{alias}"
+        def count(path):
+            entry = idx.get(path)
+            return entry.counts if entry is not None else 0
+
+        events = idx.get(self.event_path)
+        out = f"out {events.counts} ({events.rate:.1f}/s)" if events else "out 0"
+        errors = sum(e.errors for e in idx.values() if isinstance(e, IndexViewEntry))
+        return (f"metropc: {out}, dropped {count('internal#dropped_events')}, "
+                f"lost {count('internal#lost_events')}, view errors {errors}")
 
     def render(self):
         lines = [self.summary(), f"{'view':<32} {'output':<20} {'stage':<7} "
@@ -88,5 +85,3 @@ class StatusDisplay:
         self._sub.close(0)
         self._zctx.term()
 
-
-_COUNTERS = ("internal#dropped_events", "internal#lost_events", "internal#stale_events")

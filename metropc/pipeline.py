@@ -1,0 +1,212 @@
+"""A whole pipeline in one object: stages, a context, and a data source.
+
+:class:`Pipeline` is what ``metropc-run`` is made of, and what scripts and
+notebooks use to run the real multi-process pipeline::
+
+    from metropc.pipeline import Pipeline
+    from metropc.client import Client
+
+    with Pipeline("contexts/sim_example.py", source="sim", rate=50) as pipe:
+        with Client(pipe.output_addr, views=["ring_radius"], timeout=10) as client:
+            path, payload = client.recv()
+
+For in-process runs over recorded events without any processes, use
+:func:`metropc.run` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from .core import Context
+from .error import SourceError
+from .frontend import DROP_OLDEST, ProcessRunner, ThreadedFrontend
+
+__all__ = ["Pipeline"]
+
+log = logging.getLogger(__name__)
+
+
+class _Frontend(ThreadedFrontend):
+    """Routes stage messages to the owning Pipeline's handlers."""
+
+    def __init__(self, owner, **kwargs):
+        self._owner = owner
+        super().__init__(**kwargs)
+
+    def on_pipeline_error(self, msg):
+        self._owner.on_error(msg)
+
+    def on_pipeline_panic(self, msg):
+        self._owner.on_panic(msg)
+
+
+class Pipeline:
+    """Frontend + POOL workers + REDUCE, fed from a source, with a context.
+
+    Parameters
+    ----------
+    context : str or os.PathLike
+        A context file (reloadable with :meth:`reload`) or context source.
+    source : str
+        A source spec for :func:`metropc.sources.open_source`; ``None`` to
+        feed events yourself with :meth:`send`.
+    pool : int
+        Number of POOL workers.
+    output : str, optional
+        Output address; default a free TCP port on 127.0.0.1.
+    parameters : dict, optional
+        Parameter overrides, kept across reloads.
+    rate, seed, bridge_socket : optional
+        Passed to the source.
+    max_events : int, optional
+        Stop feeding after this many events from the source.
+    ready_timeout : float
+        Seconds to wait for the stages to start.
+
+    Errors the stages report (failing views, refused contexts) are logged
+    and kept in :attr:`errors` (the last 100).
+    """
+
+    def __init__(self, context, source="sim", *, pool=2, output=None, parameters=None,
+                 rate=None, seed=0, bridge_socket=None, queue_size=16,
+                 drop_policy=DROP_OLDEST, sr_cls=ProcessRunner, max_events=None,
+                 ready_timeout=60.0, **source_options):
+        self.errors = []
+        self.parameters = dict(parameters or {})
+        self.version = 0
+        self.ctx = None
+        self.context_path = None
+        self.finished = threading.Event()
+        self._stop = threading.Event()
+        self._source = None
+        self._feeder = None
+        self._frontend = _Frontend(self, output_addr=output or "tcp://127.0.0.1:*",
+                                   num_pool_stages=pool, sr_cls=sr_cls,
+                                   queue_size=queue_size, drop_policy=drop_policy)
+        try:
+            if isinstance(context, os.PathLike) or (
+                    isinstance(context, str) and "\n" not in context
+                    and os.path.isfile(context)):
+                self.context_path = os.fspath(context)
+                self.reload()
+            else:
+                self.load(context)
+            if not self._frontend.wait_ready(ready_timeout):
+                raise RuntimeError(f"pipeline stages did not start within {ready_timeout} s")
+            if source is not None:
+                from .sources import open_source
+                self._source = open_source(source, paths=self.ctx.get_paths(), rate=rate,
+                                           seed=seed, bridge_socket=bridge_socket,
+                                           **source_options)
+                self._feeder = threading.Thread(target=self._feed, args=(max_events,),
+                                                name="metropc-source", daemon=True)
+                self._feeder.start()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- reporting ---------------------------------------------------------------------
+    def on_error(self, msg):
+        """A stage reported an error (a failing view, a refused context)."""
+        log.error("%s", msg)
+        self.errors.append(msg)
+        del self.errors[:-100]
+
+    def on_panic(self, msg):
+        """A stage died."""
+        log.critical("%s", msg)
+        self.errors.append(msg)
+
+    # -- control ---------------------------------------------------------------------------
+    @property
+    def output_addr(self):
+        """Where clients connect (the bound address, once ready)."""
+        return self._frontend.output_addr
+
+    @property
+    def frontend(self):
+        return self._frontend
+
+    def load(self, source, path="<ctx>"):
+        """Load context `source`; raise ContextError and keep the old one if bad."""
+        ctx = Context(source, path=path, version=self.version + 1,
+                      parameters=self.parameters)
+        self.version = ctx.version
+        self.ctx = ctx
+        self._frontend.queue_to_all(b"context", ctx.to_dict())
+        if self._source is not None:
+            self._source.set_paths(ctx.get_paths())
+        log.info("context %s loaded (version %d, %d views)", path, ctx.version,
+                 len(ctx.views))
+        return ctx
+
+    def reload(self):
+        """Read the context file again and load it (see :meth:`load`)."""
+        if self.context_path is None:
+            raise ValueError("this pipeline was not started from a context file")
+        with open(self.context_path, encoding="utf-8") as f:
+            source = f.read()
+        return self.load(source, path=self.context_path)
+
+    def set_parameters(self, **values):
+        """Change parameters in every stage from the next event on."""
+        self.parameters.update(values)
+        if self.ctx is not None:
+            self.ctx.update_parameters(values)
+        self._frontend.queue_to_all(b"params", values)
+
+    def send(self, event):
+        """Feed one event yourself (dict of path -> value)."""
+        return self._frontend.queue_to_any(b"event", event)
+
+    def step(self):
+        """End an operator step after the events sent so far."""
+        self._frontend.step()
+
+    def action(self, view_name):
+        """Run the ACTION view `view_name` in REDUCE."""
+        self._frontend.queue_to("reduce", b"action", {"view_name": view_name})
+
+    def request_index(self):
+        self._frontend.queue_to("reduce", b"index")
+
+    @property
+    def dropped(self):
+        return self._frontend.dropped
+
+    def _feed(self, max_events):
+        n = 0
+        try:
+            for event in self._source:
+                if self._stop.is_set():
+                    break
+                self._frontend.queue_to_any(b"event", event)
+                n += 1
+                if max_events is not None and n >= max_events:
+                    break
+        except SourceError as e:
+            self.on_error(f"source failed: {e}")
+        except Exception as e:  # noqa: BLE001 - report and stop feeding
+            log.exception("source failed")
+            self.on_error(f"source failed: {type(e).__name__}: {e}")
+        finally:
+            log.info("source finished after %d events", n)
+            self.finished.set()
+
+    def close(self, timeout=3.0):
+        """Stop the source and every stage; idempotent."""
+        self._stop.set()
+        if self._source is not None:
+            self._source.close()
+        if self._feeder is not None:
+            self._feeder.join(timeout)
+        self._frontend.close(timeout=timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
