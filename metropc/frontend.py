@@ -38,7 +38,7 @@ from .core import Context
 from .error import ContextError, ProtocolError
 from .protocol import decode_protocol, encode_protocol
 from .stage.common import (OP_CONTEXT, OP_CREDIT, OP_DEBUG, OP_ERROR, OP_EVENT,
-                           KEY_STEP, OP_HELLO, OP_PARAMS, OP_STATS, OP_STEP, OP_STOP, SEQ_PATH,
+                           KEY_STEP, OP_HELLO, OP_STATS, OP_STEP, OP_STOP, SEQ_PATH,
                            make_socket, recv, remove_ipc_file, send)
 from .stage.pool import run_pool
 from .stage.reduce import run_reduce

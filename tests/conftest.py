@@ -36,6 +36,22 @@ class Collector:
                 self.messages.append((path.decode(), data))
         return self.messages
 
+    def wait_connected(self, frontend, timeout=20.0):
+        """Block until this subscriber receives (so nothing published is missed).
+
+        PUB/SUB subscriptions take a moment to reach the publisher; ask
+        for the index until one arrives.
+        """
+        deadline = time.monotonic() + timeout
+        while not any(p == "index" for p, _ in self.messages):
+            if time.monotonic() > deadline:
+                raise AssertionError("subscriber never received the index")
+            frontend.queue_to("reduce", b"index")
+            if self.sub.poll(100):
+                path, data = decode_protocol(self.sub.recv_multipart())
+                self.messages.append((path.decode(), data))
+        return self
+
     def values(self, view):
         return [d["data"] for p, d in self.messages if p == f"view#{view}"]
 

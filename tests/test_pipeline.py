@@ -27,6 +27,7 @@ def pipeline():
 
     def start(sr_cls=ThreadRunner, num_pool_stages=2, **kwargs):
         kwargs.setdefault("queue_size", 10000)
+        kwargs.setdefault("output_hwm", 100000)  # these tests count every result
         fe = ThreadedFrontend(num_pool_stages=num_pool_stages, sr_cls=sr_cls, **kwargs)
         made.append(fe)
         assert fe.wait_ready(30), "pipeline did not become ready"
@@ -68,7 +69,7 @@ def ordered(t: 'view#jitter'):
 def test_results_reach_reduce_in_event_order_through_two_worker_processes(
         pipeline, collector_factory):
     fe = pipeline(sr_cls=ProcessRunner)
-    col = collector_factory(fe.output_addr)
+    col = collector_factory(fe.output_addr).wait_connected(fe)
     set_context(fe, ORDER_CTX)
     for ev in events(range(200)):
         fe.queue_to_any(b"event", ev)
@@ -88,7 +89,7 @@ def scaled(t: 'internal#train_id'):
 
 def test_params_reach_every_stage_and_apply_to_the_next_events(pipeline, collector_factory):
     fe = pipeline()
-    col = collector_factory(fe.output_addr)
+    col = collector_factory(fe.output_addr).wait_connected(fe)
     set_context(fe, PARAM_CTX)
     for ev in events(range(50)):
         fe.queue_to_any(b"event", ev)
@@ -102,7 +103,7 @@ def test_params_reach_every_stage_and_apply_to_the_next_events(pipeline, collect
 
 def test_reload_under_load_never_mixes_versions(pipeline, collector_factory):
     fe = pipeline()
-    col = collector_factory(fe.output_addr)
+    col = collector_factory(fe.output_addr).wait_connected(fe)
     set_context(fe, "@View.Scalar\ndef a(t: 'internal#train_id'): return t\n", version=1)
     stop = threading.Event()
 
@@ -146,7 +147,7 @@ def snapshot(t: 'view#tid'):
 
 def test_action_runs_on_request_with_the_latest_values(pipeline, collector_factory):
     fe = pipeline()
-    col = collector_factory(fe.output_addr)
+    col = collector_factory(fe.output_addr).wait_connected(fe)
     set_context(fe, ACTION_CTX)
     for ev in events(range(10)):
         fe.queue_to_any(b"event", ev)
@@ -175,7 +176,7 @@ def at_step(t: 'view#tid'):
 
 def test_step_boundary_runs_step_views_after_the_events_before_it(pipeline, collector_factory):
     fe = pipeline()
-    col = collector_factory(fe.output_addr)
+    col = collector_factory(fe.output_addr).wait_connected(fe)
     set_context(fe, STEP_CTX)
     for ev in events(range(30)):
         fe.queue_to_any(b"event", ev)
@@ -209,7 +210,7 @@ def broken(t: 'internal#train_id'):
 def test_index_lists_views_and_inputs_with_counts(pipeline, collector_factory):
     import numpy as np
     fe = pipeline()
-    col = collector_factory(fe.output_addr)
+    col = collector_factory(fe.output_addr).wait_connected(fe)
     set_context(fe, INDEX_CTX)
     for ev in events(range(25), **{"karabo#SPEC/A/B:output[data.spectrum]": np.arange(4.0)}):
         fe.queue_to_any(b"event", ev)
@@ -252,7 +253,7 @@ def slow(t: 'internal#train_id'):
 @pytest.mark.parametrize("policy", ["oldest", "newest"])
 def test_overload_drops_by_policy_and_counts(pipeline, collector_factory, policy):
     fe = pipeline(num_pool_stages=1, queue_size=4, drop_policy=policy, prefetch=1)
-    col = collector_factory(fe.output_addr)
+    col = collector_factory(fe.output_addr).wait_connected(fe)
     set_context(fe, SLOW_CTX)
     for ev in events(range(200)):
         fe.queue_to_any(b"event", ev)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import os
 
+import msgpack
 import zmq
 
+from ..error import ProtocolError
 from ..protocol import decode_protocol, encode_protocol
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ OP_STOP = b"stop"        # leave the stage loop
 
 # Stage -> frontend opcodes.
 OP_HELLO = b"hello"      # {"stage": str, "output_addr": str?}
-OP_CREDIT = b"credit"    # {"n": int}: ready for n more events (pool)
+OP_CREDIT = b"credit"    # ready for {"n": int} (default 1) more events (pool)
 OP_ERROR = b"error"      # {"msg": str}
 OP_DEBUG = b"debug"      # {"msg": str}
 
@@ -38,33 +40,88 @@ OP_DEBUG = b"debug"      # {"msg": str}
 OP_RESULT = b"result"
 
 #: Reserved keys in result messages (never valid paths: no '#' type prefix).
-KEY_SEQ = "#seq"
-KEY_VERSION = "#version"
-KEY_EVENT_ID = "#event_id"
-KEY_PRODUCED = "#produced"
-KEY_FAILED = "#failed"
-KEY_SKIP = "#skip"
+KEY_META = "#meta"          # pack_meta(...)
+KEY_EVENT_ID = "#event_id"  # only when the event id does not fit in the meta
 #: Marks the pseudo-event that carries an operator step boundary.
 KEY_STEP = "#step"
+
 #: Event key carrying the frontend's dispatch sequence number.
 SEQ_PATH = "internal#seq"
 
 
+#: Frames from this size on are handed to ZeroMQ without a copy.
+ZERO_COPY_MIN = 65536
+
+# pyzmq's send_multipart/recv_multipart cost ~2 us per frame in Python
+# (enum flag arithmetic, type checks); the backend methods with int flags
+# cost a third of that, which matters for small events with many frames.
+_send_frame = zmq.backend.Socket.send
+_recv_frame = zmq.backend.Socket.recv
+_SNDMORE = int(zmq.SNDMORE)
+
+
 def send(sock, opcode, data=None, *, prefix=(), flags=0):
-    """Encode and send one message; `prefix` frames go first (identities)."""
+    """Encode and send one message; `prefix` frames go first (identities).
+
+    Large buffers go zero-copy; small frames are copied, which is cheaper
+    than wrapping each of them for zero-copy.
+    """
     frames = list(prefix)
     encode_protocol(opcode, data or {}, frames)
-    sock.send_multipart(frames, flags=flags, copy=False)
+    flags = int(flags)
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        copy = isinstance(frame, bytes) or memoryview(frame).nbytes < ZERO_COPY_MIN
+        _send_frame(sock, frame, flags | _SNDMORE if i < last else flags, copy)
+        flags &= ~int(zmq.NOBLOCK)  # only the first frame may refuse
+
+
+def recv_frames(sock, flags=0):
+    """All frames of one message as zmq.Frame objects (no copy)."""
+    frame = _recv_frame(sock, int(flags), False)
+    frames = [frame]
+    while frame.more:
+        frame = _recv_frame(sock, 0, False)
+        frames.append(frame)
+    return frames
 
 
 def recv(sock, *, identity=False, flags=0):
     """Receive one message: ``(opcode, data)`` or ``(ident, opcode, data)``."""
-    frames = sock.recv_multipart(flags, copy=False)
+    frames = recv_frames(sock, flags)
     if identity:
         ident = frames[0].bytes
         opcode, data = decode_protocol(frames[1:])
         return ident, opcode, data
     return decode_protocol(frames)
+
+
+def pack_meta(seq, version=None, event_id=None, produced=(), failed=(), kind=0):
+    """The bookkeeping of one pool result, packed into one frame.
+
+    Per-frame costs dominate small messages, so sequence number, context
+    version, event id and which views produced or failed travel together.
+    `kind` is META_EVENT, META_SKIP or META_STEP.  An event id msgpack
+    cannot hold is sent as its own key instead (see unpack in reduce).
+    """
+    try:
+        return msgpack.packb([seq, version, event_id, list(produced), list(failed), kind])
+    except (TypeError, ValueError):
+        return msgpack.packb([seq, version, None, list(produced), list(failed), kind])
+
+
+def unpack_meta(raw):
+    """Inverse of :func:`pack_meta`; ProtocolError for anything malformed."""
+    try:
+        seq, version, event_id, produced, failed, kind = msgpack.unpackb(raw)
+    except Exception as e:  # noqa: BLE001 - any garbage is a protocol error
+        raise ProtocolError(f"malformed result metadata: {e}") from None
+    if not isinstance(seq, int):
+        raise ProtocolError("result metadata without sequence number")
+    return seq, version, event_id, produced, failed, kind
+
+
+META_EVENT, META_SKIP, META_STEP = 0, 1, 2
 
 
 def ipc_path(addr):

@@ -18,8 +18,8 @@ from ..core import Context
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput, ViewStage
 from ..error import ContextError
-from .common import (KEY_EVENT_ID, KEY_FAILED, KEY_PRODUCED, KEY_SEQ, KEY_SKIP, KEY_STEP,
-                     KEY_VERSION, OP_CONTEXT, OP_CREDIT, OP_ERROR, OP_EVENT,
+from .common import (KEY_EVENT_ID, KEY_META, KEY_STEP, META_SKIP, META_STEP,
+                     OP_CONTEXT, OP_CREDIT, OP_ERROR, OP_EVENT, pack_meta,
                      OP_HELLO, OP_PARAMS, OP_RESULT, OP_STOP, SEQ_PATH, make_socket,
                      recv, send)
 
@@ -87,20 +87,22 @@ class PoolWorker:
         if seq is None:
             return
         if event.get(KEY_STEP):
-            send(self.results, OP_RESULT, {KEY_SEQ: seq, KEY_STEP: True})
+            send(self.results, OP_RESULT, {KEY_META: pack_meta(seq, kind=META_STEP)})
             return
         engine = self.engine
         if engine is None:
-            send(self.results, OP_RESULT, {KEY_SEQ: seq, KEY_SKIP: True})
+            send(self.results, OP_RESULT, {KEY_META: pack_meta(seq, kind=META_SKIP)})
             return
         event_id = engine.prepare(event)
-        before = dict(engine.errors)
+        errors = engine.errors
+        before = dict(errors) if errors else None
         results = engine.pool(event)
-        out = {KEY_SEQ: seq, KEY_VERSION: self.ctx.version, KEY_EVENT_ID: event_id,
-               KEY_PRODUCED: tuple(results)}
-        failed = tuple(n for n, c in engine.errors.items() if before.get(n, 0) != c)
-        if failed:
-            out[KEY_FAILED] = failed
+        failed = () if before is None and not errors else tuple(
+            n for n, c in errors.items() if (before or {}).get(n, 0) != c)
+        meta = pack_meta(seq, self.ctx.version, event_id, results, failed)
+        out = {KEY_META: meta}
+        if not isinstance(event_id, (int, str, float, type(None))):
+            out[KEY_EVENT_ID] = event_id
         for name in self.forward_views.intersection(results):
             out[f"view#{name}"] = results[name]
         for path in self.forward_paths.intersection(event):
@@ -124,7 +126,7 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None):
             opcode, data = recv(control)
             if opcode == OP_EVENT:
                 worker.event(data)
-                send(control, OP_CREDIT, {"n": 1})
+                send(control, OP_CREDIT)
             elif opcode == OP_CONTEXT:
                 worker.load(data)
             elif opcode == OP_PARAMS:

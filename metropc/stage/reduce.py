@@ -20,10 +20,9 @@ from ..core import Context
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput
 from ..error import ContextError, ProtocolError
-from .common import (KEY_EVENT_ID, KEY_FAILED, KEY_PRODUCED, KEY_SEQ, KEY_SKIP, KEY_STEP,
-                     KEY_VERSION, OP_ACTION, OP_CONTEXT, OP_ERROR, OP_HELLO, OP_INDEX,
+from .common import (KEY_EVENT_ID, KEY_META, META_SKIP, META_STEP, OP_ACTION, OP_CONTEXT, OP_ERROR, OP_HELLO, OP_INDEX,
                      OP_PARAMS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
-                     recv, send)
+                     recv, send, unpack_meta)
 from .ordering import ReorderBuffer
 
 log = logging.getLogger(__name__)
@@ -118,10 +117,11 @@ class ReduceStage:
 
     # -- events -------------------------------------------------------------------
     def on_result(self, data):
-        seq = data.get(KEY_SEQ)
-        if not isinstance(seq, int):
-            raise ProtocolError("result without sequence number")
-        self._process_all(self.buffer.push(seq, data))
+        raw = data.pop(KEY_META, None)
+        if not isinstance(raw, bytes):
+            raise ProtocolError("result without metadata")
+        meta = unpack_meta(raw)
+        self._process_all(self.buffer.push(meta[0], (meta, data)))
 
     def flush(self):
         """Release what the reorder deadline allows (called on timeouts)."""
@@ -129,22 +129,22 @@ class ReduceStage:
 
     def _process_all(self, items):
         for item in items:
-            self.process(item)
+            self.process(*item)
 
-    def process(self, data):
-        seq = data[KEY_SEQ]
-        for version, (ctx, from_seq) in sorted(self.pending.items()):
+    def process(self, meta, data):
+        seq, version, event_id, produced, failed, kind = meta
+        for _, (ctx, from_seq) in sorted(self.pending.items()):
             if seq >= from_seq:
                 self._switch(ctx)
-        if self.engine is None or data.get(KEY_SKIP):
+        if self.engine is None or kind == META_SKIP:
             return
-        if data.get(KEY_STEP):
+        if kind == META_STEP:
             results = self.engine.step()
             for name in results:
                 self.meter.add(name)
             self.publish(results, None)
             return
-        if data.get(KEY_VERSION) != self.ctx.version:
+        if version != self.ctx.version:
             self.stale += 1
             return
         event, pool_results = {}, {}
@@ -153,13 +153,15 @@ class ReduceStage:
                 pool_results[key[5:]] = value
             elif not key.startswith("#"):
                 event[key] = value
-        event_id = data.get(KEY_EVENT_ID)
+        if KEY_EVENT_ID in data:
+            event_id = data[KEY_EVENT_ID]
         event["internal#event_id"] = event_id
         meter = self.meter
-        for name in data.get(KEY_PRODUCED, ()):
+        for name in produced:
             meter.add(name)
-        for name in data.get(KEY_FAILED, ()):
-            self.engine.errors[name] += 1
+        errors = self.engine.errors
+        for name in failed:
+            errors[name] += 1
         results = self.engine.reduce(event, pool_results)
         for name in results:
             meter.add(name)
