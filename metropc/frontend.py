@@ -38,8 +38,10 @@ from .core import Context
 from .error import ContextError, ProtocolError
 from .protocol import decode_protocol, encode_protocol
 from .stage.common import (OP_CONTEXT, OP_CREDIT, OP_DEBUG, OP_ERROR, OP_EVENT,
-                           KEY_STEP, OP_HELLO, OP_STATS, OP_STEP, OP_STOP, SEQ_PATH,
-                           make_socket, recv, remove_ipc_file, send)
+                           KEY_STEP, OP_HELLO, OP_LOST, OP_PARAMS, OP_STATS, OP_STEP,
+                           OP_STOP, SEQ_PATH,
+                           has_large_value, make_socket, recv, remove_ipc_file, send,
+                           send_batch)
 from .stage.pool import run_pool
 from .stage.reduce import run_reduce
 from .stage.runner import ProcessRunner, StageRunner, ThreadRunner
@@ -79,14 +81,18 @@ class ThreadedFrontend:
         Events each worker may hold at once.
     output_hwm : int
         Messages the output socket queues per client before dropping.
+    event_timeout : float or None
+        Seconds a worker may spend per event before it is stopped and
+        replaced (a hung or runaway view); None disables the check.
     reorder_timeout : float
-        Seconds REDUCE waits for a missing event before giving it up.
+        Seconds REDUCE waits for a missing event before giving it up (a
+        safety net: events of a worker that died are announced at once).
     """
 
     def __init__(self, control_addr=None, reduce_addr=None, output_addr=None,
                  queue_addr=None, num_pool_stages=2, sr_cls=ProcessRunner, *,
                  queue_size=16, drop_policy=DROP_OLDEST, prefetch=4, output_hwm=100,
-                 reorder_timeout=1.0, stats_interval=1.0):
+                 reorder_timeout=10.0, event_timeout=30.0, stats_interval=1.0):
         if drop_policy not in (DROP_OLDEST, DROP_NEWEST):
             raise ValueError(f"drop_policy must be 'oldest' or 'newest', not {drop_policy!r}")
         self._tmpdir = None
@@ -103,6 +109,9 @@ class ThreadedFrontend:
         self.prefetch = prefetch
         self.stats_interval = stats_interval
         self.dropped = 0
+        self.lost_events = 0
+        self.restarts = collections.Counter()
+        self.event_timeout = event_timeout
         self.ready = threading.Event()
 
         self._zctx = zmq.Context()
@@ -122,6 +131,7 @@ class ThreadedFrontend:
         self._wake_push.connect(self.queue_addr)
         self._router = make_socket(self._zctx, zmq.ROUTER)
         self._router.router_mandatory = True
+        self._router.router_handover = True  # a replacement stage takes over its name
         self._router.bind(self.control_addr)
         self.control_addr = self._router.last_endpoint.decode()
 
@@ -220,19 +230,25 @@ class ThreadedFrontend:
             self._wake()
 
     def _make_runners(self):
-        extra = {}
-        if self.sr_cls.shares_context:
-            extra["zmq_context"] = self._zctx
-        runners = {"reduce": self.sr_cls(run_reduce, dict(
-            control_addr=self.control_addr, reduce_addr=self.reduce_addr,
-            output_addr=self.output_addr, **self._stage_kwargs, **extra), "reduce")}
-        for i in range(self.num_pool_stages):
-            runners[f"pool-{i}"] = self.sr_cls(run_pool, dict(
-                control_addr=self.control_addr, reduce_addr=self.reduce_addr, index=i,
-                prefetch=self.prefetch, **extra), f"pool-{i}")
+        names = ["reduce"] + [f"pool-{i}" for i in range(self.num_pool_stages)]
+        runners = {name: self._make_runner(name) for name in names}
         for runner in runners.values():
             runner.start()
         return runners
+
+    def _make_runner(self, name):
+        """A (not yet started) runner for stage `name` ('reduce' or 'pool-N')."""
+        extra = {}
+        if self.sr_cls.shares_context:
+            extra["zmq_context"] = self._zctx
+        if name == "reduce":
+            # A restarted REDUCE binds the address clients already use.
+            return self.sr_cls(run_reduce, dict(
+                control_addr=self.control_addr, reduce_addr=self.reduce_addr,
+                output_addr=self.output_addr, **self._stage_kwargs, **extra), name)
+        return self.sr_cls(run_pool, dict(
+            control_addr=self.control_addr, reduce_addr=self.reduce_addr,
+            index=int(name.split("-")[1]), prefetch=self.prefetch, **extra), name)
 
     def _call_ready(self):
         try:
@@ -255,12 +271,20 @@ class ThreadedFrontend:
             state.shutdown()
 
 
+#: Most small events sent to a worker in one message.
+BATCH_MAX = 32
+
+
 class _LoopState:
     """The frontend thread's bookkeeping; only that thread touches it."""
 
     def __init__(self, fe):
         self.fe = fe
         self.credits = collections.Counter()
+        self.outstanding = {}   # worker -> deque of (sent time, [seq, ...]) per message
+        self.busy_since = {}    # worker -> when it started its oldest message
+        self.last_context = None
+        self.params = {}
         self.hello = set()
         self.seq = 0
         self.version = None
@@ -314,7 +338,14 @@ class _LoopState:
             return
         name = ident.decode(errors="replace")
         if opcode == OP_CREDIT:
-            self.credits[name] += int(data.get("n", 1))
+            if "n" in data:  # initial credit: nothing is acknowledged
+                self.credits[name] += int(data["n"])
+            else:  # one message done
+                self.credits[name] += 1
+                batches = self.outstanding.get(name)
+                if batches:
+                    batches.popleft()
+                self.busy_since[name] = time.monotonic()
         elif opcode == OP_ERROR:
             fe.on_pipeline_error(str(data.get("msg")))
         elif opcode == OP_DEBUG:
@@ -323,16 +354,69 @@ class _LoopState:
             self.hello.add(name)
             if name == "reduce":
                 fe.output_addr = data.get("output_addr", fe.output_addr)
-            if not fe.ready.is_set() and self.hello >= set(fe._runners):
-                fe.ready.set()
-                fe._call_ready()
+            if not fe.ready.is_set():
+                if self.hello >= set(fe._runners):
+                    fe.ready.set()
+                    fe._call_ready()
+            else:
+                self.bring_up_to_date(name)
+
+    def bring_up_to_date(self, name):
+        """A replacement stage gets the running context and parameters."""
+        if self.last_context is not None:
+            data = {"ctx": self.last_context, "from_seq": self.seq}
+            if name == "reduce":
+                # Continue with the oldest event a worker still holds.
+                held = [seq for batches in self.outstanding.values()
+                        for _, seqs in batches for seq in seqs]
+                data["start_seq"] = min(held, default=self.seq)
+            self.send_to(name, OP_CONTEXT, data)
+        if self.params:
+            self.send_to(name, OP_PARAMS, dict(self.params))
 
     def check_stages(self):
+        """Replace stages that died; replace workers stuck on one message."""
         fe = self.fe
-        for name, runner in fe._runners.items():
-            if not runner.is_alive() and not getattr(runner, "_reported", False):
-                runner._reported = True
-                fe.on_pipeline_panic(f"stage {name} died (exit code {runner.exitcode})")
+        now = time.monotonic()
+        for name, runner in list(fe._runners.items()):
+            if not runner.is_alive():
+                self.replace(name, f"stage {name} died (exit code {runner.exitcode})")
+                continue
+            batches = self.outstanding.get(name)
+            if fe.event_timeout and batches and runner.can_stop:
+                started = max(batches[0][0], self.busy_since.get(name, 0.0))
+                if now - started > fe.event_timeout * len(batches[0][1]):
+                    runner.stop()
+                    self.replace(name, f"stage {name} spent more than {fe.event_timeout:g} s "
+                                       f"per event on events {batches[0][1][:5]}; stopped it")
+
+    def replace(self, name, reason):
+        """Start a new stage `name`; report what was lost."""
+        fe = self.fe
+        if fe._stopping:
+            return
+        if not fe._runners[name].can_stop:  # threads cannot be replaced
+            if not getattr(fe._runners[name], "_reported", False):
+                fe._runners[name]._reported = True
+                fe.on_pipeline_panic(reason)
+            return
+        self.hello.discard(name)
+        self.credits[name] = 0
+        if name == "reduce":
+            fe.restarts["reduce"] += 1
+            fe.on_pipeline_error(f"{reason}; restarting it: accumulated state (averages, "
+                                 "histograms, step data) is lost")
+        else:
+            lost = [seq for _, seqs in self.outstanding.pop(name, ()) for seq in seqs]
+            fe.restarts[name] += 1
+            fe.lost_events += len(lost)
+            fe.on_pipeline_error(f"{reason}; {len(lost)} event(s) it held are lost; "
+                                 "starting a replacement")
+            if lost:
+                self.send_to("reduce", OP_LOST, {"seqs": lost})
+        runner = fe._make_runner(name)
+        fe._runners[name] = runner
+        runner.start()
 
     def send_to(self, name, opcode, data):
         try:
@@ -365,32 +449,75 @@ class _LoopState:
                         fe._control.appendleft(control)
                     return
                 self.credits[worker] -= 1
+                self.track(worker, [self.seq])
                 self.send_to(worker, OP_EVENT, {SEQ_PATH: self.seq, KEY_STEP: True})
                 self.seq += 1
                 continue
             worker = next((n for n in pools if self.credits[n] > 0), None)
             if worker is None:
                 return
-            with fe._lock:
-                if not fe._events:
-                    continue
-                _, opcode, data = fe._events.popleft()
-            if opcode == OP_EVENT:
-                data = dict(data)
-                data[SEQ_PATH] = self.seq
-                self.seq += 1
-                if self.version is not None:
-                    data.setdefault("internal#ctx_version", self.version)
-                self.input_counts.update(k for k in data if k != SEQ_PATH)
+            batch = self.take_batch(control)
+            if not batch:
+                continue
+            messages = []
+            for opcode, data in batch:
+                if opcode == OP_EVENT:
+                    data = dict(data)
+                    data[SEQ_PATH] = self.seq
+                    self.seq += 1
+                    if self.version is not None:
+                        data.setdefault("internal#ctx_version", self.version)
+                    self.input_counts.update(k for k in data if k != SEQ_PATH)
+                messages.append((opcode, data))
             self.credits[worker] -= 1
             pools.append(pools.pop(pools.index(worker)))  # round robin among free
-            self.send_to(worker, opcode, data)
+            self.track(worker, [d[SEQ_PATH] for o, d in messages if o == OP_EVENT])
+            try:
+                send_batch(fe._router, messages, prefix=[worker.encode()])
+            except zmq.ZMQError as e:  # EHOSTUNREACH: that stage is gone
+                log.warning("frontend: cannot reach %s: %s", worker, e)
+
+    def track(self, worker, seqs):
+        """Remember what `worker` holds until it acknowledges the message."""
+        batches = self.outstanding.setdefault(worker, collections.deque())
+        now = time.monotonic()
+        if not batches:
+            self.busy_since[worker] = now
+        batches.append((now, seqs))
+
+    def take_batch(self, control):
+        """Events for one worker message: one large event or up to BATCH_MAX small.
+
+        Small events waiting together go in one message, so their per-message
+        costs are shared; large ones (with a buffer of 64 KiB or more) go
+        alone, so batching never multiplies the memory a worker holds.
+        Only events queued before the next control message are taken.
+        """
+        fe = self.fe
+        limit = control[0] if control is not None else None
+        batch = []
+        with fe._lock:
+            events = fe._events
+            while events and len(batch) < BATCH_MAX and (limit is None or events[0][0] < limit):
+                _, opcode, data = events[0]
+                large = opcode != OP_EVENT or has_large_value(data)
+                if large and batch:
+                    break
+                events.popleft()
+                batch.append((opcode, data))
+                if large:
+                    break
+        return batch
 
     def send_control(self, target, opcode, data):
         fe = self.fe
         if opcode == OP_CONTEXT:
             self.version = data.get("version")
+            self.last_context = data
+            self.params = {}  # the new context brings its own values
             data = {"ctx": data, "from_seq": self.seq}
+        elif opcode == OP_PARAMS:
+            self.params.update(data)
         if target == "all":
             names = list(fe._runners)
         elif target == "pool":

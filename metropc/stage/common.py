@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 
 import msgpack
 import zmq
@@ -28,6 +29,7 @@ OP_INDEX = b"index"      # publish the index now (reduce)
 OP_ACTION = b"action"    # {"view_name": name} (reduce)
 OP_STEP = b"step"        # operator step boundary (sent through a worker)
 OP_STATS = b"stats"      # {path: count} input statistics (reduce)
+OP_LOST = b"lost"        # {"seqs": [...]}: events a dead worker held (reduce)
 OP_STOP = b"stop"        # leave the stage loop
 
 # Stage -> frontend opcodes.
@@ -38,6 +40,11 @@ OP_DEBUG = b"debug"      # {"msg": str}
 
 # Pool -> reduce.
 OP_RESULT = b"result"
+
+# Several messages in one (frontend -> pool, pool -> reduce): framed, or
+# for small payloads one pickle frame of [(opcode, data), ...].
+OP_BATCH = b"batch"
+OP_PICKLED_BATCH = b"pbatch"
 
 #: Reserved keys in result messages (never valid paths: no '#' type prefix).
 KEY_META = "#meta"          # pack_meta(...)
@@ -58,6 +65,17 @@ ZERO_COPY_MIN = 65536
 _send_frame = zmq.backend.Socket.send
 _recv_frame = zmq.backend.Socket.recv
 _SNDMORE = int(zmq.SNDMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+def send_frames(sock, frames, flags=0):
+    """Send a list of frames as one message (see the module notes on speed)."""
+    flags = int(flags)
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        copy = isinstance(frame, bytes) or memoryview(frame).nbytes < ZERO_COPY_MIN
+        _send_frame(sock, frame, flags | _SNDMORE if i < last else flags, copy)
+        flags &= ~_NOBLOCK  # only the first frame may refuse
 
 
 def send(sock, opcode, data=None, *, prefix=(), flags=0):
@@ -68,12 +86,37 @@ def send(sock, opcode, data=None, *, prefix=(), flags=0):
     """
     frames = list(prefix)
     encode_protocol(opcode, data or {}, frames)
-    flags = int(flags)
-    last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        copy = isinstance(frame, bytes) or memoryview(frame).nbytes < ZERO_COPY_MIN
-        _send_frame(sock, frame, flags | _SNDMORE if i < last else flags, copy)
-        flags &= ~int(zmq.NOBLOCK)  # only the first frame may refuse
+    send_frames(sock, frames, flags)
+
+
+def send_batch(sock, messages, *, prefix=(), flags=0):
+    """Send several ``(opcode, data)`` messages as one ``batch`` message.
+
+    Under load, the per-message costs (a poll, a wake-up, a credit) are
+    paid once per batch instead of once per small event.  Frames:
+    ``b"batch"``, a msgpack list of each message's frame count, then the
+    messages' frames one after the other.
+    """
+    if len(messages) == 1:
+        return send(sock, *messages[0], prefix=prefix, flags=flags)
+    if not any(has_large_value(data) for _, data in messages):
+        # Small messages: one pickle frame for all of them is far cheaper
+        # than a frame per key and value.  Stages trust each other (they
+        # exchange context code), so pickle between them is no new risk.
+        try:
+            payload = pickle.dumps(messages, protocol=5)
+        except Exception:  # noqa: BLE001 - not picklable: frames below
+            payload = None
+        if payload is not None:
+            send_frames(sock, [*prefix, OP_PICKLED_BATCH, payload], flags)
+            return
+    parts = [encode_protocol(opcode, data) for opcode, data in messages]
+    frames = list(prefix)
+    frames.append(OP_BATCH)
+    frames.append(msgpack.packb([len(p) for p in parts]))
+    for p in parts:
+        frames.extend(p)
+    send_frames(sock, frames, flags)
 
 
 def recv_frames(sock, flags=0):
@@ -94,6 +137,62 @@ def recv(sock, *, identity=False, flags=0):
         opcode, data = decode_protocol(frames[1:])
         return ident, opcode, data
     return decode_protocol(frames)
+
+
+def has_large_value(data):
+    """Whether a payload holds a buffer worth sending zero-copy."""
+    for value in data.values():
+        if getattr(value, "nbytes", 0) >= ZERO_COPY_MIN:
+            return True
+    return False
+
+
+def split_batch(frames):
+    """The frame lists of the messages in `frames` (one unless a batch)."""
+    if frames[0].bytes != OP_BATCH:
+        return [frames]
+    if len(frames) < 2:
+        raise ProtocolError("batch without header")
+    try:
+        counts = msgpack.unpackb(frames[1].bytes)
+    except Exception as e:  # noqa: BLE001 - any garbage is a protocol error
+        raise ProtocolError(f"malformed batch header: {e}") from None
+    if (not isinstance(counts, list) or not all(isinstance(n, int) and n >= 2 for n in counts)
+            or sum(counts) != len(frames) - 2):
+        raise ProtocolError("batch header does not match its frames")
+    out, i = [], 2
+    for n in counts:
+        out.append(frames[i:i + n])
+        i += n
+    return out
+
+
+def recv_messages(sock, flags=0):
+    """Receive one message or batch: a list of ``(opcode, data)``.
+
+    A malformed batch header raises ProtocolError; a malformed message
+    inside a batch is logged and left out, so its neighbours survive.
+    """
+    frames = recv_frames(sock, flags)
+    if frames[0].bytes == OP_PICKLED_BATCH:
+        if len(frames) != 2:
+            raise ProtocolError("pickled batch with extra frames")
+        try:
+            messages = pickle.loads(frames[1].buffer)
+        except Exception as e:  # noqa: BLE001 - any garbage is a protocol error
+            raise ProtocolError(f"malformed pickled batch: {e}") from None
+        if not isinstance(messages, list) or not all(
+                isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], bytes)
+                and isinstance(m[1], dict) for m in messages):
+            raise ProtocolError("pickled batch is not a list of (opcode, data)")
+        return messages
+    out = []
+    for frames in split_batch(frames):
+        try:
+            out.append(decode_protocol(frames))
+        except ProtocolError as e:
+            log.warning("rejected a malformed message: %s", e)
+    return out
 
 
 def pack_meta(seq, version=None, event_id=None, produced=(), failed=(), kind=0):

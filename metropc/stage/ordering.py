@@ -1,10 +1,11 @@
 """Putting pool results back into dispatch order, without any I/O.
 
 Pool workers finish events in any order; REDUCE must see them in the order
-the frontend dispatched them (its sequence numbers).  The buffer is bounded:
-an event that does not arrive within `timeout` seconds, or while `window`
-later events wait, is given up and counted as lost, so a crashed worker
-cannot stall the pipeline.
+the frontend dispatched them (its sequence numbers).  Events a dead worker
+held are announced by the frontend (:meth:`ReorderBuffer.skip`) and skipped
+when their turn comes.  As a safety net the buffer is also bounded: an event
+that does not arrive within `timeout` seconds, or while `window` later events
+wait, is given up and counted as lost, so nothing can stall the pipeline.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ __all__ = ["ReorderBuffer"]
 class ReorderBuffer:
     """Releases items in sequence order; skips gaps after a deadline."""
 
-    def __init__(self, window=64, timeout=1.0, clock=time.monotonic):
+    def __init__(self, window=4096, timeout=10.0, clock=time.monotonic):
         self.window = window
         self.timeout = timeout
         self.clock = clock
@@ -25,10 +26,22 @@ class ReorderBuffer:
         self.lost = 0
         self.late = 0
         self._items = {}
+        self._skipped = set()
         self._waiting_since = None
 
     def __len__(self):
         return len(self._items)
+
+    def skip(self, seqs):
+        """These events will never come (their worker died): count them lost."""
+        self._skipped.update(s for s in seqs if s >= self.next_seq)
+        return self.pop_ready()
+
+    def restart(self, seq):
+        """Continue at `seq` (a restarted REDUCE joins a running pipeline)."""
+        self.next_seq = seq
+        self._items = {k: v for k, v in self._items.items() if k >= seq}
+        self._skipped = {k for k in self._skipped if k >= seq}
 
     def push(self, seq, item):
         """Add an item; returns the items now releasable, in order."""
@@ -45,8 +58,14 @@ class ReorderBuffer:
         while True:
             if self.next_seq in items:
                 out.append(items.pop(self.next_seq))
+                self._skipped.discard(self.next_seq)  # it came after all
                 self.next_seq += 1
                 self._waiting_since = None
+                continue
+            if self.next_seq in self._skipped:
+                self._skipped.discard(self.next_seq)
+                self.lost += 1
+                self.next_seq += 1
                 continue
             if not items:
                 self._waiting_since = None

@@ -17,11 +17,11 @@ import zmq
 from ..core import Context
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput, ViewStage
-from ..error import ContextError
+from ..error import ContextError, ProtocolError
 from .common import (KEY_EVENT_ID, KEY_META, KEY_STEP, META_SKIP, META_STEP,
                      OP_CONTEXT, OP_CREDIT, OP_ERROR, OP_EVENT, pack_meta,
                      OP_HELLO, OP_PARAMS, OP_RESULT, OP_STOP, SEQ_PATH, make_socket,
-                     recv, send)
+                     recv_messages, send, send_batch)
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +83,15 @@ class PoolWorker:
         self.forward_views, self.forward_paths = reduce_inputs(ctx)
 
     def event(self, event):
+        """Run one event; returns the result message for REDUCE (or None)."""
         seq = event.pop(SEQ_PATH, None)
         if seq is None:
-            return
+            return None
         if event.get(KEY_STEP):
-            send(self.results, OP_RESULT, {KEY_META: pack_meta(seq, kind=META_STEP)})
-            return
+            return {KEY_META: pack_meta(seq, kind=META_STEP)}
         engine = self.engine
         if engine is None:
-            send(self.results, OP_RESULT, {KEY_META: pack_meta(seq, kind=META_SKIP)})
-            return
+            return {KEY_META: pack_meta(seq, kind=META_SKIP)}
         event_id = engine.prepare(event)
         errors = engine.errors
         before = dict(errors) if errors else None
@@ -107,7 +106,7 @@ class PoolWorker:
             out[f"view#{name}"] = results[name]
         for path in self.forward_paths.intersection(event):
             out[path] = event[path]
-        send(self.results, OP_RESULT, out)
+        return out
 
 
 def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None):
@@ -123,21 +122,33 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None):
         send(control, OP_HELLO, {"stage": name})
         send(control, OP_CREDIT, {"n": prefetch})
         while True:
-            opcode, data = recv(control)
-            if opcode == OP_EVENT:
-                worker.event(data)
+            try:
+                messages = recv_messages(control)
+            except ProtocolError as e:
+                log.warning("%s: rejected a malformed message: %s", name, e)
+                continue
+            results_out, had_event = [], False
+            for opcode, data in messages:
+                if opcode == OP_EVENT:
+                    had_event = True
+                    out = worker.event(data)
+                    if out is not None:
+                        results_out.append((OP_RESULT, out))
+                elif opcode == OP_CONTEXT:
+                    worker.load(data)
+                elif opcode == OP_PARAMS:
+                    if worker.ctx is not None:
+                        unknown = worker.ctx.update_parameters(data)
+                        if unknown:
+                            log.debug("%s: unknown parameters %s", name, unknown)
+                elif opcode == OP_STOP:
+                    return 0
+                else:
+                    log.debug("%s: ignoring opcode %r", name, opcode)
+            if results_out:
+                send_batch(results, results_out)
+            if had_event:  # one credit per message, however many events it held
                 send(control, OP_CREDIT)
-            elif opcode == OP_CONTEXT:
-                worker.load(data)
-            elif opcode == OP_PARAMS:
-                if worker.ctx is not None:
-                    unknown = worker.ctx.update_parameters(data)
-                    if unknown:
-                        log.debug("%s: unknown parameters %s", name, unknown)
-            elif opcode == OP_STOP:
-                return 0
-            else:
-                log.debug("%s: ignoring opcode %r", name, opcode)
     except (KeyboardInterrupt, zmq.ContextTerminated):
         return 0
     finally:

@@ -11,6 +11,7 @@ never slows this loop.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 
@@ -20,9 +21,9 @@ from ..core import Context
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput
 from ..error import ContextError, ProtocolError
-from .common import (KEY_EVENT_ID, KEY_META, META_SKIP, META_STEP, OP_ACTION, OP_CONTEXT, OP_ERROR, OP_HELLO, OP_INDEX,
-                     OP_PARAMS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
-                     recv, send, unpack_meta)
+from .common import (KEY_EVENT_ID, KEY_META, META_EVENT, META_SKIP, META_STEP, OP_ACTION, OP_CONTEXT, OP_ERROR, OP_HELLO, OP_INDEX,
+                     OP_LOST, OP_PARAMS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
+                     recv, recv_messages, send, unpack_meta)
 from .ordering import ReorderBuffer
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class RateMeter:
 class ReduceStage:
     """State of the reduce process; :func:`run_reduce` drives it."""
 
-    def __init__(self, control, output, reorder_window=64, reorder_timeout=1.0):
+    def __init__(self, control, output, reorder_window=4096, reorder_timeout=10.0):
         self.control = control
         self.output = output
         self.ctx = None
@@ -71,6 +72,9 @@ class ReduceStage:
         self.buffer = ReorderBuffer(reorder_window, reorder_timeout)
         self.meter = RateMeter()
         self.stale = 0
+        self.stalled = collections.deque()  # results waiting for their context
+        self.stalled_since = None
+        self.refused = set()               # context versions this stage refused
         self.inputs = {}           # path -> count, from the frontend
 
     # -- control ---------------------------------------------------------------
@@ -84,12 +88,23 @@ class ReduceStage:
             text = (e.format_for_context(data["ctx"].get("source"))
                     if isinstance(e, ContextError) else f"{type(e).__name__}: {e}")
             send(self.control, OP_ERROR, {"msg": f"[reduce] context refused: {text}"})
+            self.refused.add(data["ctx"].get("version"))
+            self._resume()
             return
         from_seq = int(data.get("from_seq", 0))
+        if "start_seq" in data:  # this stage replaces one that died
+            self.buffer.restart(int(data["start_seq"]))
         if self.ctx is None or from_seq <= self.buffer.next_seq:
             self._switch(ctx)
         else:
             self.pending[ctx.version] = (ctx, from_seq)
+        self._resume()
+
+    def _resume(self):
+        """Process results that waited for their context to arrive."""
+        stalled, self.stalled = self.stalled, collections.deque()
+        self.stalled_since = None
+        self._process_all(stalled)
 
     def _switch(self, ctx):
         """Start using `ctx`: new views, so accumulated state starts empty."""
@@ -98,6 +113,10 @@ class ReduceStage:
         self.pending = {v: p for v, p in self.pending.items() if v > ctx.version}
         self.meter = RateMeter()
         self.publish_index()
+
+    def on_lost(self, data):
+        """Events a dead worker held: skip them when their turn comes."""
+        self._process_all(self.buffer.skip(int(s) for s in data.get("seqs", ())))
 
     def on_params(self, data):
         if self.ctx is not None:
@@ -129,7 +148,32 @@ class ReduceStage:
 
     def _process_all(self, items):
         for item in items:
-            self.process(*item)
+            if self.stalled or not self._context_known(item[0]):
+                # Results can overtake their context on the way here (they
+                # come from the workers, the context from the frontend):
+                # wait for it, keeping event order.
+                if not self.stalled:
+                    self.stalled_since = time.monotonic()
+                self.stalled.append(item)
+            else:
+                self.process(*item)
+
+    def _context_known(self, meta):
+        version = meta[1]
+        if meta[5] != META_EVENT or version is None:
+            return True
+        if self.ctx is not None and version <= self.ctx.version:
+            return True
+        return version in self.pending or version in self.refused
+
+    def check_stalled(self, timeout=5.0):
+        """Give up on a context that never came: its results are stale."""
+        if self.stalled and time.monotonic() - self.stalled_since > timeout:
+            version = self.stalled[0][0][1]
+            log.warning("reduce: context version %s never arrived; dropping its results",
+                        version)
+            self.refused.add(version)
+            self._resume()
 
     def process(self, meta, data):
         seq, version, event_id, produced, failed, kind = meta
@@ -223,7 +267,7 @@ class ReduceStage:
 
 
 def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
-               reorder_window=64, reorder_timeout=1.0, zmq_context=None):
+               reorder_window=4096, reorder_timeout=10.0, zmq_context=None):
     """Run the REDUCE stage until told to stop; returns an exit code."""
     zctx = zmq_context or zmq.Context()
     control = make_socket(zctx, zmq.DEALER, identity=b"reduce")
@@ -238,7 +282,7 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
                                  "output_addr": output.last_endpoint.decode(),
                                  "reduce_addr": results.last_endpoint.decode()})
         handlers = {OP_CONTEXT: stage.on_context, OP_PARAMS: stage.on_params,
-                    OP_ACTION: stage.on_action,
+                    OP_ACTION: stage.on_action, OP_LOST: stage.on_lost,
                     OP_STATS: stage.on_stats,
                     OP_INDEX: lambda data: stage.publish_index()}
         poller = zmq.Poller()
@@ -254,9 +298,9 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
             if results in ready:
                 for _ in range(256):  # drain, but let control in between
                     try:
-                        opcode, data = recv(results)
-                        if opcode == OP_RESULT:
-                            stage.on_result(data)
+                        for opcode, data in recv_messages(results):
+                            if opcode == OP_RESULT:
+                                stage.on_result(data)
                     except zmq.Again:
                         break
                     except ProtocolError as e:
@@ -275,6 +319,7 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
                 if handler is not None:
                     handler(data)
             stage.flush()
+            stage.check_stalled()
             if time.monotonic() >= next_index:
                 stage.publish_index()
                 next_index = time.monotonic() + INDEX_INTERVAL

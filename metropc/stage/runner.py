@@ -8,8 +8,11 @@ for tests and embedding with ``inproc://`` addresses.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
+import signal
 import threading
 
 log = logging.getLogger(__name__)
@@ -19,11 +22,30 @@ __all__ = ["StageRunner", "ThreadRunner", "ProcessRunner"]
 
 def _stage_main(target, kwargs):
     """Entry point of a stage process: run the loop, exit with its code."""
-    import signal
     # The frontend owns shutdown: Ctrl-C in a terminal reaches the whole
     # process group, and children must not die before being told to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM (from the frontend, or the kernel when the frontend died)
+    # leaves through the stage's finally blocks, which close its sockets.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    _die_with_parent()
     raise SystemExit(target(**kwargs) or 0)
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _die_with_parent():
+    """Ask Linux to send SIGTERM when the frontend process dies (no orphans)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the parent's close() must do
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        raise SystemExit(1)
 
 
 class StageRunner:
@@ -31,6 +53,8 @@ class StageRunner:
 
     #: Whether the stage shares the frontend's ZeroMQ context (inproc works).
     shares_context = False
+    #: Whether a stuck stage can be stopped (and so replaced).
+    can_stop = False
 
     def __init__(self, target, kwargs, name):
         self.target = target
@@ -73,6 +97,8 @@ class ThreadRunner(StageRunner):
 
 class ProcessRunner(StageRunner):
     """A stage in a spawned child process (never forked: fresh ZeroMQ state)."""
+
+    can_stop = True
 
     def start(self):
         mp = multiprocessing.get_context("spawn")
