@@ -37,7 +37,8 @@ import zmq
 from .core import Context
 from .error import ContextError, ProtocolError
 from .protocol import decode_protocol, encode_protocol
-from .stage.common import (OP_CONTEXT, OP_CREDIT, OP_DEBUG, OP_ERROR, OP_EVENT,
+from .stage.common import (OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_CTX_FAILED,
+                           OP_CTX_READY, OP_DEBUG, OP_ERROR, OP_EVENT,
                            KEY_STEP, OP_HELLO, OP_LOST, OP_PARAMS, OP_STATS, OP_STEP,
                            OP_STOP, SEQ_PATH,
                            has_large_value, make_socket, recv, remove_ipc_file, send,
@@ -273,6 +274,20 @@ class ThreadedFrontend:
 
 #: Most small events sent to a worker in one message.
 BATCH_MAX = 32
+#: Seconds the stages get to build a new context before it is refused.
+RELOAD_TIMEOUT = 30.0
+
+
+class _Reload:
+    """A context the stages are building (first phase of a reload)."""
+
+    def __init__(self, data, stages):
+        self.data = data
+        self.version = data.get("version")
+        self.waiting = set(stages)
+        self.ready = set()
+        self.failures = []
+        self.started = time.monotonic()
 
 
 class _LoopState:
@@ -284,6 +299,7 @@ class _LoopState:
         self.outstanding = {}   # worker -> deque of (sent time, [seq, ...]) per message
         self.busy_since = {}    # worker -> when it started its oldest message
         self.last_context = None
+        self.reload = None      # a context being prepared by the stages
         self.params = {}
         self.hello = set()
         self.seq = 0
@@ -348,6 +364,15 @@ class _LoopState:
                 self.busy_since[name] = time.monotonic()
         elif opcode == OP_ERROR:
             fe.on_pipeline_error(str(data.get("msg")))
+        elif opcode in (OP_CTX_READY, OP_CTX_FAILED):
+            reload = self.reload
+            if reload is not None and data.get("version") == reload.version:
+                reload.waiting.discard(name)
+                if opcode == OP_CTX_FAILED:
+                    reload.failures.append(f"[{name}] {data.get('msg')}")
+                else:
+                    reload.ready.add(name)
+                self.finish_reload()
         elif opcode == OP_DEBUG:
             fe.on_pipeline_debug(str(data.get("msg")))
         elif opcode == OP_HELLO:
@@ -360,6 +385,31 @@ class _LoopState:
                     fe._call_ready()
             else:
                 self.bring_up_to_date(name)
+
+    def finish_reload(self, timed_out=False):
+        """Commit the prepared context everywhere, or abort it everywhere."""
+        reload = self.reload
+        if reload.waiting and not timed_out:
+            return
+        self.reload = None
+        fe = self.fe
+        if reload.failures or timed_out:
+            why = "; ".join(reload.failures) or (
+                "no answer from " + ", ".join(sorted(reload.waiting)))
+            for name in fe._runners:
+                self.send_to(name, OP_ABORT, {"version": reload.version})
+            fe.on_pipeline_error(f"context version {reload.version} refused, the "
+                                 f"previous one keeps running: {why}")
+            return
+        self.version = reload.version
+        self.last_context = reload.data
+        self.params = {}  # the new context brings its own values
+        for name in fe._runners:
+            if name in reload.ready:
+                self.send_to(name, OP_COMMIT, {"version": reload.version,
+                                               "from_seq": self.seq})
+            else:  # a replacement started meanwhile: give it the context whole
+                self.send_to(name, OP_CONTEXT, {"ctx": reload.data, "from_seq": self.seq})
 
     def bring_up_to_date(self, name):
         """A replacement stage gets the running context and parameters."""
@@ -378,6 +428,8 @@ class _LoopState:
         """Replace stages that died; replace workers stuck on one message."""
         fe = self.fe
         now = time.monotonic()
+        if self.reload is not None and now - self.reload.started > RELOAD_TIMEOUT:
+            self.finish_reload(timed_out=True)
         for name, runner in list(fe._runners.items()):
             if not runner.is_alive():
                 self.replace(name, f"stage {name} died (exit code {runner.exitcode})")
@@ -402,6 +454,9 @@ class _LoopState:
             return
         self.hello.discard(name)
         self.credits[name] = 0
+        if self.reload is not None:
+            self.reload.waiting.discard(name)
+            self.finish_reload()
         if name == "reduce":
             fe.restarts["reduce"] += 1
             fe.on_pipeline_error(f"{reason}; restarting it: accumulated state (averages, "
@@ -425,10 +480,15 @@ class _LoopState:
             log.warning("frontend: cannot reach %s: %s", name, e)
 
     def dispatch(self):
-        """Send queued control messages and events, in the order queued."""
+        """Send queued control messages and events, in the order queued.
+
+        While a new context is being prepared by the stages nothing moves:
+        what was queued after it must run under it (or under the old one if
+        it is refused).
+        """
         fe = self.fe
         pools = [n for n in fe._runners if n.startswith("pool-")]
-        while True:
+        while self.reload is None:
             with fe._lock:
                 control = fe._control[0] if fe._control else None
                 event_first = fe._events and (
@@ -512,10 +572,10 @@ class _LoopState:
     def send_control(self, target, opcode, data):
         fe = self.fe
         if opcode == OP_CONTEXT:
-            self.version = data.get("version")
-            self.last_context = data
-            self.params = {}  # the new context brings its own values
-            data = {"ctx": data, "from_seq": self.seq}
+            # Two-phase reload: every stage builds the context first; it is
+            # used only if all of them could (see on_stage_message).
+            self.reload = _Reload(data, set(fe._runners))
+            data = {"ctx": data, "prepare": True}
         elif opcode == OP_PARAMS:
             self.params.update(data)
         if target == "all":

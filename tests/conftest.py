@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import psutil
 import pytest
 import zmq
 
@@ -87,3 +88,47 @@ def wait_for(predicate, timeout=10.0, interval=0.02):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+def recording_frontend():
+    """A ThreadedFrontend that keeps every error and panic message it gets."""
+    from metropc.frontend import ThreadedFrontend
+
+    class RecordingFrontend(ThreadedFrontend):
+        def __init__(self, *args, **kwargs):
+            self.errors, self.panics = [], []
+            super().__init__(*args, **kwargs)
+
+        def on_pipeline_error(self, msg):
+            self.errors.append(msg)
+
+        def on_pipeline_panic(self, msg):
+            self.panics.append(msg)
+
+    return RecordingFrontend
+
+
+@pytest.fixture
+def pipeline():
+    made = []
+
+    def start(sr_cls=None, num_pool_stages=2, **kwargs):
+        from metropc.frontend import ThreadRunner
+        sr_cls = sr_cls or ThreadRunner
+        kwargs.setdefault("queue_size", 10000)
+        kwargs.setdefault("output_hwm", 100000)  # these tests count every result
+        fe = recording_frontend()(num_pool_stages=num_pool_stages, sr_cls=sr_cls, **kwargs)
+        made.append(fe)
+        assert fe.wait_ready(30), "pipeline did not become ready"
+        return fe
+
+    yield start
+    for fe in made:
+        fe.close(timeout=5)
+    leftover = [p for p in psutil.Process().children(recursive=True) if p.is_running()
+                and p.status() != psutil.STATUS_ZOMBIE
+                # multiprocessing's shared resource tracker lives on by design
+                and "resource_tracker" not in " ".join(p.cmdline())]
+    assert not leftover, f"child processes left behind: {leftover}"
+
+

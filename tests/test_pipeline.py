@@ -11,36 +11,13 @@ import random
 import string
 import threading
 
-import psutil
 import pytest
 
 from metropc.client import IndexEntry, IndexViewEntry, ViewOutput, decode_protocol
 from metropc.enums import ViewStage
-from metropc.frontend import Context, ProcessRunner, ThreadedFrontend, ThreadRunner
+from metropc.frontend import Context, ProcessRunner, ThreadedFrontend
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def pipeline():
-    made = []
-
-    def start(sr_cls=ThreadRunner, num_pool_stages=2, **kwargs):
-        kwargs.setdefault("queue_size", 10000)
-        kwargs.setdefault("output_hwm", 100000)  # these tests count every result
-        fe = ThreadedFrontend(num_pool_stages=num_pool_stages, sr_cls=sr_cls, **kwargs)
-        made.append(fe)
-        assert fe.wait_ready(30), "pipeline did not become ready"
-        return fe
-
-    yield start
-    for fe in made:
-        fe.close(timeout=5)
-    leftover = [p for p in psutil.Process().children(recursive=True) if p.is_running()
-                and p.status() != psutil.STATUS_ZOMBIE
-                # multiprocessing's shared resource tracker lives on by design
-                and "resource_tracker" not in " ".join(p.cmdline())]
-    assert not leftover, f"child processes left behind: {leftover}"
 
 
 def events(ids, **extra):
@@ -130,7 +107,7 @@ def test_reload_under_load_never_mixes_versions(pipeline, collector_factory):
     assert all(p["version"] == 2 and p["data"] == -p["event_id"] for p in b)
     # Every result of the old context precedes every result of the new one.
     assert max(p["event_id"] for p in a) < min(p["event_id"] for p in b)
-    last_index = col.poll_until(lambda m: any("view#b" in d for d in col.indexes()))
+    col.poll_until(lambda m: any("view#b" in d for d in col.indexes()))
     assert not any("view#a" in d for d in col.indexes()[-1:])
 
 
@@ -156,7 +133,6 @@ def test_action_runs_on_request_with_the_latest_values(pipeline, collector_facto
     fe.queue_to("reduce", b"action", {"view_name": "snapshot"})
     col.poll_until(lambda m: col.values("snapshot"))
     assert col.values("snapshot") == [900]
-    index = col.poll_until(lambda m: col.indexes())[-1]
     fe.queue_to("reduce", b"index")
     col.poll_until(lambda m: len(col.indexes()) >= 2)
     entry = col.indexes()[-1]["view#snapshot"]

@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 # Frontend -> stage opcodes.
 OP_EVENT = b"event"      # one event (pool)
-OP_CONTEXT = b"context"  # {"ctx": Context.to_dict(), "from_seq": int}
+OP_CONTEXT = b"context"  # {"ctx": Context.to_dict(), "from_seq": int, "prepare": bool}
+OP_COMMIT = b"commit"    # {"version": int, "from_seq": int}: use the prepared context
+OP_ABORT = b"abort"      # {"version": int}: forget the prepared context
 OP_PARAMS = b"params"    # {name: value}
 OP_INDEX = b"index"      # publish the index now (reduce)
 OP_ACTION = b"action"    # {"view_name": name} (reduce)
@@ -36,6 +38,8 @@ OP_STOP = b"stop"        # leave the stage loop
 OP_HELLO = b"hello"      # {"stage": str, "output_addr": str?}
 OP_CREDIT = b"credit"    # ready for {"n": int} (default 1) more events (pool)
 OP_ERROR = b"error"      # {"msg": str}
+OP_CTX_READY = b"ctx_ready"    # {"version": int}: prepared, waiting for commit
+OP_CTX_FAILED = b"ctx_failed"  # {"version": int, "msg": str}
 OP_DEBUG = b"debug"      # {"msg": str}
 
 # Pool -> reduce.
@@ -248,3 +252,21 @@ def make_socket(zctx, kind, *, hwm=None, identity=None, linger=0):
     if identity is not None:
         sock.identity = identity
     return sock
+
+
+def build_context(data, stage):
+    """Build the context sent in a ``context`` message for `stage`.
+
+    Returns ``(ctx, None)`` or ``(None, error text with file:line)``; never
+    raises, since a bad context must not take a stage down.
+    """
+    from ..core import Context
+    from ..error import ContextError
+
+    source = data["ctx"].get("source") if isinstance(data.get("ctx"), dict) else None
+    try:
+        return Context.from_dict(data["ctx"], stage=stage), None
+    except ContextError as e:
+        return None, e.format_for_context(source)
+    except Exception as e:  # noqa: BLE001 - reported, old context kept
+        return None, f"{type(e).__name__}: {e}"

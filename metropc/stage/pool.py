@@ -14,12 +14,12 @@ import logging
 
 import zmq
 
-from ..core import Context
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput, ViewStage
-from ..error import ContextError, ProtocolError
+from ..error import ProtocolError
 from .common import (KEY_EVENT_ID, KEY_META, KEY_STEP, META_SKIP, META_STEP,
-                     OP_CONTEXT, OP_CREDIT, OP_ERROR, OP_EVENT, pack_meta,
+                     OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED, OP_CTX_READY,
+                     build_context, OP_CREDIT, OP_ERROR, OP_EVENT, pack_meta,
                      OP_HELLO, OP_PARAMS, OP_RESULT, OP_STOP, SEQ_PATH, make_socket,
                      recv_messages, send, send_batch)
 
@@ -63,21 +63,30 @@ class PoolWorker:
         self.engine = None
         self.forward_views = set()
         self.forward_paths = set()
+        self.prepared = None
 
     def report(self, error):
         send(self.control, OP_ERROR, {"msg": f"[{self.name}] {error.report_text}"})
 
-    def load(self, data):
-        try:
-            ctx = Context.from_dict(data["ctx"], stage=ContextStage.POOL)
-        except ContextError as e:
-            send(self.control, OP_ERROR, {"msg": f"[{self.name}] context refused: "
-                                                 f"{e.format_for_context(data['ctx'].get('source'))}"})
+    def on_context(self, data):
+        """Build a new context: prepare it (two-phase reload) or use it now."""
+        ctx, error = build_context(data, ContextStage.POOL)
+        version = data["ctx"].get("version") if isinstance(data.get("ctx"), dict) else None
+        if ctx is None:
+            send(self.control, OP_CTX_FAILED, {"version": version, "msg": error})
             return
-        except Exception as e:  # noqa: BLE001 - reported, old context kept
-            send(self.control, OP_ERROR, {"msg": f"[{self.name}] context refused: "
-                                                 f"{type(e).__name__}: {e}"})
-            return
+        if data.get("prepare"):
+            self.prepared = ctx
+            send(self.control, OP_CTX_READY, {"version": version})
+        else:
+            self.activate(ctx)
+
+    def on_commit(self, data):
+        if self.prepared is not None and self.prepared.version == data.get("version"):
+            self.activate(self.prepared)
+        self.prepared = None
+
+    def activate(self, ctx):
         self.ctx = ctx
         self.engine = Engine(ctx, ErrorReporter(sink=self.report))
         self.forward_views, self.forward_paths = reduce_inputs(ctx)
@@ -135,7 +144,11 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None):
                     if out is not None:
                         results_out.append((OP_RESULT, out))
                 elif opcode == OP_CONTEXT:
-                    worker.load(data)
+                    worker.on_context(data)
+                elif opcode == OP_COMMIT:
+                    worker.on_commit(data)
+                elif opcode == OP_ABORT:
+                    worker.prepared = None
                 elif opcode == OP_PARAMS:
                     if worker.ctx is not None:
                         unknown = worker.ctx.update_parameters(data)

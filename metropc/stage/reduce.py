@@ -17,13 +17,14 @@ import time
 
 import zmq
 
-from ..core import Context
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput
-from ..error import ContextError, ProtocolError
-from .common import (KEY_EVENT_ID, KEY_META, META_EVENT, META_SKIP, META_STEP, OP_ACTION, OP_CONTEXT, OP_ERROR, OP_HELLO, OP_INDEX,
+from ..error import ProtocolError
+from .common import (KEY_EVENT_ID, KEY_META, META_EVENT, META_SKIP, META_STEP, OP_ABORT,
+                     OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED, OP_CTX_READY,
+                     OP_ERROR, OP_HELLO, OP_INDEX,
                      OP_LOST, OP_PARAMS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
-                     recv, recv_messages, send, unpack_meta)
+                     build_context, recv, recv_messages, send, unpack_meta)
 from .ordering import ReorderBuffer
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ class ReduceStage:
         self.stale = 0
         self.stalled = collections.deque()  # results waiting for their context
         self.stalled_since = None
-        self.refused = set()               # context versions this stage refused
+        self.refused = set()               # context versions refused somewhere
+        self.prepared = None               # built, waiting for commit
         self.inputs = {}           # path -> count, from the frontend
 
     # -- control ---------------------------------------------------------------
@@ -82,18 +84,34 @@ class ReduceStage:
         send(self.control, OP_ERROR, {"msg": f"[reduce] {error.report_text}"})
 
     def on_context(self, data):
-        try:
-            ctx = Context.from_dict(data["ctx"], stage=ContextStage.REDUCE)
-        except Exception as e:  # noqa: BLE001 - reported, old context kept
-            text = (e.format_for_context(data["ctx"].get("source"))
-                    if isinstance(e, ContextError) else f"{type(e).__name__}: {e}")
-            send(self.control, OP_ERROR, {"msg": f"[reduce] context refused: {text}"})
-            self.refused.add(data["ctx"].get("version"))
+        """Build a new context: prepare it (two-phase reload) or use it now."""
+        ctx, error = build_context(data, ContextStage.REDUCE)
+        version = data["ctx"].get("version") if isinstance(data.get("ctx"), dict) else None
+        if ctx is None:
+            send(self.control, OP_CTX_FAILED, {"version": version, "msg": error})
+            self.refused.add(version)
             self._resume()
             return
-        from_seq = int(data.get("from_seq", 0))
+        if data.get("prepare"):
+            self.prepared = ctx
+            send(self.control, OP_CTX_READY, {"version": version})
+            return
         if "start_seq" in data:  # this stage replaces one that died
             self.buffer.restart(int(data["start_seq"]))
+        self._schedule(ctx, int(data.get("from_seq", 0)))
+
+    def on_commit(self, data):
+        ctx, self.prepared = self.prepared, None
+        if ctx is not None and ctx.version == data.get("version"):
+            self._schedule(ctx, int(data.get("from_seq", 0)))
+
+    def on_abort(self, data):
+        self.prepared = None
+        self.refused.add(data.get("version"))
+        self._resume()
+
+    def _schedule(self, ctx, from_seq):
+        """Use `ctx` from event `from_seq` on (now, if nothing older waits)."""
         if self.ctx is None or from_seq <= self.buffer.next_seq:
             self._switch(ctx)
         else:
@@ -281,7 +299,8 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
         send(control, OP_HELLO, {"stage": "reduce",
                                  "output_addr": output.last_endpoint.decode(),
                                  "reduce_addr": results.last_endpoint.decode()})
-        handlers = {OP_CONTEXT: stage.on_context, OP_PARAMS: stage.on_params,
+        handlers = {OP_CONTEXT: stage.on_context, OP_COMMIT: stage.on_commit,
+                    OP_ABORT: stage.on_abort, OP_PARAMS: stage.on_params,
                     OP_ACTION: stage.on_action, OP_LOST: stage.on_lost,
                     OP_STATS: stage.on_stats,
                     OP_INDEX: lambda data: stage.publish_index()}
