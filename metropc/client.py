@@ -229,6 +229,8 @@ class Client:
         code chosen by the sender).
     context : zmq.Context, optional
         Defaults to the process-wide instance.
+    keys : str, optional
+        Key directory of a pipeline secured with CURVE (``metropc-keys``).
 
     A Client is not thread-safe, like the ZeroMQ socket it wraps.
     """
@@ -238,7 +240,7 @@ class Client:
 
     def __init__(self, address: str, *, views: Iterable[str] = (),
                  timeout: float | None = None, allow_pickle: bool = True,
-                 context=None):
+                 context=None, keys=None):
         import zmq
 
         self.address = address
@@ -253,6 +255,9 @@ class Client:
         ctx = context if context is not None else zmq.Context.instance()
         self._socket = ctx.socket(zmq.SUB)
         try:
+            if keys is not None:  # a pipeline secured with CURVE (metropc-keys)
+                from .security import Keys
+                (keys if isinstance(keys, Keys) else Keys.load(keys)).client(self._socket)
             self._socket.connect(address)
             self._socket.subscribe(INDEX)
             for name in views:

@@ -37,6 +37,7 @@ import zmq
 from .core import Context
 from .error import ContextError, ProtocolError
 from .protocol import decode_protocol, encode_protocol
+from .security import secure
 from .stage.common import (OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_CTX_FAILED,
                            OP_CTX_READY, OP_DEBUG, OP_ERROR, OP_EVENT,
                            KEY_STEP, OP_HELLO, OP_LOST, OP_PARAMS, OP_STATS, OP_STEP,
@@ -85,6 +86,10 @@ class ThreadedFrontend:
     event_timeout : float or None
         Seconds a worker may spend per event before it is stopped and
         replaced (a hung or runaway view); None disables the check.
+    keys : str, optional
+        A key directory (``metropc-keys DIR``): every socket is secured with
+        CURVE, so only holders of the keys can connect.  Required for
+        addresses other hosts can reach (see docs/operations.md).
     reorder_timeout : float
         Seconds REDUCE waits for a missing event before giving it up (a
         safety net: events of a worker that died are announced at once).
@@ -93,7 +98,7 @@ class ThreadedFrontend:
     def __init__(self, control_addr=None, reduce_addr=None, output_addr=None,
                  queue_addr=None, num_pool_stages=2, sr_cls=ProcessRunner, *,
                  queue_size=16, drop_policy=DROP_OLDEST, prefetch=4, output_hwm=100,
-                 reorder_timeout=10.0, event_timeout=30.0, stats_interval=1.0):
+                 reorder_timeout=10.0, event_timeout=30.0, stats_interval=1.0, keys=None):
         if drop_policy not in (DROP_OLDEST, DROP_NEWEST):
             raise ValueError(f"drop_policy must be 'oldest' or 'newest', not {drop_policy!r}")
         self._tmpdir = None
@@ -123,14 +128,18 @@ class ThreadedFrontend:
         self._wake_pending = False
         self._lock = threading.Lock()
         self._stopping = False
-        self._stage_kwargs = dict(output_hwm=output_hwm, reorder_timeout=reorder_timeout)
+        self._stage_kwargs = dict(output_hwm=output_hwm, reorder_timeout=reorder_timeout,
+                                  keys=keys)
 
         # Bind the wake-up socket before anyone can queue.
         self._wake_pull = make_socket(self._zctx, zmq.PULL)
         self._wake_pull.bind(self.queue_addr)
         self._wake_push = make_socket(self._zctx, zmq.PUSH, hwm=1)
         self._wake_push.connect(self.queue_addr)
+        self.keys = keys
+        secure_server, _, self._auth = secure(self._zctx, keys)
         self._router = make_socket(self._zctx, zmq.ROUTER)
+        secure_server(self._router)
         self._router.router_mandatory = True
         self._router.router_handover = True  # a replacement stage takes over its name
         self._router.bind(self.control_addr)
@@ -203,6 +212,8 @@ class ThreadedFrontend:
                 runner.stop()
         for sock in (self._wake_push, self._wake_pull, self._router):
             sock.close(0)
+        if self._auth is not None:
+            self._auth.stop()
         self._zctx.term()
         for addr in (self.control_addr, self.reduce_addr, self.output_addr):
             remove_ipc_file(addr)
@@ -233,9 +244,21 @@ class ThreadedFrontend:
     def _make_runners(self):
         names = ["reduce"] + [f"pool-{i}" for i in range(self.num_pool_stages)]
         runners = {name: self._make_runner(name) for name in names}
-        for runner in runners.values():
-            runner.start()
+        runners["reduce"].start()
+        if not self._reduce_addr_pending():
+            self._start_pools(runners)
         return runners
+
+    def _reduce_addr_pending(self):
+        """A tcp reduce address with a wildcard port is known once REDUCE binds."""
+        return self.reduce_addr.startswith("tcp://") and (
+            self.reduce_addr.endswith(":*") or self.reduce_addr.endswith(":0"))
+
+    def _start_pools(self, runners):
+        for name, runner in runners.items():
+            if name != "reduce":
+                runner.kwargs["reduce_addr"] = self.reduce_addr
+                runner.start()
 
     def _make_runner(self, name):
         """A (not yet started) runner for stage `name` ('reduce' or 'pool-N')."""
@@ -248,8 +271,8 @@ class ThreadedFrontend:
                 control_addr=self.control_addr, reduce_addr=self.reduce_addr,
                 output_addr=self.output_addr, **self._stage_kwargs, **extra), name)
         return self.sr_cls(run_pool, dict(
-            control_addr=self.control_addr, reduce_addr=self.reduce_addr,
-            index=int(name.split("-")[1]), prefetch=self.prefetch, **extra), name)
+            control_addr=self.control_addr, reduce_addr=self.reduce_addr, name=name,
+            prefetch=self.prefetch, keys=self.keys, **extra), name)
 
     def _call_ready(self):
         try:
@@ -262,7 +285,7 @@ class ThreadedFrontend:
             self.on_pipeline_ready()
 
     def _loop(self):
-        state = _LoopState(self)
+        state = self._state = _LoopState(self)
         try:
             state.run()
         except Exception as e:  # noqa: BLE001 - the frontend thread must report
@@ -276,6 +299,8 @@ class ThreadedFrontend:
 BATCH_MAX = 32
 #: Seconds the stages get to build a new context before it is refused.
 RELOAD_TIMEOUT = 30.0
+#: Seconds without a heartbeat after which a remote worker is gone.
+REMOTE_SILENCE = 5.0
 
 
 class _Reload:
@@ -299,6 +324,7 @@ class _LoopState:
         self.outstanding = {}   # worker -> deque of (sent time, [seq, ...]) per message
         self.busy_since = {}    # worker -> when it started its oldest message
         self.last_context = None
+        self.remote = {}        # workers started elsewhere -> last time heard from
         self.reload = None      # a context being prepared by the stages
         self.params = {}
         self.hello = set()
@@ -353,6 +379,13 @@ class _LoopState:
             log.warning("frontend: rejected malformed stage message: %s", e)
             return
         name = ident.decode(errors="replace")
+        if name.endswith("#hb"):  # a worker's heartbeat socket
+            worker = name[:-3]
+            if worker in self.remote:
+                self.remote[worker] = time.monotonic()
+            return
+        if name in self.remote:
+            self.remote[name] = time.monotonic()
         if opcode == OP_CREDIT:
             if "n" in data:  # initial credit: nothing is acknowledged
                 self.credits[name] += int(data["n"])
@@ -376,9 +409,20 @@ class _LoopState:
         elif opcode == OP_DEBUG:
             fe.on_pipeline_debug(str(data.get("msg")))
         elif opcode == OP_HELLO:
+            if name not in fe._runners:
+                if not name.startswith("pool-"):
+                    log.warning("frontend: ignoring hello from unknown stage %r", name)
+                    return
+                # A worker started elsewhere (metropc-worker) joins the pool.
+                fe.on_pipeline_debug(f"remote worker {name} joined")
+                log.info("remote worker %s joined", name)
+                self.remote[name] = time.monotonic()
             self.hello.add(name)
             if name == "reduce":
                 fe.output_addr = data.get("output_addr", fe.output_addr)
+                if fe._reduce_addr_pending():
+                    fe.reduce_addr = data.get("reduce_addr", fe.reduce_addr)
+                    fe._start_pools(fe._runners)
             if not fe.ready.is_set():
                 if self.hello >= set(fe._runners):
                     fe.ready.set()
@@ -396,7 +440,7 @@ class _LoopState:
         if reload.failures or timed_out:
             why = "; ".join(reload.failures) or (
                 "no answer from " + ", ".join(sorted(reload.waiting)))
-            for name in fe._runners:
+            for name in self.stage_names():
                 self.send_to(name, OP_ABORT, {"version": reload.version})
             fe.on_pipeline_error(f"context version {reload.version} refused, the "
                                  f"previous one keeps running: {why}")
@@ -404,7 +448,7 @@ class _LoopState:
         self.version = reload.version
         self.last_context = reload.data
         self.params = {}  # the new context brings its own values
-        for name in fe._runners:
+        for name in self.stage_names():
             if name in reload.ready:
                 self.send_to(name, OP_COMMIT, {"version": reload.version,
                                                "from_seq": self.seq})
@@ -430,7 +474,10 @@ class _LoopState:
         now = time.monotonic()
         if self.reload is not None and now - self.reload.started > RELOAD_TIMEOUT:
             self.finish_reload(timed_out=True)
+        self.check_remote(now)
         for name, runner in list(fe._runners.items()):
+            if not runner.started:
+                continue
             if not runner.is_alive():
                 self.replace(name, f"stage {name} died (exit code {runner.exitcode})")
                 continue
@@ -441,6 +488,30 @@ class _LoopState:
                     runner.stop()
                     self.replace(name, f"stage {name} spent more than {fe.event_timeout:g} s "
                                        f"per event on events {batches[0][1][:5]}; stopped it")
+
+    def stage_names(self):
+        return list(self.fe._runners) + list(self.remote)
+
+    def pool_names(self):
+        return [n for n in self.stage_names() if n.startswith("pool-")]
+
+    def check_remote(self, now):
+        """Remote workers that went silent are gone: their events are lost."""
+        fe = self.fe
+        for name, seen in list(self.remote.items()):
+            if now - seen > REMOTE_SILENCE:
+                del self.remote[name]
+                self.hello.discard(name)
+                self.credits.pop(name, None)
+                lost = [seq for _, seqs in self.outstanding.pop(name, ()) for seq in seqs]
+                fe.lost_events += len(lost)
+                fe.on_pipeline_error(f"remote worker {name} went silent for {now - seen:.0f} s;"
+                                     f" {len(lost)} event(s) it held are lost")
+                if lost:
+                    self.send_to("reduce", OP_LOST, {"seqs": lost})
+                if self.reload is not None:
+                    self.reload.waiting.discard(name)
+                    self.finish_reload()
 
     def replace(self, name, reason):
         """Start a new stage `name`; report what was lost."""
@@ -487,7 +558,7 @@ class _LoopState:
         it is refused).
         """
         fe = self.fe
-        pools = [n for n in fe._runners if n.startswith("pool-")]
+        pools = self.pool_names()
         while self.reload is None:
             with fe._lock:
                 control = fe._control[0] if fe._control else None
@@ -570,18 +641,17 @@ class _LoopState:
         return batch
 
     def send_control(self, target, opcode, data):
-        fe = self.fe
         if opcode == OP_CONTEXT:
             # Two-phase reload: every stage builds the context first; it is
             # used only if all of them could (see on_stage_message).
-            self.reload = _Reload(data, set(fe._runners))
+            self.reload = _Reload(data, set(self.stage_names()))
             data = {"ctx": data, "prepare": True}
         elif opcode == OP_PARAMS:
             self.params.update(data)
         if target == "all":
-            names = list(fe._runners)
+            names = self.stage_names()
         elif target == "pool":
-            names = [n for n in fe._runners if n.startswith("pool-")]
+            names = self.pool_names()
         else:
             names = [target]
         for name in names:
@@ -600,5 +670,5 @@ class _LoopState:
         self.send_to("reduce", OP_STATS, stats)
 
     def shutdown(self):
-        for name in self.fe._runners:
+        for name in self.stage_names():
             self.send_to(name, OP_STOP, {})

@@ -63,6 +63,13 @@ class Pipeline:
         Passed to the source.
     max_events : int, optional
         Stop feeding after this many events from the source.
+    control, reduce : str, optional
+        Control and reduce addresses (default private ``ipc://`` sockets);
+        give ``tcp://`` ones to let ``metropc-worker`` join from other hosts.
+    keys : str, optional
+        Key directory (``metropc-keys``) securing every socket with CURVE.
+    event_timeout : float
+        Seconds a worker may spend per event before it is replaced.
     ready_timeout : float
         Seconds to wait for the stages to start.
 
@@ -73,7 +80,8 @@ class Pipeline:
     def __init__(self, context, source="sim", *, pool=2, output=None, parameters=None,
                  rate=None, seed=0, bridge_socket=None, queue_size=16,
                  drop_policy=DROP_OLDEST, sr_cls=ProcessRunner, max_events=None,
-                 ready_timeout=60.0, **source_options):
+                 ready_timeout=60.0, control=None, reduce=None, keys=None,
+                 event_timeout=30.0, **source_options):
         self.errors = []
         self.parameters = dict(parameters or {})
         self.version = 0
@@ -84,8 +92,10 @@ class Pipeline:
         self._source = None
         self._feeder = None
         self._frontend = _Frontend(self, output_addr=output or "tcp://127.0.0.1:*",
+                                   control_addr=control, reduce_addr=reduce,
                                    num_pool_stages=pool, sr_cls=sr_cls,
-                                   queue_size=queue_size, drop_policy=drop_policy)
+                                   queue_size=queue_size, drop_policy=drop_policy,
+                                   keys=keys, event_timeout=event_timeout)
         try:
             if isinstance(context, os.PathLike) or (
                     isinstance(context, str) and "\n" not in context

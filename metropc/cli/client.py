@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-pickle", dest="allow_pickle", action="store_false",
                         help="refuse pickled values (pickle runs code chosen by "
                         "the sender)")
+    parser.add_argument("--keys", metavar="DIR", default=None,
+                        help="key directory of a pipeline secured with CURVE "
+                             "(made by metropc-keys)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -231,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
         wanted = [view_path(v) for v in args.views]
-        client = Client(args.address, views=wanted, allow_pickle=args.allow_pickle)
+        client = Client(args.address, views=wanted, allow_pickle=args.allow_pickle,
+                        keys=args.keys)
     except Exception as e:
         print(f"metropc-client: cannot connect to {args.address!r}: {e}", file=sys.stderr)
         return 2

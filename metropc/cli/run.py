@@ -73,7 +73,19 @@ def build_parser():
                    help="ZeroMQ address clients connect to (default: a free "
                         "loopback TCP port)")
     p.add_argument("--allow-remote", action="store_true",
-                   help="allow binding the output to a non-loopback interface")
+                   help="allow binding to a non-loopback interface (needs --keys)")
+    p.add_argument("--control", default=None, metavar="ADDR",
+                   help="control address (default: private ipc socket); a tcp:// "
+                        "address lets metropc-worker join from other hosts")
+    p.add_argument("--reduce", default=None, metavar="ADDR",
+                   help="address pool workers send results to (default: private "
+                        "ipc socket)")
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="secure every socket with CURVE using the keys made by "
+                        "metropc-keys DIR")
+    p.add_argument("--event-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds a worker may spend per event before it is replaced "
+                        "(default 30; 0 disables)")
     p.add_argument("--param", action="append", type=parse_param, default=[],
                    metavar="NAME=VALUE", help="override a context parameter")
     p.add_argument("--rate", type=parse_rate, default=None,
@@ -98,13 +110,25 @@ def build_parser():
     return p
 
 
-def check_output_address(addr, allow_remote):
-    if addr.startswith("tcp://"):
+def check_addresses(args):
+    """Refuse addresses other hosts can reach unless asked, and then with keys."""
+    for option, addr in (("--output", args.output), ("--control", args.control),
+                         ("--reduce", args.reduce)):
+        if not addr or not addr.startswith("tcp://"):
+            continue
         host = addr[len("tcp://"):].rsplit(":", 1)[0]
-        if host not in LOOPBACK_HOSTS and not allow_remote:
+        if host in LOOPBACK_HOSTS:
+            continue
+        if not args.allow_remote:
             raise SystemExit(
-                f"metropc-run: refusing to bind the output to {host!r}, which is not "
-                "a loopback interface; pass --allow-remote to do it on purpose")
+                f"metropc-run: refusing to bind {option} to {host!r}, which is not a "
+                "loopback interface; pass --allow-remote (with --keys) to do it on "
+                "purpose")
+        if args.keys is None:
+            raise SystemExit(
+                f"metropc-run: {option} {addr} is reachable from other hosts, and "
+                "context code is Python: secure it with --keys DIR (make keys with "
+                "metropc-keys DIR)")
 
 
 class ContextWatcher:
@@ -150,7 +174,7 @@ def main(argv=None):
         logging.INFO if args.verbose == 0 else logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
                         datefmt="%H:%M:%S")
-    check_output_address(args.output, args.allow_remote)
+    check_addresses(args)
     if not os.path.isfile(args.context):
         print(f"metropc-run: no such context file: {args.context}", file=sys.stderr)
         return 2
@@ -173,7 +197,9 @@ def main(argv=None):
                             output=output, parameters=dict(args.param), rate=args.rate,
                             seed=args.seed, bridge_socket=args.bridge_socket,
                             queue_size=args.queue_size, drop_policy=args.drop_policy,
-                            max_events=args.max_events)
+                            max_events=args.max_events, control=args.control,
+                            reduce=args.reduce, keys=args.keys,
+                            event_timeout=args.event_timeout or None)
     except ContextError as e:
         log.error("context refused, nothing runs\n%s",
                   e.format_for_context(_read(args.context)))

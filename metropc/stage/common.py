@@ -36,6 +36,7 @@ OP_STOP = b"stop"        # leave the stage loop
 
 # Stage -> frontend opcodes.
 OP_HELLO = b"hello"      # {"stage": str, "output_addr": str?}
+OP_HEARTBEAT = b"heartbeat"  # an idle worker is alive (pool)
 OP_CREDIT = b"credit"    # ready for {"n": int} (default 1) more events (pool)
 OP_ERROR = b"error"      # {"msg": str}
 OP_CTX_READY = b"ctx_ready"    # {"version": int}: prepared, waiting for commit

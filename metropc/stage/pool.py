@@ -11,21 +11,57 @@ policy.
 from __future__ import annotations
 
 import logging
+import threading
 
 import zmq
 
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput, ViewStage
 from ..error import ProtocolError
+from ..security import secure
 from .common import (KEY_EVENT_ID, KEY_META, KEY_STEP, META_SKIP, META_STEP,
                      OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED, OP_CTX_READY,
                      build_context, OP_CREDIT, OP_ERROR, OP_EVENT, pack_meta,
-                     OP_HELLO, OP_PARAMS, OP_RESULT, OP_STOP, SEQ_PATH, make_socket,
+                     OP_HEARTBEAT, OP_HELLO, OP_PARAMS, OP_RESULT, OP_STOP, SEQ_PATH, make_socket,
                      recv_messages, send, send_batch)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["run_pool", "reduce_inputs"]
+
+#: A worker says it is alive this often, busy or not (remote workers are
+#: declared gone after a few seconds of silence).
+HEARTBEAT_S = 1.0
+
+
+class _Heartbeat:
+    """A thread saying "alive" on its own socket, even while a view runs.
+
+    The frontend cannot watch processes on other hosts; silence of this
+    heartbeat is how it learns that a remote worker is gone.  Its identity
+    is ``<worker name>#hb``.
+    """
+
+    def __init__(self, zctx, control_addr, name, secure_client):
+        self._stop = threading.Event()
+        self._sock = make_socket(zctx, zmq.DEALER, identity=f"{name}#hb".encode())
+        secure_client(self._sock)
+        self._sock.connect(control_addr)
+        self._thread = threading.Thread(target=self._run, name="metropc-heartbeat",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                send(self._sock, OP_HEARTBEAT, flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(2 * HEARTBEAT_S)
+        self._sock.close(0)
 
 
 def reduce_inputs(ctx):
@@ -118,18 +154,29 @@ class PoolWorker:
         return out
 
 
-def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None):
-    """Run one POOL worker until told to stop; returns an exit code."""
-    name = f"pool-{index}"
+def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, name=None,
+             keys=None):
+    """Run one POOL worker until told to stop; returns an exit code.
+
+    `name` must be unique in the pipeline (``pool-N`` for local workers,
+    ``pool-<host>-<pid>`` for remote ones); `keys` a key directory when the
+    pipeline is secured with CURVE.
+    """
+    name = name or f"pool-{index}"
     zctx = zmq_context or zmq.Context()
+    _, secure_client, auth = secure(zctx, keys)
     control = make_socket(zctx, zmq.DEALER, identity=name.encode())
     results = make_socket(zctx, zmq.PUSH)
+    heartbeat = None
+    secure_client(control)
+    secure_client(results)
     try:
         control.connect(control_addr)
         results.connect(reduce_addr)
         worker = PoolWorker(name, control, results)
         send(control, OP_HELLO, {"stage": name})
         send(control, OP_CREDIT, {"n": prefetch})
+        heartbeat = _Heartbeat(zctx, control_addr, name, secure_client)
         while True:
             try:
                 messages = recv_messages(control)
@@ -165,7 +212,11 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None):
     except (KeyboardInterrupt, zmq.ContextTerminated):
         return 0
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()
         control.close(0)
         results.close(0)
+        if auth is not None:
+            auth.stop()
         if zmq_context is None:
             zctx.term()

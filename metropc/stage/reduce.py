@@ -20,6 +20,7 @@ import zmq
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput
 from ..error import ProtocolError
+from ..security import secure
 from .common import (KEY_EVENT_ID, KEY_META, META_EVENT, META_SKIP, META_STEP, OP_ABORT,
                      OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED, OP_CTX_READY,
                      OP_ERROR, OP_HELLO, OP_INDEX,
@@ -285,12 +286,16 @@ class ReduceStage:
 
 
 def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
-               reorder_window=4096, reorder_timeout=10.0, zmq_context=None):
+               reorder_window=4096, reorder_timeout=10.0, zmq_context=None, keys=None):
     """Run the REDUCE stage until told to stop; returns an exit code."""
     zctx = zmq_context or zmq.Context()
+    secure_server, secure_client, auth = secure(zctx, keys)
     control = make_socket(zctx, zmq.DEALER, identity=b"reduce")
     results = make_socket(zctx, zmq.PULL)
     output = make_socket(zctx, zmq.PUB, hwm=output_hwm)
+    secure_client(control)
+    secure_server(results)
+    secure_server(output)
     try:
         results.bind(reduce_addr)
         output.bind(output_addr)
@@ -347,5 +352,7 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
     finally:
         for sock in (control, results, output):
             sock.close(0)
+        if auth is not None:
+            auth.stop()
         if zmq_context is None:
             zctx.term()

@@ -60,6 +60,7 @@ class StageRunner:
         self.target = target
         self.kwargs = kwargs
         self.name = name
+        self.started = False
 
     def start(self):
         raise NotImplementedError
@@ -84,15 +85,17 @@ class ThreadRunner(StageRunner):
     shares_context = True
 
     def start(self):
+        self.started = True
         self._thread = threading.Thread(target=self.target, kwargs=self.kwargs,
                                         name=f"metropc-{self.name}", daemon=True)
         self._thread.start()
 
     def is_alive(self):
-        return self._thread.is_alive()
+        return self.started and self._thread.is_alive()
 
     def join(self, timeout=None):
-        self._thread.join(timeout)
+        if self.started:
+            self._thread.join(timeout)
 
 
 class ProcessRunner(StageRunner):
@@ -101,6 +104,7 @@ class ProcessRunner(StageRunner):
     can_stop = True
 
     def start(self):
+        self.started = True
         mp = multiprocessing.get_context("spawn")
         self._process = mp.Process(target=_stage_main, args=(self.target, self.kwargs),
                                    name=f"metropc-{self.name}", daemon=True)
@@ -108,15 +112,18 @@ class ProcessRunner(StageRunner):
 
     @property
     def pid(self):
-        return self._process.pid
+        return self._process.pid if self.started else None
 
     def is_alive(self):
-        return self._process.is_alive()
+        return self.started and self._process.is_alive()
 
     def join(self, timeout=None):
-        self._process.join(timeout)
+        if self.started:
+            self._process.join(timeout)
 
     def stop(self):
+        if not self.started:
+            return
         if self._process.is_alive():
             self._process.terminate()
             self._process.join(1.0)
@@ -126,4 +133,4 @@ class ProcessRunner(StageRunner):
 
     @property
     def exitcode(self):
-        return self._process.exitcode
+        return self._process.exitcode if self.started else None

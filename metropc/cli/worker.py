@@ -1,0 +1,65 @@
+"""``metropc-worker``: a POOL worker on another host joining a running pipeline.
+
+::
+
+    metropc-worker --control tcp://daq-node:41000 --reduce tcp://daq-node:41001 \\
+                   --keys ~/.metropc/keys
+
+The pipeline must have been started with control and reduce addresses other
+hosts can reach (``metropc-run --control tcp://0.0.0.0:41000 --reduce
+tcp://0.0.0.0:41001 --allow-remote --keys DIR``) and the same key
+directory.  The worker receives the running context and parameters when it
+joins, takes events like the local workers, and leaves with Ctrl-C; if it
+dies or loses the network, the frontend notices its silence and counts the
+events it held as lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+
+from ..stage.pool import run_pool
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="metropc-worker",
+                                description="Join a running metropc pipeline as a POOL "
+                                            "worker.")
+    p.add_argument("--control", required=True, metavar="ADDR",
+                   help="the pipeline's control address")
+    p.add_argument("--reduce", required=True, metavar="ADDR",
+                   help="the pipeline's reduce address")
+    p.add_argument("--keys", metavar="DIR", default=None,
+                   help="key directory of a pipeline secured with CURVE")
+    p.add_argument("--name", default=None,
+                   help="worker name, unique in the pipeline (default pool-HOST-PID)")
+    p.add_argument("--prefetch", type=int, default=4,
+                   help="messages this worker may hold at once (default 4)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    name = args.name or f"pool-{socket.gethostname()}-{os.getpid()}"
+    if not name.startswith("pool-"):
+        name = f"pool-{name}"
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    logging.getLogger("metropc.worker").info("worker %s joining %s", name, args.control)
+    return run_pool(args.control, args.reduce, name=name, prefetch=args.prefetch,
+                    keys=args.keys)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""CURVE keys, refusing unkeyed peers, and POOL workers joining from elsewhere.
+
+Remote workers are real ``metropc-worker`` processes connecting over
+``tcp://127.0.0.1``, as they would from another host.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+import pytest
+import zmq
+
+from conftest import recording_frontend, wait_for
+from metropc.client import Client
+from metropc.frontend import Context, ProcessRunner
+from metropc.security import Keys, generate_keys
+
+pytestmark = pytest.mark.timeout(90)
+
+CTX = """
+@View.Scalar
+def tid(t: 'internal#train_id'):
+    return t
+"""
+
+
+def test_metropc_keys_writes_private_keys(tmp_path):
+    keydir = tmp_path / "keys"
+    out = subprocess.run([sys.executable, "-m", "metropc.security", str(keydir)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE(os.stat(keydir).st_mode) == 0o700
+    for name in ("server", "client"):
+        assert stat.S_IMODE(os.stat(keydir / f"{name}.key_secret").st_mode) == 0o600
+    keys = Keys.load(keydir)
+    assert len(keys.server_public) == 40 and keys.client_secret
+    again = subprocess.run([sys.executable, "-m", "metropc.security", str(keydir)],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "--force" in again.stderr
+
+
+def test_keys_readable_by_others_are_refused(tmp_path):
+    generate_keys(tmp_path / "k")
+    os.chmod(tmp_path / "k" / "client.key_secret", 0o644)
+    with pytest.raises(PermissionError, match="chmod 600"):
+        Keys.load(tmp_path / "k")
+
+
+@pytest.fixture
+def secured(tmp_path):
+    keydir = str(tmp_path / "keys")
+    generate_keys(keydir)
+    fe = recording_frontend()(
+        control_addr="tcp://127.0.0.1:*", reduce_addr="tcp://127.0.0.1:*",
+        output_addr="tcp://127.0.0.1:*", num_pool_stages=0, sr_cls=ProcessRunner,
+        keys=keydir, queue_size=1000, output_hwm=10000)
+    try:
+        assert fe.wait_ready(30)
+        fe.queue_to_all(b"context", Context(CTX, version=1).to_dict())
+        yield fe, keydir
+    finally:
+        fe.close(timeout=5)
+
+
+def start_worker(fe, keydir=None, name=None):
+    cmd = [sys.executable, "-m", "metropc.cli.worker", "--control", fe.control_addr,
+           "--reduce", fe.reduce_addr]
+    if keydir:
+        cmd += ["--keys", keydir]
+    if name:
+        cmd += ["--name", name]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def feed_until(fe, client, predicate, start, timeout=30):
+    """Send events until `predicate(values)` holds; returns the values seen."""
+    values, t = [], start
+    import time
+    deadline = time.monotonic() + timeout
+    while not predicate(values):
+        assert time.monotonic() < deadline, f"got only {values[-5:]}"
+        fe.queue_to_any(b"event", {"internal#train_id": t})
+        t += 1
+        try:
+            values.append(client.recv(timeout=0.05)[1]["data"])
+        except TimeoutError:
+            pass
+    return values
+
+
+def test_remote_worker_joins_and_losing_it_is_counted(secured):
+    fe, keydir = secured
+    assert fe.control_addr.startswith("tcp://127.0.0.1:")
+    assert fe.reduce_addr.startswith("tcp://127.0.0.1:") and not fe.reduce_addr.endswith("*")
+    with Client(fe.output_addr, views=["tid"], timeout=20, keys=keydir) as client:
+        worker = start_worker(fe, keydir, name="far-away-1")
+        try:
+            values = feed_until(fe, client, lambda v: len(v) >= 20, start=0)
+            assert values == sorted(values)
+            assert "pool-far-away-1" in fe._state.remote
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(10)
+            wait_for(lambda: any("pool-far-away-1 went silent" in e for e in fe.errors),
+                     timeout=20)
+            # Another worker takes over; the pipeline goes on in order.
+            second = start_worker(fe, keydir, name="far-away-2")
+            try:
+                more = feed_until(fe, client, lambda v: len(v) >= 20, start=10_000)
+                assert more == sorted(more) and more[-1] >= 10_000
+            finally:
+                second.terminate()
+                second.wait(10)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(10)
+
+
+def test_peers_without_the_keys_are_refused(secured):
+    fe, keydir = secured
+    intruder = start_worker(fe, keydir=None, name="intruder")
+    zctx = zmq.Context()
+    sub = zctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.connect(fe.output_addr)
+    sub.subscribe(b"")
+    try:
+        with Client(fe.output_addr, views=["tid"], timeout=20, keys=keydir) as client:
+            # The keyed client gets the index; the unkeyed subscriber gets nothing,
+            # and the unkeyed worker never joins.
+            for _ in range(3):
+                fe.queue_to("reduce", b"index")
+                client.wait_index(timeout=10)
+            assert not sub.poll(500)
+            assert "pool-intruder" not in fe._state.remote
+            worker = start_worker(fe, keydir, name="friend")
+            try:
+                values = feed_until(fe, client, lambda v: len(v) >= 5, start=0)
+            finally:
+                worker.terminate()
+                worker.wait(10)
+            assert values and not sub.poll(200)
+            assert "pool-intruder" not in fe._state.remote
+    finally:
+        sub.close()
+        zctx.term()
+        intruder.kill()
+        intruder.wait(10)
+
+
+def test_run_refuses_remote_addresses_without_keys(tmp_path):
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(CTX)
+    out = subprocess.run([sys.executable, "-m", "metropc.cli.run", str(ctx),
+                          "--control", "tcp://0.0.0.0:0", "--allow-remote"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "--keys" in out.stderr
