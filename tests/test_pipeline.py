@@ -337,3 +337,43 @@ def test_extra_foam_shaped_frontend_and_client(collector_factory):
         assert not pipe.errors
     finally:
         pipe.close(timeout=5)
+
+
+BUILTIN_CTX = """
+@View.Vector_Histogram(bin_min=0, bin_max=10, bin_count=10, output_every=5)
+def digits(t: 'internal#train_id'):
+    return t % 10
+
+@View.Scalar_StepAverage
+def per_step(t: 'internal#train_id'):
+    return t
+
+@View.Scalar_MovingAverage(N=4, output_every=4)
+def moving(t: 'internal#train_id'):
+    return float(t)
+"""
+
+
+def test_builtin_views_accumulate_in_reduce_across_worker_processes(
+        pipeline, collector_factory):
+    import numpy as np
+    fe = pipeline(sr_cls=ProcessRunner)
+    col = collector_factory(fe.output_addr).wait_connected(fe)
+    set_context(fe, BUILTIN_CTX)
+    for ev in events(range(20)):
+        fe.queue_to_any(b"event", ev)
+    fe.step()
+    for ev in events(range(20, 30)):
+        fe.queue_to_any(b"event", ev)
+    fe.step()
+    col.poll_until(lambda m: len(col.values("per_step")) >= 2
+                   and len(col.values("digits")) >= 6)
+    hist = col.values("digits")[3]  # after 20 events
+    np.testing.assert_array_equal(hist.values, np.histogram(np.arange(20) % 10,
+                                                            bins=10, range=(0, 10))[0])
+    np.testing.assert_array_equal(hist.coords["bin"].values, np.arange(10) + 0.5)
+    assert [float(v) for v in col.values("per_step")] == [9.5, 24.5]
+    assert [float(v) for v in col.values("moving")][:2] == [1.5, 5.5]
+    index = col.indexes()[-1]
+    assert index["view#digits"].stage.name == "REDUCE"
+    assert index["view#per_step"].stage.name == "STEP"

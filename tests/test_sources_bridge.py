@@ -264,3 +264,17 @@ def test_missing_package_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "karabo_bridge.serializer", None)
     with pytest.raises(SourceError, match=r"pip install metropc\[karabo\]"):
         open_source("tcp://127.0.0.1:4545")
+
+
+def test_train_without_a_needed_source_is_explained_once(endpoint, caplog):
+    caplog.set_level(logging.WARNING, logger="metropc.sources.bridge")
+    paths = [f"karabo#{FAST}[data.intensityTD]", "karabo#ABSENT/DEV/X:output[data.y]"]
+    with ServerInThread(endpoint, sock="REP", maxlen=3) as server:
+        feed(server, 300, 3)
+        with open_source(endpoint, paths=paths) as source:
+            events = [next(source) for _ in range(3)]
+    assert all(f"karabo#{FAST}[data.intensityTD]" in e for e in events)
+    assert not any("karabo#ABSENT/DEV/X:output[data.y]" in e for e in events)
+    warnings = [r.getMessage() for r in caplog.records if "ABSENT/DEV/X:output" in r.getMessage()]
+    assert len(warnings) == 1 and "train 300" in warnings[0]
+    assert "views that need it do not run" in warnings[0]

@@ -38,6 +38,8 @@ _SERVER_FOR = {"REQ": "REP", "SUB": "PUB", "PULL": "PUSH"}
 #: Longest single wait inside next(), so that close() from another thread
 #: is noticed promptly.
 POLL_INTERVAL = 0.1
+#: Seconds between two warnings about the same source missing from trains.
+MISSING_WARN_INTERVAL = 60.0
 #: Longest gap between two "still no data" warnings.
 MAX_WARN_INTERVAL = 300.0
 #: ZMTP heartbeat interval and timeout (ms): a bridge host that disappears
@@ -117,6 +119,7 @@ class BridgeSource(Source):
         if self.timeout <= 0:
             raise SourceError(f"bridge timeout must be positive, not {timeout!r}")
         self.give_up = give_up
+        self._missing_warned = {}
         self._selection = (karabo_selection(self.paths)
                            if self.paths is not None else None)
         self._deserialize = _import_deserialize()
@@ -257,6 +260,20 @@ class BridgeSource(Source):
         log.warning("no data from Karabo bridge %s for %.1f s; still "
                     "waiting.%s", self.endpoint, seconds, hint)
 
+    def _warn_missing(self, src, tid):
+        """Say (once a minute per source) that a needed source is absent.
+
+        The views that need it simply do not run for such trains; the
+        warning tells the operator why they show nothing.
+        """
+        now = time.monotonic()
+        warned = self._missing_warned.get(src)
+        if warned is None or now - warned >= MISSING_WARN_INTERVAL:
+            self._missing_warned[src] = now
+            log.warning("train %s from Karabo bridge %s has no data from %s, which "
+                        "the context uses; views that need it do not run",
+                        tid, self.endpoint, src)
+
     def _event(self, data, meta):
         tid = _train_id(data, meta)
         if tid is None:
@@ -273,6 +290,7 @@ class BridgeSource(Source):
         for src, keys in self._selection.items():
             values = data.get(src)
             if values is None:
+                self._warn_missing(src, tid)
                 continue
             for key, event_key in keys.items():
                 value = values.get(key)
