@@ -86,7 +86,8 @@ def test_pipeline_replays_a_run_directory(tmp_path):
         values = {"view#train": [], "view#first_pulse": [], "view#average_position": []}
         # The replay may start before the client is connected: count from the
         # first train seen and check everything after it.
-        while len(values["view#train"]) < 6 or values["view#train"][-1] != 10011:
+        while (len(values["view#train"]) < 6 or values["view#train"][-1] != 10011
+               or not values["view#first_pulse"] or values["view#first_pulse"][-1] != 11.0):
             path, payload = client.recv()
             values[path].append(payload["data"])
     trains = values["view#train"]
