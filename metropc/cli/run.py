@@ -86,6 +86,10 @@ def build_parser():
     p.add_argument("--event-timeout", type=float, default=30.0, metavar="S",
                    help="seconds a worker may spend per event before it is replaced "
                         "(default 30; 0 disables)")
+    p.add_argument("--dashboard", default=None, metavar="[HOST:]PORT",
+                   help="also serve the live web dashboard there (host 127.0.0.1 "
+                        "unless given; port 0 picks a free one); needs "
+                        "metropc[dashboard]")
     p.add_argument("--param", action="append", type=parse_param, default=[],
                    metavar="NAME=VALUE", help="override a context parameter")
     p.add_argument("--rate", type=parse_rate, default=None,
@@ -175,6 +179,15 @@ def main(argv=None):
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
                         datefmt="%H:%M:%S")
     check_addresses(args)
+    dashboard_bind = None
+    if args.dashboard is not None:
+        from ..dashboard import check_bind, parse_bind
+        try:
+            dashboard_bind = parse_bind(args.dashboard)
+            check_bind(dashboard_bind[0], args.allow_remote)
+        except ValueError as e:
+            print(f"metropc-run: --dashboard: {e}", file=sys.stderr)
+            return 2
     if not os.path.isfile(args.context):
         print(f"metropc-run: no such context file: {args.context}", file=sys.stderr)
         return 2
@@ -208,9 +221,20 @@ def main(argv=None):
         log.error("%s", e)
         return 1
     status = None
+    dashboard = None
     try:
         print(f"metropc-run: output on {pipeline.output_addr}  "
               f"(watch it with: metropc-client {pipeline.output_addr})", flush=True)
+        if dashboard_bind is not None:
+            try:
+                from ..dashboard import serve
+                dashboard = serve(pipeline.output_addr, *dashboard_bind, control=pipeline,
+                                  allow_remote=args.allow_remote, keys=args.keys,
+                                  title=os.path.basename(args.context))
+            except (ImportError, OSError) as e:
+                log.error("cannot serve the dashboard on %s: %s", args.dashboard, e)
+                return 2
+            print(f"metropc-run: dashboard on {dashboard.url}", flush=True)
         watcher = None if args.no_watch else ContextWatcher(pipeline)
         mode = args.status
         if mode == "auto":
@@ -231,6 +255,8 @@ def main(argv=None):
             status.update(final=True)
         return 0
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         pipeline.close(timeout=3.0)
         if status is not None:
             status.close()

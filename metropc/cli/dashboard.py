@@ -1,0 +1,117 @@
+"""``metropc-dashboard``: a live web dashboard for a running pipeline's output.
+
+::
+
+    metropc-dashboard tcp://127.0.0.1:5555                # http://127.0.0.1:8050/
+    metropc-dashboard tcp://127.0.0.1:5555 --bind 9000    # another port
+    metropc-dashboard tcp://127.0.0.1:5555 --bind 0.0.0.0:8050 --allow-remote  # with a token
+
+It only has the output address, so it shows everything but cannot change
+parameters or run actions; ``metropc-run CONTEXT --dashboard PORT`` serves
+the same page with those enabled.  Ctrl-C or SIGTERM stops it.
+
+Exit codes: 0 after Ctrl-C/SIGTERM (or ``--duration``), 2 for bad arguments
+or an address that cannot be served, 1 if the dashboard extra is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+
+from ..dashboard import DEFAULT_PORT, check_bind, parse_bind
+
+log = logging.getLogger("metropc.dashboard")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="metropc-dashboard",
+        description="Serve a live web dashboard of a metropc pipeline's output.")
+    p.add_argument("address", metavar="ADDR",
+                   help="output address of the pipeline, e.g. tcp://127.0.0.1:5555")
+    p.add_argument("--bind", default=None, metavar="[HOST:]PORT",
+                   help=f"where to serve the page (default 127.0.0.1:{DEFAULT_PORT}, or a "
+                        "free port if that one is taken); port 0 picks a free port")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow serving on a non-loopback interface (the page then "
+                        "needs the token in the printed URL)")
+    p.add_argument("--token", action="store_true",
+                   help="require a token (in the printed URL) on loopback too")
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="key directory of a pipeline secured with CURVE (metropc-keys)")
+    p.add_argument("--no-pickle", action="store_true",
+                   help="refuse pickled results (unpickling runs code chosen by the sender)")
+    p.add_argument("--history", type=int, default=10_000, metavar="N",
+                   help="points kept per scalar / points view (default 10000)")
+    p.add_argument("--max-side", type=int, default=256, metavar="PX",
+                   help="largest image side sent to the browser (default 256)")
+    p.add_argument("--title", default=None, help="title shown on the page")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop after S seconds")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        host, port = parse_bind(args.bind) if args.bind else ("127.0.0.1", DEFAULT_PORT)
+        check_bind(host, args.allow_remote)
+    except ValueError as e:
+        print(f"metropc-dashboard: {e}", file=sys.stderr)
+        return 2
+    try:
+        from ..dashboard import Dashboard
+    except ImportError as e:
+        print(f"metropc-dashboard: {e}", file=sys.stderr)
+        return 1
+
+    def make(port):
+        return Dashboard(args.address, host, port, allow_pickle=not args.no_pickle,
+                         allow_remote=args.allow_remote, history=args.history,
+                         max_side=args.max_side, title=args.title,
+                         token=True if args.token else None, keys=args.keys).start()
+
+    try:
+        try:
+            dash = make(port)
+        except OSError as e:
+            if args.bind is not None:
+                raise
+            log.warning("port %d is taken (%s); using a free one", port, e.strerror)
+            dash = make(0)
+    except OSError as e:
+        print(f"metropc-dashboard: cannot serve on {host}:{port}: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as e:
+        print(f"metropc-dashboard: {e}", file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        print(f"metropc-dashboard: {dash.url}  (pipeline output {args.address})", flush=True)
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        while not stop.wait(0.5):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        return 0
+    finally:
+        dash.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
