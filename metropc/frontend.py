@@ -119,6 +119,8 @@ class ThreadedFrontend:
         self.restarts = collections.Counter()
         self.event_timeout = event_timeout
         self.ready = threading.Event()
+        #: Set when a stage kept dying and was given up.
+        self.failed = threading.Event()
 
         self._zctx = zmq.Context()
         self._events = collections.deque()
@@ -195,8 +197,15 @@ class ThreadedFrontend:
         self.queue_to("reduce", OP_STEP)
 
     def wait_ready(self, timeout=None):
-        """Block until the pipeline is ready; returns False on timeout."""
-        return self.ready.wait(timeout)
+        """Block until the pipeline is ready; False on timeout or if a stage
+        could not start (see ``on_pipeline_panic``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.ready.wait(0.1):
+            if self.failed.is_set():
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
 
     def close(self, timeout=5.0):
         """Stop every stage (within `timeout` seconds) and release resources."""
@@ -299,6 +308,9 @@ class ThreadedFrontend:
 BATCH_MAX = 32
 #: Seconds the stages get to build a new context before it is refused.
 RELOAD_TIMEOUT = 30.0
+#: A stage that dies this often within RESTART_WINDOW seconds is not restarted.
+RESTART_LIMIT = 5
+RESTART_WINDOW = 60.0
 #: Seconds without a heartbeat after which a remote worker is gone.
 REMOTE_SILENCE = 5.0
 
@@ -321,9 +333,13 @@ class _LoopState:
     def __init__(self, fe):
         self.fe = fe
         self.credits = collections.Counter()
+        self.turn = 0           # round-robin position among workers with credit
         self.outstanding = {}   # worker -> deque of (sent time, [seq, ...]) per message
         self.busy_since = {}    # worker -> when it started its oldest message
         self.last_context = None
+        self.restart_times = {}  # stage -> recent restart times
+        self.given_up = set()    # stages that kept dying: not restarted
+        self.ever_ready = set()  # stages that said hello at least once
         self.remote = {}        # workers started elsewhere -> last time heard from
         self.reload = None      # a context being prepared by the stages
         self.params = {}
@@ -409,6 +425,7 @@ class _LoopState:
         elif opcode == OP_DEBUG:
             fe.on_pipeline_debug(str(data.get("msg")))
         elif opcode == OP_HELLO:
+            self.ever_ready.add(name)
             if name not in fe._runners:
                 if not name.startswith("pool-"):
                     log.warning("frontend: ignoring hello from unknown stage %r", name)
@@ -516,13 +533,26 @@ class _LoopState:
     def replace(self, name, reason):
         """Start a new stage `name`; report what was lost."""
         fe = self.fe
-        if fe._stopping:
+        if fe._stopping or name in self.given_up:
             return
         if not fe._runners[name].can_stop:  # threads cannot be replaced
             if not getattr(fe._runners[name], "_reported", False):
                 fe._runners[name]._reported = True
                 fe.on_pipeline_panic(reason)
             return
+        now = time.monotonic()
+        recent = [t for t in self.restart_times.get(name, []) if now - t < RESTART_WINDOW]
+        if len(recent) >= RESTART_LIMIT or (name not in self.ever_ready and
+                                            fe.ready.is_set() is False):
+            # Crashing at start or in a loop: restarting again will not help.
+            if name not in self.given_up:
+                self.given_up.add(name)
+                fe.failed.set()
+                fe.on_pipeline_panic(f"{reason}; it died {len(recent) + 1} times within "
+                                     f"{RESTART_WINDOW:g} s (or before starting up), so it "
+                                     "is not restarted again")
+            return
+        self.restart_times[name] = recent + [now]
         self.hello.discard(name)
         self.credits[name] = 0
         if self.reload is not None:
@@ -574,7 +604,7 @@ class _LoopState:
             if not event_first:
                 # A step boundary travels like an event through a worker, so
                 # REDUCE sees it exactly between the events around it.
-                worker = next((n for n in pools if self.credits[n] > 0), None)
+                worker = self.free_worker(pools)
                 if worker is None:
                     with fe._lock:
                         fe._control.appendleft(control)
@@ -584,7 +614,7 @@ class _LoopState:
                 self.send_to(worker, OP_EVENT, {SEQ_PATH: self.seq, KEY_STEP: True})
                 self.seq += 1
                 continue
-            worker = next((n for n in pools if self.credits[n] > 0), None)
+            worker = self.free_worker(pools)
             if worker is None:
                 return
             batch = self.take_batch(control)
@@ -601,12 +631,21 @@ class _LoopState:
                     self.input_counts.update(k for k in data if k != SEQ_PATH)
                 messages.append((opcode, data))
             self.credits[worker] -= 1
-            pools.append(pools.pop(pools.index(worker)))  # round robin among free
             self.track(worker, [d[SEQ_PATH] for o, d in messages if o == OP_EVENT])
             try:
                 send_batch(fe._router, messages, prefix=[worker.encode()])
             except zmq.ZMQError as e:  # EHOSTUNREACH: that stage is gone
                 log.warning("frontend: cannot reach %s: %s", worker, e)
+
+    def free_worker(self, pools):
+        """The next worker with credit, in turn (round robin across calls)."""
+        n = len(pools)
+        for i in range(n):
+            name = pools[(self.turn + i) % n]
+            if self.credits[name] > 0:
+                self.turn = (self.turn + i + 1) % n
+                return name
+        return None
 
     def track(self, worker, seqs):
         """Remember what `worker` holds until it acknowledges the message."""

@@ -238,3 +238,54 @@ def test_close_stops_every_process_and_leaves_no_socket_files(collector_factory)
     assert not os.path.exists(tmpdir)
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def _die_at_start(**kwargs):
+    raise SystemExit(3)
+
+
+class _OneBrokenRunner(ProcessRunner):
+    """pool-1 dies at once, every time it is started."""
+
+    def start(self):
+        if self.name == "pool-1":
+            self.target = _die_at_start
+        super().start()
+
+
+def test_stage_that_cannot_start_is_given_up_not_restarted_forever():
+    from conftest import recording_frontend
+
+    fe = recording_frontend()(num_pool_stages=2, sr_cls=_OneBrokenRunner)
+    try:
+        t0 = time.monotonic()
+        assert not fe.wait_ready(30)
+        assert time.monotonic() - t0 < 10
+        wait_for(lambda: fe.panics, timeout=10)
+        assert "pool-1" in fe.panics[0] and "not restarted" in fe.panics[0]
+        assert fe.restarts["pool-1"] == 0
+    finally:
+        fe.close(timeout=5)
+
+
+PID_CTX = """
+import os, time
+@View.Scalar
+def pid(t: 'internal#train_id'):
+    time.sleep(0.005)
+    return os.getpid()
+"""
+
+
+def test_events_are_shared_between_workers(pipeline, collector_factory):
+    fe = pipeline(sr_cls=ProcessRunner)
+    col = collector_factory(fe.output_addr).wait_connected(fe)
+    fe.queue_to_all(b"context", Context(PID_CTX, version=1).to_dict())
+    feeder = Feeder(fe, rate=150)
+    try:
+        col.poll_until(lambda m: len(col.values("pid")) >= 300, timeout=30)
+    finally:
+        feeder.close()
+    pids = col.values("pid")[:300]
+    shares = sorted(pids.count(p) for p in set(pids))
+    assert len(shares) == 2 and shares[0] >= 60, shares
