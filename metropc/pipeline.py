@@ -21,7 +21,7 @@ import os
 import threading
 
 from .core import Context
-from .error import SourceError
+from .error import ContextError, SourceError
 from .frontend import DROP_OLDEST, ProcessRunner, ThreadedFrontend
 
 __all__ = ["Pipeline"]
@@ -142,8 +142,14 @@ class Pipeline:
 
     def load(self, source, path="<ctx>"):
         """Load context `source`; raise ContextError and keep the old one if bad."""
-        ctx = Context(source, path=path, version=self.version + 1,
-                      parameters=self.parameters)
+        try:
+            ctx = Context(source, path=path, version=self.version + 1,
+                          parameters=self.parameters)
+        except ContextError as e:
+            # Kept with the stages' errors, so dashboards show it too.
+            self.errors.append(f"context refused: {e}")
+            del self.errors[:-100]
+            raise
         self.version = ctx.version
         self.ctx = ctx
         self._frontend.queue_to_all(b"context", ctx.to_dict())

@@ -151,6 +151,8 @@ class ReduceStage:
         if results is None:
             send(self.control, OP_ERROR, {"msg": f"[reduce] no action view named {name!r}"})
             return
+        for view_name in results:
+            self.meter.add(view_name)
         self.publish(results, None)
 
     # -- events -------------------------------------------------------------------
