@@ -125,3 +125,27 @@ def test_run_on_the_example_context_for_a_fixed_duration():
     assert proc.returncode == 0, proc.stderr
     assert "output on tcp://127.0.0.1:" in proc.stdout
     assert "metropc: out" in proc.stderr
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "double Ctrl-C"])
+def test_run_stops_on_sigterm_and_at_once_on_a_second_ctrl_c(tmp_path, how):
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(CTX)
+    proc, addr = start(ctx_file)
+    children = descendants_of(proc.pid)
+    assert len(children) >= 2  # REDUCE and the worker (plus resource tracker)
+    t0 = time.monotonic()
+    if how == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        assert proc.returncode == 0
+    else:
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+        assert proc.returncode in (0, 130)
+    assert time.monotonic() - t0 < 5
+    proc.reader.join(5)
+    # Stage processes end with their parent, cleanly or not (PR_SET_PDEATHSIG).
+    wait_for(lambda: all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE
+                         for c in children), timeout=10)
