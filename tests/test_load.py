@@ -246,7 +246,9 @@ parameters(busy_s=0.010)
 
 QUEUE_SIZE = 16                 # the frontend's default
 OVERLOAD_RATE = 200.0           # twice what one worker can do
-OVERLOAD_S = 5.0
+#: Seconds of overload per drop policy: the default policy runs the full
+#: minute the operations guide promises, the other a short check.
+OVERLOAD_S = {"oldest": 60.0, "newest": 5.0}
 OVERLOAD_WARMUP_S = 1.0
 OVERLOAD_RSS_BOUND = 50 * MB
 OVERLOAD_BASE_ID = 1_000_000
@@ -257,7 +259,7 @@ def busy_event(i):
     return {"internal#train_id": i, PAYLOAD: np.full(PAYLOAD_FLOATS, i % 1000, np.float32)}
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)
 @pytest.mark.parametrize("policy", ["oldest", "newest"])
 def test_overload_drops_by_policy_with_bounded_memory_at_full_rate(
         pipeline, collector_factory, policy):
@@ -273,14 +275,14 @@ def test_overload_drops_by_policy_with_bounded_memory_at_full_rate(
     capacity = float(np.median(rates))
     assert fe.dropped == 0
 
-    # Overload: twice that rate for OVERLOAD_S seconds.
+    # Overload: twice that rate for OVERLOAD_S[policy] seconds.
     arrivals = []
     feeder = PacedFeeder(fe, busy_event, OVERLOAD_RATE, OVERLOAD_BASE_ID)
     t0 = time.monotonic()
     feeder.start()
     next_sample = t0
     try:
-        while time.monotonic() < t0 + OVERLOAD_S:
+        while time.monotonic() < t0 + OVERLOAD_S[policy]:
             if time.monotonic() >= next_sample:
                 probe.sample()
                 next_sample += 0.5
