@@ -7,7 +7,7 @@ measured in the same test, so a busy machine moves both sides.
 Bounds, and why:
 
 - Overload (``test_overload_*``, one worker with a 10 ms view, ~100
-  events/s, fed 200 events/s for 5 s): RSS growth after a 1 s warm-up
+  events/s, fed 200 events/s for 60 s with the default policy, 5 s with the other): RSS growth after a 1 s warm-up
   below ``OVERLOAD_RSS_BOUND`` (50 MB) in every process.  Each event
   carries a fresh 256 KiB array, so an unbounded queue (or a reference
   kept to dropped events) would grow by ~25 MB/s; the test checks that the
