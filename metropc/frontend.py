@@ -18,6 +18,10 @@ methods may be called from any thread: they put the message into a queue
 and wake that thread.  Events wait in a bounded queue; when the pool is
 slower than the source, the drop policy decides which events are lost, and
 they are counted in the index (``internal#dropped_events``).
+
+With POOL workers on this host (``ProcessRunner``), large arrays travel to
+the workers, and large results to REDUCE, in shared-memory slots instead
+of socket messages (:mod:`metropc.stage.shm`, docs/shm.md).
 """
 
 from __future__ import annotations
@@ -38,10 +42,11 @@ from .core import Context
 from .error import ContextError, ProtocolError
 from .protocol import decode_protocol, encode_protocol
 from .security import secure
+from .stage import shm as shmem
 from .stage.common import (OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_CTX_FAILED,
                            OP_CTX_READY, OP_DEBUG, OP_ERROR, OP_EVENT,
-                           KEY_STEP, OP_HELLO, OP_LOST, OP_PARAMS, OP_STATS, OP_STEP,
-                           OP_STOP, SEQ_PATH,
+                           KEY_SHM, KEY_STEP, OP_HELLO, OP_LOST, OP_PARAMS, OP_SHM, OP_STATS,
+                           OP_STEP, OP_STOP, SEQ_PATH,
                            has_large_value, make_socket, recv, remove_ipc_file, send,
                            send_batch)
 from .stage.pool import run_pool
@@ -93,12 +98,23 @@ class ThreadedFrontend:
     reorder_timeout : float
         Seconds REDUCE waits for a missing event before giving it up (a
         safety net: events of a worker that died are announced at once).
+    shm : bool or None
+        Move large arrays to local POOL workers, and large results to
+        REDUCE, through shared-memory slots (docs/shm.md).  None (default):
+        on with ``ProcessRunner``, off with ``ThreadRunner``.  Workers on
+        other hosts (``metropc-worker``) always get arrays by socket.
+    shm_size : int or None
+        Bytes of shared memory (half for events, half for results); None:
+        min(1 GiB, RAM / 8, half the free space of /dev/shm); 0: off.
+    shm_threshold : int
+        Arrays of this many bytes or more travel in slots (default 64 KiB).
     """
 
     def __init__(self, control_addr=None, reduce_addr=None, output_addr=None,
                  queue_addr=None, num_pool_stages=2, sr_cls=ProcessRunner, *,
                  queue_size=16, drop_policy=DROP_OLDEST, prefetch=4, output_hwm=100,
-                 reorder_timeout=10.0, event_timeout=30.0, stats_interval=1.0, keys=None):
+                 reorder_timeout=10.0, event_timeout=30.0, stats_interval=1.0, keys=None,
+                 shm=None, shm_size=None, shm_threshold=shmem.DEFAULT_THRESHOLD):
         if drop_policy not in (DROP_OLDEST, DROP_NEWEST):
             raise ValueError(f"drop_policy must be 'oldest' or 'newest', not {drop_policy!r}")
         self._tmpdir = None
@@ -147,7 +163,14 @@ class ThreadedFrontend:
         self._router.bind(self.control_addr)
         self.control_addr = self._router.last_endpoint.decode()
 
-        self._runners = self._make_runners()
+        self.shm = None
+        try:
+            self._open_shm(shm, shm_size, shm_threshold)
+            self._runners = self._make_runners()
+        except BaseException:
+            if self.shm is not None:
+                self.shm.close()
+            raise
         self._thread = threading.Thread(target=self._loop, name="metropc-frontend",
                                         daemon=True)
         self._thread.start()
@@ -224,10 +247,19 @@ class ThreadedFrontend:
         if self._auth is not None:
             self._auth.stop()
         self._zctx.term()
+        if self.shm is not None:
+            self.shm.close(unmap=not self._thread.is_alive())
         for addr in (self.control_addr, self.reduce_addr, self.output_addr):
             remove_ipc_file(addr)
         if self._tmpdir:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            # A stage stopped while starting may still have been creating its
+            # socket file as the directory went: try again briefly.
+            deadline = time.monotonic() + 1.0
+            while True:
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+                if not os.path.exists(self._tmpdir) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
 
     # -- internals -------------------------------------------------------------------------
     def _wake(self):
@@ -249,6 +281,21 @@ class ThreadedFrontend:
             # Applies after every event queued before it, as the caller expects.
             self._control.append((self._enqueued, target, opcode, data or {}))
             self._wake()
+
+    def _open_shm(self, shm, size, threshold):
+        """Create the shared-memory segments, if they are to be used."""
+        shmem.cleanup_stale()  # whatever a killed frontend left behind
+        if shm is None:
+            shm = self.sr_cls.can_stop and not self.sr_cls.shares_context
+        if not shm or self.num_pool_stages < 1 or not shmem.available():
+            return
+        size = shmem.default_size() if size is None else int(size)
+        if size < 2 * shmem.MIN_SEGMENT:
+            return
+        try:
+            self.shm = shmem.FrontendSlots(size, threshold, self.num_pool_stages)
+        except OSError as e:
+            log.warning("shared memory unavailable, arrays go by socket: %s", e)
 
     def _make_runners(self):
         names = ["reduce"] + [f"pool-{i}" for i in range(self.num_pool_stages)]
@@ -279,6 +326,9 @@ class ThreadedFrontend:
             return self.sr_cls(run_reduce, dict(
                 control_addr=self.control_addr, reduce_addr=self.reduce_addr,
                 output_addr=self.output_addr, **self._stage_kwargs, **extra), name)
+        if self.shm is not None:
+            extra["shm"] = {"in": self.shm.input_name, "out": self.shm.new_output(name),
+                            "threshold": self.shm.threshold}
         return self.sr_cls(run_pool, dict(
             control_addr=self.control_addr, reduce_addr=self.reduce_addr, name=name,
             prefetch=self.prefetch, keys=self.keys, **extra), name)
@@ -306,6 +356,16 @@ class ThreadedFrontend:
 
 #: Most small events sent to a worker in one message.
 BATCH_MAX = 32
+#: Most bytes of shared-memory slots referred to by one worker message.
+SHM_BATCH_BYTES = 8 << 20
+#: Most bytes of shared-memory slots one worker holds at once (beyond one
+#: event): keeps the memory each process touches, and the events a worker
+#: sits on, small.
+SHM_WORKER_BYTES = 32 << 20
+#: Events in shared memory are batched only up to about this much work per
+#: message (measured), so that slow views still get one event per message
+#: and an overloaded pipeline keeps what it shows current.
+SHM_BATCH_SECONDS = 0.005
 #: Seconds the stages get to build a new context before it is refused.
 RELOAD_TIMEOUT = 30.0
 #: A stage that dies this often within RESTART_WINDOW seconds is not restarted.
@@ -350,6 +410,10 @@ class _LoopState:
         self.input_prev = {}
         self.stats_t = time.monotonic()
         self.dropped_prev = 0
+        self.shm_workers = set()  # local workers that mapped the shared memory
+        self.shm_prev = {}
+        self.shm_waiting = None   # the event that waits for a free slot
+        self.event_cost = 0.0     # seconds per event in a worker (moving average)
 
     def run(self):
         fe = self.fe
@@ -403,14 +467,19 @@ class _LoopState:
         if name in self.remote:
             self.remote[name] = time.monotonic()
         if opcode == OP_CREDIT:
-            if "n" in data:  # initial credit: nothing is acknowledged
+            if "free" in data and fe.shm is not None:
+                fe.shm.release(name, data["free"])
+            if "n" in data:  # initial credit (or a late slot release): nothing acknowledged
                 self.credits[name] += int(data["n"])
             else:  # one message done
                 self.credits[name] += 1
                 batches = self.outstanding.get(name)
+                now = time.monotonic()
                 if batches:
-                    batches.popleft()
-                self.busy_since[name] = time.monotonic()
+                    sent, seqs = batches.popleft()
+                    took = now - max(sent, self.busy_since.get(name, 0.0))
+                    self.event_cost += 0.2 * (took / max(1, len(seqs)) - self.event_cost)
+                self.busy_since[name] = now
         elif opcode == OP_ERROR:
             fe.on_pipeline_error(str(data.get("msg")))
         elif opcode in (OP_CTX_READY, OP_CTX_FAILED):
@@ -435,6 +504,10 @@ class _LoopState:
                 log.info("remote worker %s joined", name)
                 self.remote[name] = time.monotonic()
             self.hello.add(name)
+            if data.get("shm") and fe.shm is not None and name in fe._runners:
+                self.shm_workers.add(name)
+            else:
+                self.shm_workers.discard(name)
             if name == "reduce":
                 fe.output_addr = data.get("output_addr", fe.output_addr)
                 if fe._reduce_addr_pending():
@@ -492,6 +565,8 @@ class _LoopState:
         if self.reload is not None and now - self.reload.started > RELOAD_TIMEOUT:
             self.finish_reload(timed_out=True)
         self.check_remote(now)
+        if fe.shm is not None:
+            fe.shm.tick()
         for name, runner in list(fe._runners.items()):
             if not runner.started:
                 continue
@@ -555,6 +630,7 @@ class _LoopState:
         self.restart_times[name] = recent + [now]
         self.hello.discard(name)
         self.credits[name] = 0
+        self.shm_workers.discard(name)
         if self.reload is not None:
             self.reload.waiting.discard(name)
             self.finish_reload()
@@ -562,11 +638,25 @@ class _LoopState:
             fe.restarts["reduce"] += 1
             fe.on_pipeline_error(f"{reason}; restarting it: accumulated state (averages, "
                                  "histograms, step data) is lost")
+            if fe.shm is not None:
+                # The dead REDUCE never frees the result slots it held: every
+                # worker gets a fresh results segment.
+                for worker in list(fe.shm.outputs):
+                    out = fe.shm.new_output(worker)
+                    runner = fe._runners.get(worker)
+                    if runner is not None and "shm" in runner.kwargs:
+                        runner.kwargs["shm"]["out"] = out
+                    self.send_to(worker, OP_SHM, {"out": out})
         else:
             lost = [seq for _, seqs in self.outstanding.pop(name, ()) for seq in seqs]
             fe.restarts[name] += 1
             fe.lost_events += len(lost)
-            fe.on_pipeline_error(f"{reason}; {len(lost)} event(s) it held are lost; "
+            reclaimed = ""
+            if fe.shm is not None:
+                n = fe.shm.reclaim(name)
+                if n:
+                    reclaimed = f"; {n} shared-memory slot(s) it held are reclaimed"
+            fe.on_pipeline_error(f"{reason}; {len(lost)} event(s) it held are lost{reclaimed}; "
                                  "starting a replacement")
             if lost:
                 self.send_to("reduce", OP_LOST, {"seqs": lost})
@@ -614,12 +704,12 @@ class _LoopState:
                 self.send_to(worker, OP_EVENT, {SEQ_PATH: self.seq, KEY_STEP: True})
                 self.seq += 1
                 continue
-            worker = self.free_worker(pools)
+            worker = self.free_worker(pools, avoid=self.shm_saturated)
             if worker is None:
                 return
-            batch = self.take_batch(control)
+            batch = self.take_batch(control, worker)
             if not batch:
-                continue
+                return  # the next event waits for a free shared-memory slot
             messages = []
             for opcode, data in batch:
                 if opcode == OP_EVENT:
@@ -628,7 +718,8 @@ class _LoopState:
                     self.seq += 1
                     if self.version is not None:
                         data.setdefault("internal#ctx_version", self.version)
-                    self.input_counts.update(k for k in data if k != SEQ_PATH)
+                    self.input_counts.update(k for k in data
+                                             if k != SEQ_PATH and k != KEY_SHM)
                 messages.append((opcode, data))
             self.credits[worker] -= 1
             self.track(worker, [d[SEQ_PATH] for o, d in messages if o == OP_EVENT])
@@ -637,14 +728,26 @@ class _LoopState:
             except zmq.ZMQError as e:  # EHOSTUNREACH: that stage is gone
                 log.warning("frontend: cannot reach %s: %s", worker, e)
 
-    def free_worker(self, pools):
-        """The next worker with credit, in turn (round robin across calls)."""
+    def free_worker(self, pools, avoid=None):
+        """The next worker with credit, in turn (round robin across calls).
+
+        Workers for which `avoid(name)` is true are taken only if no other
+        has credit (those holding their share of shared-memory slots).
+        """
         n = len(pools)
+        fallback = None
         for i in range(n):
             name = pools[(self.turn + i) % n]
             if self.credits[name] > 0:
+                if avoid is not None and avoid(name):
+                    if fallback is None:
+                        fallback = (i, name)
+                    continue
                 self.turn = (self.turn + i + 1) % n
                 return name
+        if fallback is not None:
+            self.turn = (self.turn + fallback[0] + 1) % n
+            return fallback[1]
         return None
 
     def track(self, worker, seqs):
@@ -655,29 +758,79 @@ class _LoopState:
             self.busy_since[worker] = now
         batches.append((now, seqs))
 
-    def take_batch(self, control):
+    def take_batch(self, control, worker):
         """Events for one worker message: one large event or up to BATCH_MAX small.
 
         Small events waiting together go in one message, so their per-message
         costs are shared; large ones (with a buffer of 64 KiB or more) go
         alone, so batching never multiplies the memory a worker holds.
         Only events queued before the next control message are taken.
+
+        For a worker on this host, the large arrays of an event are copied
+        into a shared-memory slot (outside the lock); such events are small
+        messages and batch like small events, up to SHM_BATCH_BYTES of slots
+        per message.  If no slot is free while workers still hold some, the
+        event waits (and the queue's drop policy applies); if none will
+        come back, it goes by socket.
         """
         fe = self.fe
+        shm = fe.shm if worker in self.shm_workers else None
         limit = control[0] if control is not None else None
-        batch = []
+        batch, placed, slot_bytes = [], [], 0
+        shm_max = max(1, min(BATCH_MAX, int(SHM_BATCH_SECONDS / max(self.event_cost, 1e-6))))
         with fe._lock:
             events = fe._events
             while events and len(batch) < BATCH_MAX and (limit is None or events[0][0] < limit):
-                _, opcode, data = events[0]
-                large = opcode != OP_EVENT or has_large_value(data)
+                index, opcode, data = events[0]
+                if opcode == OP_EVENT and KEY_SHM in data:  # reserved, never from outside
+                    data = {k: v for k, v in data.items() if k != KEY_SHM}
+                plan = None
+                if shm is not None and opcode == OP_EVENT:
+                    plan = shm.plan(data)
+                if plan is not None:
+                    nbytes = plan[1] * shmem.UNIT
+                    if batch and (slot_bytes + nbytes > SHM_BATCH_BYTES
+                                  or len(batch) >= shm_max):
+                        break
+                    ticket = None
+                    if shm.fits_ever(plan) and not self.shm_saturated(worker, nbytes):
+                        ticket = shm.reserve_for(worker, plan)
+                    if ticket is None:
+                        if self.shm_waiting != index:
+                            self.shm_waiting = index
+                            shm.full += 1
+                        if batch or (shm.fits_ever(plan) and self.slots_will_free(worker)):
+                            break  # a worker will free slots: wait for it
+                        plan = None  # nothing will free slots: by socket
+                    else:
+                        placed.append((len(batch), plan, ticket))
+                        slot_bytes += nbytes
+                large = plan is None and (opcode != OP_EVENT or has_large_value(data))
                 if large and batch:
                     break
                 events.popleft()
                 batch.append((opcode, data))
                 if large:
                     break
+        for i, plan, ticket in placed:
+            opcode, data = batch[i]
+            batch[i] = (opcode, shm.fill(data, plan, ticket))
         return batch
+
+    def shm_saturated(self, worker, more=1):
+        """Whether `worker` holds its share of slots (SHM_WORKER_BYTES)."""
+        shm = self.fe.shm
+        if shm is None or worker not in self.shm_workers:
+            return False
+        held = shm.held_bytes(worker)
+        return held > 0 and held + more > SHM_WORKER_BYTES
+
+    def slots_will_free(self, worker):
+        """Whether slots will come back: a worker holding some has messages to finish."""
+        shm = self.fe.shm
+        if self.shm_saturated(worker):
+            return bool(self.outstanding.get(worker))
+        return any(shm.holds(w) and self.outstanding.get(w) for w in self.shm_workers)
 
     def send_control(self, target, opcode, data):
         if opcode == OP_CONTEXT:
@@ -703,6 +856,17 @@ class _LoopState:
         stats = {k: (int(v), (v - self.input_prev.get(k, 0)) / dt)
                  for k, v in self.input_counts.items()}
         stats["internal#dropped_events"] = (fe.dropped, (fe.dropped - self.dropped_prev) / dt)
+        if fe.shm is not None:
+            shm = fe.shm
+            slots, nbytes = shm.usage()
+            now_counts = {"placed": shm.placed, "bytes": shm.placed_bytes,
+                          "reclaimed": shm.reclaimed, "full": shm.full}
+            rate = {k: (v - self.shm_prev.get(k, 0)) / dt for k, v in now_counts.items()}
+            self.shm_prev = now_counts
+            stats["internal#shm_slots_used"] = (slots, rate["placed"])
+            stats["internal#shm_bytes_used"] = (nbytes, rate["bytes"])
+            stats["internal#shm_reclaimed"] = (shm.reclaimed, rate["reclaimed"])
+            stats["internal#shm_full"] = (shm.full, rate["full"])
         self.input_prev = dict(self.input_counts)
         self.dropped_prev = fe.dropped
         self.stats_t = now

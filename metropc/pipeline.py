@@ -70,6 +70,12 @@ class Pipeline:
         Key directory (``metropc-keys``) securing every socket with CURVE.
     event_timeout : float
         Seconds a worker may spend per event before it is replaced.
+    shm, shm_size, shm_threshold : optional
+        Shared-memory transport of large arrays to local workers and of
+        large results to REDUCE (docs/shm.md): on by default with
+        ``ProcessRunner``; ``shm_size`` in bytes (0: off), default
+        min(1 GiB, RAM / 8); arrays of ``shm_threshold`` bytes (64 KiB) or
+        more use it.
     ready_timeout : float
         Seconds to wait for the stages to start.
 
@@ -81,7 +87,8 @@ class Pipeline:
                  rate=None, seed=0, bridge_socket=None, queue_size=16,
                  drop_policy=DROP_OLDEST, sr_cls=ProcessRunner, max_events=None,
                  ready_timeout=60.0, control=None, reduce=None, keys=None,
-                 event_timeout=30.0, **source_options):
+                 event_timeout=30.0, shm=None, shm_size=None,
+                 shm_threshold=65536, **source_options):
         self.errors = []
         self.parameters = dict(parameters or {})
         self.version = 0
@@ -95,7 +102,8 @@ class Pipeline:
                                    control_addr=control, reduce_addr=reduce,
                                    num_pool_stages=pool, sr_cls=sr_cls,
                                    queue_size=queue_size, drop_policy=drop_policy,
-                                   keys=keys, event_timeout=event_timeout)
+                                   keys=keys, event_timeout=event_timeout, shm=shm,
+                                   shm_size=shm_size, shm_threshold=shm_threshold)
         try:
             if isinstance(context, os.PathLike) or (
                     isinstance(context, str) and "\n" not in context

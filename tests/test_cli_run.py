@@ -131,6 +131,9 @@ def test_run_on_the_example_context_for_a_fixed_duration():
 def test_run_stops_on_sigterm_and_at_once_on_a_second_ctrl_c(tmp_path, how):
     ctx_file = tmp_path / "ctx.py"
     ctx_file.write_text(CTX)
+    import glob
+    import tempfile
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "metropc-*")))
     proc, addr = start(ctx_file)
     children = descendants_of(proc.pid)
     assert len(children) >= 2  # REDUCE and the worker (plus resource tracker)
@@ -149,3 +152,5 @@ def test_run_stops_on_sigterm_and_at_once_on_a_second_ctrl_c(tmp_path, how):
     # Stage processes end with their parent, cleanly or not (PR_SET_PDEATHSIG).
     wait_for(lambda: all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE
                          for c in children), timeout=10)
+    # No socket directory left behind.
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "metropc-*"))) <= before

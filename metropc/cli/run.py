@@ -20,6 +20,7 @@ import argparse
 import ast
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -28,6 +29,7 @@ import time
 from ..error import ContextError, SourceError
 from ..frontend import DROP_NEWEST, DROP_OLDEST
 from ..pipeline import Pipeline
+from ..stage.shm import parse_size, unlink_owned
 from .status import StatusDisplay
 
 log = logging.getLogger("metropc.run")
@@ -86,6 +88,10 @@ def build_parser():
     p.add_argument("--event-timeout", type=float, default=30.0, metavar="S",
                    help="seconds a worker may spend per event before it is replaced "
                         "(default 30; 0 disables)")
+    p.add_argument("--shm-size", type=parse_size, default=None, metavar="SIZE",
+                   help="shared memory for large arrays between the stages on this "
+                        "host, e.g. 512M or 2G; 0 or 'off' disables (default: "
+                        "min(1 GiB, RAM/8)); see docs/shm.md")
     p.add_argument("--dashboard", default=None, metavar="[HOST:]PORT",
                    help="also serve the live web dashboard there (host 127.0.0.1 "
                         "unless given; port 0 picks a free one); needs "
@@ -196,10 +202,17 @@ def main(argv=None):
         output = output[:-2] + ":*"
 
     stop = threading.Event()
+    leftovers = []  # what to remove even when leaving at once
 
     def on_signal(signum, frame):
         if stop.is_set():
-            os._exit(130)  # second Ctrl-C: leave at once
+            # Second Ctrl-C: leave at once.  The stages end with us
+            # (PR_SET_PDEATHSIG); only our private socket directory is ours
+            # to remove on the way out.
+            for path in leftovers:
+                shutil.rmtree(path, ignore_errors=True)
+            unlink_owned()  # shared memory would outlive os._exit
+            os._exit(130)
         stop.set()
 
     signal.signal(signal.SIGINT, on_signal)
@@ -212,7 +225,8 @@ def main(argv=None):
                             queue_size=args.queue_size, drop_policy=args.drop_policy,
                             max_events=args.max_events, control=args.control,
                             reduce=args.reduce, keys=args.keys,
-                            event_timeout=args.event_timeout or None)
+                            event_timeout=args.event_timeout or None,
+                            shm_size=args.shm_size)
     except ContextError as e:
         log.error("context refused, nothing runs\n%s",
                   e.format_for_context(_read(args.context)))
@@ -220,6 +234,8 @@ def main(argv=None):
     except SourceError as e:
         log.error("%s", e)
         return 1
+    if pipeline.frontend._tmpdir:
+        leftovers.append(pipeline.frontend._tmpdir)
     status = None
     dashboard = None
     try:

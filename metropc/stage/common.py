@@ -32,12 +32,14 @@ OP_ACTION = b"action"    # {"view_name": name} (reduce)
 OP_STEP = b"step"        # operator step boundary (sent through a worker)
 OP_STATS = b"stats"      # {path: count} input statistics (reduce)
 OP_LOST = b"lost"        # {"seqs": [...]}: events a dead worker held (reduce)
+OP_SHM = b"shm"          # {"out": segment name}: a fresh results segment (pool)
 OP_STOP = b"stop"        # leave the stage loop
 
 # Stage -> frontend opcodes.
 OP_HELLO = b"hello"      # {"stage": str, "output_addr": str?}
 OP_HEARTBEAT = b"heartbeat"  # an idle worker is alive (pool)
-OP_CREDIT = b"credit"    # ready for {"n": int} (default 1) more events (pool)
+OP_CREDIT = b"credit"    # ready for {"n": int} (default 1) more events (pool);
+                         # "free": int64 starts of input slots it released
 OP_ERROR = b"error"      # {"msg": str}
 OP_CTX_READY = b"ctx_ready"    # {"version": int}: prepared, waiting for commit
 OP_CTX_FAILED = b"ctx_failed"  # {"version": int, "msg": str}
@@ -56,6 +58,8 @@ KEY_META = "#meta"          # pack_meta(...)
 KEY_EVENT_ID = "#event_id"  # only when the event id does not fit in the meta
 #: Marks the pseudo-event that carries an operator step boundary.
 KEY_STEP = "#step"
+#: A reference to arrays in a shared-memory slot (metropc.stage.shm).
+KEY_SHM = "#shm"
 
 #: Event key carrying the frontend's dispatch sequence number.
 SEQ_PATH = "internal#seq"

@@ -6,6 +6,11 @@ the events dispatched after it), and pushes one result message per event to
 REDUCE.  It asks for work with credits: it never holds more than `prefetch`
 events, which keeps memory bounded and lets the frontend apply its drop
 policy.
+
+Large arrays may arrive in shared-memory slots instead of the message
+(:mod:`metropc.stage.shm`, local workers only): the views get read-only
+arrays in place, and the worker frees a slot with its next credit once
+nothing refers to it any more.  Large results go to REDUCE the same way.
 """
 
 from __future__ import annotations
@@ -13,17 +18,19 @@ from __future__ import annotations
 import logging
 import threading
 
+import numpy as np
 import zmq
 
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput, ViewStage
 from ..error import ProtocolError
 from ..security import secure
-from .common import (KEY_EVENT_ID, KEY_META, KEY_STEP, META_SKIP, META_STEP,
+from . import shm as shmem
+from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, KEY_STEP, META_SKIP, META_STEP,
                      OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED, OP_CTX_READY,
                      build_context, OP_CREDIT, OP_ERROR, OP_EVENT, pack_meta,
-                     OP_HEARTBEAT, OP_HELLO, OP_PARAMS, OP_RESULT, OP_STOP, SEQ_PATH, make_socket,
-                     recv_messages, send, send_batch)
+                     OP_HEARTBEAT, OP_HELLO, OP_PARAMS, OP_RESULT, OP_SHM, OP_STOP, SEQ_PATH,
+                     make_socket, recv_messages, send, send_batch)
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,8 @@ __all__ = ["run_pool", "reduce_inputs"]
 #: A worker says it is alive this often, busy or not (remote workers are
 #: declared gone after a few seconds of silence).
 HEARTBEAT_S = 1.0
+#: While input slots are still referenced (pinned), look at them this often.
+PIN_POLL_MS = 50
 
 
 class _Heartbeat:
@@ -100,6 +109,76 @@ class PoolWorker:
         self.forward_views = set()
         self.forward_paths = set()
         self.prepared = None
+        self.slots = None        # shm.SlotReader for input slots (local workers)
+        self.results_slots = None  # shm.SlotWriter for large results
+        self.threshold = shmem.DEFAULT_THRESHOLD
+
+    def open_slots(self, shm):
+        """Map the frontend's segments; False if this host cannot (no shm then)."""
+        try:
+            reader = shmem.SlotReader()
+            reader.segment(shm["in"])
+        except Exception as e:  # noqa: BLE001 - any failure: use the socket path
+            log.warning("%s: shared memory unavailable, arrays come by socket: %s",
+                        self.name, e)
+            return False
+        self.slots = reader
+        self.threshold = int(shm.get("threshold", shmem.DEFAULT_THRESHOLD))
+        self.on_shm({"out": shm.get("out")})
+        return True
+
+    def on_shm(self, data):
+        """Use a fresh results segment (after a REDUCE restart)."""
+        old, self.results_slots = self.results_slots, None
+        if old is not None:
+            old.close()
+        name = data.get("out")
+        if name is None or self.slots is None:
+            return
+        try:
+            self.results_slots = shmem.SlotWriter(name, self.threshold, self.slots)
+        except Exception as e:  # noqa: BLE001 - results then go by socket
+            log.warning("%s: no results segment, results go by socket: %s", self.name, e)
+
+    def released_slots(self):
+        """Serials (int64 bytes) of input slots nothing refers to any more."""
+        if self.slots is None:
+            return None
+        free = self.slots.collect()
+        if not free:
+            return None
+        return np.array([lease.serial for lease in free], "<i8").tobytes()
+
+    def handle(self, messages):
+        """Run one received message (or batch); returns (results, had_event, stop)."""
+        results_out, had_event = [], False
+        for opcode, data in messages:
+            if opcode == OP_EVENT:
+                had_event = True
+                out = self.event(data)
+                if out is not None:
+                    results_out.append((OP_RESULT, out))
+            elif opcode == OP_CONTEXT:
+                self.on_context(data)
+            elif opcode == OP_COMMIT:
+                self.on_commit(data)
+            elif opcode == OP_ABORT:
+                self.prepared = None
+            elif opcode == OP_PARAMS:
+                if self.ctx is not None:
+                    unknown = self.ctx.update_parameters(data)
+                    if unknown:
+                        log.debug("%s: unknown parameters %s", self.name, unknown)
+            elif opcode == OP_SHM:
+                self.on_shm(data)
+            elif opcode == OP_STOP:
+                return results_out, had_event, True
+            else:
+                log.debug("%s: ignoring opcode %r", self.name, opcode)
+        if self.results_slots is not None:
+            for _, out in results_out:
+                self.results_slots.export(out)
+        return results_out, had_event, False
 
     def report(self, error):
         send(self.control, OP_ERROR, {"msg": f"[{self.name}] {error.report_text}"})
@@ -129,6 +208,30 @@ class PoolWorker:
 
     def event(self, event):
         """Run one event; returns the result message for REDUCE (or None)."""
+        raw = event.pop(KEY_SHM, None)
+        if raw is not None:
+            lease = self.attach(event, raw)
+            if lease is None:
+                seq = event.get(SEQ_PATH)
+                return None if type(seq) is not int else {KEY_META: pack_meta(seq, kind=META_SKIP)}
+            try:
+                return self._event(event)
+            finally:
+                self.slots.done(lease)
+        return self._event(event)
+
+    def attach(self, event, raw):
+        """Put the arrays of an input slot into `event`; None if malformed."""
+        try:
+            if self.slots is None:
+                raise ProtocolError("a slot reference, but no shared memory here")
+            return self.slots.attach(raw, event)
+        except ProtocolError as e:
+            log.warning("%s: event dropped: %s", self.name, e)
+            send(self.control, OP_ERROR, {"msg": f"[{self.name}] event dropped: {e}"})
+            return None
+
+    def _event(self, event):
         seq = event.pop(SEQ_PATH, None)
         if seq is None:
             return None
@@ -155,12 +258,14 @@ class PoolWorker:
 
 
 def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, name=None,
-             keys=None):
+             keys=None, shm=None):
     """Run one POOL worker until told to stop; returns an exit code.
 
     `name` must be unique in the pipeline (``pool-N`` for local workers,
     ``pool-<host>-<pid>`` for remote ones); `keys` a key directory when the
-    pipeline is secured with CURVE.
+    pipeline is secured with CURVE; `shm` the frontend's shared-memory
+    segments (``{"in": name, "out": name, "threshold": bytes}``) for a
+    worker on the frontend's host.
     """
     name = name or f"pool-{index}"
     zctx = zmq_context or zmq.Context()
@@ -174,41 +279,38 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, n
         control.connect(control_addr)
         results.connect(reduce_addr)
         worker = PoolWorker(name, control, results)
-        send(control, OP_HELLO, {"stage": name})
+        hello = {"stage": name}
+        if shm and worker.open_slots(shm):
+            hello["shm"] = True
+        send(control, OP_HELLO, hello)
         send(control, OP_CREDIT, {"n": prefetch})
         heartbeat = _Heartbeat(zctx, control_addr, name, secure_client)
         while True:
+            if worker.slots is not None and worker.slots.pending:
+                # Input slots still referenced (pinned): free them once they
+                # are not, even if no message comes meanwhile.
+                if not control.poll(PIN_POLL_MS):
+                    free = worker.released_slots()
+                    if free:
+                        send(control, OP_CREDIT, {"n": 0, "free": free})
+                    continue
             try:
                 messages = recv_messages(control)
             except ProtocolError as e:
                 log.warning("%s: rejected a malformed message: %s", name, e)
                 continue
-            results_out, had_event = [], False
-            for opcode, data in messages:
-                if opcode == OP_EVENT:
-                    had_event = True
-                    out = worker.event(data)
-                    if out is not None:
-                        results_out.append((OP_RESULT, out))
-                elif opcode == OP_CONTEXT:
-                    worker.on_context(data)
-                elif opcode == OP_COMMIT:
-                    worker.on_commit(data)
-                elif opcode == OP_ABORT:
-                    worker.prepared = None
-                elif opcode == OP_PARAMS:
-                    if worker.ctx is not None:
-                        unknown = worker.ctx.update_parameters(data)
-                        if unknown:
-                            log.debug("%s: unknown parameters %s", name, unknown)
-                elif opcode == OP_STOP:
-                    return 0
-                else:
-                    log.debug("%s: ignoring opcode %r", name, opcode)
+            results_out, had_event, stop = worker.handle(messages)
+            messages = None
+            if stop:
+                return 0
             if results_out:
                 send_batch(results, results_out)
+                results_out = None
+            free = worker.released_slots()
             if had_event:  # one credit per message, however many events it held
-                send(control, OP_CREDIT)
+                send(control, OP_CREDIT, {"free": free} if free else None)
+            elif free:
+                send(control, OP_CREDIT, {"n": 0, "free": free})
     except (KeyboardInterrupt, zmq.ContextTerminated):
         return 0
     finally:

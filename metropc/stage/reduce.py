@@ -7,6 +7,11 @@ socket as topic ``view#<name>`` with payload ``{"data": result,
 "event_id": id, "version": ctx_version}``.  The PUB socket drops messages
 for clients that do not keep up (its high-water mark), so a slow client
 never slows this loop.
+
+Large results of local workers arrive in shared-memory slots
+(:mod:`metropc.stage.shm`): REDUCE maps them read-only and frees each slot
+once nothing refers to its arrays any more (published zero-copy messages
+included).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput
 from ..error import ProtocolError
 from ..security import secure
-from .common import (KEY_EVENT_ID, KEY_META, META_EVENT, META_SKIP, META_STEP, OP_ABORT,
+from . import shm as shmem
+from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, META_EVENT, META_SKIP, META_STEP, OP_ABORT,
                      OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED, OP_CTX_READY,
                      OP_ERROR, OP_HELLO, OP_INDEX,
                      OP_LOST, OP_PARAMS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
@@ -79,6 +85,8 @@ class ReduceStage:
         self.refused = set()               # context versions refused somewhere
         self.prepared = None               # built, waiting for commit
         self.inputs = {}           # path -> count, from the frontend
+        self.slots = shmem.SlotReader(header_writable=True)
+        self.leases = {}           # seq -> shm.Lease of its result's arrays
 
     # -- control ---------------------------------------------------------------
     def report(self, error):
@@ -161,7 +169,27 @@ class ReduceStage:
         if not isinstance(raw, bytes):
             raise ProtocolError("result without metadata")
         meta = unpack_meta(raw)
-        self._process_all(self.buffer.push(meta[0], (meta, data)))
+        seq = meta[0]
+        ref = data.pop(KEY_SHM, None)
+        if ref is not None:
+            try:
+                lease = self.slots.attach(ref, data)
+            except ProtocolError as e:
+                log.warning("reduce: result of event %s lost: %s", seq, e)
+                self._process_all(self.buffer.skip([seq]))
+                return
+            if seq < self.buffer.next_seq:  # too late: given up already
+                self.slots.done(lease)
+                return
+            old = self.leases.pop(seq, None)
+            if old is not None:
+                self.slots.done(old)
+            self.leases[seq] = lease
+        self._process_all(self.buffer.push(seq, (meta, data)))
+
+    def release_slots(self):
+        """Free the result slots nothing refers to any more."""
+        self.slots.free_in_header(self.slots.collect())
 
     def flush(self):
         """Release what the reorder deadline allows (called on timeouts)."""
@@ -197,6 +225,14 @@ class ReduceStage:
             self._resume()
 
     def process(self, meta, data):
+        try:
+            self._process(meta, data)
+        finally:
+            lease = self.leases.pop(meta[0], None)
+            if lease is not None:
+                self.slots.done(lease)
+
+    def _process(self, meta, data):
         seq, version, event_id, produced, failed, kind = meta
         for _, (ctx, from_seq) in sorted(self.pending.items()):
             if seq >= from_seq:
@@ -320,6 +356,8 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
             deadline = stage.buffer.deadline()
             if deadline is not None:
                 wait = min(wait, deadline)
+            if stage.slots.pending:  # pinned result slots: look again soon
+                wait = min(wait, 0.05)
             ready = dict(poller.poll(max(0, int(wait * 1000)) + 1))
             if results in ready:
                 for _ in range(256):  # drain, but let control in between
@@ -333,6 +371,7 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
                         log.warning("reduce: rejected malformed result: %s", e)
                     if not results.poll(0):
                         break
+                data = None  # let the last result's slot go
             if control in ready:
                 try:
                     opcode, data = recv(control)
@@ -346,8 +385,10 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
                     handler(data)
             stage.flush()
             stage.check_stalled()
+            stage.release_slots()
             if time.monotonic() >= next_index:
                 stage.publish_index()
+                stage.slots.prune()
                 next_index = time.monotonic() + INDEX_INTERVAL
     except (KeyboardInterrupt, zmq.ContextTerminated):
         return 0
