@@ -98,6 +98,17 @@ class Pipeline:
         self._stop = threading.Event()
         self._source = None
         self._feeder = None
+        self._frontend = None
+        if isinstance(context, os.PathLike) or (
+                isinstance(context, str) and "\n" not in context
+                and os.path.isfile(context)):
+            self.context_path = os.fspath(context)
+            with open(self.context_path, encoding="utf-8") as f:
+                text, path = f.read(), self.context_path
+        else:
+            text, path = context, "<ctx>"
+        # A broken context is refused before any process starts.
+        first = self._build(text, path)
         self._frontend = _Frontend(self, output_addr=output or "tcp://127.0.0.1:*",
                                    control_addr=control, reduce_addr=reduce,
                                    num_pool_stages=pool, sr_cls=sr_cls,
@@ -105,13 +116,7 @@ class Pipeline:
                                    keys=keys, event_timeout=event_timeout, shm=shm,
                                    shm_size=shm_size, shm_threshold=shm_threshold)
         try:
-            if isinstance(context, os.PathLike) or (
-                    isinstance(context, str) and "\n" not in context
-                    and os.path.isfile(context)):
-                self.context_path = os.fspath(context)
-                self.reload()
-            else:
-                self.load(context)
+            self._use(first, path)
             if not self._frontend.wait_ready(ready_timeout):
                 raise RuntimeError(f"pipeline stages did not start within {ready_timeout} s")
             if source is not None:
@@ -150,14 +155,20 @@ class Pipeline:
 
     def load(self, source, path="<ctx>"):
         """Load context `source`; raise ContextError and keep the old one if bad."""
+        return self._use(self._build(source, path), path)
+
+    def _build(self, source, path):
         try:
-            ctx = Context(source, path=path, version=self.version + 1,
-                          parameters=self.parameters)
+            return Context(source, path=path, version=self.version + 1,
+                           parameters=self.parameters)
         except ContextError as e:
             # Kept with the stages' errors, so dashboards show it too.
             self.errors.append(f"context refused: {e}")
             del self.errors[:-100]
             raise
+
+    def _use(self, ctx, path):
+        """Send a built context to the stages."""
         self.version = ctx.version
         self.ctx = ctx
         self._frontend.queue_to_all(b"context", ctx.to_dict())
@@ -227,7 +238,8 @@ class Pipeline:
             self._source.close()
         if self._feeder is not None:
             self._feeder.join(timeout)
-        self._frontend.close(timeout=timeout)
+        if self._frontend is not None:
+            self._frontend.close(timeout=timeout)
 
     def __enter__(self):
         return self
