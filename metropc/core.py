@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from . import __version__
-from .enums import ContextStage, ViewOutput, ViewStage
+from .enums import ContextStage, ViewStage
 from .error import (ContextError, ContextSyntaxError, PathResolutionError,
                     ViewDefError, _context_frame_lineno)
 from .euxfel import KaraboPath  # noqa: F401  (registers the karabo# type)
@@ -421,7 +421,3 @@ def _parse_version(text):
     except ImportError:
         return tuple(int(p) if p.isdigit() else 0 for p in text.split("."))
 
-
-def output_of(view):
-    """A view's output type (helper for stages that only see names)."""
-    return view.output if isinstance(view.output, ViewOutput) else ViewOutput(view.output)

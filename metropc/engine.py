@@ -181,7 +181,7 @@ class Engine:
             view.reset()
 
     # -- internals ---------------------------------------------------------------
-    def _depends_on(self, view, name, seen=None):
+    def _depends_on(self, view, name):
         for arg in view.args:
             dep = getattr(arg.path, "view_name", None)
             if dep is None:

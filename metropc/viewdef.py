@@ -315,7 +315,4 @@ def _register_builtin_symbols():
 
 
 ViewDecorator.kwargs_symbols.update(Action=dict(stage=ViewStage.ACTION))
-try:
-    _register_builtin_symbols()
-except ImportError:  # builtin views not available yet in a partial checkout
-    pass
+_register_builtin_symbols()

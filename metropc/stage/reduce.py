@@ -84,7 +84,7 @@ class ReduceStage:
         self.stalled_since = None
         self.refused = set()               # context versions refused somewhere
         self.prepared = None               # built, waiting for commit
-        self.inputs = {}           # path -> count, from the frontend
+        self.inputs = {}           # path -> (count, rate), from the frontend
         self.slots = shmem.SlotReader(header_writable=True)
         self.leases = {}           # seq -> shm.Lease of its result's arrays
 
@@ -289,8 +289,8 @@ class ReduceStage:
         meter = self.meter
         meter.update_rates()
         entries = {}
-        for path, count in self.inputs.items():
-            entries[path] = (int(count), float(self.input_rates.get(path, 0.0)))
+        for path, (count, rate) in self.inputs.items():
+            entries[path] = (int(count), float(rate))
         if self.ctx is not None:
             alias = f"internal#{self.ctx.event_alias}"
             entries[alias] = (int(meter.counts.get("#events", 0)),
@@ -309,12 +309,9 @@ class ReduceStage:
         entries["internal#stale_events"] = (self.stale, 0.0)
         return entries
 
-    input_rates: dict = {}
-
     def on_stats(self, data):
         """Input statistics from the frontend: {path: (count, rate)}."""
-        self.inputs = {k: v[0] for k, v in data.items()}
-        self.input_rates = {k: v[1] for k, v in data.items()}
+        self.inputs = dict(data)
 
     def publish_index(self):
         try:
