@@ -24,13 +24,14 @@ import zmq
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput, ViewStage
 from ..error import ProtocolError
+from ..protocol import encode_protocol
 from ..security import secure
 from . import shm as shmem
 from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, KEY_STEP, META_SKIP, META_STEP,
                      OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED, OP_CTX_READY,
                      build_context, OP_CREDIT, OP_ERROR, OP_EVENT, pack_meta,
                      OP_HEARTBEAT, OP_HELLO, OP_PARAMS, OP_RESULT, OP_SHM, OP_STOP, SEQ_PATH,
-                     make_socket, recv_messages, send, send_batch)
+                     make_socket, recv_messages, send, send_batch, unpack_meta)
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,41 @@ class PoolWorker:
     def report(self, error):
         send(self.control, OP_ERROR, {"msg": f"[{self.name}] {error.report_text}"})
 
+    def send_results(self, results_out):
+        """Push result messages to REDUCE; a value that cannot be encoded
+        (neither fast-path type nor picklable) fails its view, not the
+        worker, so checking costs nothing until it happens."""
+        try:
+            send_batch(self.results, results_out)
+        except TypeError:
+            for _, out in results_out:
+                self.drop_unencodable(out)
+            send_batch(self.results, results_out)
+
+    def drop_unencodable(self, out):
+        """Remove the values of `out` that cannot be encoded; report their views."""
+        failed_views = []
+        for key in [k for k in out if not k.startswith("#")]:
+            try:
+                encode_protocol(OP_RESULT, {key: out[key]})
+            except TypeError as e:
+                del out[key]
+                if not key.startswith("view#"):
+                    log.warning("%s: event data %r cannot be sent to REDUCE: %s",
+                                self.name, key, e)
+                    continue
+                name = key[5:]
+                failed_views.append(name)
+                view = self.ctx.views.get(name) if self.ctx is not None else None
+                if view is not None:
+                    seq, version, event_id, *_ = unpack_meta(out[KEY_META])
+                    self.engine.reporter.report(view, e, event_id, self.ctx.path)
+        if failed_views:
+            seq, version, event_id, produced, failed, kind = unpack_meta(out[KEY_META])
+            produced = [n for n in produced if n not in failed_views]
+            out[KEY_META] = pack_meta(seq, version, event_id, produced,
+                                      [*failed, *failed_views], kind)
+
     def on_context(self, data):
         """Build a new context: prepare it (two-phase reload) or use it now."""
         ctx, error = build_context(data, ContextStage.POOL)
@@ -304,7 +340,7 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, n
             if stop:
                 return 0
             if results_out:
-                send_batch(results, results_out)
+                worker.send_results(results_out)
                 results_out = None
             free = worker.released_slots()
             if had_event:  # one credit per message, however many events it held
