@@ -243,6 +243,8 @@ class Client:
                  context=None, keys=None):
         import zmq
 
+        from .transport import recv_frames, try_recv_frames  # zmq only where needed
+        self._recv_frames, self._try_recv_frames = recv_frames, try_recv_frames
         self.address = address
         self.timeout = timeout
         self.allow_pickle = allow_pickle
@@ -303,13 +305,15 @@ class Client:
         (stored in :attr:`index`) and False for anything else (prefix
         matches of unsubscribed paths).
         """
-        if deadline is None:
-            wait_ms = None
-        else:
-            wait_ms = max(0, int((deadline - time.monotonic()) * 1000 + 0.999))
-        if not self._poller.poll(wait_ms):
-            raise TimeoutError(f"nothing received from {self.address} in time")
-        frames = self._socket.recv_multipart(copy=False)
+        frames = self._try_recv_frames(self._socket)  # queued already: no poll needed
+        if frames is None:
+            if deadline is None:
+                wait_ms = None
+            else:
+                wait_ms = max(0, int((deadline - time.monotonic()) * 1000 + 0.999))
+            if not self._poller.poll(wait_ms):
+                raise TimeoutError(f"nothing received from {self.address} in time")
+            frames = self._recv_frames(self._socket)
         topic = frames[0].bytes
         if topic == INDEX:
             _, self.index = decode_protocol(frames, allow_pickle=self.allow_pickle)

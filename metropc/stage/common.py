@@ -14,10 +14,10 @@ import os
 import pickle
 
 import msgpack
-import zmq
 
 from ..error import ProtocolError
 from ..protocol import decode_protocol, encode_protocol
+from ..transport import ZERO_COPY_MIN, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +65,6 @@ KEY_SHM = "#shm"
 SEQ_PATH = "internal#seq"
 
 
-#: Frames from this size on are handed to ZeroMQ without a copy.
-ZERO_COPY_MIN = 65536
-
-# pyzmq's send_multipart/recv_multipart cost ~2 us per frame in Python
-# (enum flag arithmetic, type checks); the backend methods with int flags
-# cost a third of that, which matters for small events with many frames.
-_send_frame = zmq.backend.Socket.send
-_recv_frame = zmq.backend.Socket.recv
-_SNDMORE = int(zmq.SNDMORE)
-_NOBLOCK = int(zmq.NOBLOCK)
-
-
-def send_frames(sock, frames, flags=0):
-    """Send a list of frames as one message (see the module notes on speed)."""
-    flags = int(flags)
-    last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        copy = isinstance(frame, bytes) or memoryview(frame).nbytes < ZERO_COPY_MIN
-        _send_frame(sock, frame, flags | _SNDMORE if i < last else flags, copy)
-        flags &= ~_NOBLOCK  # only the first frame may refuse
-
-
 def send(sock, opcode, data=None, *, prefix=(), flags=0):
     """Encode and send one message; `prefix` frames go first (identities).
 
@@ -98,17 +76,20 @@ def send(sock, opcode, data=None, *, prefix=(), flags=0):
     send_frames(sock, frames, flags)
 
 
-def send_batch(sock, messages, *, prefix=(), flags=0):
+def send_batch(sock, messages, *, prefix=(), flags=0, small=None):
     """Send several ``(opcode, data)`` messages as one ``batch`` message.
 
     Under load, the per-message costs (a poll, a wake-up, a credit) are
     paid once per batch instead of once per small event.  Frames:
     ``b"batch"``, a msgpack list of each message's frame count, then the
-    messages' frames one after the other.
+    messages' frames one after the other.  `small`: whether the caller
+    knows that no message holds a large buffer (None: look).
     """
     if len(messages) == 1:
         return send(sock, *messages[0], prefix=prefix, flags=flags)
-    if not any(has_large_value(data) for _, data in messages):
+    if small is None:
+        small = not any(has_large_value(data) for _, data in messages)
+    if small:
         # Small messages: one pickle frame for all of them is far cheaper
         # than a frame per key and value.  Stages trust each other (they
         # exchange context code), so pickle between them is no new risk.
@@ -128,16 +109,6 @@ def send_batch(sock, messages, *, prefix=(), flags=0):
     send_frames(sock, frames, flags)
 
 
-def recv_frames(sock, flags=0):
-    """All frames of one message as zmq.Frame objects (no copy)."""
-    frame = _recv_frame(sock, int(flags), False)
-    frames = [frame]
-    while frame.more:
-        frame = _recv_frame(sock, 0, False)
-        frames.append(frame)
-    return frames
-
-
 def recv(sock, *, identity=False, flags=0):
     """Receive one message: ``(opcode, data)`` or ``(ident, opcode, data)``."""
     frames = recv_frames(sock, flags)
@@ -148,10 +119,13 @@ def recv(sock, *, identity=False, flags=0):
     return decode_protocol(frames)
 
 
-def has_large_value(data):
-    """Whether a payload holds a buffer worth sending zero-copy."""
+_PLAIN = frozenset({int, float, bool, str, bytes, type(None)})
+
+
+def has_large_value(data, threshold=ZERO_COPY_MIN):
+    """Whether a payload holds a buffer (``.nbytes``) of `threshold` bytes or more."""
     for value in data.values():
-        if getattr(value, "nbytes", 0) >= ZERO_COPY_MIN:
+        if type(value) not in _PLAIN and getattr(value, "nbytes", 0) >= threshold:
             return True
     return False
 
