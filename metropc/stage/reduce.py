@@ -2,11 +2,11 @@
 
 One process receives every pool result, puts them back into dispatch order
 (:class:`~metropc.stage.ordering.ReorderBuffer`), runs the REDUCE, STEP and
-ACTION views, and publishes every non-COMPUTE result on the output PUB
-socket as topic ``view#<name>`` with payload ``{"data": result,
-"event_id": id, "version": ctx_version}``.  The PUB socket drops messages
-for clients that do not keep up (its high-water mark), so a slow client
-never slows this loop.
+ACTION views, and publishes every non-COMPUTE result that some client
+subscribed to (:mod:`metropc.stage.output`) as topic ``view#<name>`` with
+payload ``{"data": result, "event_id": id, "version": ctx_version}``.  The
+output drops messages for clients that do not keep up (its high-water
+mark), so a slow client never slows this loop.
 
 Large results of local workers arrive in shared-memory slots
 (:mod:`metropc.stage.shm`): REDUCE maps them read-only and frees each slot
@@ -27,12 +27,14 @@ from ..enums import ContextStage, ViewOutput
 from ..error import ProtocolError
 from ..security import secure
 from . import shm as shmem
+from ..protocol import encode_protocol
 from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, META_EVENT, META_SKIP, META_STEP, OP_ABORT,
                      OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED, OP_CTX_READY,
                      OP_ERROR, OP_HELLO, OP_INDEX,
                      OP_LOST, OP_PARAMS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
                      build_context, recv, recv_messages, send, unpack_meta)
 from .ordering import ReorderBuffer
+from .output import Output
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,9 @@ class ReduceStage:
 
     def __init__(self, control, output, reorder_window=4096, reorder_timeout=10.0):
         self.control = control
-        self.output = output
+        self.output = Output(output)
         self.ctx = None
+        self.topics = {}           # view name -> output topic, published views only
         self.engine = None
         self.pending = {}          # version -> (Context, from_seq)
         self.buffer = ReorderBuffer(reorder_window, reorder_timeout)
@@ -137,6 +140,9 @@ class ReduceStage:
         """Start using `ctx`: new views, so accumulated state starts empty."""
         self.ctx = ctx
         self.engine = Engine(ctx, ErrorReporter(sink=self.report))
+        self.topics = {name: f"view#{name}".encode("utf-8")
+                       for name, view in ctx.views.items()
+                       if view.output != ViewOutput.COMPUTE}
         self.pending = {v: p for v, p in self.pending.items() if v > ctx.version}
         self.meter = RateMeter()
         self.publish_index()
@@ -234,9 +240,10 @@ class ReduceStage:
 
     def _process(self, meta, data):
         seq, version, event_id, produced, failed, kind = meta
-        for _, (ctx, from_seq) in sorted(self.pending.items()):
-            if seq >= from_seq:
-                self._switch(ctx)
+        if self.pending:
+            for _, (ctx, from_seq) in sorted(self.pending.items()):
+                if seq >= from_seq:
+                    self._switch(ctx)
         if self.engine is None or kind == META_SKIP:
             return
         if kind == META_STEP:
@@ -271,17 +278,22 @@ class ReduceStage:
         self.publish(results, event_id)
 
     def publish(self, results, event_id):
-        views = self.ctx.views
+        topics, output = self.topics, self.output
+        version = self.ctx.version
         for name, value in results.items():
-            view = views.get(name)
-            if view is None or view.output == ViewOutput.COMPUTE:
-                continue
+            topic = topics.get(name)
+            if topic is None or not output.wants(topic):
+                continue  # a COMPUTE view, or nobody listens
             try:
-                send(self.output, f"view#{name}".encode(),
-                     {"data": value, "event_id": event_id, "version": self.ctx.version},
-                     flags=zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # no room for slow subscribers: drop, never wait
+                frames = encode_protocol(topic, {"data": value, "event_id": event_id,
+                                                 "version": version})
+            except TypeError as e:  # neither fast-path type nor picklable
+                self.meter.add(name, -1)  # counted as produced: it failed after all
+                self.engine.errors[name] += 1
+                self.engine.reporter.report(self.ctx.views[name], e, event_id,
+                                            self.ctx.path)
+                continue
+            output.send(frames)
 
     # -- index -----------------------------------------------------------------------
     def index(self):
@@ -314,10 +326,8 @@ class ReduceStage:
         self.inputs = dict(data)
 
     def publish_index(self):
-        try:
-            send(self.output, OP_INDEX, self.index(), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass
+        if self.output.wants(OP_INDEX):
+            self.output.send(encode_protocol(OP_INDEX, self.index()))
 
 
 def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
@@ -327,7 +337,7 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
     secure_server, secure_client, auth = secure(zctx, keys)
     control = make_socket(zctx, zmq.DEALER, identity=b"reduce")
     results = make_socket(zctx, zmq.PULL)
-    output = make_socket(zctx, zmq.PUB, hwm=output_hwm)
+    output = make_socket(zctx, zmq.XPUB, hwm=output_hwm)
     secure_client(control)
     secure_server(results)
     secure_server(output)
@@ -347,6 +357,7 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
         poller = zmq.Poller()
         poller.register(control, zmq.POLLIN)
         poller.register(results, zmq.POLLIN)
+        poller.register(output, zmq.POLLIN)  # subscriptions
         next_index = time.monotonic() + INDEX_INTERVAL
         while True:
             wait = next_index - time.monotonic()
@@ -369,6 +380,8 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
                     if not results.poll(0):
                         break
                 data = None  # let the last result's slot go
+            if output in ready:
+                stage.output.read_subscriptions()
             if control in ready:
                 try:
                     opcode, data = recv(control)

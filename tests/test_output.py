@@ -1,0 +1,204 @@
+"""The output of REDUCE: subscription-aware publishing, and results that
+cannot be sent.
+
+REDUCE publishes on an XPUB socket and encodes a result only if a client
+subscribed to a prefix of its topic (metropc.stage.output).  These tests use
+real sockets: the subscription bookkeeping against real SUB clients
+connecting, unsubscribing and disconnecting, and whole pipelines whose
+clients subscribe late or whose views return values that cannot be encoded.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import zmq
+
+from metropc.frontend import Context, ProcessRunner
+from metropc.stage.output import Output
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def xpub(tmp_path):
+    zctx = zmq.Context()
+    sock = zctx.socket(zmq.XPUB)
+    sock.linger = 0
+    sock.bind(f"ipc://{tmp_path}/out")
+    subs = []
+
+    def subscriber(*topics):
+        sub = zctx.socket(zmq.SUB)
+        sub.linger = 0
+        sub.connect(f"ipc://{tmp_path}/out")
+        for t in topics:
+            sub.subscribe(t)
+        subs.append(sub)
+        return sub
+
+    yield Output(sock), subscriber
+    for sub in subs:
+        if not sub.closed:
+            sub.close(0)
+    sock.close(0)
+    zctx.term()
+
+
+def settle(output, predicate, timeout=10.0):
+    """Read subscription changes until `predicate(output)` holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate(output):
+        assert time.monotonic() < deadline, f"prefixes stayed {output.prefixes}"
+        if output.socket.poll(100):
+            output.read_subscriptions()
+    return output
+
+
+def test_output_knows_what_real_clients_subscribed_to(xpub):
+    output, subscriber = xpub
+    assert not output.wants(b"view#roi")  # nobody listens yet
+    a = subscriber(b"view#roi")
+    b = subscriber(b"index", b"view#s")
+    settle(output, lambda o: o.prefixes == {b"view#roi", b"index", b"view#s"})
+    assert output.wants(b"view#roi")
+    assert output.wants(b"view#roi_sum")    # prefix match, as ZeroMQ filters
+    assert output.wants(b"view#spectrum")   # through b's 'view#s'
+    assert output.wants(b"index")
+    assert not output.wants(b"view#hist")
+
+    b.unsubscribe(b"view#s")
+    settle(output, lambda o: b"view#s" not in o.prefixes)
+    assert not output.wants(b"view#spectrum")   # the cache was invalidated
+    a.close(0)  # a disconnecting client takes its subscriptions along
+    settle(output, lambda o: o.prefixes == {b"index"})
+    assert not output.wants(b"view#roi")
+
+
+def test_a_prefix_shared_by_two_clients_stays_until_the_last_goes(xpub):
+    output, subscriber = xpub
+    first = subscriber(b"view#roi")
+    second = subscriber(b"view#roi")
+    everything = subscriber(b"")
+    settle(output, lambda o: o.prefixes == {b"view#roi", b""})
+    assert output.wants(b"anything at all")
+    everything.close(0)
+    settle(output, lambda o: o.prefixes == {b"view#roi"})
+    first.close(0)
+    # ZeroMQ reports an unsubscription only when the last holder goes: a
+    # marker subscribed after the close arrives, the unsubscription never.
+    marker = subscriber(b"marker")
+    settle(output, lambda o: b"marker" in o.prefixes)
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        if output.socket.poll(50):
+            output.read_subscriptions()
+    assert output.prefixes == {b"view#roi", b"marker"}
+    marker.close(0)
+    second.close(0)
+    settle(output, lambda o: o.prefixes == set())
+
+
+def test_the_output_ignores_garbage_instead_of_subscriptions(xpub):
+    output, _ = xpub
+    # An XSUB peer can send anything upstream; nothing of it is a subscription.
+    zctx = zmq.Context.instance()
+    xsub = zctx.socket(zmq.XSUB)
+    xsub.linger = 0
+    xsub.connect(output.socket.getsockopt_string(zmq.LAST_ENDPOINT))
+    try:
+        xsub.send_multipart([b"\x07junk", b"more"])
+        xsub.send(b"")
+        xsub.send(b"\x01view#ok")
+        settle(output, lambda o: o.prefixes == {b"view#ok"})
+    finally:
+        xsub.close(0)
+
+
+LATE_CTX = """
+@View.Scalar
+def a(t: 'internal#train_id'):
+    return t
+
+@View.Scalar
+def b(t: 'internal#train_id'):
+    return -t
+"""
+
+
+def test_a_view_subscribed_late_is_published_from_then_on(pipeline, collector_factory):
+    fe = pipeline()
+    col = collector_factory(fe.output_addr, topics=(b"index", b"view#a")).wait_connected(fe)
+    fe.queue_to_all(b"context", Context(LATE_CTX, version=1).to_dict())
+    for i in range(50):
+        fe.queue_to_any(b"event", {"internal#train_id": i})
+    col.poll_until(lambda m: len(col.values("a")) == 50)
+    assert col.values("b") == []  # never subscribed: never sent
+
+    col.sub.subscribe(b"view#b")
+    # Wait until REDUCE saw the subscription: events sent from now on show up.
+    n = 50
+    while not col.values("b"):
+        fe.queue_to_any(b"event", {"internal#train_id": n})
+        n += 1
+        col.poll_until(lambda m: len(col.values("a")) == n)
+    first = -col.values("b")[0]
+    for i in range(n, n + 50):
+        fe.queue_to_any(b"event", {"internal#train_id": i})
+    last = n + 49
+    col.poll_until(lambda m: col.values("a")[-1:] == [last] and col.values("b")[-1:] == [-last])
+    assert col.values("b") == [-i for i in range(first, n + 50)]
+    assert col.values("a") == list(range(n + 50))
+
+
+UNSENDABLE_CTX = """
+@View.Scalar
+def fine(t: 'internal#train_id'):
+    return t
+
+@View.Scalar                  # line 6
+def closure_in_pool(t: 'internal#train_id'):
+    return lambda: t          # cannot be pickled, so not sent to REDUCE
+
+@View.Scalar(stage='reduce')  # line 10
+def closure_in_reduce(t: 'view#fine'):
+    return lambda: t          # cannot be published
+
+@View.Scalar(stage='reduce')
+def after(t: 'view#fine'):
+    return t * 10
+"""
+
+
+def test_a_result_that_cannot_be_sent_fails_its_view_not_the_stage(
+        pipeline, collector_factory, tmp_path):
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(UNSENDABLE_CTX)
+    fe = pipeline(sr_cls=ProcessRunner)
+    col = collector_factory(fe.output_addr).wait_connected(fe)
+    ctx = Context(UNSENDABLE_CTX, path=str(ctx_file), version=1)
+    fe.queue_to_all(b"context", ctx.to_dict())
+    for i in range(40):
+        fe.queue_to_any(b"event", {"internal#train_id": i})
+
+    def complete(m):
+        idx = col.indexes()
+        return (len(col.values("after")) == 40 and idx
+                and idx[-1].get("view#closure_in_pool")
+                and idx[-1]["view#closure_in_pool"].errors == 40
+                and idx[-1]["view#closure_in_reduce"].errors == 40)
+
+    col.poll_until(complete, timeout=30)
+    assert col.values("fine") == list(range(40))
+    assert col.values("after") == [10 * i for i in range(40)]
+    assert col.values("closure_in_pool") == col.values("closure_in_reduce") == []
+    idx = col.indexes()[-1]
+    assert idx["view#closure_in_pool"].counts == 0
+    assert idx["view#closure_in_reduce"].counts == 0
+    assert idx["internal#lost_events"].counts == 0
+    # Reported with file and line of the view, rate-limited; no stage died.
+    assert any(f"{ctx_file}:6" in e and "closure_in_pool" in e for e in fe.errors), fe.errors
+    assert any(f"{ctx_file}:10" in e and "closure_in_reduce" in e for e in fe.errors), fe.errors
+    assert len(fe.errors) <= 3 + 1, fe.errors  # once per view and stage (two workers)
+    assert not fe.restarts and not fe.panics
