@@ -49,6 +49,7 @@ from .stage.common import (OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_CTX_FA
                            OP_STEP, OP_STOP, SEQ_PATH,
                            has_large_value, make_socket, recv, remove_ipc_file, send,
                            send_batch)
+from .transport import ZERO_COPY_MIN, readable
 from .stage.pool import run_pool
 from .stage.reduce import run_reduce
 from .stage.runner import ProcessRunner, StageRunner, ThreadRunner
@@ -407,6 +408,8 @@ class _LoopState:
         self.seq = 0
         self.version = None
         self.input_counts = collections.Counter()
+        self.key_sets = collections.Counter()  # tuple of an event's paths -> events
+        self.pools = None         # cached pool_names()
         self.input_prev = {}
         self.stats_t = time.monotonic()
         self.dropped_prev = 0
@@ -445,7 +448,10 @@ class _LoopState:
                     next_stats = time.monotonic() + fe.stats_interval
 
     def drain_stage_messages(self, limit=1000):
-        for _ in range(limit):
+        router = self.fe._router
+        for i in range(limit):
+            if i and not readable(router):  # the poll said the first is there
+                return
             try:
                 self.on_stage_message(zmq.NOBLOCK)
             except zmq.Again:
@@ -503,6 +509,7 @@ class _LoopState:
                 fe.on_pipeline_debug(f"remote worker {name} joined")
                 log.info("remote worker %s joined", name)
                 self.remote[name] = time.monotonic()
+                self.pools = None
             self.hello.add(name)
             if data.get("shm") and fe.shm is not None and name in fe._runners:
                 self.shm_workers.add(name)
@@ -585,7 +592,10 @@ class _LoopState:
         return list(self.fe._runners) + list(self.remote)
 
     def pool_names(self):
-        return [n for n in self.stage_names() if n.startswith("pool-")]
+        """Names of the POOL workers, local and remote (cached: asked per dispatch)."""
+        if self.pools is None:
+            self.pools = [n for n in self.stage_names() if n.startswith("pool-")]
+        return self.pools
 
     def check_remote(self, now):
         """Remote workers that went silent are gone: their events are lost."""
@@ -593,6 +603,7 @@ class _LoopState:
         for name, seen in list(self.remote.items()):
             if now - seen > REMOTE_SILENCE:
                 del self.remote[name]
+                self.pools = None
                 self.hello.discard(name)
                 self.credits.pop(name, None)
                 lost = [seq for _, seqs in self.outstanding.pop(name, ()) for seq in seqs]
@@ -707,24 +718,25 @@ class _LoopState:
             worker = self.free_worker(pools, avoid=self.shm_saturated)
             if worker is None:
                 return
-            batch = self.take_batch(control, worker)
+            batch, small = self.take_batch(control, worker)
             if not batch:
                 return  # the next event waits for a free shared-memory slot
-            messages = []
+            messages, seqs = [], []
+            key_sets, version = self.key_sets, self.version
             for opcode, data in batch:
                 if opcode == OP_EVENT:
                     data = dict(data)
+                    if version is not None:
+                        data.setdefault("internal#ctx_version", version)
+                    key_sets[tuple(data)] += 1  # input statistics, see send_stats
                     data[SEQ_PATH] = self.seq
+                    seqs.append(self.seq)
                     self.seq += 1
-                    if self.version is not None:
-                        data.setdefault("internal#ctx_version", self.version)
-                    self.input_counts.update(k for k in data
-                                             if k != SEQ_PATH and k != KEY_SHM)
                 messages.append((opcode, data))
             self.credits[worker] -= 1
-            self.track(worker, [d[SEQ_PATH] for o, d in messages if o == OP_EVENT])
+            self.track(worker, seqs)
             try:
-                send_batch(fe._router, messages, prefix=[worker.encode()])
+                send_batch(fe._router, messages, prefix=[worker.encode()], small=small)
             except zmq.ZMQError as e:  # EHOSTUNREACH: that stage is gone
                 log.warning("frontend: cannot reach %s: %s", worker, e)
 
@@ -761,6 +773,9 @@ class _LoopState:
     def take_batch(self, control, worker):
         """Events for one worker message: one large event or up to BATCH_MAX small.
 
+        Returns ``(batch, small)``; `small` is true if no message in the
+        batch holds a buffer worth a frame of its own (see send_batch).
+
         Small events waiting together go in one message, so their per-message
         costs are shared; large ones (with a buffer of 64 KiB or more) go
         alone, so batching never multiplies the memory a worker holds.
@@ -775,8 +790,10 @@ class _LoopState:
         """
         fe = self.fe
         shm = fe.shm if worker in self.shm_workers else None
+        # Below this size no array needs a slot or a frame of its own.
+        scan_min = ZERO_COPY_MIN if shm is None else min(ZERO_COPY_MIN, shm.threshold)
         limit = control[0] if control is not None else None
-        batch, placed, slot_bytes = [], [], 0
+        batch, placed, slot_bytes, small = [], [], 0, True
         shm_max = max(1, min(BATCH_MAX, int(SHM_BATCH_SECONDS / max(self.event_cost, 1e-6))))
         with fe._lock:
             events = fe._events
@@ -785,7 +802,8 @@ class _LoopState:
                 if opcode == OP_EVENT and KEY_SHM in data:  # reserved, never from outside
                     data = {k: v for k, v in data.items() if k != KEY_SHM}
                 plan = None
-                if shm is not None and opcode == OP_EVENT:
+                big = opcode != OP_EVENT or has_large_value(data, scan_min)
+                if big and shm is not None and opcode == OP_EVENT:
                     plan = shm.plan(data)
                 if plan is not None:
                     nbytes = plan[1] * shmem.UNIT
@@ -805,17 +823,18 @@ class _LoopState:
                     else:
                         placed.append((len(batch), plan, ticket))
                         slot_bytes += nbytes
-                large = plan is None and (opcode != OP_EVENT or has_large_value(data))
+                large = big and plan is None and (opcode != OP_EVENT or has_large_value(data))
                 if large and batch:
                     break
                 events.popleft()
                 batch.append((opcode, data))
+                small = small and not big
                 if large:
                     break
         for i, plan, ticket in placed:
             opcode, data = batch[i]
             batch[i] = (opcode, shm.fill(data, plan, ticket))
-        return batch
+        return batch, small
 
     def shm_saturated(self, worker, more=1):
         """Whether `worker` holds its share of slots (SHM_WORKER_BYTES)."""
@@ -853,8 +872,14 @@ class _LoopState:
         fe = self.fe
         now = time.monotonic()
         dt = max(1e-6, now - self.stats_t)
+        counts = self.input_counts
+        for keys, n in self.key_sets.items():
+            for key in keys:
+                if key != KEY_SHM:
+                    counts[key] += n
+        self.key_sets.clear()
         stats = {k: (int(v), (v - self.input_prev.get(k, 0)) / dt)
-                 for k, v in self.input_counts.items()}
+                 for k, v in counts.items()}
         stats["internal#dropped_events"] = (fe.dropped, (fe.dropped - self.dropped_prev) / dt)
         if fe.shm is not None:
             shm = fe.shm
