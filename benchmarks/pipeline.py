@@ -105,7 +105,13 @@ def run_skeleton(mpctx, shape, duration=PHASE_S):
             if not pull.poll(10000):
                 raise RuntimeError("skeleton workers did not answer")
             pull.recv()
-        return _paced_run(send, lambda: pull.recv() and 1, pull.poll, window, duration)
+        def recv(timeout_ms):
+            if not pull.poll(timeout_ms):
+                return 0
+            pull.recv()
+            return 1
+
+        return _paced_run(send, recv, window, duration)
     finally:
         for _ in workers:
             try:
@@ -123,8 +129,11 @@ def run_skeleton(mpctx, shape, duration=PHASE_S):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _paced_run(send, recv_one, poll, window, duration):
-    """Send while fewer than `window` are in flight for `duration`; return events/s."""
+def _paced_run(send, recv, window, duration):
+    """Send while fewer than `window` are in flight for `duration`; return events/s.
+
+    `recv(timeout_ms)` receives at most one result and returns how many (0 or 1).
+    """
     sent = received = 0
     t0 = time.perf_counter()
     stop_at = t0 + duration
@@ -137,10 +146,11 @@ def _paced_run(send, recv_one, poll, window, duration):
             sent += 1
         if not sending and received >= sent:
             break
-        if poll(100):
-            while poll(0):
-                received += recv_one()
-                last_rx = time.perf_counter()
+        if recv(100):
+            received += 1
+            while recv(0):
+                received += 1
+            last_rx = time.perf_counter()
         elif time.perf_counter() - last_rx > DRAIN_TIMEOUT:
             print(f"  warning: {sent - received} events never came back", file=sys.stderr)
             break
@@ -181,37 +191,46 @@ def bench_lat(ts: '{TS_PATH}'):
 
 
 class Bench:
-    """One ThreadedFrontend plus a SUB socket on its output."""
+    """One ThreadedFrontend plus a metropc Client on its output."""
 
     def __init__(self, num_pool):
+        from metropc.client import Client
         from metropc.frontend import ProcessRunner, ThreadedFrontend
         self.errors = []
+        # output_hwm: the benchmark counts every result, so the output must
+        # not drop any (by default it drops for slow clients).
         self.fe = ThreadedFrontend(num_pool_stages=num_pool, sr_cls=ProcessRunner,
-                                   queue_size=10000, drop_policy="newest")
+                                   queue_size=10000, drop_policy="newest",
+                                   output_hwm=100_000)
         self.fe.on_pipeline_error = self.errors.append
-        self.zctx = zmq.Context()
-        self.sub = None
+        self.client = None
         self.version = 0
         if not self.fe.wait_ready(60):
             raise RuntimeError("pipeline did not become ready")
-        self.sub = self.zctx.socket(zmq.SUB)
-        self.sub.connect(self.fe.output_addr)
-        self.topic = None
+        self.client = Client(self.fe.output_addr)
+        self.view = None
 
     def set_context(self, source, view):
         from metropc.frontend import Context
-        if self.topic is not None:
-            self.sub.setsockopt(zmq.UNSUBSCRIBE, self.topic)
-        self.topic = f"view#{view}".encode()
-        self.sub.setsockopt(zmq.SUBSCRIBE, self.topic)
+        if self.view is not None:
+            self.client.unsubscribe(self.view)
+        self.view = view
+        self.client.subscribe(view)
         self.version += 1
         self.fe.queue_to_all(b"context", Context(source, version=self.version).to_dict())
         time.sleep(0.3)  # let the SUB subscription and the context settle
 
-    def recv(self):
-        from metropc.client import decode_protocol
-        path, payload = decode_protocol(self.sub.recv_multipart())
-        return payload
+    def recv(self, timeout=None):
+        """The payload of the next result; TimeoutError after `timeout` s."""
+        return self.client.recv(timeout)[1]
+
+    def poll(self, timeout_ms):
+        """Receive one result within `timeout_ms`; 1 if one came, else 0."""
+        try:
+            self.recv(timeout_ms / 1000)
+        except TimeoutError:
+            return 0
+        return 1
 
     def warm_up(self, make_event, n=8):
         for i in range(n):
@@ -219,9 +238,7 @@ class Bench:
         got = 0
         deadline = time.monotonic() + 15
         while got < n and time.monotonic() < deadline:
-            if self.sub.poll(200):
-                self.recv()
-                got += 1
+            got += self.poll(200)
         if got < n:
             raise RuntimeError(f"pipeline warm-up: {got}/{n} results; errors: {self.errors}")
 
@@ -232,16 +249,11 @@ class Bench:
             if not self.fe.queue_to_any(b"event", make_event(i)):
                 raise RuntimeError("event dropped by the frontend queue")
 
-        def recv_one():
-            self.recv()
-            return 1
-
-        return _paced_run(send, recv_one, self.sub.poll, window, duration)
+        return _paced_run(send, self.poll, window, duration)
 
     def close(self):
-        if self.sub is not None:
-            self.sub.close(0)
-        self.zctx.term()
+        if self.client is not None:
+            self.client.close()
         self.fe.close(timeout=5)
 
 
@@ -277,13 +289,17 @@ def pipeline_throughputs(results):
                                              TS_PATH: time.perf_counter()})
             t_next += period
             # the result should be back long before the next event is due
-            while bench.sub.poll(max(1, int((t_next - time.perf_counter()) * 1000))):
-                payload = bench.recv()
-                lat.append(time.perf_counter() - payload["data"])
-                if time.perf_counter() >= t_next:
+            while (left := t_next - time.perf_counter()) > 0:
+                try:
+                    payload = bench.recv(left)
+                except TimeoutError:
                     break
-        while bench.sub.poll(1000):
-            payload = bench.recv()
+                lat.append(time.perf_counter() - payload["data"])
+        while len(lat) < LAT_N:
+            try:
+                payload = bench.recv(1.0)
+            except TimeoutError:
+                break
             lat.append(time.perf_counter() - payload["data"])
         results["lat"] = np.array(lat) * 1000.0
         print(f"  latency: {len(lat)}/{LAT_N} results", flush=True)
