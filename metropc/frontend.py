@@ -363,10 +363,11 @@ SHM_BATCH_BYTES = 8 << 20
 #: event): keeps the memory each process touches, and the events a worker
 #: sits on, small.
 SHM_WORKER_BYTES = 32 << 20
-#: Events in shared memory are batched only up to about this much work per
-#: message (measured), so that slow views still get one event per message
-#: and an overloaded pipeline keeps what it shows current.
-SHM_BATCH_SECONDS = 0.005
+#: Events are batched only up to about this much work per message (measured
+#: per event in the workers), so that slow views get one event per message:
+#: work spreads evenly over the pool, and an overloaded pipeline keeps what
+#: it shows current.
+BATCH_SECONDS = 0.005
 #: Seconds the stages get to build a new context before it is refused.
 RELOAD_TIMEOUT = 30.0
 #: A stage that dies this often within RESTART_WINDOW seconds is not restarted.
@@ -374,6 +375,14 @@ RESTART_LIMIT = 5
 RESTART_WINDOW = 60.0
 #: Seconds without a heartbeat after which a remote worker is gone.
 REMOTE_SILENCE = 5.0
+
+
+def batch_limit(event_cost):
+    """Most events per worker message when each takes `event_cost` seconds.
+
+    About BATCH_SECONDS of work, at least one event, at most BATCH_MAX.
+    """
+    return max(1, min(BATCH_MAX, int(BATCH_SECONDS / max(event_cost, 1e-9))))
 
 
 class _Reload:
@@ -416,7 +425,9 @@ class _LoopState:
         self.shm_workers = set()  # local workers that mapped the shared memory
         self.shm_prev = {}
         self.shm_waiting = None   # the event that waits for a free slot
-        self.event_cost = 0.0     # seconds per event in a worker (moving average)
+        # Seconds per event in a worker (moving average); unknown at first,
+        # so assume slow: the first events go one per message.
+        self.event_cost = BATCH_SECONDS
 
     def run(self):
         fe = self.fe
@@ -544,6 +555,7 @@ class _LoopState:
             return
         self.version = reload.version
         self.last_context = reload.data
+        self.event_cost = max(self.event_cost, BATCH_SECONDS)  # new views: measure anew
         self.params = {}  # the new context brings its own values
         for name in self.stage_names():
             if name in reload.ready:
@@ -771,7 +783,10 @@ class _LoopState:
         batches.append((now, seqs))
 
     def take_batch(self, control, worker):
-        """Events for one worker message: one large event or up to BATCH_MAX small.
+        """Events for one worker message: one large event or several small.
+
+        Up to BATCH_MAX small events, and only as many as take about
+        BATCH_SECONDS in a worker (so a CPU-bound view gets one per message).
 
         Returns ``(batch, small)``; `small` is true if no message in the
         batch holds a buffer worth a frame of its own (see send_batch).
@@ -794,10 +809,10 @@ class _LoopState:
         scan_min = ZERO_COPY_MIN if shm is None else min(ZERO_COPY_MIN, shm.threshold)
         limit = control[0] if control is not None else None
         batch, placed, slot_bytes, small = [], [], 0, True
-        shm_max = max(1, min(BATCH_MAX, int(SHM_BATCH_SECONDS / max(self.event_cost, 1e-6))))
+        batch_max = batch_limit(self.event_cost)
         with fe._lock:
             events = fe._events
-            while events and len(batch) < BATCH_MAX and (limit is None or events[0][0] < limit):
+            while events and len(batch) < batch_max and (limit is None or events[0][0] < limit):
                 index, opcode, data = events[0]
                 if opcode == OP_EVENT and KEY_SHM in data:  # reserved, never from outside
                     data = {k: v for k, v in data.items() if k != KEY_SHM}
@@ -807,8 +822,7 @@ class _LoopState:
                     plan = shm.plan(data)
                 if plan is not None:
                     nbytes = plan[1] * shmem.UNIT
-                    if batch and (slot_bytes + nbytes > SHM_BATCH_BYTES
-                                  or len(batch) >= shm_max):
+                    if batch and slot_bytes + nbytes > SHM_BATCH_BYTES:
                         break
                     ticket = None
                     if shm.fits_ever(plan) and not self.shm_saturated(worker, nbytes):

@@ -6,6 +6,7 @@ ordering and EXtra-foam tests use real child processes (``ProcessRunner``).
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 import string
@@ -379,3 +380,34 @@ def test_builtin_views_accumulate_in_reduce_across_worker_processes(
     index = col.indexes()[-1]
     assert index["view#digits"].stage.name == "REDUCE"
     assert index["view#per_step"].stage.name == "STEP"
+
+
+SLOW_VIEW_CTX = """
+import os, time
+@View.Scalar
+def worker_pid(t: 'internal#train_id'):
+    time.sleep(0.02)   # a slow view (sleeping, so the two workers never compete for a core)
+    return os.getpid()
+"""
+
+
+def test_slow_views_spread_evenly_over_the_pool(pipeline, collector_factory):
+    """Events queued in a burst are not batched into one worker when each
+    takes milliseconds: the frontend measures the cost per event and sends
+    slow events one per message."""
+    fe = pipeline(sr_cls=ProcessRunner)
+    col = collector_factory(fe.output_addr).wait_connected(fe)
+    set_context(fe, SLOW_VIEW_CTX)
+    for ev in events(range(100)):
+        fe.queue_to_any(b"event", ev)
+    col.poll_until(lambda m: len(col.values("worker_pid")) == 100, timeout=30)
+    share = collections.Counter(col.values("worker_pid"))
+    assert len(share) == 2 and min(share.values()) >= 45, share
+
+
+def test_batches_hold_about_five_milliseconds_of_work():
+    from metropc.frontend import BATCH_MAX, batch_limit
+    assert batch_limit(5e-6) == BATCH_MAX == 32   # tiny events share a message
+    assert batch_limit(1e-3) == 5
+    assert batch_limit(0.010) == 1                # a 10 ms view: one per message
+    assert batch_limit(0.0) == BATCH_MAX
