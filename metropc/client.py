@@ -314,6 +314,10 @@ class Client:
             if not self._poller.poll(wait_ms):
                 raise TimeoutError(f"nothing received from {self.address} in time")
             frames = self._recv_frames(self._socket)
+        return self._handle(frames)
+
+    def _handle(self, frames) -> tuple[str, dict] | bool:
+        """What :meth:`_recv_one` returns, for the received `frames`."""
         topic = frames[0].bytes
         if topic == INDEX:
             _, self.index = decode_protocol(frames, allow_pickle=self.allow_pickle)
@@ -364,6 +368,12 @@ class Client:
         while self._pending:
             msg = self._pending.popleft()
             if msg[0] in self._views:
+                return msg
+        # Fast path: a result is queued already (no deadline, no generator).
+        frames = self._try_recv_frames(self._socket)
+        if frames is not None:
+            msg = self._handle(frames)
+            if type(msg) is tuple:
                 return msg
         for msg in self._messages(timeout):
             if type(msg) is tuple:
