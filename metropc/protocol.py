@@ -44,7 +44,8 @@ import numpy as np
 
 from .error import ProtocolError
 
-__all__ = ["encode_protocol", "decode_protocol", "TYPE_IDS", "PROTOCOL_VERSION"]
+__all__ = ["encode_protocol", "decode_protocol", "TYPE_IDS", "PROTOCOL_VERSION",
+           "DTYPE_RE", "dtype_descr"]
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,10 @@ _MAX_DIMS = 64
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _CACHE_LIMIT = 512
 
-# Canonical numpy dtype strings as produced by ``dtype.str``.  Decoders accept
-# nothing else, so a header can never smuggle in an object or structured
-# dtype, and numpy's dtype parser never sees arbitrary text.
-_DTYPE_RE = re.compile(r"[<>|][biufcmMSUV][0-9]{1,9}(\[[0-9]{0,4}[a-zA-Z]{1,2}\])?")
+#: Canonical numpy dtype strings as produced by ``dtype.str``.  Decoders accept
+#: nothing else, so a header can never smuggle in an object or structured
+#: dtype, and numpy's dtype parser never sees arbitrary text (shm slots too).
+DTYPE_RE = re.compile(r"[<>|][biufcmMSUV][0-9]{1,9}(\[[0-9]{0,4}[a-zA-Z]{1,2}\])?")
 _DTYPE_KINDS = frozenset("biufcmMSUV")
 
 
@@ -130,7 +131,7 @@ def _enc_pickle(value, parts):
 _DESCR_CACHE: dict[np.dtype, str | None] = {}
 
 
-def _dtype_descr(dtype):
+def dtype_descr(dtype):
     """The canonical string of `dtype`, or None if it needs pickling."""
     try:
         return _DESCR_CACHE[dtype]
@@ -140,7 +141,7 @@ def _dtype_descr(dtype):
     if (dtype.kind in _DTYPE_KINDS and dtype.fields is None
             and dtype.subdtype is None and dtype.itemsize > 0):
         s = dtype.str
-        if _DTYPE_RE.fullmatch(s) and np.dtype(s) == dtype:
+        if DTYPE_RE.fullmatch(s) and np.dtype(s) == dtype:
             descr = s
     if len(_DESCR_CACHE) < _CACHE_LIMIT:
         _DESCR_CACHE[dtype] = descr
@@ -164,7 +165,7 @@ def _array_parts(arr):
     C- and Fortran-contiguous arrays are sent as they lie in memory; any
     other layout is copied once into C order.
     """
-    descr = _dtype_descr(arr.dtype)
+    descr = dtype_descr(arr.dtype)
     if descr is None:
         return None
     header = {"dtype": descr, "shape": arr.shape}
@@ -188,7 +189,7 @@ def _enc_ndarray(value, parts):
 
 
 def _enc_scalar(value, parts):
-    descr = _dtype_descr(value.dtype)
+    descr = dtype_descr(value.dtype)
     if descr is None:
         return _enc_pickle(value, parts)
     parts.append(msgpack.packb({"dtype": descr}))
@@ -429,7 +430,7 @@ def _header_dtype(header):
         return _DTYPE_CACHE[s]
     except (KeyError, TypeError):
         pass
-    if type(s) is not str or not _DTYPE_RE.fullmatch(s):
+    if type(s) is not str or not DTYPE_RE.fullmatch(s):
         raise ProtocolError(f"bad dtype {s!r} in header")
     dtype = np.dtype(s)
     if dtype.itemsize == 0 or dtype.hasobject:

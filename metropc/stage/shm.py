@@ -56,7 +56,7 @@ import msgpack
 import numpy as np
 
 from ..error import ProtocolError
-from ..protocol import _DTYPE_RE, _dtype_descr
+from ..protocol import DTYPE_RE, dtype_descr
 from .common import KEY_SHM
 
 log = logging.getLogger(__name__)
@@ -411,7 +411,7 @@ class Arena:
 
 def _eligible(value, threshold):
     return (type(value) is np.ndarray and value.nbytes >= threshold
-            and _dtype_descr(value.dtype) is not None)
+            and dtype_descr(value.dtype) is not None)
 
 
 def _plan(items):
@@ -441,7 +441,7 @@ def _fill(seg, start, entries, nunits, serial=0):
         else:
             dst = dst.reshape(arr.shape)
         np.copyto(dst, arr, casting="no")
-        refs.append([key, off, _dtype_descr(arr.dtype), list(arr.shape), fortran])
+        refs.append([key, off, dtype_descr(arr.dtype), list(arr.shape), fortran])
     return msgpack.packb([seg.name, start, nunits, serial, refs])
 
 
@@ -511,7 +511,7 @@ class SlotReader:
             key, off, descr, shape, fortran = ref
             if type(key) is not str or type(off) is not int or off < 0:
                 raise _bad("key or offset")
-            if type(descr) is not str or not _DTYPE_RE.fullmatch(descr):
+            if type(descr) is not str or not DTYPE_RE.fullmatch(descr):
                 raise _bad(f"dtype {descr!r}")
             try:
                 dtype = np.dtype(descr)
