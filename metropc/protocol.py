@@ -8,7 +8,7 @@
 A message is an opcode (frontend <-> stages) or a path (output -> clients)
 plus a flat ``{str: value}`` mapping.  Frame 0 holds the UTF-8 opcode, frame 1
 the type IDs of all values, then each key is one UTF-8 frame followed by the
-frames of its value.  ``docs/protocol.md`` specifies the format byte for byte;
+frames of its value (array headers: :mod:`metropc.protocol_arrays`).  ``docs/protocol.md`` specifies the format byte for byte;
 this module is its reference implementation and touches no socket, so every
 property of the format can be tested without a network.
 
@@ -30,9 +30,7 @@ raises :class:`~metropc.error.ProtocolError` instead of being loaded.
 from __future__ import annotations
 
 import logging
-import math
 import pickle
-import re
 import struct
 import sys
 from collections.abc import Mapping
@@ -43,9 +41,10 @@ import msgpack
 import numpy as np
 
 from .error import ProtocolError
+from .protocol_arrays import (array_from, array_parts, dataarray_parts, dtype_descr,
+                              header_dtype, str_list, unpack_header)
 
-__all__ = ["encode_protocol", "decode_protocol", "TYPE_IDS", "PROTOCOL_VERSION",
-           "DTYPE_RE", "dtype_descr"]
+__all__ = ["encode_protocol", "decode_protocol", "TYPE_IDS", "PROTOCOL_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +74,9 @@ _NONE, _BOOL, _INT, _FLOAT, _BYTES, _STR, _SCALAR, _ARRAY, _XARRAY, _PICKLE = (
 _INT64 = struct.Struct("<q")
 _FLOAT64 = struct.Struct("<d")
 _MAX_TUPLE = 255
-_MAX_DIMS = 64
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _CACHE_LIMIT = 512
 
-#: Canonical numpy dtype strings as produced by ``dtype.str``.  Decoders accept
-#: nothing else, so a header can never smuggle in an object or structured
-#: dtype, and numpy's dtype parser never sees arbitrary text (shm slots too).
-DTYPE_RE = re.compile(r"[<>|][biufcmMSUV][0-9]{1,9}(\[[0-9]{0,4}[a-zA-Z]{1,2}\])?")
-_DTYPE_KINDS = frozenset("biufcmMSUV")
 
 
 # -- encoding --------------------------------------------------------------
@@ -128,59 +121,8 @@ def _enc_pickle(value, parts):
     return _PICKLE
 
 
-_DESCR_CACHE: dict[np.dtype, str | None] = {}
-
-
-def dtype_descr(dtype):
-    """The canonical string of `dtype`, or None if it needs pickling."""
-    try:
-        return _DESCR_CACHE[dtype]
-    except KeyError:
-        pass
-    descr = None
-    if (dtype.kind in _DTYPE_KINDS and dtype.fields is None
-            and dtype.subdtype is None and dtype.itemsize > 0):
-        s = dtype.str
-        if DTYPE_RE.fullmatch(s) and np.dtype(s) == dtype:
-            descr = s
-    if len(_DESCR_CACHE) < _CACHE_LIMIT:
-        _DESCR_CACHE[dtype] = descr
-    return descr
-
-
-def _byte_view(arr):
-    """A flat byte memoryview of C-contiguous `arr`, without a copy."""
-    if arr.size == 0:
-        return b""
-    try:
-        return memoryview(arr).cast("B")
-    except (TypeError, ValueError):
-        # datetime64/timedelta64 export no buffer; reinterpret as bytes.
-        return memoryview(arr.reshape(-1).view(np.uint8))
-
-
-def _array_parts(arr):
-    """(header dict, buffer) of a plain ndarray, or None to fall back.
-
-    C- and Fortran-contiguous arrays are sent as they lie in memory; any
-    other layout is copied once into C order.
-    """
-    descr = dtype_descr(arr.dtype)
-    if descr is None:
-        return None
-    header = {"dtype": descr, "shape": arr.shape}
-    if arr.flags.c_contiguous:
-        buf = _byte_view(arr)
-    elif arr.flags.f_contiguous:
-        header["order"] = "F"
-        buf = _byte_view(arr.T)
-    else:
-        buf = _byte_view(np.ascontiguousarray(arr))
-    return header, buf
-
-
 def _enc_ndarray(value, parts):
-    ap = _array_parts(value)
+    ap = array_parts(value)
     if ap is None:
         return _enc_pickle(value, parts)
     parts.append(msgpack.packb(ap[0]))
@@ -197,80 +139,8 @@ def _enc_scalar(value, parts):
     return _SCALAR
 
 
-def _msgpack_exact(value, depth=0):
-    """Whether msgpack gives back exactly `value` (same types, same values).
-
-    Tuples would come back as lists and numpy scalars not at all, so such
-    attrs take the pickle route instead of silently changing type.
-    """
-    t = type(value)
-    if value is None or t is str or t is bytes or t is float or t is bool:
-        return True
-    if t is int:
-        return -(1 << 63) <= value < (1 << 64)
-    if depth >= 32:
-        return False
-    if t is list:
-        return all(_msgpack_exact(v, depth + 1) for v in value)
-    if t is dict:
-        return all(type(k) is str and _msgpack_exact(v, depth + 1)
-                   for k, v in value.items())
-    return False
-
-
-def _dataarray_parts(da):
-    """Header and buffers of a DataArray, or None to pickle it whole.
-
-    Whatever msgpack cannot carry exactly (odd names or attrs, object-dtype
-    coords) goes into a pickled ``"pickle"`` entry of the header, so a
-    DataArray with exotic attrs still sends its data zero-copy.
-    """
-    import xarray as xr
-
-    data = da.data
-    if type(data) is not np.ndarray or not all(type(d) is str for d in da.dims):
-        return None
-    for name, index in da.xindexes.items():
-        if type(index) is not xr.indexes.PandasIndex or name not in da.dims:
-            return None  # MultiIndex, custom or non-dimension indexes
-    ap = _array_parts(data)
-    if ap is None:
-        return None
-    header, buf = ap
-    header["dims"] = da.dims
-    extra = {}
-    if da.name is None or type(da.name) is str:
-        header["name"] = da.name
-    else:
-        extra["name"] = da.name
-    if da.attrs:
-        if _msgpack_exact(da.attrs):
-            header["attrs"] = da.attrs
-        else:
-            extra["attrs"] = da.attrs
-    coords, bufs = [], []
-    for name, var in da.coords.variables.items():
-        cp = None
-        if type(name) is str and (not var.attrs or _msgpack_exact(var.attrs)):
-            cp = _array_parts(var.values)
-        if cp is None:
-            extra.setdefault("coords", {})[name] = var
-            continue
-        ch, cbuf = cp
-        ch["name"] = name
-        ch["dims"] = var.dims
-        if var.attrs:
-            ch["attrs"] = var.attrs
-        coords.append(ch)
-        bufs.append(cbuf)
-    header["coords"] = coords
-    if extra:
-        header["pickle"] = pickle.dumps(extra, protocol=5)
-    return header, buf, bufs
-
-
 def _enc_dataarray(value, parts):
-    dp = _dataarray_parts(value)
+    dp = dataarray_parts(value)
     if dp is None:
         return _enc_pickle(value, parts)
     parts.append(msgpack.packb(dp[0]))
@@ -410,62 +280,6 @@ def _small(frame):
     return b if type(b) is bytes else _buf(frame)
 
 
-def _unpack_header(frame):
-    header = msgpack.unpackb(_small(frame), raw=False, ext_hook=_no_ext)
-    if type(header) is not dict:
-        raise ProtocolError(f"header is a {type(header).__name__}, not a map")
-    return header
-
-
-def _no_ext(code, data):
-    raise ProtocolError(f"msgpack extension type {code} in header")
-
-
-_DTYPE_CACHE: dict[str, np.dtype] = {}
-
-
-def _header_dtype(header):
-    s = header.get("dtype")
-    try:
-        return _DTYPE_CACHE[s]
-    except (KeyError, TypeError):
-        pass
-    if type(s) is not str or not DTYPE_RE.fullmatch(s):
-        raise ProtocolError(f"bad dtype {s!r} in header")
-    dtype = np.dtype(s)
-    if dtype.itemsize == 0 or dtype.hasobject:
-        raise ProtocolError(f"unsupported dtype {s!r} in header")
-    if len(_DTYPE_CACHE) < _CACHE_LIMIT:
-        _DTYPE_CACHE[s] = dtype
-    return dtype
-
-
-def _array_from(header, frame):
-    """The read-only ndarray a header and its buffer frame describe."""
-    dtype = _header_dtype(header)
-    shape = header.get("shape")
-    if type(shape) is not list or len(shape) > _MAX_DIMS:
-        raise ProtocolError(f"bad shape {shape!r} in header")
-    for n in shape:
-        if type(n) is not int or n < 0:
-            raise ProtocolError(f"bad shape {shape!r} in header")
-    buf = _buf(frame)
-    nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes != len(buf):
-        raise ProtocolError(f"array {dtype.str}{shape} needs {nbytes} bytes, "
-                            f"its frame has {len(buf)}")
-    order = header.get("order", "C")
-    if order == "C":
-        arr = np.ndarray(shape, dtype, buf)
-    elif order == "F":
-        arr = np.ndarray(shape, dtype, buf, 0, None, "F")
-    else:
-        raise ProtocolError(f"bad order {order!r} in header")
-    if arr.flags.writeable:
-        arr.flags.writeable = False
-    return arr
-
-
 def _dec_none(frames, i, allow_pickle):
     return None, i
 
@@ -497,7 +311,7 @@ def _dec_str(frames, i, allow_pickle):
 
 
 def _dec_scalar(frames, i, allow_pickle):
-    dtype = _header_dtype(_unpack_header(frames[i]))
+    dtype = header_dtype(unpack_header(_small(frames[i])))
     b = _small(frames[i + 1])
     if len(b) != dtype.itemsize:
         raise ProtocolError(f"scalar {dtype.str} needs {dtype.itemsize} bytes, "
@@ -506,21 +320,15 @@ def _dec_scalar(frames, i, allow_pickle):
 
 
 def _dec_ndarray(frames, i, allow_pickle):
-    return _array_from(_unpack_header(frames[i]), frames[i + 1]), i + 2
-
-
-def _str_list(value, what):
-    if type(value) is not list or not all(type(v) is str for v in value):
-        raise ProtocolError(f"{what} must be a list of str, not {value!r}")
-    return value
+    return array_from(unpack_header(_small(frames[i])), _buf(frames[i + 1])), i + 2
 
 
 def _dec_dataarray(frames, i, allow_pickle):
     import xarray as xr
 
-    header = _unpack_header(frames[i])
-    data = _array_from(header, frames[i + 1])
-    dims = _str_list(header.get("dims"), "dims")
+    header = unpack_header(_small(frames[i]))
+    data = array_from(header, _buf(frames[i + 1]))
+    dims = str_list(header.get("dims"), "dims")
     name = header.get("name")
     attrs = header.get("attrs", {})
     coord_headers = header.get("coords", [])
@@ -536,8 +344,8 @@ def _dec_dataarray(frames, i, allow_pickle):
         cattrs = ch.get("attrs")
         if cattrs is not None and type(cattrs) is not dict:
             raise ProtocolError("coordinate attrs must be a map")
-        coords[ch["name"]] = xr.Variable(_str_list(ch.get("dims"), "coordinate dims"),
-                                         _array_from(ch, frames[i]), cattrs)
+        coords[ch["name"]] = xr.Variable(str_list(ch.get("dims"), "coordinate dims"),
+                                         array_from(ch, _buf(frames[i])), cattrs)
         i += 1
     if "pickle" in header:
         extra = _unpickle(header["pickle"], allow_pickle)

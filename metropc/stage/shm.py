@@ -56,7 +56,7 @@ import msgpack
 import numpy as np
 
 from ..error import ProtocolError
-from ..protocol import DTYPE_RE, dtype_descr
+from ..protocol_arrays import DTYPE_RE, dtype_descr
 from .common import KEY_SHM
 
 log = logging.getLogger(__name__)
