@@ -46,17 +46,18 @@ def other_host():
     ns, here, there = f"mpc{tag}", f"mpa{tag}", f"mpb{tag}"
     net = f"10.213.{os.getpid() % 250}"
     try:
-        ip("netns", "add", ns)
-    except (subprocess.CalledProcessError, OSError) as e:
-        pytest.skip(f"cannot create a network namespace here: {e}")
-    try:
-        ip("link", "add", here, "type", "veth", "peer", "name", there)
-        ip("link", "set", there, "netns", ns)
-        ip("addr", "add", f"{net}.1/24", "dev", here)
-        ip("link", "set", here, "up")
-        ip("addr", "add", f"{net}.2/24", "dev", there, netns=ns)
-        ip("link", "set", there, "up", netns=ns)
-        ip("link", "set", "lo", "up", netns=ns)
+        try:
+            ip("netns", "add", ns)
+            ip("link", "add", here, "type", "veth", "peer", "name", there)
+            ip("link", "set", there, "netns", ns)
+            ip("addr", "add", f"{net}.1/24", "dev", here)
+            ip("link", "set", here, "up")
+            ip("addr", "add", f"{net}.2/24", "dev", there, netns=ns)
+            ip("link", "set", there, "up", netns=ns)
+            ip("link", "set", "lo", "up", netns=ns)
+        except (subprocess.CalledProcessError, OSError) as e:
+            err = getattr(e, "stderr", b"") or b""
+            pytest.skip(f"cannot set up a network namespace here: {e} {err.decode()[:200]}")
         yield ns, f"{net}.1"
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
