@@ -54,7 +54,7 @@ OP_BATCH = b"batch"
 OP_PICKLED_BATCH = b"pbatch"
 
 #: Reserved keys in result messages (never valid paths: no '#' type prefix).
-KEY_META = "#meta"          # pack_meta(...)
+KEY_META = "#meta"          # pack_meta(...): a 6-tuple
 KEY_EVENT_ID = "#event_id"  # only when the event id does not fit in the meta
 #: Marks the pseudo-event that carries an operator step boundary.
 KEY_STEP = "#step"
@@ -179,28 +179,29 @@ def recv_messages(sock, flags=0):
 
 
 def pack_meta(seq, version=None, event_id=None, produced=(), failed=(), kind=0):
-    """The bookkeeping of one pool result, packed into one frame.
+    """The bookkeeping of one pool result, as one value.
 
-    Per-frame costs dominate small messages, so sequence number, context
-    version, event id and which views produced or failed travel together.
-    `kind` is META_EVENT, META_SKIP or META_STEP.  An event id msgpack
-    cannot hold is sent as its own key instead (see unpack in reduce).
+    Sequence number, context version, event id, the views that produced or
+    failed, and `kind` (META_EVENT, META_SKIP or META_STEP) travel together
+    as one tuple: inside a pickled batch it costs next to nothing, and in a
+    framed message it is one tuple value (docs/protocol.md).  An event id
+    that is not a plain int, str or float travels under KEY_EVENT_ID.
     """
-    try:
-        return msgpack.packb([seq, version, event_id, list(produced), list(failed), kind])
-    except (TypeError, ValueError):
-        return msgpack.packb([seq, version, None, list(produced), list(failed), kind])
+    if event_id is not None and type(event_id) not in (int, str, float):
+        event_id = None
+    return (seq, version, event_id, tuple(produced), tuple(failed), kind)
 
 
-def unpack_meta(raw):
-    """Inverse of :func:`pack_meta`; ProtocolError for anything malformed."""
-    try:
-        seq, version, event_id, produced, failed, kind = msgpack.unpackb(raw)
-    except Exception as e:  # noqa: BLE001 - any garbage is a protocol error
-        raise ProtocolError(f"malformed result metadata: {e}") from None
-    if not isinstance(seq, int):
-        raise ProtocolError("result metadata without sequence number")
-    return seq, version, event_id, produced, failed, kind
+def unpack_meta(meta):
+    """Check what :func:`pack_meta` made; ProtocolError for anything malformed."""
+    if type(meta) is not tuple or len(meta) != 6:
+        raise ProtocolError("result without valid metadata")
+    seq, version, event_id, produced, failed, kind = meta
+    if type(seq) is not int or type(kind) is not int:
+        raise ProtocolError("result metadata without sequence number or kind")
+    if type(produced) is not tuple or type(failed) is not tuple:
+        raise ProtocolError("result metadata: view lists are not tuples")
+    return meta
 
 
 META_EVENT, META_SKIP, META_STEP = 0, 1, 2

@@ -171,10 +171,7 @@ class ReduceStage:
 
     # -- events -------------------------------------------------------------------
     def on_result(self, data):
-        raw = data.pop(KEY_META, None)
-        if not isinstance(raw, bytes):
-            raise ProtocolError("result without metadata")
-        meta = unpack_meta(raw)
+        meta = unpack_meta(data.pop(KEY_META, None))
         seq = meta[0]
         ref = data.pop(KEY_SHM, None)
         if ref is not None:
