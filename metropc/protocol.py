@@ -8,9 +8,10 @@
 A message is an opcode (frontend <-> stages) or a path (output -> clients)
 plus a flat ``{str: value}`` mapping.  Frame 0 holds the UTF-8 opcode, frame 1
 the type IDs of all values, then each key is one UTF-8 frame followed by the
-frames of its value (array headers: :mod:`metropc.protocol_arrays`).  ``docs/protocol.md`` specifies the format byte for byte;
-this module is its reference implementation and touches no socket, so every
-property of the format can be tested without a network.
+frames of its value (array headers: :mod:`metropc.protocol_arrays`).
+``docs/protocol.md`` specifies the format byte for byte; this module is its
+reference implementation and touches no socket, so every property of the
+format can be tested without a network.
 
 Why frames and not one serialized blob: an array travels as a tiny msgpack
 header plus its own raw buffer.  Encoding hands ZeroMQ a memoryview of the

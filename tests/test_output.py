@@ -168,6 +168,14 @@ def closure_in_reduce(t: 'view#fine'):
 @View.Scalar(stage='reduce')
 def after(t: 'view#fine'):
     return t * 10
+
+class Stubborn:
+    def __reduce__(self):
+        raise ValueError("will not be pickled")
+
+@View.Scalar
+def stubborn(t: 'internal#train_id'):
+    return Stubborn()
 """
 
 
@@ -187,7 +195,8 @@ def test_a_result_that_cannot_be_sent_fails_its_view_not_the_stage(
         return (len(col.values("after")) == 40 and idx
                 and idx[-1].get("view#closure_in_pool")
                 and idx[-1]["view#closure_in_pool"].errors == 40
-                and idx[-1]["view#closure_in_reduce"].errors == 40)
+                and idx[-1]["view#closure_in_reduce"].errors == 40
+                and idx[-1]["view#stubborn"].errors == 40)
 
     col.poll_until(complete, timeout=30)
     assert col.values("fine") == list(range(40))
@@ -200,5 +209,6 @@ def test_a_result_that_cannot_be_sent_fails_its_view_not_the_stage(
     # Reported with file and line of the view, rate-limited; no stage died.
     assert any(f"{ctx_file}:6" in e and "closure_in_pool" in e for e in fe.errors), fe.errors
     assert any(f"{ctx_file}:10" in e and "closure_in_reduce" in e for e in fe.errors), fe.errors
-    assert len(fe.errors) <= 3 + 1, fe.errors  # once per view and stage (two workers)
+    assert any("stubborn" in e and "will not be pickled" in e for e in fe.errors), fe.errors
+    assert len(fe.errors) <= 5, fe.errors  # once per view and stage (two workers)
     assert not fe.restarts and not fe.panics

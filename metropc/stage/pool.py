@@ -190,7 +190,9 @@ class PoolWorker:
         worker, so checking costs nothing until it happens."""
         try:
             send_batch(self.results, results_out)
-        except TypeError:
+        except zmq.ZMQError:
+            raise
+        except Exception:  # noqa: BLE001 - a value's own __reduce__ may raise anything
             for _, out in results_out:
                 self.drop_unencodable(out)
             send_batch(self.results, results_out)
@@ -201,7 +203,7 @@ class PoolWorker:
         for key in [k for k in out if not k.startswith("#")]:
             try:
                 encode_protocol(OP_RESULT, {key: out[key]})
-            except TypeError as e:
+            except Exception as e:  # noqa: BLE001 - see send_results
                 del out[key]
                 if not key.startswith("view#"):
                     log.warning("%s: event data %r cannot be sent to REDUCE: %s",

@@ -25,9 +25,9 @@ import zmq
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput
 from ..error import ProtocolError
+from ..protocol import encode_protocol
 from ..security import secure
 from . import shm as shmem
-from ..protocol import encode_protocol
 from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, META_EVENT, META_SKIP, META_STEP, OP_ABORT,
                      OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED, OP_CTX_READY,
                      OP_ERROR, OP_HELLO, OP_INDEX,
@@ -284,7 +284,7 @@ class ReduceStage:
             try:
                 frames = encode_protocol(topic, {"data": value, "event_id": event_id,
                                                  "version": version})
-            except TypeError as e:  # neither fast-path type nor picklable
+            except Exception as e:  # noqa: BLE001 - unpicklable; __reduce__ may raise anything
                 self.meter.add(name, -1)  # counted as produced: it failed after all
                 self.engine.errors[name] += 1
                 self.engine.reporter.report(self.ctx.views[name], e, event_id,
