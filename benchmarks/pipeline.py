@@ -22,7 +22,6 @@ Numbers are noisy (+-35 %).
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import pickle
 import shutil
 import sys
@@ -194,7 +193,7 @@ def bench_lat(ts: '{TS_PATH}'):
 class Bench:
     """One ThreadedFrontend plus a metropc Client on its output."""
 
-    def __init__(self, num_pool):
+    def __init__(self, num_pool, **frontend_kwargs):
         from metropc.client import Client
         from metropc.frontend import ProcessRunner, ThreadedFrontend
         self.errors = []
@@ -206,7 +205,7 @@ class Bench:
         self.fe = ThreadedFrontend(num_pool_stages=num_pool, sr_cls=ProcessRunner,
                                    output_addr=f"ipc://{self.tmp}/output",
                                    queue_size=10000, drop_policy="newest",
-                                   output_hwm=100_000)
+                                   output_hwm=100_000, **frontend_kwargs)
         self.fe.on_pipeline_error = self.errors.append
         self.client = None
         self.version = 0
@@ -256,6 +255,39 @@ class Bench:
 
         return _paced_run(send, self.poll, window, duration)
 
+    def latency(self, make_event, n=LAT_N, hz=LAT_HZ):
+        """Event-to-output latency (ms) of `n` events sent at `hz`.
+
+        The context's view must return the event's TS_PATH value, which is
+        set to the send time here.
+        """
+        def timed(i):
+            return {**make_event(i), TS_PATH: time.perf_counter()}
+
+        self.warm_up(timed)
+        lat = []
+        period = 1.0 / hz
+        t_next = time.perf_counter()
+        for i in range(n):
+            while time.perf_counter() < t_next:
+                time.sleep(min(0.005, max(0.0, t_next - time.perf_counter())))
+            self.fe.queue_to_any(b"event", timed(i))
+            t_next += period
+            # the result should be back long before the next event is due
+            while (left := t_next - time.perf_counter()) > 0:
+                try:
+                    payload = self.recv(left)
+                except TimeoutError:
+                    break
+                lat.append(time.perf_counter() - payload["data"])
+        while len(lat) < n:
+            try:
+                payload = self.recv(1.0)
+            except TimeoutError:
+                break
+            lat.append(time.perf_counter() - payload["data"])
+        return np.array(lat) * 1000.0
+
     def close(self):
         if self.client is not None:
             self.client.close()
@@ -284,30 +316,8 @@ def pipeline_throughputs(results):
 
         # latency at 10 Hz
         bench.set_context(CTX_LAT, "bench_lat")
-        bench.warm_up(lambda i: {"internal#train_id": i, TS_PATH: time.perf_counter()})
-        lat = []
-        period = 1.0 / LAT_HZ
-        t_next = time.perf_counter()
-        for i in range(LAT_N):
-            while time.perf_counter() < t_next:
-                time.sleep(min(0.005, max(0.0, t_next - time.perf_counter())))
-            bench.fe.queue_to_any(b"event", {"internal#train_id": i,
-                                             TS_PATH: time.perf_counter()})
-            t_next += period
-            # the result should be back long before the next event is due
-            while (left := t_next - time.perf_counter()) > 0:
-                try:
-                    payload = bench.recv(left)
-                except TimeoutError:
-                    break
-                lat.append(time.perf_counter() - payload["data"])
-        while len(lat) < LAT_N:
-            try:
-                payload = bench.recv(1.0)
-            except TimeoutError:
-                break
-            lat.append(time.perf_counter() - payload["data"])
-        results["lat"] = np.array(lat) * 1000.0
+        lat = bench.latency(lambda i: {"internal#train_id": i})
+        results["lat"] = lat
         print(f"  latency: {len(lat)}/{LAT_N} results", flush=True)
     finally:
         bench.close()

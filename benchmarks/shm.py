@@ -26,7 +26,6 @@ import sys
 import time
 
 import numpy as np
-import zmq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pipeline as skel  # noqa: E402  benchmarks/pipeline.py: skeleton and pacing
@@ -47,52 +46,20 @@ def bench_lat(img: '{skel.IMG_PATH}', ts: '{skel.TS_PATH}'):
 """
 
 
-class Bench:
-    """A ThreadedFrontend (shm on or off) plus a SUB socket on its output."""
+class Bench(skel.Bench):
+    """benchmarks/pipeline.py's Bench with shared memory on or off."""
 
     def __init__(self, shm, num_pool=2):
-        from metropc.frontend import ProcessRunner, ThreadedFrontend
-        self.errors = []
-        self.fe = ThreadedFrontend(num_pool_stages=num_pool, sr_cls=ProcessRunner,
-                                   queue_size=10000, drop_policy="newest", shm=shm)
-        self.fe.on_pipeline_error = self.errors.append
-        self.zctx = zmq.Context()
-        self.sub = None
-        self.version = 0
-        self.topic = None
-        if not self.fe.wait_ready(60):
-            raise RuntimeError("pipeline did not become ready")
+        super().__init__(num_pool, shm=shm)
         if shm and self.fe.shm is None:
+            self.close()
             raise RuntimeError("shared memory was asked for but is unavailable")
-        self.sub = self.zctx.socket(zmq.SUB)
-        self.sub.connect(self.fe.output_addr)
-
-    set_context = skel.Bench.set_context
-    recv = skel.Bench.recv
-    warm_up = skel.Bench.warm_up
-    throughput = skel.Bench.throughput
-    close = skel.Bench.close
 
     def latency(self, img, n=LAT_N, hz=LAT_HZ):
-        """Event-to-output latency (ms) of `n` events at `hz`."""
+        """Event-to-output latency (ms) of `n` events carrying `img` at `hz`."""
         self.set_context(CTX_LAT, "bench_lat")
-        self.warm_up(lambda i: {"internal#train_id": i, skel.IMG_PATH: img,
-                                skel.TS_PATH: time.perf_counter()})
-        lat, period = [], 1.0 / hz
-        t_next = time.perf_counter()
-        for i in range(n):
-            while time.perf_counter() < t_next:
-                time.sleep(min(0.005, max(0.0, t_next - time.perf_counter())))
-            self.fe.queue_to_any(b"event", {"internal#train_id": i, skel.IMG_PATH: img,
-                                            skel.TS_PATH: time.perf_counter()})
-            t_next += period
-            while self.sub.poll(max(1, int((t_next - time.perf_counter()) * 1000))):
-                lat.append(time.perf_counter() - self.recv()["data"])
-                if time.perf_counter() >= t_next:
-                    break
-        while self.sub.poll(1000):
-            lat.append(time.perf_counter() - self.recv()["data"])
-        return np.array(lat) * 1000.0
+        return super().latency(lambda i: {"internal#train_id": i, skel.IMG_PATH: img},
+                               n, hz)
 
 
 def measure_pipeline(shm, results):
