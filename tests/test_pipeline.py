@@ -7,6 +7,7 @@ ordering and EXtra-foam tests use real child processes (``ProcessRunner``).
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import random
 import string
@@ -392,17 +393,20 @@ def worker_pid(t: 'internal#train_id'):
 
 
 def test_slow_views_spread_evenly_over_the_pool(pipeline, collector_factory):
-    """Events queued in a burst are not batched into one worker when each
-    takes milliseconds: the frontend measures the cost per event and sends
-    slow events one per message."""
+    """Slow events queued in a burst go one per message, alternating between
+    the workers, not 32 to one worker and then 32 to the other: the frontend
+    starts from 'slow' and measures the cost per event as it goes."""
     fe = pipeline(sr_cls=ProcessRunner)
     col = collector_factory(fe.output_addr).wait_connected(fe)
     set_context(fe, SLOW_VIEW_CTX)
     for ev in events(range(100)):
         fe.queue_to_any(b"event", ev)
     col.poll_until(lambda m: len(col.values("worker_pid")) == 100, timeout=30)
-    share = collections.Counter(col.values("worker_pid"))
+    pids = col.values("worker_pid")  # in event order
+    share = collections.Counter(pids)
     assert len(share) == 2 and min(share.values()) >= 45, share
+    longest = max(len(list(run)) for _, run in itertools.groupby(pids))
+    assert longest <= 8, pids  # at most the prefetch of single-event messages
 
 
 def test_batches_hold_about_five_milliseconds_of_work():
