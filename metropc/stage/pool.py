@@ -199,6 +199,7 @@ class PoolWorker:
 
     def drop_unencodable(self, out):
         """Remove the values of `out` that cannot be encoded; report their views."""
+        seq, version, event_id, produced, failed, kind = unpack_meta(out[KEY_META])
         failed_views = []
         for key in [k for k in out if not k.startswith("#")]:
             try:
@@ -213,10 +214,9 @@ class PoolWorker:
                 failed_views.append(name)
                 view = self.ctx.views.get(name) if self.ctx is not None else None
                 if view is not None:
-                    seq, version, event_id, *_ = unpack_meta(out[KEY_META])
-                    self.engine.reporter.report(view, e, event_id, self.ctx.path)
+                    self.engine.reporter.report(view, e, out.get(KEY_EVENT_ID, event_id),
+                                                self.ctx.path)
         if failed_views:
-            seq, version, event_id, produced, failed, kind = unpack_meta(out[KEY_META])
             produced = [n for n in produced if n not in failed_views]
             out[KEY_META] = pack_meta(seq, version, event_id, produced,
                                       [*failed, *failed_views], kind)
