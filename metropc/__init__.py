@@ -5,12 +5,10 @@ context in-process, and the step/action markers for it.  Context files get
 ``View`` and friends as globals; see docs/contexts.md.
 """
 
+from ._version import __version__
+from .engine import STEP, Action
 from .enums import ContextStage, ViewOutput, ViewStage
-
-__version__ = "0.1.0"
-
-from .engine import STEP, Action  # noqa: E402
-from .inprocess import run  # noqa: E402
+from .inprocess import run
 
 __all__ = ["ViewStage", "ContextStage", "ViewOutput", "run", "STEP", "Action",
            "__version__"]

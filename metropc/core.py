@@ -19,7 +19,7 @@ import types
 import numpy as np
 import xarray as xr
 
-from . import __version__
+from ._version import __version__
 from .enums import ContextStage, ViewStage
 from .error import (ContextError, ContextSyntaxError, PathResolutionError,
                     ViewDefError, _context_frame_lineno)

@@ -52,14 +52,22 @@ class ViewArg:
 
 
 class _ViewMeta(type):
-    """Gives the ``View`` class its decorator attributes (``View.Scalar``)."""
+    """Gives the ``View`` class its decorator attributes (``View.Scalar``).
+
+    The decorators live in :mod:`metropc.viewdef`, which builds on this
+    module; it installs its factory in :attr:`attribute_factory` when it is
+    imported (importing ``metropc`` always does), so that imports go one way
+    only: viewdef -> view, never back.
+    """
+
+    #: ``factory(attribute_name)`` making the decorator; set by metropc.viewdef.
+    attribute_factory = None
 
     def __getattr__(cls, name):
-        if name.startswith("_") or not name[:1].isupper():
+        factory = _ViewMeta.attribute_factory
+        if name.startswith("_") or not name[:1].isupper() or factory is None:
             raise AttributeError(name)
-        from .viewdef import ViewDecorator
-
-        return ViewDecorator.from_attribute(name)
+        return factory(name)
 
 
 def _annotation_path(annotation):

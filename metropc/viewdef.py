@@ -18,9 +18,10 @@ import re
 import sys
 import types
 
+from . import builtin
 from .enums import ViewOutput, ViewStage
 from .error import ViewDefError
-from .view import View
+from .view import View, _as_stage, _ViewMeta
 
 __all__ = ["ViewDecorator", "Parameter", "ViewGroup", "ViewPrototype",
            "current_context"]
@@ -133,7 +134,6 @@ class ViewDecorator:
                                filename, lineno)
         if "stage" in self.kwargs:
             try:
-                from .view import _as_stage
                 _as_stage(self.kwargs["stage"])
             except ValueError as e:
                 raise ViewDefError(str(e), filename, lineno) from None
@@ -301,8 +301,6 @@ class ViewGroup:
 
 def _register_builtin_symbols():
     """The builtin views' symbols (``View.Vector_Histogram``)."""
-    from . import builtin
-
     ViewDecorator.kwargs_symbols.update(
         Histogram=dict(view_impl=builtin.HistogramView),
         LocalAverage=dict(view_impl=builtin.LocalAverageView),
@@ -316,3 +314,4 @@ def _register_builtin_symbols():
 
 ViewDecorator.kwargs_symbols.update(Action=dict(stage=ViewStage.ACTION))
 _register_builtin_symbols()
+_ViewMeta.attribute_factory = ViewDecorator.from_attribute
