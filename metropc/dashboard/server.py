@@ -35,7 +35,7 @@ import tornado.netutil
 import tornado.web
 import tornado.websocket
 
-from .. import __version__
+from .._version import __version__
 from ..client import IndexViewEntry
 from ..enums import ViewStage
 from . import check_bind, display, is_loopback
