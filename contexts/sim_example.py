@@ -12,6 +12,8 @@ notebook::
 What the simulator does is described in docs/sources.md; what this context
 makes of it:
 
+- ``detector_image``: the detector image itself (an image view), with
+  the powder ring that everything else is made of;
 - ``radial_profile``: the detector image averaged over rings around the
   beam centre (a vector with a ``radius`` coordinate in pixels), and
   ``ring_radius``, the powder ring's radius found in it;
@@ -19,7 +21,9 @@ makes of it:
   that SASE fluctuations cancel and only the sample's response is left;
 - ``scan`` (one point per train) and ``scan_profile`` (the mean per scan
   point): ``ring_intensity`` against the sample motor position, which
-  peaks where the sample scatters most (0.6 mm);
+  peaks where the sample scatters most (0.6 mm).  The simulated motor
+  holds each of its 21 points (-2 to 2 mm) for 10 trains, so at 10 Hz the
+  scan passes the peak after about 15 s and starts over after 21 s;
 - ``spectrum_avg``: the pump-laser spectrum, moving average of 20 trains,
   on its wavelength axis;
 - ``pulse_energy_histogram``: SASE statistics of the XGM pulse energies;
@@ -65,6 +69,12 @@ def _radius_map(shape, cy, cx):
 @View.Compute
 def xray_on(is_open: SHUTTER):
     return bool(is_open)
+
+
+@View.Image
+def detector_image(image: DETECTOR):
+    return xr.DataArray(image, dims=['y', 'x'],
+                        attrs={'title': 'detector', 'zlabel': 'counts'})
 
 
 @View.Vector

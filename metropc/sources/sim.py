@@ -73,11 +73,12 @@ PATHS = {
             "~1000 uJ that jitters 8% and drifts slowly",
     FLUX: "float: XGM slow average pulse energy in uJ (moving average)",
     POSITION: "float: sample motor readback in mm; steps every scan_every "
-              "trains (default 50) through 21 points from -2 to 2 mm and "
+              "trains (default 10, 1 s at the default 10 Hz) through 21 points from -2 to 2 mm and "
               "starts over; 1 um readback jitter",
     TARGET: "float: sample motor set point in mm (exact scan point)",
-    SHUTTER_OPEN: "bool: X-ray shutter; closes now and then (about every "
-                  "250 trains) for 20 to 60 trains",
+    SHUTTER_OPEN: "bool: X-ray shutter; open for the first 100 trains and at "
+                  "least 100 trains after each closing, then closes now and then "
+                  "(about every 250 trains) for 20 to 60 trains",
     TEMPERATURE: "float: sample temperature in K; 295 with a slow "
                  "0.8 K oscillation and 10 mK noise",
 }
@@ -96,7 +97,8 @@ class SimulatedFacility:
     spectrum_points : int
         Points of the spectrometer vector.
     scan_every : int
-        Trains per motor scan point.
+        Trains per motor scan point; the default 10 takes the scan through
+        the sample's peak (0.6 mm) within 15 s at the default 10 Hz.
     first_train : int
         Train id of the first train.
     """
@@ -104,9 +106,11 @@ class SimulatedFacility:
     scan_points = np.linspace(-2.0, 2.0, 21)
     #: Motor position (mm) where the sample scatters most.
     sample_peak = 0.6
+    #: Trains the shutter stays open at the start and after each closing.
+    min_open = 100
 
     def __init__(self, seed=0, shape=(512, 512), pulses=64,
-                 spectrum_points=2048, scan_every=50, first_train=10000):
+                 spectrum_points=2048, scan_every=10, first_train=10000):
         if isinstance(shape, int):
             shape = (shape, shape)
         try:
@@ -129,6 +133,7 @@ class SimulatedFacility:
         self._rng = np.random.default_rng(seed)
         self._index = 0
         self._closed_for = 0
+        self._open_for = 0
         self._flux = 1000.0
         self._setup_detector()
         self._setup_spectrometer()
@@ -200,12 +205,15 @@ class SimulatedFacility:
         u = rng.random(2)
         img_off, spec_off = rng.integers(0, (self._noise_extra, self._spec_extra))
 
-        # Shutter: a small chance to close, then stays closed a while.
+        # Shutter: open at the start and for at least MIN_OPEN trains after
+        # each closing (a demo must not begin dark), then a small chance to
+        # close (about every 250 trains), and it stays closed a while.
         if self._closed_for > 0:
             self._closed_for -= 1
-        elif u[0] < 1 / 250:
+        elif self._open_for >= self.min_open and u[0] < 1 / (250 - self.min_open):
             self._closed_for = 20 + int(u[1] * 41)
         is_open = self._closed_for == 0
+        self._open_for = self._open_for + 1 if is_open else 0
 
         # XGM: SASE pulses around a jittering, slowly drifting train mean.
         mean = 1000.0 * (1 + 0.08 * g[0]) * (1 + 0.1 * math.sin(2 * math.pi * i / 1800))
