@@ -13,16 +13,19 @@ import collections
 import difflib
 import linecache
 import logging
+import numbers
 import sys
 import types
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from ._version import __version__
 from .enums import ContextStage, ViewStage
-from .error import (ContextError, ContextSyntaxError, PathResolutionError,
-                    ViewDefError, _context_frame_lineno)
+from .error import (ContextError, ContextSyntaxError, ParameterError, PathResolutionError,
+                    UnknownParameterError, ViewDefError, _context_frame_lineno)
 from .euxfel import KaraboPath  # noqa: F401  (registers the karabo# type)
 from .path import Path, ViewPath, split_type
 from .view import View
@@ -55,7 +58,10 @@ class Context:
     version : int
         Context version, sent with every event as ``internal#ctx_version``.
     parameters : dict, optional
-        Values overriding those the source declares with ``parameters()``.
+        Values overriding those the source declares with ``parameters()``
+        (and group parameters, ``'<instance>.<name>'``).  They are checked
+        like :meth:`check_parameters` does: an undeclared name or a value
+        that does not fit its declaration raises :class:`ParameterError`.
     features : list of str
         Optional capabilities the frontend provides, for ``require_feature``.
     event_alias, event_id_alias, event_counter_alias : str
@@ -84,6 +90,8 @@ class Context:
         self.groups: list[ViewGroup] = []
         self._overrides = dict(parameters or {})
         self._group_params: dict[str, tuple] = {}
+        #: name -> (declared value, line of the declaration or None)
+        self._declared: dict[str, tuple[Any, int | None]] = {}
         self._view_lines: dict[str, int] = {}
         self._load()
 
@@ -115,22 +123,43 @@ class Context:
         sys.modules[module.__name__] = module  # for dataclasses in contexts
         try:
             exec(code, self.namespace)
-        except ContextError:
+            self._bind_imported_globals()
+            for name, (label, _) in self.view_docs.items():
+                if name in self.views:  # set_view_docs() before the view was defined
+                    self.views[name].label = label
+            self._collect_group_parameters()
+            self._check_overrides_declared()
+            # These run context code too: custom path types and view_impl classes.
+            self._resolve_paths()
+            self.order = self._sort_views()
+            self._assign_stages()
+        except (ContextError, KeyboardInterrupt):
+            # Ctrl-C belongs to the process (the frontend's operator), not
+            # to the context.
             raise
-        except Exception as e:
-            lineno = _context_frame_lineno(e.__traceback__, self.path)
-            raise ContextError(f"{type(e).__name__}: {e}", self.path, lineno) from e
+        except BaseException as e:
+            # Anything else is the context's failure, SystemExit and
+            # GeneratorExit included: `sys.exit()` at the top of a context
+            # must not end metropc-run silently or kill a POOL worker.
+            raise self._load_error(e) from e
         finally:
             _loading.reset(token)
             sys.modules.pop(module.__name__, None)
-        self._bind_imported_globals()
-        for name, (label, _) in self.view_docs.items():
-            if name in self.views:  # set_view_docs() before the view was defined
-                self.views[name].label = label
-        self._collect_group_parameters()
-        self._resolve_paths()
-        self.order = self._sort_views()
-        self._assign_stages()
+
+    def _load_error(self, exc):
+        """The ContextError for `exc` raised by context code while loading.
+
+        It carries `exc`'s traceback, so that frontends which walk
+        ``__traceback__`` for frames of the context file (EXtra-foam's
+        editor) find the failing line, as they did when such exceptions
+        propagated unchanged.
+        """
+        lineno = _context_frame_lineno(exc.__traceback__, self.path)
+        text = str(exc)
+        message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        if isinstance(exc, SystemExit):
+            message += " (context code must not exit the process)"
+        return ContextError(message, self.path, lineno).with_traceback(exc.__traceback__)
 
     def _bind_imported_globals(self):
         """Replace names imported from :mod:`metropc.context` by this context's.
@@ -173,9 +202,19 @@ class Context:
             for param in type(group).group_parameters():
                 key = f"{var}.{param}"
                 self._group_params[key] = (group, param)
+                self._declared[key] = (getattr(group, param),
+                                       getattr(group, "_metropc_line", None))
                 if key in self._overrides:
-                    setattr(group, param, self._overrides[key])
+                    value = self._checked(key, self._overrides[key])
+                    self._overrides[key] = value
+                    setattr(group, param, value)
                 self.parameters[key] = getattr(group, param)
+
+    def _check_overrides_declared(self):
+        """Constructor parameters must name declared parameters."""
+        for name in self._overrides:
+            if name not in self.parameters:
+                raise self._unknown_parameter(name)
 
     def _error_at(self, view, message, cls=PathResolutionError):
         lineno = getattr(view, "decorator_line", None) or view.lineno
@@ -292,21 +331,78 @@ class Context:
         Each becomes a global of the context code; values given to the
         Context constructor (or later through ``b"params"``) win.
         """
+        lineno = self._caller_line()
         for name, value in values.items():
+            self._declared[name] = (value, lineno)
             if name in self._overrides:
-                value = self._overrides[name]
+                value = self._overrides[name] = self._checked(name, self._overrides[name])
             self.parameters[name] = value
             self.namespace[name] = value
+
+    def check_parameters(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Check parameter values before setting them; returns them coerced.
+
+        Meant for every place where values come from people (command line,
+        dashboard, scripts), so that a typo or a wrong value is refused
+        with a clear message before it reaches any stage, instead of being
+        ignored or making kernels fail on every event.  Nothing is changed;
+        pass the result to :meth:`update_parameters` (or ``b"params"``).
+
+        Each name must be declared (``parameters()`` or a group
+        ``Parameter``, as ``'<instance>.<name>'``), else
+        :class:`UnknownParameterError` lists the declared names with a
+        did-you-mean.  Each value must fit the type of the declared value:
+        a float takes ints, floats and strings such as ``"0.5"``; an int
+        takes integers and strings of them (not 1.5); a bool takes
+        booleans, 0/1 and the strings true/false/yes/no/on/off/1/0; a str
+        takes anything (as ``str(value)``).  Parameters declared with None
+        or a non-scalar value (an ROI object, a list) take any value.  A
+        value that does not fit raises :class:`ParameterError`, naming the
+        parameter, its type, the value and the declaring line.
+        """
+        return {name: self._checked(name, value) for name, value in values.items()}
+
+    def _checked(self, name, value):
+        if name not in self._declared:
+            raise self._unknown_parameter(name)
+        declared, lineno = self._declared[name]
+        try:
+            return coerce_parameter(value, declared)
+        except (TypeError, ValueError) as e:
+            kind = _scalar_kind(declared)
+            raise ParameterError(
+                f"parameter '{name}' is {_ARTICLE[kind]} {kind} (declared as "
+                f"{declared!r}) and cannot take {value!r} ({e})", self.path, lineno,
+                name=name, value=value, expected=kind,
+                declared=list(self._declared)) from None
+
+    def _unknown_parameter(self, name):
+        declared = list(self._declared)
+        hint = difflib.get_close_matches(str(name), declared, n=1)
+        extra = f"; did you mean '{hint[0]}'?" if hint else ""
+        known = ", ".join(declared) if declared else "none"
+        return UnknownParameterError(
+            f"unknown parameter '{name}'{extra} (this context declares: {known})",
+            self.path, None, name=name, declared=declared)
 
     def update_parameters(self, values):
         """Change parameters at run time; returns the names that are unknown.
 
         Context parameters are globals of the context code, so the next
         kernel call sees the new value.  Group parameters (``grp.name``) are
-        set on the group instance.
+        set on the group instance.  Values are coerced as
+        :meth:`check_parameters` does; one that does not fit its declaration
+        is logged and not applied (this runs in the stages, which must not
+        fail on a message: check values with check_parameters first).
         """
         unknown = []
         for name, value in values.items():
+            if name in self._declared:
+                try:
+                    value = self._checked(name, value)
+                except ParameterError as e:
+                    log.error("%s; keeping %r", e, self.parameters.get(name))
+                    continue
             if name in self._group_params:
                 group, attr = self._group_params[name]
                 setattr(group, attr, value)
@@ -407,6 +503,63 @@ class Context:
 
 
 _BUILTIN_SYMBOLS = frozenset(ViewDecorator.kwargs_symbols)
+
+_ARTICLE = {"bool": "a", "int": "an", "float": "a", "str": "a"}
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+def _scalar_kind(declared):
+    """'bool', 'int', 'float', 'str', or None for values that take anything."""
+    if isinstance(declared, (bool, np.bool_)):
+        return "bool"
+    if isinstance(declared, numbers.Integral):
+        return "int"
+    if isinstance(declared, numbers.Real):
+        return "float"
+    if isinstance(declared, str):
+        return "str"
+    return None
+
+
+def coerce_parameter(value: Any, declared: Any) -> Any:
+    """`value` as the type of the `declared` parameter value.
+
+    Raises TypeError/ValueError saying why it does not fit; see
+    :meth:`Context.check_parameters` for the rules.
+    """
+    kind = _scalar_kind(declared)
+    if kind is None:
+        return value
+    if kind == "str":
+        return value if isinstance(value, str) else str(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if kind == "bool":
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError("use true/false, yes/no, on/off or 1/0")
+        try:
+            return int(text) if kind == "int" else float(text)
+        except ValueError:
+            raise ValueError(f"not a number of type {kind}") from None
+    if kind == "bool":
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        if isinstance(value, numbers.Integral) and value in (0, 1):
+            return bool(value)
+        raise TypeError(f"got {type(value).__name__}")
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError("got a bool")
+    if kind == "int":
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        raise TypeError(f"got {type(value).__name__}, not an integer")
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(f"got {type(value).__name__}")
 
 
 def _plain_step(view):

@@ -79,8 +79,10 @@ class ErrorReporter:
         if suppressed:
             text += f" (and {suppressed} more failure(s) of this view not shown)"
         error.report_text = text
-        log.error("%s\n%s", text, error.traceback_text.rstrip())
-        if self.sink is not None:
+        if self.sink is None:
+            log.error("%s\n%s", text, error.traceback_text.rstrip())
+        else:  # the sink's owner reports it (once, not twice)
+            log.debug("%s\n%s", text, error.traceback_text.rstrip())
             self.sink(error)
         return error
 
@@ -92,9 +94,21 @@ def _execution_error(view, exc, event_id, ctx_path):
     filename = ctx_path if ctx_frames else view.filename
     tb_text = "".join(traceback.format_list(ctx_frames))
     message = (f"view '{view.name}' failed on event {event_id}: "
-               f"{type(exc).__name__}: {exc}")
+               f"{_describe(exc)}")
     return ViewExecutionError(message, filename, lineno, view=view.name,
                               event_id=event_id, traceback_text=tb_text)
+
+
+def _describe(exc):
+    """``'Type: message'`` of a kernel's exception, whatever its ``__str__`` does."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a context's exception class may be broken
+        text = "<exception text unavailable>"
+    name = type(exc).__name__
+    if isinstance(exc, SystemExit):
+        name += " (a view must not exit the process)"
+    return f"{name}: {text}" if text else name
 
 
 class Engine:
@@ -239,9 +253,18 @@ class Engine:
         return view.process(raw)
 
     def _guard(self, view, fn, event_id):
+        """Run `fn` for `view`; a failure is the view's, reported and counted.
+
+        Any BaseException counts as the view's failure, SystemExit and
+        GeneratorExit included: a kernel calling ``sys.exit()`` must not end
+        a POOL worker or the REDUCE stage, and the other views go on.  Only
+        KeyboardInterrupt passes, since Ctrl-C is meant for the process.
+        """
         try:
             return fn()
-        except Exception as exc:  # a failing view is reported, never fatal
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a failing view is never fatal
             self.errors[view.name] += 1
             self.reporter.report(view, exc, event_id, self.ctx.path)
             return None

@@ -18,6 +18,8 @@ __all__ = [
     "PathResolutionError",
     "ViewDefError",
     "ViewExecutionError",
+    "ParameterError",
+    "UnknownParameterError",
     "ProtocolError",
     "SourceError",
 ]
@@ -136,6 +138,46 @@ class ViewExecutionError(ContextError):
         self.event_id = event_id
         self.traceback_text = traceback_text
         super().__init__(message, path, lineno)
+
+
+class ParameterError(ContextError, ValueError):
+    """A parameter value the context does not accept.
+
+    A ContextError, so that whatever reports a refused context (metropc-run,
+    the pipeline, the stages) reports this one too, located at the line that
+    declares the parameter; a ValueError, so that code validating input
+    from a command line or a web form catches it as bad input.
+
+    Attributes
+    ----------
+    name : str or None
+        The parameter (``'gain'``, ``'kepler1.rot90'``).
+    value : object
+        The value that was refused.
+    expected : str or None
+        The type the declaration asks for (``'float'``), None if any.
+    declared : list of str
+        Every parameter the context declares.
+    """
+
+    def __init__(self, message, path="<ctx>", lineno=None, name=None, value=None,
+                 expected=None, declared=()):
+        self.name = name
+        self.value = value
+        self.expected = expected
+        self.declared = list(declared)
+        super().__init__(message, path, lineno)
+
+
+class UnknownParameterError(ParameterError, KeyError):
+    """A parameter name the context does not declare.
+
+    Also a KeyError, as the unknown-name error of :func:`metropc.run` was
+    before parameters were checked.
+    """
+
+    # KeyError's __str__ would quote the message.
+    __str__ = BaseException.__str__
 
 
 class ProtocolError(MetropcError, ValueError):

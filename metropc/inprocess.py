@@ -16,12 +16,15 @@ __all__ = ["run", "load_context"]
 
 
 def load_context(context, parameters=None, **kwargs):
-    """A Context from a Context, a file path or a source string."""
+    """A Context from a Context, a file path or a source string.
+
+    `parameters` are checked (:meth:`Context.check_parameters`): an unknown
+    name or a value that does not fit raises ParameterError.
+    """
     if isinstance(context, Context):
         if parameters:
-            unknown = context.update_parameters(parameters)
-            if unknown:
-                raise KeyError(f"unknown parameter(s): {', '.join(unknown)}")
+            # Raises UnknownParameterError (a KeyError) / ParameterError.
+            context.update_parameters(context.check_parameters(parameters))
         return context
     if isinstance(context, os.PathLike) or (
             isinstance(context, str) and "\n" not in context and context.endswith(".py")):

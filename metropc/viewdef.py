@@ -50,6 +50,16 @@ def _caller_line(depth=2):
     return frame.f_code.co_filename, frame.f_lineno
 
 
+def _outermost_line(filename):
+    """Line of the outermost frame in `filename`: where a group is created."""
+    frame, line = sys._getframe(1), None
+    while frame is not None:
+        if frame.f_code.co_filename == filename:
+            line = frame.f_lineno
+        frame = frame.f_back
+    return line
+
+
 def _in_class_body(func):
     """True for a function defined directly in a class body (a group method)."""
     parts = func.__qualname__.split(".")
@@ -164,8 +174,10 @@ class ViewSpec:
         kwargs = dict(self.kwargs)
         impl = kwargs.pop("view_impl", View)
         kernel = self.func
-        if owner is not None and _takes_self(kernel):
-            kernel = types.MethodType(kernel, owner)
+        if owner is not None:
+            kernel = _with_group_globals(kernel, owner, fields)
+            if _takes_self(kernel):
+                kernel = types.MethodType(kernel, owner)
         name = kwargs.pop("name", None)
         if name is None:
             name = self.func.__name__
@@ -194,6 +206,64 @@ class ViewSpec:
         if ctx is not None:
             ctx._add_view(view, self.filename, self.lineno)
         return view
+
+
+class GroupGlobals(dict):
+    """The globals a group kernel sees: the group's fields, then the module's.
+
+    Published contexts read a group's fields as bare names in its kernels
+    (``if prefix == 'KEPLER1/':``), as the original metropc allowed.  Each
+    group instance's kernels get a copy of the function whose globals are
+    one of these: a group field (``prefix``, a constructor keyword, a
+    ``Parameter``) is read live from the instance, so a parameter changed
+    at run time is seen by the next call; a ViewPrototype call's own fields
+    (``kind=``) come next; every other name is looked up in the context's
+    module namespace when it is used, so later module-level changes
+    (``parameters()`` updates, functions defined further down) are seen too.
+
+    CPython looks up globals of a function whose globals are a dict
+    *subclass* through ``__getitem__``; a ``global x; x = ...`` in a group
+    kernel stores into this mapping, not into the module.
+    """
+
+    def __init__(self, module, group, extra=None):
+        super().__init__(__builtins__=module.get("__builtins__", __builtins__))
+        self._module = module
+        self._group = group
+        self._extra = dict(extra or {})
+
+    def __getitem__(self, name):
+        if name in self._group._fields:
+            try:
+                return getattr(self._group, name)
+            except AttributeError:
+                return self._group._fields[name]
+        if name in self._extra:
+            return self._extra[name]
+        try:
+            return dict.__getitem__(self, name)  # a `global` assignment in a kernel
+        except KeyError:
+            return self._module[name]
+
+    def __repr__(self):
+        return f"<globals of a {type(self._group).__name__} kernel>"
+
+
+def _with_group_globals(func, group, fields=None):
+    """A copy of `func` that reads `group`'s fields as globals (see GroupGlobals)."""
+    module = getattr(func, "__globals__", None)
+    if not isinstance(func, types.FunctionType) or module is None:
+        return func
+    extra = {k: v for k, v in (fields or {}).items() if k not in group._fields}
+    copy = types.FunctionType(func.__code__, GroupGlobals(module, group, extra),
+                              func.__name__, func.__defaults__, func.__closure__)
+    copy.__kwdefaults__ = func.__kwdefaults__
+    copy.__annotations__ = func.__annotations__
+    copy.__qualname__ = func.__qualname__
+    copy.__doc__ = func.__doc__
+    copy.__module__ = func.__module__
+    copy.__dict__.update(func.__dict__)
+    return copy
 
 
 def _takes_self(func):
@@ -278,6 +348,7 @@ class ViewGroup:
         fields["prefix"] = prefix
         self._fields = fields
         ctx = current_context()
+        self._metropc_line = _outermost_line(ctx.path)
         ctx._add_group(self)
         seen = set()
         for klass in type(self).__mro__:
