@@ -105,10 +105,10 @@ def _describe(exc):
         text = str(exc)
     except Exception:  # noqa: BLE001 - a context's exception class may be broken
         text = "<exception text unavailable>"
-    name = type(exc).__name__
+    message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     if isinstance(exc, SystemExit):
-        name += " (a view must not exit the process)"
-    return f"{name}: {text}" if text else name
+        message += " (a view must not exit the process)"
+    return message
 
 
 class Engine:
