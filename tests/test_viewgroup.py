@@ -323,3 +323,86 @@ def test_group_errors_name_lines():
             a = G(prefix='same/')
             b = G(prefix='same/')
         """))
+
+
+# -- group fields as bare names in kernels (issue 14) --------------------------------------
+
+BARE_SRC = """
+from metropc.viewdef import Parameter
+
+parameters(scale=2)
+
+
+def helper(t):
+    return t * 10
+
+
+class Camera(ViewGroup):
+    rot90: Parameter = 1
+
+    def __init__(self, *, prefix='KEPLER1', **kwargs):
+        super().__init__(prefix=f'{prefix}/', **kwargs)
+        self._proto(kind='shot')
+
+    @View.Scalar(name='{prefix}info')
+    def info(self, t: 'internal#train_id'):
+        # published contexts compare the bare prefix (HED's VISAR context)
+        if prefix == 'KEPLER1/':
+            return ('kepler', prefix, rot90, detector, scale, helper(t))
+        return ('other', prefix, rot90, detector, scale, helper(t))
+
+    @View.Scalar(name='{prefix}noself')
+    def noself(t: 'internal#train_id'):
+        return [prefix + str(i) for i in range(2)]  # comprehensions see them too
+
+    @ViewPrototype.Scalar(name='{prefix}{kind}')
+    def _proto(self, t: 'internal#train_id'):
+        return f'{prefix}{kind}:{rot90}'
+
+
+kepler1 = Camera(detector='CAM_1')
+kepler2 = Camera(prefix='KEPLER2', detector='CAM_2', rot90=-1)
+"""
+
+
+def test_group_fields_are_bare_names_in_kernels_with_each_instance_values():
+    ctx = Context(BARE_SRC)
+    ((_, out),) = metropc.run(ctx, [{"internal#train_id": 3}])
+    assert out["KEPLER1/info"] == ("kepler", "KEPLER1/", 1, "CAM_1", 2, 30)
+    assert out["KEPLER2/info"] == ("other", "KEPLER2/", -1, "CAM_2", 2, 30)
+    assert out["KEPLER1/noself"] == ["KEPLER1/0", "KEPLER1/1"]
+    assert out["KEPLER2/noself"] == ["KEPLER2/0", "KEPLER2/1"]
+    assert out["KEPLER1/shot"] == "KEPLER1/shot:1"
+    assert out["KEPLER2/shot"] == "KEPLER2/shot:-1"
+
+
+def test_bare_group_parameters_are_live_after_a_change():
+    ctx = Context(BARE_SRC)
+    assert ctx.update_parameters({"kepler2.rot90": 3, "scale": 5}) == []
+    ((_, out),) = metropc.run(ctx, [{"internal#train_id": 1}])
+    assert out["KEPLER1/info"] == ("kepler", "KEPLER1/", 1, "CAM_1", 5, 10)
+    assert out["KEPLER2/info"] == ("other", "KEPLER2/", 3, "CAM_2", 5, 10)
+    assert out["KEPLER2/shot"] == "KEPLER2/shot:3"
+    # the module's own globals are untouched: no 'prefix' leaked there
+    assert "prefix" not in ctx.namespace and "rot90" not in ctx.namespace
+
+
+def test_bare_group_fields_survive_to_dict_in_another_stage():
+    ctx = Context(BARE_SRC, parameters={"kepler1.rot90": 2})
+    rebuilt = Context.from_dict(ctx.to_dict())
+    ((_, out),) = metropc.run(rebuilt, [{"internal#train_id": 1}])
+    assert out["KEPLER1/info"][2] == 2 and out["KEPLER2/info"][2] == -1
+
+
+def test_unknown_bare_name_in_group_kernel_is_a_name_error_with_its_line():
+    src = BARE_SRC.replace("return [prefix + str(i)", "return [prefx + str(i)")
+    ctx = Context(src, path="bare.py")
+    reports = []
+    from metropc.engine import Engine, ErrorReporter
+    engine = Engine(ctx, ErrorReporter(sink=reports.append))
+    engine.process({"internal#train_id": 1})
+    assert engine.errors["KEPLER1/noself"] == 1
+    line = src.splitlines().index(
+        "        return [prefx + str(i) for i in range(2)]  # comprehensions see them too") + 1
+    assert any(r.lineno == line and "NameError" in str(r) and "prefx" in str(r)
+               for r in reports)
