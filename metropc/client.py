@@ -11,6 +11,11 @@ stage), and ``b"view#<name>"`` messages carry one result each.  Both use the
 frame format of :mod:`metropc.protocol`; the index values are plain tuples on
 the wire so that clients in other languages need no pickle, and
 :func:`decode_protocol` here turns them into :class:`IndexEntry` objects.
+
+The output never waits for a client that does not read: when a client's
+queue is full its messages are dropped for it alone.  Each view message
+carries ``"seq": (stream, n)``, numbering the messages of its topic, so the
+:class:`Client` counts every result it missed (:attr:`Client.missed`).
 """
 
 from __future__ import annotations
@@ -232,6 +237,14 @@ class Client:
     keys : str, optional
         Key directory of a pipeline secured with CURVE (``metropc-keys``).
 
+    Missed results are counted, not hidden: the pipeline numbers the
+    messages of each view (payload key ``seq``), and a gap in the numbers
+    is added to :attr:`missed` and :attr:`missed_by_view`.  Counting
+    starts with the first result after :meth:`subscribe`, and starts over
+    when the pipeline's REDUCE stage was restarted (a new ``stream``), as
+    nothing can be known about results sent before.  Results dropped here
+    because :meth:`wait_index` kept too many are counted as well.
+
     A Client is not thread-safe, like the ZeroMQ socket it wraps.
     """
 
@@ -254,6 +267,10 @@ class Client:
         self.index_time: float | None = None
         self._views: set[str] = set()
         self._pending: collections.deque = collections.deque(maxlen=self.PENDING_LIMIT)
+        #: View results received (for subscribed views, counted on arrival).
+        self.received = 0
+        self._missed: dict[str, int] = {}
+        self._last_seq: dict[str, tuple[int, int]] = {}  # path -> latest (stream, n)
         ctx = context if context is not None else zmq.Context.instance()
         self._socket = ctx.socket(zmq.SUB)
         try:
@@ -271,6 +288,34 @@ class Client:
         self._poller.register(self._socket, zmq.POLLIN)
 
     @property
+    def missed(self) -> int:
+        """View results the pipeline sent that this client did not get, in total.
+
+        Never decreases, so that it can be shown as a counter with a rate.
+        """
+        return sum(self._missed.values())
+
+    @property
+    def missed_by_view(self) -> dict[str, int]:
+        """:attr:`missed` per view path (``{"view#roi": 3}``), a copy."""
+        return dict(self._missed)
+
+    def _count_seq(self, path: str, seq) -> None:
+        """Add the gap between `path`'s previous sequence number and `seq`."""
+        if type(seq) is not tuple or len(seq) != 2 or type(seq[1]) is not int:
+            return  # an older pipeline: no sequence numbers
+        last = self._last_seq.get(path)
+        self._last_seq[path] = seq
+        if last is None or last[0] != seq[0]:
+            if last is not None:
+                log.info("%s: new sequence (the pipeline's REDUCE restarted)", path)
+            return  # first result since subscribing, or a new REDUCE: a new baseline
+        gap = seq[1] - last[1] - 1
+        if gap > 0:
+            self._missed[path] = self._missed.get(path, 0) + gap
+            log.debug("%s: missed %d result(s)", path, gap)
+
+    @property
     def views(self) -> frozenset[str]:
         """Paths (``view#name``) currently subscribed to."""
         return frozenset(self._views)
@@ -281,6 +326,7 @@ class Client:
         if path not in self._views:
             self._socket.subscribe(path.encode("utf-8"))
             self._views.add(path)
+            self._last_seq.pop(path, None)  # count gaps from its next result on
             log.debug("subscribed to %s at %s", path, self.address)
         return path
 
@@ -290,6 +336,7 @@ class Client:
         if path in self._views:
             self._socket.unsubscribe(path.encode("utf-8"))
             self._views.discard(path)
+            self._last_seq.pop(path, None)
             self._pending = collections.deque(
                 (m for m in self._pending if m[0] != path), maxlen=self.PENDING_LIMIT)
         return path
@@ -330,6 +377,9 @@ class Client:
         if path not in self._views:
             return False
         _, data = _decode_protocol(frames, allow_pickle=self.allow_pickle)
+        self.received += 1
+        if type(data) is dict:
+            self._count_seq(path, data.get("seq"))
         return path, data
 
     def _messages(self, timeout):
@@ -390,6 +440,9 @@ class Client:
                 if msg is True:
                     return self.index
                 if msg:
+                    if len(self._pending) == self._pending.maxlen:
+                        lost = self._pending[0][0]  # the append drops it: count it
+                        self._missed[lost] = self._missed.get(lost, 0) + 1
                     self._pending.append(msg)
         except TimeoutError:
             raise TimeoutError(f"no index received from {self.address} "

@@ -9,14 +9,35 @@ however many clients share it; an unsubscription, explicit or by
 disconnecting, arrives when the last of them goes), and REDUCE encodes a
 result only if some subscription is a prefix of its topic.
 
-For clients nothing changes: it is still PUB/SUB, messages of a topic
-nobody subscribed to were dropped by ZeroMQ anyway, and a slow client still
-loses messages at the high-water mark instead of slowing REDUCE.
+For clients nothing changes: it is still PUB/SUB, and messages of a topic
+nobody subscribed to were dropped by ZeroMQ anyway.
+
+**Bursts and slow clients.**  After a stall REDUCE releases thousands of
+held-back results at once.  A plain XPUB drops a message silently for every
+client whose queue (the high-water mark) is full, and once it dropped one it
+skips that client until it has read half its queue: a client that reads
+continuously, only not as fast as REDUCE sends, lost most of a burst (500 of
+2000 small results in a loop here, with nothing counted).  So the socket runs
+with ``XPUB_NODROP``, which makes a send fail instead of dropping when a
+subscriber's queue is full, and :meth:`Output.send` then *paces*: it waits
+for room, but only within a budget (at most ``pace_max_wait`` per message
+and ``pace_share`` of REDUCE's time, with ``pace_burst`` seconds saved up).
+A client that reads gets the burst a little later; one that does not (a
+frozen display) costs one wait, after which the message is sent the lossy
+way: delivered to everyone with room and dropped for the full client only,
+and counted (:attr:`Output.dropped`, ``internal#output_dropped`` in the
+index).  ZeroMQ then stops sending to that client until it reads again, so
+later messages it misses meanwhile are not seen here; every view message
+carries a per-topic sequence number (:meth:`Output.seq`, payload key
+``seq``) from which each client counts exactly what it missed
+(``metropc.client.Client.missed``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 import zmq
 
@@ -30,12 +51,46 @@ _SUBSCRIBE, _UNSUBSCRIBE = 1, 0
 
 
 class Output:
-    """An XPUB socket plus the set of prefixes its subscribers asked for."""
+    """An XPUB socket, the prefixes its subscribers asked for, and pacing.
 
-    def __init__(self, socket):
+    Parameters
+    ----------
+    socket : zmq.Socket
+        A bound XPUB socket; this object sets ``XPUB_NODROP`` and
+        ``SNDTIMEO`` on it and must be the only one sending on it.
+    pace_max_wait : float
+        Seconds one message may wait for a full subscriber queue.
+    pace_share : float
+        Fraction of the time REDUCE may spend waiting for subscribers in
+        the long run, so that a slow client can slow it by at most this.
+    pace_burst : float
+        Seconds of waiting that may be saved up for one burst.
+    """
+
+    def __init__(self, socket, *, pace_max_wait: float = 0.1, pace_share: float = 0.1,
+                 pace_burst: float = 0.5):
         self.socket = socket
         self.prefixes: set[bytes] = set()
         self._wanted: dict[bytes, bool] = {}  # topic -> subscribed? (cache)
+        #: Identifies this output's sequence numbers: a new REDUCE process
+        #: (after a crash) starts new ones, which clients must not count
+        #: as a gap.  Random, so that it differs from any earlier one.
+        self.stream: int = int.from_bytes(os.urandom(8), "little") >> 1
+        self._seqs: dict[bytes, int] = {}
+        #: Messages a full subscriber queue refused (each dropped for the
+        #: subscribers that had no room, delivered to the others).
+        self.dropped = 0
+        #: Seconds spent waiting for subscribers to make room.
+        self.paced = 0.0
+        self.pace_max_wait = pace_max_wait
+        self.pace_share = pace_share
+        self.pace_burst = pace_burst
+        self._budget = pace_burst
+        self._budget_time = time.monotonic()
+        self._rate = 0.0
+        self._rate_mark = (time.monotonic(), 0)
+        self._warned = 0.0
+        socket.setsockopt(zmq.XPUB_NODROP, 1)
 
     def read_subscriptions(self, limit=1000):
         """Apply the (un)subscriptions waiting on the socket."""
@@ -63,10 +118,73 @@ class Output:
             self._wanted[topic] = wanted
         return wanted
 
-    def send(self, frames) -> bool:
-        """Send one encoded message now, or drop it if the socket is full."""
+    def seq(self, topic: bytes) -> tuple[int, int]:
+        """The ``seq`` payload value of the next message on `topic`.
+
+        ``(stream, n)``: `n` counts the messages sent on `topic` from 0,
+        so a client seeing n jump knows how many it missed.  Only
+        :meth:`send` with this `topic` moves it on, so a message that
+        failed to encode leaves no gap.
+        """
+        return self.stream, self._seqs.get(topic, 0)
+
+    def send(self, frames, topic: bytes | None = None) -> bool:
+        """Send one encoded message; False if a subscriber had no room for it.
+
+        `topic` is given for messages carrying :meth:`seq`, whose counter it
+        advances (sent or not: a dropped message is a gap clients count).
+        """
+        if topic is not None:
+            self._seqs[topic] = self._seqs.get(topic, 0) + 1
         try:
             send_frames(self.socket, frames, zmq.NOBLOCK)
+            return True
         except zmq.Again:
-            return False  # no room for slow subscribers: drop, never wait
-        return True
+            pass
+        return self._send_slowly(frames)
+
+    def _send_slowly(self, frames) -> bool:
+        """A subscriber's queue is full: wait for room within the budget, else drop."""
+        now = time.monotonic()
+        self._budget = min(self.pace_burst,
+                           self._budget + (now - self._budget_time) * self.pace_share)
+        self._budget_time = now
+        wait = min(self.pace_max_wait, self._budget)
+        if wait >= 0.001:
+            self.socket.sndtimeo = int(wait * 1000)
+            try:
+                send_frames(self.socket, frames)  # blocks until room or SNDTIMEO
+                sent = True
+            except zmq.Again:
+                sent = False
+            waited = time.monotonic() - now
+            self._budget -= waited
+            self._budget_time = now + waited
+            self.paced += waited
+            if sent:
+                return True
+        # No room in time: deliver to everyone else, drop for the full ones.
+        self.dropped += 1
+        self.socket.setsockopt(zmq.XPUB_NODROP, 0)
+        try:
+            send_frames(self.socket, frames, zmq.NOBLOCK)  # lossy: never fails
+        finally:
+            self.socket.setsockopt(zmq.XPUB_NODROP, 1)
+        if time.monotonic() - self._warned > 10.0:
+            self._warned = time.monotonic()
+            log.warning("output: a client does not read fast enough; dropping messages "
+                        "for it (%d so far, internal#output_dropped)", self.dropped)
+        return False
+
+    def drop_stats(self) -> tuple[int, float]:
+        """``(dropped, rate)`` for the index: the count and drops per second.
+
+        The rate is measured between calls at least 0.5 s apart (the index
+        is published every second), so count and rate agree.
+        """
+        now = time.monotonic()
+        t0, n0 = self._rate_mark
+        if now - t0 >= 0.5:
+            self._rate = (self.dropped - n0) / (now - t0)
+            self._rate_mark = (now, self.dropped)
+        return self.dropped, self._rate

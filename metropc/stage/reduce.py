@@ -283,14 +283,15 @@ class ReduceStage:
                 continue  # a COMPUTE view, or nobody listens
             try:
                 frames = encode_protocol(topic, {"data": value, "event_id": event_id,
-                                                 "version": version})
+                                                 "version": version,
+                                                 "seq": output.seq(topic)})
             except Exception as e:  # noqa: BLE001 - unpicklable; __reduce__ may raise anything
                 self.meter.add(name, -1)  # counted as produced: it failed after all
                 self.engine.errors[name] += 1
                 self.engine.reporter.report(self.ctx.views[name], e, event_id,
                                             self.ctx.path)
                 continue
-            output.send(frames)
+            output.send(frames, topic)
 
     # -- index -----------------------------------------------------------------------
     def index(self):
@@ -308,6 +309,11 @@ class ReduceStage:
             for name, view in self.ctx.views.items():
                 entries[f"view#{name}"] = (
                     int(meter.counts.get(name, 0) + counts.pop(name, 0)),
+        """Send each wanted result to the clients (see metropc.stage.output).
+
+        The payload's ``seq`` lets each client count what it missed, since
+        the output cannot wait for a client that does not read.
+        """
                     float(meter.rates.get(name, 0.0)), view.output.value,
                     view.stage.value, int(self.engine.errors.get(name, 0)),
                     bool(view.hidden), view.label or "")
@@ -315,6 +321,7 @@ class ReduceStage:
                 entries[f"view#{name}"] = (int(count), 0.0, ViewOutput.COMPUTE.value,
                                            0, 0, True, "")
         entries["internal#lost_events"] = (self.buffer.lost, 0.0)
+                # "seq": per-topic sequence number, for clients to count gaps.
         entries["internal#stale_events"] = (self.stale, 0.0)
         return entries
 
@@ -349,6 +356,7 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
         handlers = {OP_CONTEXT: stage.on_context, OP_COMMIT: stage.on_commit,
                     OP_ABORT: stage.on_abort, OP_PARAMS: stage.on_params,
                     OP_ACTION: stage.on_action, OP_LOST: stage.on_lost,
+        entries["internal#output_dropped"] = self.output.drop_stats()
                     OP_STATS: stage.on_stats,
                     OP_INDEX: lambda data: stage.publish_index()}
         poller = zmq.Poller()
@@ -356,6 +364,7 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
         poller.register(results, zmq.POLLIN)
         poller.register(output, zmq.POLLIN)  # subscriptions
         next_index = time.monotonic() + INDEX_INTERVAL
+        """Send the index (no ``seq``: its keys are paths, and it is sent again)."""
         while True:
             wait = next_index - time.monotonic()
             deadline = stage.buffer.deadline()
