@@ -385,7 +385,7 @@ class Context:
             f"unknown parameter '{name}'{extra} (this context declares: {known})",
             self.path, None, name=name, declared=declared)
 
-    def update_parameters(self, values):
+    def update_parameters(self, values: Mapping[str, Any]) -> list[str]:
         """Change parameters at run time; returns the names that are unknown.
 
         Context parameters are globals of the context code, so the next
