@@ -16,53 +16,18 @@ import pickle
 import msgpack
 
 from ..error import ProtocolError
+# The stage vocabulary (metropc.messages), importable from here as it always was.
+from ..messages import (KEY_EVENT_ID, KEY_META, KEY_SHM, KEY_STEP,
+                        META_EVENT, META_SKIP, META_STEP, OP_ABORT, OP_ACTION,
+                        OP_BATCH, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_CTX_FAILED,
+                        OP_CTX_READY, OP_DEBUG, OP_ERROR, OP_EVENT, OP_HEARTBEAT,
+                        OP_HELLO, OP_INDEX, OP_LOST, OP_PARAMS, OP_PICKLED_BATCH,
+                        OP_PROGRESS, OP_RESET, OP_RESULT, OP_SHM, OP_STATS, OP_STEP,
+                        OP_STOP, SEQ_PATH, Op, pack_meta, unpack_meta, validate)
 from ..protocol import decode_protocol, encode_protocol
 from ..transport import ZERO_COPY_MIN, recv_frames, send_frames
 
 log = logging.getLogger(__name__)
-
-# Frontend -> stage opcodes.
-OP_EVENT = b"event"      # one event (pool)
-OP_CONTEXT = b"context"  # {"ctx": Context.to_dict(), "from_seq": int, "prepare": bool}
-OP_COMMIT = b"commit"    # {"version": int, "from_seq": int}: use the prepared context
-OP_ABORT = b"abort"      # {"version": int}: forget the prepared context
-OP_PARAMS = b"params"    # {name: value}
-OP_INDEX = b"index"      # publish the index now (reduce)
-OP_ACTION = b"action"    # {"view_name": name} (reduce)
-OP_STEP = b"step"        # operator step boundary (sent through a worker)
-OP_STATS = b"stats"      # {path: count} input statistics (reduce)
-OP_LOST = b"lost"        # {"seqs": [...]}: events a dead worker held (reduce)
-OP_SHM = b"shm"          # {"out": segment name}: a fresh results segment (pool)
-OP_STOP = b"stop"        # leave the stage loop
-
-# Stage -> frontend opcodes.
-OP_HELLO = b"hello"      # {"stage": str, "output_addr": str?}
-OP_HEARTBEAT = b"heartbeat"  # an idle worker is alive (pool)
-OP_CREDIT = b"credit"    # ready for {"n": int} (default 1) more events (pool);
-                         # "free": int64 starts of input slots it released
-OP_ERROR = b"error"      # {"msg": str}
-OP_CTX_READY = b"ctx_ready"    # {"version": int}: prepared, waiting for commit
-OP_CTX_FAILED = b"ctx_failed"  # {"version": int, "msg": str}
-OP_DEBUG = b"debug"      # {"msg": str}
-
-# Pool -> reduce.
-OP_RESULT = b"result"
-
-# Several messages in one (frontend -> pool, pool -> reduce): framed, or
-# for small payloads one pickle frame of [(opcode, data), ...].
-OP_BATCH = b"batch"
-OP_PICKLED_BATCH = b"pbatch"
-
-#: Reserved keys in result messages (never valid paths: no '#' type prefix).
-KEY_META = "#meta"          # pack_meta(...): a 6-tuple
-KEY_EVENT_ID = "#event_id"  # only when the event id does not fit in the meta
-#: Marks the pseudo-event that carries an operator step boundary.
-KEY_STEP = "#step"
-#: A reference to arrays in a shared-memory slot (metropc.stage.shm).
-KEY_SHM = "#shm"
-
-#: Event key carrying the frontend's dispatch sequence number.
-SEQ_PATH = "internal#seq"
 
 
 def send(sock, opcode, data=None, *, prefix=(), flags=0):
@@ -110,13 +75,40 @@ def send_batch(sock, messages, *, prefix=(), flags=0, small=None):
 
 
 def recv(sock, *, identity=False, flags=0):
-    """Receive one message: ``(opcode, data)`` or ``(ident, opcode, data)``."""
+    """Receive one message: ``(opcode, data)`` or ``(ident, opcode, data)``.
+
+    The message is decoded and validated (:func:`metropc.messages.validate`):
+    anything malformed, of an unknown opcode or with a field of the wrong
+    type is counted (:data:`rejected`) and raises ProtocolError, for the
+    caller to log and drop.
+    """
     frames = recv_frames(sock, flags)
-    if identity:
-        ident = frames[0].bytes
-        opcode, data = decode_protocol(frames[1:])
-        return ident, opcode, data
-    return decode_protocol(frames)
+    try:
+        if identity:
+            ident = frames[0].bytes
+            opcode, data = decode_protocol(frames[1:])
+            return ident, opcode, validate(opcode, data, str_keys=False)
+        opcode, data = decode_protocol(frames)
+        return opcode, validate(opcode, data, str_keys=False)
+    except ProtocolError:
+        _count_rejected()
+        raise
+
+
+#: Messages this process rejected in recv() / recv_messages() (malformed,
+#: unknown opcode, or a field of the wrong type); each was dropped.
+rejected = 0
+
+
+def _count_rejected():
+    global rejected
+    rejected += 1
+
+
+def _drop(e):
+    """Count and log one message left out of a batch."""
+    _count_rejected()
+    log.warning("rejected a malformed message: %s", e)
 
 
 _PLAIN = frozenset({int, float, bool, str, bytes, type(None)})
@@ -151,60 +143,48 @@ def split_batch(frames):
 
 
 def recv_messages(sock, flags=0):
-    """Receive one message or batch: a list of ``(opcode, data)``.
+    """Receive one message or batch: a list of valid ``(opcode, data)``.
 
-    A malformed batch header raises ProtocolError; a malformed message
-    inside a batch is logged and left out, so its neighbours survive.
+    A malformed batch (header, pickle) is counted and raises ProtocolError;
+    a malformed or invalid message inside a batch is counted, logged and
+    left out, so its neighbours survive.
     """
     frames = recv_frames(sock, flags)
-    if frames[0].bytes == OP_PICKLED_BATCH:
-        if len(frames) != 2:
-            raise ProtocolError("pickled batch with extra frames")
-        try:
-            messages = pickle.loads(frames[1].buffer)
-        except Exception as e:  # noqa: BLE001 - any garbage is a protocol error
-            raise ProtocolError(f"malformed pickled batch: {e}") from None
-        if not isinstance(messages, list) or not all(
-                isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], bytes)
-                and isinstance(m[1], dict) for m in messages):
-            raise ProtocolError("pickled batch is not a list of (opcode, data)")
-        return messages
+    pickled = frames[0].bytes == OP_PICKLED_BATCH
+    try:
+        if pickled:
+            if len(frames) != 2:
+                raise ProtocolError("pickled batch with extra frames")
+            try:
+                messages = pickle.loads(frames[1].buffer)
+            except Exception as e:  # noqa: BLE001 - any garbage is a protocol error
+                raise ProtocolError(f"malformed pickled batch: {e}") from None
+            if type(messages) is not list:
+                raise ProtocolError("pickled batch is not a list of (opcode, data)")
+        else:
+            messages = split_batch(frames)
+    except ProtocolError:
+        _count_rejected()
+        raise
     out = []
-    for frames in split_batch(frames):
+    if pickled:  # already decoded
+        for m in messages:
+            try:
+                if type(m) is not tuple or len(m) != 2:
+                    raise ProtocolError("pickled batch entry is not (opcode, data)")
+                validate(*m)
+            except ProtocolError as e:
+                _drop(e)
+                continue
+            out.append(m)
+        return out
+    for frames in messages:
         try:
-            out.append(decode_protocol(frames))
+            opcode, data = decode_protocol(frames)
+            out.append((opcode, validate(opcode, data, str_keys=False)))
         except ProtocolError as e:
-            log.warning("rejected a malformed message: %s", e)
+            _drop(e)
     return out
-
-
-def pack_meta(seq, version=None, event_id=None, produced=(), failed=(), kind=0):
-    """The bookkeeping of one pool result, as one value.
-
-    Sequence number, context version, event id, the views that produced or
-    failed, and `kind` (META_EVENT, META_SKIP or META_STEP) travel together
-    as one tuple: inside a pickled batch it costs next to nothing, and in a
-    framed message it is one tuple value (docs/protocol.md).  An event id
-    that is not a plain int, str or float travels under KEY_EVENT_ID.
-    """
-    if event_id is not None and type(event_id) not in (int, str, float):
-        event_id = None
-    return (seq, version, event_id, tuple(produced), tuple(failed), kind)
-
-
-def unpack_meta(meta):
-    """Check what :func:`pack_meta` made; ProtocolError for anything malformed."""
-    if type(meta) is not tuple or len(meta) != 6:
-        raise ProtocolError("result without valid metadata")
-    seq, version, event_id, produced, failed, kind = meta
-    if type(seq) is not int or type(kind) is not int:
-        raise ProtocolError("result metadata without sequence number or kind")
-    if type(produced) is not tuple or type(failed) is not tuple:
-        raise ProtocolError("result metadata: view lists are not tuples")
-    return meta
-
-
-META_EVENT, META_SKIP, META_STEP = 0, 1, 2
 
 
 def ipc_path(addr):
