@@ -18,35 +18,44 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
+import errno
 import logging
 import os
+import re
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
 
 from ..error import ContextError, SourceError
 from ..frontend import DROP_NEWEST, DROP_OLDEST
-from ..pipeline import Pipeline
 from ..stage.shm import parse_size, unlink_owned
-from .status import StatusDisplay
 
 log = logging.getLogger("metropc.run")
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+PROG = "metropc-run"
+
+
+class UsageError(Exception):
+    """A command-line value metropc-run refuses: one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, not the usage block: the user sees what is wrong at once.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def parse_param(text):
-    """``NAME=VALUE`` with VALUE a Python literal (else a string)."""
+    """``NAME=VALUE``; VALUE stays text until the context says its type."""
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"--param wants NAME=VALUE, got {text!r}")
-    try:
-        parsed = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        parsed = value
-    return name.strip(), parsed
+    return name.strip(), value
 
 
 def parse_rate(text):
@@ -56,20 +65,39 @@ def parse_rate(text):
         rate = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--rate wants a number or 'max', got {text!r}")
-    if rate <= 0:
-        raise argparse.ArgumentTypeError("--rate must be positive")
+    if not rate > 0 or rate == float("inf"):
+        raise argparse.ArgumentTypeError(f"--rate must be a positive number, got {text!r}")
     return rate
 
 
+def _number(kind, minimum, what):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"wants {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")) or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, 1, "at least 1")
+non_negative_float = _number(float, 0, "0 or more")
+positive_float = _number(float, 1e-9, "positive")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(
-        prog="metropc-run", description="Run a metropc context on a data source.")
+    p = _Parser(
+        prog=PROG, description="Run a metropc context on a data source.")
     p.add_argument("context", help="the context file (Python)")
     p.add_argument("--source", default="sim",
                    help="data source: 'sim' (default), a Karabo bridge endpoint "
                         "(tcp://HOST:PORT), a run directory or HDF5 file, or "
                         "module:callable")
-    p.add_argument("--pool", type=int, default=2, metavar="N",
+    p.add_argument("--pool", type=positive_int, default=2, metavar="N",
                    help="number of POOL worker processes (default 2)")
     p.add_argument("--output", default="tcp://127.0.0.1:0", metavar="ADDR",
                    help="ZeroMQ address clients connect to (default: a free "
@@ -85,7 +113,7 @@ def build_parser():
     p.add_argument("--keys", default=None, metavar="DIR",
                    help="secure every socket with CURVE using the keys made by "
                         "metropc-keys DIR")
-    p.add_argument("--event-timeout", type=float, default=30.0, metavar="S",
+    p.add_argument("--event-timeout", type=non_negative_float, default=30.0, metavar="S",
                    help="seconds a worker may spend per event before it is replaced "
                         "(default 30; 0 disables)")
     p.add_argument("--shm-size", type=parse_size, default=None, metavar="SIZE",
@@ -97,19 +125,21 @@ def build_parser():
                         "unless given; port 0 picks a free one); needs "
                         "metropc[dashboard]")
     p.add_argument("--param", action="append", type=parse_param, default=[],
-                   metavar="NAME=VALUE", help="override a context parameter")
+                   metavar="NAME=VALUE",
+                   help="set a parameter the context declares; VALUE is read as the "
+                        "type of the declared default")
     p.add_argument("--rate", type=parse_rate, default=None,
                    help="trains/s of the simulator or file replay, or 'max'")
     p.add_argument("--seed", type=int, default=0, help="simulator seed")
     p.add_argument("--bridge-socket", choices=("REQ", "SUB", "PULL"), default=None,
                    help="socket type for a Karabo bridge (default REQ)")
-    p.add_argument("--queue-size", type=int, default=16,
+    p.add_argument("--queue-size", type=positive_int, default=16,
                    help="events waiting for a worker before dropping (default 16)")
     p.add_argument("--drop-policy", choices=(DROP_OLDEST, DROP_NEWEST),
                    default=DROP_OLDEST, help="which event to drop when full")
-    p.add_argument("--duration", type=float, default=None, metavar="S",
+    p.add_argument("--duration", type=positive_float, default=None, metavar="S",
                    help="stop after S seconds")
-    p.add_argument("--max-events", type=int, default=None, metavar="N",
+    p.add_argument("--max-events", type=positive_int, default=None, metavar="N",
                    help="stop after the source gave N events")
     p.add_argument("--no-watch", action="store_true",
                    help="do not reload the context file when it changes")
@@ -130,23 +160,170 @@ def check_addresses(args):
         if host in LOOPBACK_HOSTS:
             continue
         if not args.allow_remote:
-            raise SystemExit(
-                f"metropc-run: refusing to bind {option} to {host!r}, which is not a "
+            raise UsageError(
+                f"refusing to bind {option} to {host!r}, which is not a "
                 "loopback interface; pass --allow-remote (with --keys) to do it on "
                 "purpose")
         if args.keys is None:
-            raise SystemExit(
-                f"metropc-run: {option} {addr} is reachable from other hosts, and "
+            raise UsageError(
+                f"{option} {addr} is reachable from other hosts, and "
                 "context code is Python: secure it with --keys DIR (make keys with "
                 "metropc-keys DIR)")
+
+
+_TCP = re.compile(r"^tcp://(?P<host>\[[^\]]*\]|[^:/\[\]\s]+):(?P<port>\*|\d+)$")
+
+
+def parse_address(option, addr):
+    """``(host, port)`` of a ``tcp://`` address (port None for any), or
+    ``(None, None)`` for ``ipc://``; UsageError naming the address else."""
+    if addr.startswith("ipc://"):
+        path = addr[len("ipc://"):]
+        directory = os.path.dirname(path) or "."
+        if not path or path.endswith("/"):
+            raise UsageError(f"{option} {addr!r}: an ipc:// address needs a file name")
+        if not path.startswith("@") and not os.path.isdir(directory):
+            raise UsageError(f"{option} {addr!r}: no directory {directory!r}")
+        return None, None
+    m = _TCP.match(addr)
+    if m is None:
+        raise UsageError(f"{option} {addr!r} is not an address: use tcp://HOST:PORT "
+                         "(port 0 or * picks a free one) or ipc://PATH")
+    port = m["port"]
+    if port == "*" or int(port) == 0:
+        return m["host"], None
+    if int(port) > 65535:
+        raise UsageError(f"{option} {addr!r}: port {port} is out of range (0-65535)")
+    return m["host"], int(port)
+
+
+def check_port_free(option, addr, host, port):
+    """Bind (and release) `host`:`port` now, so that a taken port is one clear
+    line before any stage starts.  ZeroMQ binds with SO_REUSEADDR, so we do too."""
+    if port is None:
+        return
+    host = host.strip("[]")
+    if host == "*":
+        host = "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return  # an interface name, say: leave it to ZeroMQ
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(sockaddr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UsageError(f"{option} {addr}: port {port} is already in use "
+                                 "(another metropc-run?); pick another port, or 0 for "
+                                 "a free one") from None
+            raise UsageError(f"{option} {addr}: cannot bind there: "
+                             f"{e.strerror or e}") from None
+
+
+def check_context_path(path):
+    if "\n" in path or "\r" in path:
+        raise UsageError(f"the context path {path!r} contains a line break; "
+                         "give the path of a context file")
+    if not os.path.exists(path):
+        raise UsageError(f"no such context file: {path}")
+    if not os.path.isfile(path):
+        raise UsageError(f"the context {path} is not a file")
+
+
+def _coerce(text, default):
+    """`text` as the type of `default` (bool, int, float, str; else a literal)."""
+    if isinstance(default, bool):
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("wants true or false")
+    if isinstance(default, int):
+        return int(text, 0)
+    if isinstance(default, float):
+        return float(text)
+    if isinstance(default, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    if default is not None and not isinstance(value, type(default)):
+        raise ValueError(f"wants a {type(default).__name__}")
+    return value
+
+
+def _did_you_mean(name, declared):
+    close = difflib.get_close_matches(name, declared, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _declared_text(declared):
+    return ", ".join(sorted(declared)) if declared else "none"
+
+
+def check_parameters(ctx, pairs):
+    """The `--param` values checked against what `ctx` declares.
+
+    ``Context.check_parameters`` does it (unknown names with a did-you-mean
+    and the declared ones, values coerced to the declared type); for a
+    core without it, a check of its own does the same.  Either way a
+    refused value is a UsageError naming the file (and line).
+    """
+    if not pairs:
+        return {}
+    declared = dict(ctx.parameters)
+    raw = {}
+    for name, text in pairs:
+        default = declared.get(name)
+        # Scalars are parsed by the declared type; anything else (None, an
+        # ROI object, a list) takes a Python literal.
+        scalar = isinstance(default, (bool, int, float, str))
+        raw[name] = text if scalar else _parse_literal(text)
+    check = getattr(ctx, "check_parameters", None)
+    if check is not None:
+        try:
+            return dict(check(raw))
+        except (ContextError, ValueError) as e:  # metropc.error.ParameterError
+            raise UsageError(f"--param: {e}") from None
+    where = ctx.path
+    values = {}
+    for name, text in pairs:
+        if name not in declared:
+            raise UsageError(
+                f"--param {name}: {where} declares no parameter {name!r}"
+                f"{_did_you_mean(name, list(declared))} (declared: "
+                f"{_declared_text(declared)})")
+        default = declared[name]
+        try:
+            values[name] = _coerce(text, default)
+        except ValueError as e:
+            kind = type(default).__name__
+            raise UsageError(f"--param {name}={text}: {where} declares {name} as a "
+                             f"{kind} (default {default!r}); {text!r} is not one"
+                             + (f" ({e})" if "wants" in str(e) else "")) from None
+    return values
+
+
+def _parse_literal(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 class ContextWatcher:
     """Reloads the context file when it changes; keeps the old one on error."""
 
-    def __init__(self, pipeline):
+    def __init__(self, pipeline, state=None):
         self.pipeline = pipeline
         self.path = pipeline.context_path
+        self.state = state
         self._stamp = self._read_stamp()
 
     def _read_stamp(self):
@@ -162,12 +339,19 @@ class ContextWatcher:
             return
         self._stamp = stamp
         try:
-            self.pipeline.reload()
+            ctx = self.pipeline.reload()
         except ContextError as e:
-            log.error("context refused, the previous one keeps running\n%s",
-                      e.format_for_context(_read(self.path)))
+            log.error("context refused, the previous one (version %d) keeps running\n%s",
+                      self.pipeline.version, e.format_for_context(_read(self.path)))
+            if self.state is not None:
+                self.state.refuse(str(e))
         except OSError as e:
             log.error("cannot read context %s: %s", self.path, e)
+            if self.state is not None:
+                self.state.refuse(f"{self.path}: cannot read: {e.strerror or e}")
+        else:
+            if self.state is not None:
+                self.state.loaded(ctx.version, len(ctx.views))
 
 
 def _read(path):
@@ -178,13 +362,161 @@ def _read(path):
         return None
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    level = logging.WARNING if args.verbose < 0 else (
-        logging.INFO if args.verbose == 0 else logging.DEBUG)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-                        datefmt="%H:%M:%S")
+class Interrupts:
+    """Ctrl-C and SIGTERM, at any moment, without a traceback.
+
+    SIGINT is blocked in every thread and taken by one thread with
+    ``sigtimedwait``; stage processes are spawned while it is blocked, so
+    they inherit the block and never see Ctrl-C, not even while Python
+    starts up in them (before they can ignore it).  The first signal sets
+    :attr:`stop` and calls `on_stop`; a second one calls `on_exit`.
+    """
+
+    def __init__(self, on_stop, on_exit):
+        self.stop = threading.Event()
+        self.signum = None
+        self._on_stop, self._on_exit = on_stop, on_exit
+        self._done = threading.Event()
+        self._old_mask = self._old_term = self._old_int = None
+        self._thread = None
+
+    @staticmethod
+    def block():
+        """Block SIGINT in this thread, and so in every thread and process it
+        starts later; call it before anything else starts.  Returns the old mask.
+
+        multiprocessing's resource tracker, when it starts, unblocks SIGINT
+        in the thread that starts it (``ensure_running``), so it is started
+        first; later calls find it running and leave the mask alone.
+        """
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+        return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def install(self, old_mask):
+        self._old_mask = old_mask
+        self._thread = threading.Thread(target=self._wait, name="metropc-run-sigint",
+                                        daemon=True)
+        self._thread.start()
+        handler = lambda signum, frame: self.request(signum)  # noqa: E731
+        self._old_term = signal.signal(signal.SIGTERM, handler)
+        # Should anything unblock SIGINT again, it still is no traceback.
+        self._old_int = signal.signal(signal.SIGINT, handler)
+
+    def _wait(self):
+        while not self._done.is_set():
+            if signal.sigtimedwait({signal.SIGINT}, 0.2) is not None:
+                self.request(signal.SIGINT)
+
+    def request(self, signum):
+        if self.stop.is_set():
+            self._on_exit()
+            return
+        self.signum = signum
+        self.stop.set()
+        self._on_stop(signum)
+
+    def uninstall(self):
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(1.0)
+        if self._old_term is not None:
+            signal.signal(signal.SIGTERM, self._old_term)
+            signal.signal(signal.SIGINT, self._old_int)
+        if self._old_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+
+
+class ChildOutput:
+    """What stage processes write to fds 1 and 2, through the rich console.
+
+    In live mode the status region is redrawn in place, so raw writes by
+    child processes (a context's ``print``, a stage's warning, a crash)
+    would garble it.  Fds 1 and 2 become one pipe that the children
+    inherit; this process writes through duplicates of the real ones
+    (:attr:`stdout`, :attr:`stderr`), and a thread prints each captured line
+    with the console, above the status region.
+    """
+
+    def __init__(self):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._saved = {fd: os.dup(fd) for fd in (1, 2)}
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 1)
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self._read_end = read_end
+        self.stdout = open(self._saved[1], "w", buffering=1, closefd=False)
+        self.stderr = open(self._saved[2], "w", buffering=1, closefd=False)
+        sys.stdout, sys.stderr = self.stdout, self.stderr
+        # Children started from here on: unbuffered, so a print shows at once.
+        os.environ["PYTHONUNBUFFERED"] = "1"
+        self.console = None
+        self._thread = threading.Thread(target=self._pump, name="metropc-run-children",
+                                        daemon=True)
+
+    def start(self, console):
+        self.console = console
+        self._thread.start()
+
+    def _pump(self):
+        from rich.text import Text
+
+        with open(self._read_end, "rb", buffering=0) as f:
+            for raw in iter(f.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                try:
+                    self.console.print(Text(line), soft_wrap=True)
+                except Exception:  # noqa: BLE001 - never lose a child's words
+                    os.write(self._saved[2], raw)
+
+    def close(self):
+        for fd in (1, 2):
+            os.dup2(self._saved[fd], fd)  # the pipe ends once the children end
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        self._thread.join(1.0)
+        self.stdout.close()
+        self.stderr.close()
+
+    def restore_cursor(self):
+        os.write(self._saved[2], b"\x1b[?25h\n")
+
+
+def setup_logging(verbose, console=None):
+    """Log lines for the user: through `console` in live mode (so they
+    scroll above the status region), else plain lines on stderr."""
+    level = logging.INFO if verbose == 0 else logging.DEBUG
+    if console is not None:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=console, show_path=False, markup=False,
+                              rich_tracebacks=False, log_time_format="%H:%M:%S",
+                              keywords=[])
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    if verbose < 2:  # one line per web request would drown everything else
+        logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    return handler
+
+
+def check_arguments(args):
+    """Everything that can be checked before any process starts (UsageError)."""
+    check_context_path(args.context)
+    for option in ("--control", "--reduce"):
+        addr = getattr(args, option[2:])
+        if addr is not None:
+            parse_address(option, addr)
+    host, port = parse_address("--output", args.output)
     check_addresses(args)
+    check_port_free("--output", args.output, host, port)
     dashboard_bind = None
     if args.dashboard is not None:
         from ..dashboard import check_bind, parse_bind
@@ -192,35 +524,114 @@ def main(argv=None):
             dashboard_bind = parse_bind(args.dashboard)
             check_bind(dashboard_bind[0], args.allow_remote)
         except ValueError as e:
-            print(f"metropc-run: --dashboard: {e}", file=sys.stderr)
-            return 2
-    if not os.path.isfile(args.context):
-        print(f"metropc-run: no such context file: {args.context}", file=sys.stderr)
+            raise UsageError(f"--dashboard {args.dashboard}: {e}") from None
+        host, port = dashboard_bind
+        check_port_free("--dashboard", f"{host}:{port}", host, port or None)
+    if args.keys is not None:
+        from ..security import Keys
+        try:
+            Keys.load(args.keys)
+        except OSError as e:
+            raise UsageError(f"--keys {args.keys}: {e}") from None
+    return dashboard_bind
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        dashboard_bind = check_arguments(args)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+
+    old_mask = Interrupts.block()  # before any thread starts
+    try:
+        return _main(args, dashboard_bind, old_mask)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _main(args, dashboard_bind, old_mask):
+    mode = args.status
+    if mode == "auto":
+        mode = "live" if sys.stderr.isatty() else "lines"
+    children = console = None
+    if mode == "live":
+        from rich.console import Console
+
+        children = ChildOutput()
+        console = Console(file=children.stderr)
+        children.start(console)
+    handler = setup_logging(args.verbose, console)
+    leftovers = []  # what to remove even when leaving at once
+
+    def say(text):
+        if console is not None:
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def on_stop(signum):
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        say(f"{PROG}: {what}: stopping (Ctrl-C again quits at once)")
+
+    def on_exit():
+        # Second Ctrl-C: leave at once.  The stages end with us
+        # (PR_SET_PDEATHSIG); only our private socket directory is ours
+        # to remove on the way out.
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
+        unlink_owned()  # shared memory would outlive os._exit
+        if children is not None:
+            children.restore_cursor()
+        os._exit(130)
+
+    interrupts = Interrupts(on_stop, on_exit)
+    stop = interrupts.stop
+    # While stopping, only warnings and errors: Ctrl-C is one line.
+    handler.addFilter(lambda record: not stop.is_set() or record.levelno >= logging.WARNING)
+    interrupts.install(old_mask)
+    try:
+        return _run(args, dashboard_bind, mode, console, interrupts, leftovers, say)
+    finally:
+        interrupts.uninstall()
+        logging.getLogger().removeHandler(handler)
+        if children is not None:
+            children.close()
+
+
+def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
+    from ..core import Context
+    from ..pipeline import Pipeline
+    from .status import ContextState, StatusDisplay
+
+    stop = interrupts.stop
+
+    def exit_code():
+        return 130 if interrupts.signum == signal.SIGINT else 0
+
+    source = _read(args.context)
+    if source is None:
+        say(f"{PROG}: error: cannot read the context file {args.context}")
+        return 2
+    try:
+        ctx = Context(source, path=args.context)
+        parameters = check_parameters(ctx, args.param)
+    except UsageError as e:
+        say(f"{PROG}: error: {e}")
+        return 2
+    except ContextError as e:
+        log.error("context refused, nothing runs\n%s", e.format_for_context(source))
+        return 1
+    if stop.is_set():
+        return exit_code()
+
     output = args.output
     if output.startswith("tcp://") and output.endswith(":0"):
         output = output[:-2] + ":*"
-
-    stop = threading.Event()
-    leftovers = []  # what to remove even when leaving at once
-
-    def on_signal(signum, frame):
-        if stop.is_set():
-            # Second Ctrl-C: leave at once.  The stages end with us
-            # (PR_SET_PDEATHSIG); only our private socket directory is ours
-            # to remove on the way out.
-            for path in leftovers:
-                shutil.rmtree(path, ignore_errors=True)
-            unlink_owned()  # shared memory would outlive os._exit
-            os._exit(130)
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-
     try:
         pipeline = Pipeline(args.context, source=args.source, pool=args.pool,
-                            output=output, parameters=dict(args.param), rate=args.rate,
+                            output=output, parameters=parameters, rate=args.rate,
                             seed=args.seed, bridge_socket=args.bridge_socket,
                             queue_size=args.queue_size, drop_policy=args.drop_policy,
                             max_events=args.max_events, control=args.control,
@@ -234,12 +645,18 @@ def main(argv=None):
     except SourceError as e:
         log.error("%s", e)
         return 1
+    except RuntimeError as e:  # a stage could not start (e.g. its address taken)
+        if stop.is_set():
+            return exit_code()
+        log.error("%s", e)
+        return 1
     if pipeline.frontend._tmpdir:
         leftovers.append(pipeline.frontend._tmpdir)
-    status = None
-    dashboard = None
+    status = live = dashboard = None
     try:
-        print(f"metropc-run: output on {pipeline.output_addr}  "
+        if stop.is_set():  # Ctrl-C while the stages started
+            return exit_code()
+        print(f"{PROG}: output on {pipeline.output_addr}  "
               f"(watch it with: metropc-client {pipeline.output_addr})", flush=True)
         if dashboard_bind is not None:
             try:
@@ -250,17 +667,23 @@ def main(argv=None):
             except (ImportError, OSError) as e:
                 log.error("cannot serve the dashboard on %s: %s", args.dashboard, e)
                 return 2
-            print(f"metropc-run: dashboard on {dashboard.url}", flush=True)
-        watcher = None if args.no_watch else ContextWatcher(pipeline)
-        mode = args.status
-        if mode == "auto":
-            mode = "live" if sys.stderr.isatty() else "lines"
+            print(f"{PROG}: dashboard on {dashboard.url}", flush=True)
+        state = ContextState(args.context)
+        if pipeline.ctx is not None:
+            state.loaded(pipeline.version, len(pipeline.ctx.views))
+        watcher = None if args.no_watch else ContextWatcher(pipeline, state)
         if mode != "off":
             status = StatusDisplay(pipeline.output_addr, pipeline.ctx.event_alias,
-                                   live=(mode == "live"))
+                                   keys=args.keys, context=state, live=(mode == "live"))
+        if mode == "live":
+            from rich.live import Live
+
+            live = Live(get_renderable=status.render, console=console,
+                        refresh_per_second=4, redirect_stdout=True, redirect_stderr=True)
+            live.start()
         t_end = None if args.duration is None else time.monotonic() + args.duration
         while not stop.is_set() and not pipeline.finished.is_set():
-            stop.wait(0.5)
+            stop.wait(0.25)
             if watcher is not None:
                 watcher.poll()
             if status is not None:
@@ -268,9 +691,12 @@ def main(argv=None):
             if t_end is not None and time.monotonic() >= t_end:
                 break
         if status is not None:
-            status.update(final=True)
-        return 0
+            status.update(final=not stop.is_set())
+        return exit_code()
     finally:
+        if live is not None:
+            live.refresh()
+            live.stop()
         if dashboard is not None:
             dashboard.stop()
         pipeline.close(timeout=3.0)

@@ -1,57 +1,127 @@
-"""The live terminal status of ``metropc-run``, read from the pipeline's index.
+"""The terminal status of ``metropc-run``, read from the pipeline's index.
 
-It listens to the output like any client (topic ``b"index"`` only), so what
-it shows is exactly what clients see: events/s in and out, per-view counts,
-rates and errors, drops.
+It reads the output with :class:`metropc.client.Client` (the index only),
+like any client and like the dashboard's reader, so what it shows is what
+clients see, and a pipeline secured with ``--keys`` works the same way:
+events/s out, per-view counts, rates and errors, drops.  It also shows
+which context version runs and, after a refused edit, that the previous
+version goes on and why (file:line).
+
+Two forms: :meth:`StatusDisplay.render` gives a rich renderable for the
+live region at the bottom of a terminal (``metropc-run`` keeps it there
+with :class:`rich.live.Live`, log lines scroll above it), and
+:meth:`StatusDisplay.summary` a one-line summary printed now and then when
+stderr is not a terminal.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
 
-import zmq
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 
-from ..client import IndexViewEntry, decode_protocol
+from ..client import Client, IndexViewEntry
+from ..error import ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+class ContextState:
+    """Which context version runs, and the latest refused edit if any."""
+
+    def __init__(self, path=None):
+        self.name = os.path.basename(path) if path else "context"
+        self.version = None
+        self.views = None
+        self.refused = None      # "ctx.py:15: message" of the last refused edit
+        self.refused_at = None   # wall-clock time of it
+
+    def loaded(self, version, views):
+        self.version, self.views = version, views
+        self.refused = self.refused_at = None
+
+    def refuse(self, where_and_why):
+        self.refused = where_and_why
+        self.refused_at = time.time()
+
+    def line(self):
+        if self.version is None:
+            return Text(f"{self.name}: starting", style="dim")
+        text = Text(f"{self.name}: version {self.version} running "
+                    f"({self.views} views)")
+        if self.refused:
+            stamp = time.strftime("%H:%M:%S", time.localtime(self.refused_at))
+            text.append(f" — the edit saved at {stamp} was refused, so version "
+                        f"{self.version} goes on: ", style="bold red")
+            text.append(self.refused, style="red")
+        return text
 
 
 class StatusDisplay:
-    """Redraws in place on a terminal (`live`), else prints a line now and then."""
+    """Keeps the latest index of a pipeline's output and shows it.
 
-    def __init__(self, output_addr, event_alias="event", live=True, stream=None,
-                 line_interval=10.0):
+    Parameters
+    ----------
+    output_addr : str
+        The pipeline's output address.
+    event_alias : str
+        The context's event alias (``internal#<alias>`` counts events out).
+    keys : str or metropc.security.Keys, optional
+        Key directory of a pipeline secured with CURVE.
+    context : ContextState, optional
+        Context version and refused edits, shown on the second line.
+    stream : file, optional
+        Where :meth:`print_summary` writes (default stderr).
+    line_interval : float
+        Seconds between summaries of :meth:`update` in line mode.
+    """
+
+    def __init__(self, output_addr, event_alias="event", *, keys=None, context=None,
+                 stream=None, line_interval=10.0, live=False):
         self.event_path = f"internal#{event_alias}"
-        self.live = live
-        self.stream = stream or sys.stderr
+        self.context = context or ContextState()
+        self.stream = stream
         self.line_interval = line_interval
-        self._zctx = zmq.Context()
-        self._sub = self._zctx.socket(zmq.SUB)
-        self._sub.linger = 0
-        self._sub.connect(output_addr)
-        self._sub.subscribe(b"index")
-        self.index = None
-        self._last_line = 0.0
-        self._lines_drawn = 0
+        self.live = live
+        self.client = Client(output_addr, keys=keys, timeout=0)
+        self._last_line = time.monotonic()
+
+    @property
+    def index(self):
+        return self.client.index
+
+    def poll(self):
+        """Take every index message waiting; True if the index changed."""
+        changed = False
+        try:
+            while True:
+                self.client.wait_index(timeout=0)
+                changed = True
+        except TimeoutError:
+            pass
+        except ProtocolError as e:
+            log.warning("status: malformed index message: %s", e)
+        return changed
 
     def update(self, final=False):
-        while self._sub.poll(0):
-            try:
-                path, data = decode_protocol(self._sub.recv_multipart())
-            except ValueError:
-                continue
-            if path == b"index":
-                self.index = data
-        if self.index is None:
+        """Poll; in line mode print a summary every `line_interval` seconds."""
+        self.poll()
+        if self.live or self.index is None:
             return
         now = time.monotonic()
-        if self.live and not final:
-            self._draw(self.render())
-        elif final or now - self._last_line >= self.line_interval:
+        if final or now - self._last_line >= self.line_interval:
             self._last_line = now
-            print(self.summary(), file=self.stream, flush=True)
+            print(self.summary(), file=self.stream or sys.stderr, flush=True)
 
     def summary(self):
         idx = self.index
+        if idx is None:
+            return "metropc: waiting for the first index from the output"
 
         def count(path):
             entry = idx.get(path)
@@ -64,24 +134,27 @@ class StatusDisplay:
                 f"lost {count('internal#lost_events')}, view errors {errors}")
 
     def render(self):
-        lines = [self.summary(), f"{'view':<32} {'output':<20} {'stage':<7} "
-                                 f"{'count':>8} {'rate/s':>8} {'errors':>6}"]
-        for path, e in sorted(self.index.items()):
-            if isinstance(e, IndexViewEntry):
-                lines.append(f"{path[5:]:<32} {e.output.name:<20} {e.stage.name:<7} "
-                             f"{e.counts:>8} {e.rate:>8.1f} {e.errors:>6}")
-        return lines
+        """The live region: summary, context line, one row per view."""
+        parts = [Text(self.summary(), style="bold"), self.context.line()]
+        if self.index is not None:
+            table = Table(box=None, pad_edge=False, show_edge=False,
+                          header_style="bold dim")
+            table.add_column("view", overflow="fold")
+            table.add_column("output")
+            table.add_column("stage")
+            table.add_column("count", justify="right")
+            table.add_column("rate/s", justify="right")
+            table.add_column("errors", justify="right")
+            for path, e in sorted(self.index.items()):
+                if isinstance(e, IndexViewEntry) and not e.hidden:
+                    table.add_row(path[5:], e.output.name, e.stage.name, str(e.counts),
+                                  f"{e.rate:.1f}", str(e.errors),
+                                  style="red" if e.errors else None)
+            parts.append(table)
+        return Group(*parts)
 
-    def _draw(self, lines):
-        out = self.stream
-        if self._lines_drawn:
-            out.write(f"\x1b[{self._lines_drawn}F")
-        for line in lines:
-            out.write("\x1b[2K" + line + "\n")
-        out.flush()
-        self._lines_drawn = len(lines)
+    def __rich__(self):
+        return self.render()
 
     def close(self):
-        self._sub.close(0)
-        self._zctx.term()
-
+        self.client.close()

@@ -1,0 +1,242 @@
+"""``metropc-run`` in a real terminal: a pseudo-terminal, the screen read with pyte.
+
+What the context author sees in the first hour: log lines (a refused edit
+with file:line, the "loaded" confirmation) stay on screen above the live
+status region, the status region says which version runs and why an edit
+was refused, and Ctrl-C at any moment is one line and exit code 130.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+
+import pytest
+
+pyte = pytest.importorskip("pyte")
+
+pytestmark = pytest.mark.timeout(120)
+
+COLS, ROWS = 160, 60
+
+CTX = """\
+parameters(scale=1.0)
+
+@View.Scalar
+def train(t: 'internal#train_id'):
+    return t * scale
+"""
+
+BROKEN = CTX + """
+@View.Scalar
+def broken(x: 'view#nothing_here'):
+    return x
+"""
+
+GOOD = CTX + """
+@View.Scalar
+def doubled(t: 'internal#train_id'):
+    return 2 * t
+"""
+
+
+class Terminal:
+    """metropc-run on a pseudo-terminal of COLS x ROWS, its screen kept by pyte."""
+
+    def __init__(self, *args, cols=COLS, rows=ROWS, env=None):
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.screen = pyte.Screen(cols, rows)
+        self.stream = pyte.ByteStream(self.screen)
+        self.raw = bytearray()
+        self._lock = threading.Lock()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "metropc.cli.run", *map(str, args)],
+            stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+            start_new_session=True,  # its own session, with this pty as its terminal
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+            env={**os.environ, "TERM": "xterm-256color", "COLUMNS": str(cols),
+                 "LINES": str(rows), **(env or {})})
+        os.close(slave)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:  # EIO: every process holding the pty is gone
+                return
+            if not data:
+                return
+            with self._lock:
+                self.raw += data
+                self.stream.feed(data)
+
+    def lines(self):
+        with self._lock:
+            return [line.rstrip() for line in self.screen.display]
+
+    def text(self):
+        return "\n".join(self.lines())
+
+    def wait_for(self, predicate, timeout=30.0, what="condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.text()):
+                return self.text()
+            if self.proc.poll() is not None:
+                self._reader.join(2)
+                if predicate(self.text()):
+                    return self.text()
+                break
+            time.sleep(0.05)  # polling the screen, not waiting for readiness
+        raise AssertionError(f"{what} not on screen within {timeout} s "
+                             f"(exit {self.proc.poll()}):\n{self.text()}")
+
+    def ctrl_c(self):
+        os.write(self.master, b"\x03")  # the terminal sends SIGINT to the whole group
+
+    def wait(self, timeout=20.0):
+        return self.proc.wait(timeout)
+
+    def all_output(self):
+        with self._lock:
+            return self.raw.decode("utf-8", "replace")
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+        self._reader.join(5)
+        os.close(self.master)
+
+
+def status_region(lines):
+    """The lines from the status summary to the last non-empty line."""
+    filled = [i for i, line in enumerate(lines) if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("metropc: out")]
+    assert starts, "\n".join(lines)
+    return starts[-1], filled[-1]
+
+
+def test_log_lines_stay_above_the_status_region_that_tells_the_context_version(tmp_path):
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(CTX)
+    term = Terminal(ctx, "--pool", "1", "--rate", "20")
+    try:
+        term.wait_for(lambda t: "metropc: out" in t and "train" in t
+                      and "version 1 running" in t, what="the live status")
+        # A broken edit: refused with file:line, the old version goes on.
+        ctx.write_text(BROKEN)
+        term.wait_for(lambda t: "context refused" in t and "was refused" in t,
+                      what="the refusal")
+        screen = term.text()
+        assert f"{ctx}:7" in screen, screen  # the decorator line of the bad view
+        # The status region says the running context is the old version, and why.
+        first, last = status_region(term.lines())
+        region = "\n".join(term.lines()[first:last + 1])
+        assert "version 1 goes on" in region and "ctx.py:7" in region, region
+        assert "nothing_here" in region
+        # Redraws go on (a few seconds of them) and the refusal stays on screen.
+        count = int(region.split("metropc: out ")[1].split()[0])
+        term.wait_for(lambda t: int(t.split("metropc: out ")[-1].split()[0]) > count + 40,
+                      what="more events")
+        screen = term.text()
+        assert "context refused" in screen and "nothing_here" in screen, screen
+
+        # A good edit: the confirmation appears and stays, the status says version 2.
+        ctx.write_text(GOOD)
+        term.wait_for(lambda t: "loaded (version 2" in t and "version 2 running" in t
+                      and "doubled" in t, what="the reload")
+        count = int(term.text().split("metropc: out ")[-1].split()[0])
+        term.wait_for(lambda t: int(t.split("metropc: out ")[-1].split()[0]) > count + 40,
+                      what="more events")
+        lines = term.lines()
+        screen = "\n".join(lines)
+        assert "context refused" in screen and "loaded (version 2" in screen, screen
+        first, last = status_region(lines)
+        # Every log line is above the status region, which is at the bottom.
+        log_rows = [i for i, line in enumerate(lines)
+                    if "context refused" in line or "loaded (version" in line]
+        assert log_rows and max(log_rows) < first, screen
+        assert "refused" not in "\n".join(lines[first:last + 1]), screen
+        term.ctrl_c()
+        assert term.wait() == 130
+    finally:
+        term.close()
+    assert "Traceback" not in term.all_output()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.3, 1.0])
+def test_ctrl_c_while_the_stages_start_is_one_line_and_130(tmp_path, delay):
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(CTX)
+    term = Terminal(ctx, "--pool", "2")
+    try:
+        # The first line ("context ... loaded") comes while the stages start
+        # (before Python has imported metropc, nothing of ours runs yet).
+        term.wait_for(lambda t: "loaded (version 1" in t, timeout=30, what="the first line")
+        time.sleep(delay)  # the moment of the Ctrl-C is the test's parameter
+        t0 = time.monotonic()
+        term.ctrl_c()
+        assert term.wait(20) == 130
+        elapsed = time.monotonic() - t0
+        term._reader.join(5)
+    finally:
+        term.close()
+    out = term.all_output()
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert "did not start" not in out, out
+    assert out.count("stopping") == 1, out
+    assert elapsed < 10, (elapsed, out)
+    lines = [line for line in term.lines() if line.strip()]
+    assert len(lines) <= 4, lines  # at most: loaded, output on, status, the one line
+
+
+def test_ctrl_c_while_running_is_one_line_and_130(tmp_path):
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(CTX)
+    term = Terminal(ctx, "--pool", "2", "--rate", "20")
+    try:
+        term.wait_for(lambda t: "metropc: out" in t and "train" in t, what="the status")
+        before = len([line for line in term.lines() if line.strip()])
+        term.ctrl_c()
+        assert term.wait(20) == 130
+        term._reader.join(5)
+    finally:
+        term.close()
+    out = term.all_output()
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    after = [line for line in term.lines() if line.strip()]
+    assert sum("stopping" in line for line in after) == 1, after
+    assert len(after) == before + 1, after
+
+
+def test_a_context_print_in_a_worker_scrolls_above_the_status(tmp_path):
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(CTX + "\n@View.Scalar\ndef talk(t: 'internal#train_id'):\n"
+                   "    if t % 20 == 0:\n        print('hello from train', t)\n    return t\n")
+    term = Terminal(ctx, "--pool", "1", "--rate", "20")
+    try:
+        term.wait_for(lambda t: t.count("hello from train") >= 2 and "metropc: out" in t,
+                      what="prints from the worker")
+        lines = term.lines()
+        first, _ = status_region(lines)
+        rows = [i for i, line in enumerate(lines) if "hello from train" in line]
+        assert max(rows) < first, "\n".join(lines)
+        term.ctrl_c()
+        assert term.wait() == 130
+    finally:
+        term.close()
