@@ -1,0 +1,132 @@
+"""``metropc-run`` refuses bad command-line values at once: one line, exit 2.
+
+Each case runs the real command as a subprocess; none may start a stage
+(they all end well before a pipeline could), print a traceback or the
+usage block, or talk about stages that did not start.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+CTX = """\
+parameters(threshold=0.5, count=3, label='x', flag=True)
+
+@View.Scalar
+def value(t: 'internal#train_id'):
+    return t * threshold
+"""
+
+
+def run(*args, timeout=60):
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "metropc.cli.run", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+    proc.elapsed = time.monotonic() - t0
+    return proc
+
+
+def assert_one_line_error(proc, *fragments):
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("metropc-run: error: "), lines
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert "Traceback" not in proc.stderr and "did not start" not in proc.stderr
+    assert "output on" not in proc.stdout  # nothing started
+
+
+@pytest.fixture
+def ctx_file(tmp_path):
+    path = tmp_path / "ctx.py"
+    path.write_text(CTX)
+    return path
+
+
+@pytest.mark.parametrize("option, value, fragment", [
+    ("--pool", "0", "--pool"),
+    ("--pool", "-3", "--pool"),
+    ("--pool", "two", "--pool"),
+    ("--queue-size", "0", "--queue-size"),
+    ("--event-timeout", "-1", "--event-timeout"),
+    ("--event-timeout", "nan", "--event-timeout"),
+    ("--duration", "-5", "--duration"),
+    ("--max-events", "0", "--max-events"),
+    ("--rate", "-1", "--rate"),
+])
+def test_bad_numbers(ctx_file, option, value, fragment):
+    assert_one_line_error(run(ctx_file, option, value), fragment, value)
+
+
+def test_a_context_path_with_a_newline(tmp_path):
+    weird = tmp_path / "ctx\n.py"
+    weird.write_text(CTX)
+    assert_one_line_error(run(weird), "line break")
+
+
+def test_a_missing_context_file(tmp_path):
+    missing = tmp_path / "nope.py"
+    assert_one_line_error(run(missing), "no such context file", str(missing))
+
+
+def test_a_directory_as_context(tmp_path):
+    assert_one_line_error(run(tmp_path), "not a file")
+
+
+@pytest.mark.parametrize("output", ["bar", "tcp://127.0.0.1", "tcp://127.0.0.1:99999",
+                                    "tcp://127.0.0.1:port", "udp://127.0.0.1:5"])
+def test_an_unparsable_output(ctx_file, output):
+    assert_one_line_error(run(ctx_file, "--output", output), "--output", output)
+
+
+def test_an_output_port_in_use(ctx_file):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        addr = f"tcp://127.0.0.1:{port}"
+        proc = run(ctx_file, "--output", addr)
+    assert_one_line_error(proc, addr, "already in use")
+    assert proc.elapsed < 20
+
+
+def test_a_dashboard_port_in_use_before_the_pipeline_starts(ctx_file):
+    pytest.importorskip("tornado")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run(ctx_file, "--dashboard", str(port))
+    assert_one_line_error(proc, "--dashboard", str(port), "already in use")
+
+
+def test_unknown_parameter_names_the_declared_ones_with_a_did_you_mean(ctx_file):
+    proc = run(ctx_file, "--param", "threshhold=1")
+    assert_one_line_error(proc, "threshhold", "did you mean 'threshold'", "count",
+                          "label", "flag")
+
+
+@pytest.mark.parametrize("pair, fragment", [
+    ("threshold=lots", "float"),
+    ("count=1.5", "int"),
+    ("flag=maybe", "bool"),
+])
+def test_values_are_parsed_as_the_declared_type(ctx_file, pair, fragment):
+    proc = run(ctx_file, "--param", pair)
+    assert_one_line_error(proc, pair.split("=")[0], fragment, str(ctx_file))
+
+
+def test_well_typed_parameters_run(ctx_file):
+    proc = run(ctx_file, "--param", "threshold=2", "--param", "flag=no",
+               "--param", "label=hello", "--param", "count=7", "--duration", "2",
+               "--status", "lines", "--pool", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "output on" in proc.stdout
