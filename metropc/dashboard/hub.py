@@ -22,10 +22,9 @@ import time
 
 import numpy as np
 
-from ..client import INDEX, IndexViewEntry, decode_protocol
+from ..client import Client, IndexViewEntry
 from ..enums import ViewOutput, ViewStage
 from ..error import ProtocolError
-from ..protocol import decode_protocol as decode_view
 from . import display
 
 __all__ = ["Hub", "ViewState"]
@@ -230,64 +229,57 @@ class Hub:
         return set(self._watch) | self._auto
 
     def _run(self):
+        """Read the output with :class:`metropc.client.Client`, the same code
+        as every other client (and ``metropc-run``'s status), keys included."""
         import zmq
 
-        zctx = self._zctx if self._zctx is not None else zmq.Context.instance()
-        sock = zctx.socket(zmq.SUB)
+        base = self._zctx if self._zctx is not None else zmq.Context.instance()
         # A small queue: if this thread ever falls behind, ZeroMQ drops old
-        # results instead of piling up images in memory.
-        sock.rcvhwm = 50
-        sock.linger = 0
-        subscribed = set()
+        # results instead of piling up images in memory.  A shadow context
+        # carries that default to the client's socket without touching
+        # other sockets of the shared context.
+        zctx = zmq.Context.shadow(base.underlying)
+        zctx.setsockopt(zmq.RCVHWM, 50)
+        client = None
         try:
-            if self.keys is not None:  # a pipeline secured with CURVE (metropc-keys)
-                self.keys.client(sock)
-            sock.connect(self.address)
-            sock.subscribe(INDEX)
+            client = Client(self.address, keys=self.keys, allow_pickle=self.allow_pickle,
+                            context=zctx)
             self._ready.set()
+            index = None
             while not self._stop.is_set():
                 if self._subs_dirty.is_set():
                     self._subs_dirty.clear()
                     with self._lock:
                         wanted = self._subscribed_names()
+                    subscribed = {path[len(_VIEW):] for path in client.views}
                     for name in wanted - subscribed:
-                        sock.subscribe((_VIEW + name).encode())
+                        client.subscribe(name)
                     for name in subscribed - wanted:
-                        sock.unsubscribe((_VIEW + name).encode())
-                    subscribed = wanted
-                if not sock.poll(100):
-                    continue
+                        client.unsubscribe(name)
                 for _ in range(_DRAIN):
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
+                        path, payload = client.recv(timeout=0.1)
+                    except TimeoutError:
                         break
-                    self._handle(frames, subscribed)
+                    except ProtocolError as e:
+                        self.bad_messages += 1
+                        self.last_error = f"malformed message: {e}"
+                        continue
+                    finally:
+                        if client.index is not index:
+                            index = client.index
+                            self._on_index(index)
+                    self.received += 1
+                    self._on_result(path[len(_VIEW):], payload)
+                    if self._subs_dirty.is_set() or self._stop.is_set():
+                        break
         except Exception:
             log.exception("dashboard subscriber failed")
             self.last_error = "subscriber failed (see log)"
         finally:
             self._ready.set()
-            sock.close(linger=0)
-
-    def _handle(self, frames, subscribed):
-        self.received += 1
-        topic = frames[0].bytes
-        try:
-            if topic == INDEX:
-                _, index = decode_protocol(frames, allow_pickle=self.allow_pickle)
-                self._on_index(index)
-                return
-            path = topic.decode("utf-8")
-            name = path[len(_VIEW):] if path.startswith(_VIEW) else None
-            if name is None or name not in subscribed:
-                return  # a prefix match of something nobody asked for
-            _, payload = decode_view(frames, allow_pickle=self.allow_pickle)
-        except (ProtocolError, UnicodeDecodeError) as e:
-            self.bad_messages += 1
-            self.last_error = f"malformed message: {e}"
-            return
-        self._on_result(name, payload)
+            if client is not None:
+                client.close()
 
     def _on_index(self, index):
         auto = set()
