@@ -212,3 +212,125 @@ def test_a_result_that_cannot_be_sent_fails_its_view_not_the_stage(
     assert any("stubborn" in e and "will not be pickled" in e for e in fe.errors), fe.errors
     assert len(fe.errors) <= 5, fe.errors  # once per view and stage (two workers)
     assert not fe.restarts and not fe.panics
+
+
+# -- bursts, slow clients and what they miss ---------------------------------
+
+#: A client in its own process: reads view#burst until the result numbered
+#: `last` arrives and prints what it received and missed.  "frozen" waits
+#: for a line on stdin before reading at all, and then reads until its queue
+#: stays empty for a moment, prints "drained" and waits for `last`.
+READER = """
+import json, sys
+from metropc.client import Client
+addr, last, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+# view#sync_<mode>: once the output sees this subscription, it has seen the
+# one to view#burst before it (same connection, in order).
+with Client(addr, views=["burst", "sync_" + mode], timeout=60) as client:
+    print("connected", flush=True)
+    if mode == "frozen":
+        sys.stdin.readline()
+        try:
+            while True:
+                client.recv(timeout=1.0)
+        except TimeoutError:
+            print("drained", flush=True)
+    while client.recv()[1]["seq"][1] != last:
+        pass
+    print(json.dumps({"received": client.received, "missed": client.missed}), flush=True)
+"""
+
+
+def start_reader(addr, last, mode="reading"):
+    import subprocess
+    import sys
+    return subprocess.Popen([sys.executable, "-c", READER, addr, str(last), mode],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def read_line(proc, timeout=60):
+    """The next line `proc` prints, within `timeout` seconds."""
+    import threading
+    box = []
+    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert box and box[0], f"no output from the reader within {timeout} s"
+    return box[0].strip()
+
+
+def burst(output, n, start=0):
+    from metropc.protocol import encode_protocol
+    topic = b"view#burst"
+    for i in range(start, start + n):
+        output.send(encode_protocol(topic, {"data": float(i), "event_id": i, "version": 1,
+                                            "seq": output.seq(topic)}), topic)
+
+
+@pytest.fixture
+def hwm_xpub(tmp_path):
+    """An Output on an XPUB with the high-water mark of 100 messages."""
+    zctx = zmq.Context()
+    sock = zctx.socket(zmq.XPUB)
+    sock.linger = 0
+    sock.sndhwm = 100
+    addr = f"ipc://{tmp_path}/burst"
+    sock.bind(addr)
+    procs = []
+    yield Output(sock), addr, procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+    sock.close(0)
+    zctx.term()
+
+
+def test_a_burst_far_beyond_the_hwm_reaches_a_reading_client(hwm_xpub):
+    """5000 results at once, 50 times the high-water mark: all arrive.
+
+    Without pacing (a plain lossy XPUB) such a client got about a third of
+    them here, and nothing anywhere said so.
+    """
+    import json
+    output, addr, procs = hwm_xpub
+    n = 5000
+    procs.append(proc := start_reader(addr, n - 1))
+    assert read_line(proc) == "connected"
+    settle(output, lambda o: b"view#sync_reading" in o.prefixes)
+    t0 = time.monotonic()
+    burst(output, n)
+    elapsed = time.monotonic() - t0
+    got = json.loads(read_line(proc))
+    assert got == {"received": n, "missed": 0}
+    assert output.dropped == 0
+    # The waits stay within their budget: a slow client cannot stall REDUCE.
+    assert output.paced <= output.pace_burst + output.pace_share * elapsed + 0.01
+
+
+def test_a_frozen_client_misses_counted_results_and_does_not_hold_up_others(hwm_xpub):
+    import json
+    output, addr, procs = hwm_xpub
+    n = 10000
+    procs.append(frozen := start_reader(addr, n, "frozen"))
+    procs.append(reading := start_reader(addr, n))
+    assert read_line(frozen) == read_line(reading) == "connected"
+    # Both subscribe to view#burst, which ZeroMQ reports once: wait for
+    # their own sync topics instead.
+    settle(output, lambda o: {b"view#sync_frozen", b"view#sync_reading"} <= o.prefixes)
+    t0 = time.monotonic()
+    burst(output, n)
+    elapsed = time.monotonic() - t0
+    assert output.dropped >= 1  # the frozen client's queue overflowed
+    assert output.paced <= output.pace_burst + output.pace_share * elapsed + 0.01
+    assert elapsed < 20
+    # The frozen client reads what it has, then one more message shows it
+    # the gap up to the end.
+    frozen.stdin.write("go\n")
+    frozen.stdin.flush()
+    assert read_line(frozen) == "drained"
+    burst(output, 1, start=n)
+    fast, slow = json.loads(read_line(reading)), json.loads(read_line(frozen))
+    assert fast == {"received": n + 1, "missed": 0}
+    assert slow["missed"] > 0
+    assert slow["received"] + slow["missed"] == n + 1
