@@ -419,10 +419,11 @@ def run_soak(duration=60.0, *, warmup=WARMUP_S, small_rate=1000.0, image_rate=10
 
     traces = {}
     result = None
-    with Pipeline(SOAK_CTX, source=None, pool=pool, queue_size=queue_size) as pipe:
-        # Input statistics (the dropped counter) reach the index 4x/s, so the
-        # final accounting does not wait for the default 1 s cadence.
-        pipe.frontend.stats_interval = 0.25
+    # A paced feeder stands for a live source: it drops (oldest) when behind.
+    # Input statistics (the dropped counter) reach the index 4x/s, so the
+    # final accounting does not wait for the default 1 s cadence.
+    with Pipeline(SOAK_CTX, source=None, pool=pool, queue_size=queue_size,
+                  drop_policy="oldest", stats_interval=0.25) as pipe:
         reader = Reader(pipe.output_addr)
         reader.start()
         try:

@@ -22,7 +22,10 @@ import threading
 
 from .core import Context
 from .error import ContextError, SourceError
-from .frontend import DROP_OLDEST, ProcessRunner, ThreadedFrontend
+from .config import DROP_BLOCK, PipelineConfig
+from .sources import open_source
+from .stage.common import OP_ACTION, OP_CONTEXT, OP_EVENT, OP_INDEX, OP_PARAMS
+from .stage.frontend import ProcessRunner, ThreadedFrontend
 
 __all__ = ["Pipeline"]
 
@@ -78,17 +81,34 @@ class Pipeline:
         more use it.
     ready_timeout : float
         Seconds to wait for the stages to start.
+    queue_size, queue_bytes, drop_policy : optional
+        The event queue's bounds and what happens when they are reached
+        (see ThreadedFrontend).  The default policy depends on where events
+        come from: ``'oldest'`` for a live source (the simulator, a Karabo
+        bridge), ``'block'`` for a replay (run files, a Python callable) and
+        for :meth:`send`, so that those lose nothing.
+    config : PipelineConfig, optional
+        Every setting above in one object (:mod:`metropc.config`).
 
     Errors the stages report (failing views, refused contexts) are logged
     and kept in :attr:`errors` (the last 100).
     """
 
-    def __init__(self, context, source="sim", *, pool=2, output=None, parameters=None,
-                 rate=None, seed=0, bridge_socket=None, queue_size=16,
-                 drop_policy=DROP_OLDEST, sr_cls=ProcessRunner, max_events=None,
-                 ready_timeout=60.0, control=None, reduce=None, keys=None,
-                 event_timeout=30.0, shm=None, shm_size=None,
-                 shm_threshold=65536, **source_options):
+    def __init__(self, context, source="sim", *, pool=None, output=None, parameters=None,
+                 rate=None, seed=0, bridge_socket=None, sr_cls=ProcessRunner,
+                 max_events=None, control=None, reduce=None,
+                 config: PipelineConfig | None = None, **options):
+        settings = {k: options.pop(k) for k in list(options) if k in PipelineConfig.fields()}
+        if pool is not None:
+            settings["pool"] = pool
+        if settings.get("drop_policy") is None:
+            settings.pop("drop_policy", None)
+        explicit_policy = "drop_policy" in settings or config is not None
+        if not explicit_policy and source is None:
+            settings["drop_policy"] = DROP_BLOCK  # events come from send(): never dropped
+        config = (config or PipelineConfig()).replace(**settings)
+        self.config = config
+        source_options = options
         self.errors = []
         self.parameters = dict(parameters or {})
         self.version = 0
@@ -111,19 +131,18 @@ class Pipeline:
         first = self._build(text, path)
         self._frontend = _Frontend(self, output_addr=output or "tcp://127.0.0.1:*",
                                    control_addr=control, reduce_addr=reduce,
-                                   num_pool_stages=pool, sr_cls=sr_cls,
-                                   queue_size=queue_size, drop_policy=drop_policy,
-                                   keys=keys, event_timeout=event_timeout, shm=shm,
-                                   shm_size=shm_size, shm_threshold=shm_threshold)
+                                   sr_cls=sr_cls, config=config)
         try:
             self._use(first, path)
-            if not self._frontend.wait_ready(ready_timeout):
-                raise RuntimeError(f"pipeline stages did not start within {ready_timeout} s")
+            if not self._frontend.wait_ready(config.ready_timeout):
+                raise RuntimeError("pipeline stages did not start within "
+                                   f"{config.ready_timeout:g} s")
             if source is not None:
-                from .sources import open_source
                 self._source = open_source(source, paths=self.ctx.get_paths(), rate=rate,
                                            seed=seed, bridge_socket=bridge_socket,
                                            **source_options)
+                if not explicit_policy and not self._source.live:
+                    self._frontend.set_drop_policy(DROP_BLOCK)  # a replay loses nothing
                 self._feeder = threading.Thread(target=self._feed, args=(max_events,),
                                                 name="metropc-source", daemon=True)
                 self._feeder.start()
@@ -171,7 +190,7 @@ class Pipeline:
         """Send a built context to the stages."""
         self.version = ctx.version
         self.ctx = ctx
-        self._frontend.queue_to_all(b"context", ctx.to_dict())
+        self._frontend.queue_to_all(OP_CONTEXT, ctx.to_dict())
         if self._source is not None:
             self._source.set_paths(ctx.get_paths())
         log.info("context %s loaded (version %d, %d views)", path, ctx.version,
@@ -191,11 +210,11 @@ class Pipeline:
         self.parameters.update(values)
         if self.ctx is not None:
             self.ctx.update_parameters(values)
-        self._frontend.queue_to_all(b"params", values)
+        self._frontend.queue_to_all(OP_PARAMS, values)
 
     def send(self, event):
         """Feed one event yourself (dict of path -> value)."""
-        return self._frontend.queue_to_any(b"event", event)
+        return self._frontend.queue_to_any(OP_EVENT, event)
 
     def step(self):
         """End an operator step after the events sent so far."""
@@ -203,10 +222,10 @@ class Pipeline:
 
     def action(self, view_name):
         """Run the ACTION view `view_name` in REDUCE."""
-        self._frontend.queue_to("reduce", b"action", {"view_name": view_name})
+        self._frontend.queue_to("reduce", OP_ACTION, {"view_name": view_name})
 
     def request_index(self):
-        self._frontend.queue_to("reduce", b"index")
+        self._frontend.queue_to("reduce", OP_INDEX)
 
     @property
     def dropped(self):
@@ -218,7 +237,7 @@ class Pipeline:
             for event in self._source:
                 if self._stop.is_set():
                     break
-                self._frontend.queue_to_any(b"event", event)
+                self._frontend.queue_to_any(OP_EVENT, event)
                 n += 1
                 if max_events is not None and n >= max_events:
                     break

@@ -35,7 +35,6 @@ Bounds, and why:
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import os
 import pathlib
 import select
@@ -51,7 +50,7 @@ import zmq
 
 from conftest import wait_for
 from metropc.client import decode_protocol
-from metropc.frontend import Context, ProcessRunner, ThreadedFrontend
+from metropc.frontend import Context, PipelineConfig, ProcessRunner, ThreadedFrontend
 
 MB = 1e6
 
@@ -462,7 +461,7 @@ class BadClient:
 @pytest.mark.timeout(90)
 def test_stalled_and_slow_clients_do_not_slow_the_pipeline_or_grow_reduce(
         pipeline, collector_factory):
-    output_hwm = inspect.signature(ThreadedFrontend).parameters["output_hwm"].default
+    output_hwm = PipelineConfig().output_hwm
     fe = pipeline(sr_cls=ProcessRunner, num_pool_stages=2, output_hwm=output_hwm,
                   queue_size=QUEUE_SIZE)
     col = collector_factory(fe.output_addr, topics=(b"view#tid", b"index")).wait_connected(fe)

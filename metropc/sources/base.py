@@ -184,6 +184,12 @@ class Source:
         Trains per second; None is :attr:`default_rate`.
     """
 
+    #: Whether the data comes from a live system that does not wait for us.
+    #: A live source's events are dropped (and counted) when the pipeline
+    #: falls behind; a replay (files, a Python callable) is slowed down
+    #: instead, so it loses nothing (the ``block`` drop policy).
+    live = True
+
     #: Trains/s when the caller passes ``rate=None`` (None = unpaced).
     default_rate: float | None = None
     #: A short name for messages.

@@ -92,6 +92,8 @@ class CallableSource(Source):
     so a script can end operator steps; anything else is a SourceError.
     """
 
+    live = False  # a replay: slowed down, never dropped
+
     kind = "python"
 
     def __init__(self, events, *, name="<callable>", paths=None, rate=None):

@@ -60,6 +60,8 @@ class FileSource(Source):
         real runs with hundreds of files).
     """
 
+    live = False  # a replay: slowed down, never dropped
+
     default_rate = 10.0
     kind = "files"
 

@@ -15,7 +15,8 @@ import pickle
 
 import msgpack
 
-from ..error import ProtocolError
+from ..core import Context
+from ..error import ContextError, ProtocolError
 # The stage vocabulary (metropc.messages), importable from here as it always was.
 from ..messages import (KEY_EVENT_ID, KEY_META, KEY_SHM, KEY_STEP,
                         META_EVENT, META_SKIP, META_STEP, OP_ABORT, OP_ACTION,
@@ -220,13 +221,12 @@ def build_context(data, stage):
     Returns ``(ctx, None)`` or ``(None, error text with file:line)``; never
     raises, since a bad context must not take a stage down.
     """
-    from ..core import Context
-    from ..error import ContextError
-
     source = data["ctx"].get("source") if isinstance(data.get("ctx"), dict) else None
     try:
         return Context.from_dict(data["ctx"], stage=stage), None
     except ContextError as e:
         return None, e.format_for_context(source)
-    except Exception as e:  # noqa: BLE001 - reported, old context kept
+    except KeyboardInterrupt:  # how a stage is told to stop (see runner.py)
+        raise
+    except BaseException as e:  # noqa: BLE001 - even sys.exit(): reported, old context kept
         return None, f"{type(e).__name__}: {e}"

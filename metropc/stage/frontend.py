@@ -38,25 +38,25 @@ import time
 
 import zmq
 
-from .core import Context
-from .error import ContextError
-from .protocol import decode_protocol, encode_protocol
-from .security import secure
-from .stage import shm as shmem
+from ..config import DROP_BLOCK, DROP_NEWEST, DROP_OLDEST, PipelineConfig
+from ..core import Context
+from ..error import ContextError
+from ..protocol import decode_protocol, encode_protocol
+from ..security import secure
+from . import shm as shmem
+from .common import OP_STEP, make_socket, remove_ipc_file
 from .frontend_loop import FrontendLoop
-from .stage.common import OP_STEP, make_socket, remove_ipc_file
-from .stage.pool import run_pool
-from .stage.reduce import run_reduce
-from .stage.runner import ProcessRunner, StageRunner, ThreadRunner
+from .pool import run_pool
+from .queue import EventQueue
+from .reduce import run_reduce
+from .runner import LogForwarder, ProcessRunner, StageRunner, ThreadRunner
 
 __all__ = ["ThreadedFrontend", "ProcessRunner", "ThreadRunner", "StageRunner",
            "Context", "ContextError", "encode_protocol", "decode_protocol",
-           "DROP_OLDEST", "DROP_NEWEST"]
+           "DROP_OLDEST", "DROP_NEWEST", "DROP_BLOCK", "PipelineConfig"]
 
 log = logging.getLogger(__name__)
 
-DROP_OLDEST = "oldest"
-DROP_NEWEST = "newest"
 _instances = itertools.count()
 
 
@@ -75,11 +75,20 @@ class ThreadedFrontend:
         Number of POOL workers.
     sr_cls : type
         ``ProcessRunner`` (default) or ``ThreadRunner``.
+    config : PipelineConfig, optional
+        All the settings below in one object (:mod:`metropc.config`, where
+        every default is defined); keyword settings override it.
     queue_size : int
         Events that may wait for a free worker before the drop policy applies.
-    drop_policy : ``'oldest'`` or ``'newest'``
-        Which event to drop when the queue is full: ``'oldest'`` (default)
-        keeps the display current; ``'newest'`` keeps what already waits.
+    queue_bytes : int
+        Bytes (of the arrays in them) that waiting events may hold before
+        the drop policy applies (default 256 MiB).
+    drop_policy : ``'oldest'``, ``'newest'`` or ``'block'``
+        What happens when the queue is full: ``'oldest'`` (default) drops
+        the oldest waiting event, which keeps the display current;
+        ``'newest'`` refuses the new one, which keeps what already waits;
+        ``'block'`` (``DROP_BLOCK``) makes ``queue_to_any`` wait for room, so
+        nothing is lost (for replays and scripts).
     prefetch : int
         Events each worker may hold at once.
     output_hwm : int
@@ -107,12 +116,15 @@ class ThreadedFrontend:
     """
 
     def __init__(self, control_addr=None, reduce_addr=None, output_addr=None,
-                 queue_addr=None, num_pool_stages=2, sr_cls=ProcessRunner, *,
-                 queue_size=16, drop_policy=DROP_OLDEST, prefetch=4, output_hwm=100,
-                 reorder_timeout=10.0, event_timeout=30.0, stats_interval=1.0, keys=None,
-                 shm=None, shm_size=None, shm_threshold=shmem.DEFAULT_THRESHOLD):
-        if drop_policy not in (DROP_OLDEST, DROP_NEWEST):
-            raise ValueError(f"drop_policy must be 'oldest' or 'newest', not {drop_policy!r}")
+                 queue_addr=None, num_pool_stages=None, sr_cls=ProcessRunner, *,
+                 config: PipelineConfig | None = None, **settings):
+        unknown = set(settings) - PipelineConfig.fields()
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        config = config or PipelineConfig()
+        if num_pool_stages is not None:
+            settings["pool"] = int(num_pool_stages)
+        self.config = config = config.replace(**settings) if settings else config
         self._tmpdir = None
         if control_addr is None or reduce_addr is None:
             self._tmpdir = tempfile.mkdtemp(prefix="metropc-")
@@ -121,37 +133,27 @@ class ThreadedFrontend:
         self.reduce_addr = reduce_addr or f"ipc://{self._tmpdir}/reduce"
         self.output_addr = output_addr or "tcp://127.0.0.1:*"
         self.queue_addr = queue_addr or f"inproc://metropc-queue-{next(_instances)}"
-        self.num_pool_stages = int(num_pool_stages)
+        self.num_pool_stages = config.pool
         self.sr_cls = sr_cls
-        self.drop_policy = drop_policy
-        self.prefetch = prefetch
-        self.stats_interval = stats_interval
-        self.dropped = 0
+        self.keys = config.keys
         self.lost_events = 0
         self.restarts = collections.Counter()
-        self.event_timeout = event_timeout
         self.ready = threading.Event()
         #: Set when a stage kept dying and was given up.
         self.failed = threading.Event()
 
         self._zctx = zmq.Context()
-        self._events = collections.deque()
-        self._queue_size = queue_size
-        self._control = collections.deque()
-        self._enqueued = 0
+        self._queue = EventQueue(config.queue_size, config.queue_bytes, config.drop_policy)
         self._wake_pending = False
-        self._lock = threading.Lock()
         self._stopping = False
-        self._stage_kwargs = dict(output_hwm=output_hwm, reorder_timeout=reorder_timeout,
-                                  keys=keys)
+        self._logs = None
 
         # Bind the wake-up socket before anyone can queue.
         self._wake_pull = make_socket(self._zctx, zmq.PULL)
         self._wake_pull.bind(self.queue_addr)
         self._wake_push = make_socket(self._zctx, zmq.PUSH, hwm=1)
         self._wake_push.connect(self.queue_addr)
-        self.keys = keys
-        secure_server, _, self._auth = secure(self._zctx, keys)
+        secure_server, _, self._auth = secure(self._zctx, config.keys)
         self._router = make_socket(self._zctx, zmq.ROUTER)
         secure_server(self._router)
         self._router.router_mandatory = True
@@ -161,15 +163,36 @@ class ThreadedFrontend:
 
         self.shm = None
         try:
-            self._open_shm(shm, shm_size, shm_threshold)
+            if sr_cls.can_stop:
+                self._logs = LogForwarder()
+            self._open_shm(config.shm, config.shm_size, config.shm_threshold)
             self._runners = self._make_runners()
         except BaseException:
             if self.shm is not None:
                 self.shm.close()
+            if self._logs is not None:
+                self._logs.close()
             raise
+        self._state = FrontendLoop(self)
         self._thread = threading.Thread(target=self._loop, name="metropc-frontend",
                                         daemon=True)
+        self._queue.taker = self._thread
         self._thread.start()
+
+    # Settings kept as attributes for code that reads them.
+    drop_policy = property(lambda self: self.config.drop_policy)
+    prefetch = property(lambda self: self.config.prefetch)
+    event_timeout = property(lambda self: self.config.event_timeout)
+    stats_interval = property(lambda self: self.config.stats_interval)
+
+    @property
+    def dropped(self) -> int:
+        """Events the drop policy dropped (or refused) so far."""
+        return self._queue.dropped
+
+    @property
+    def _events(self):
+        return self._queue.events
 
     # -- callbacks to override -----------------------------------------------------
     def on_pipeline_ready(self, reduce_addr, output_addr):
@@ -189,17 +212,21 @@ class ThreadedFrontend:
 
     # -- API (any thread) --------------------------------------------------------------
     def queue_to_any(self, opcode, data=None):
-        """Send one message (an event) to whichever POOL worker is free."""
-        with self._lock:
-            if len(self._events) >= self._queue_size:
-                self.dropped += 1
-                if self.drop_policy == DROP_NEWEST:
-                    return False
-                self._events.popleft()
-            self._events.append((self._enqueued, opcode, data or {}))
-            self._enqueued += 1
-            self._wake()
-        return True
+        """Send one message (an event) to whichever POOL worker is free.
+
+        When the queue is full (``queue_size`` events or ``queue_bytes``
+        bytes), the drop policy applies: ``'oldest'`` drops the oldest
+        waiting event, ``'newest'`` refuses this one (returns False),
+        ``'block'`` waits here until there is room.  Dropped events are
+        counted (``internal#dropped_events`` in the index).
+        """
+        return self._queue.put_event(opcode, data or {}, self._wake)
+
+    def set_drop_policy(self, policy: str) -> None:
+        """Change what happens when the queue is full (see the class docs)."""
+        self.config = self.config.replace(drop_policy=policy)
+        with self._queue.lock:
+            self._queue.policy = policy
 
     def queue_to_all(self, opcode, data=None):
         """Send one message to every stage (``b"context"``, ``b"params"``)."""
@@ -231,7 +258,8 @@ class ThreadedFrontend:
         if self._stopping:
             return
         self._stopping = True
-        with self._lock:
+        self._queue.close()
+        with self._queue.lock:
             self._wake()
         self._thread.join(timeout)
         for runner in self._runners.values():
@@ -243,6 +271,8 @@ class ThreadedFrontend:
         if self._auth is not None:
             self._auth.stop()
         self._zctx.term()
+        if self._logs is not None:
+            self._logs.close()
         if self.shm is not None:
             self.shm.close(unmap=not self._thread.is_alive())
         for addr in (self.control_addr, self.reduce_addr, self.output_addr):
@@ -273,10 +303,8 @@ class ThreadedFrontend:
             pass  # a wake-up is already on its way
 
     def _queue_control(self, target, opcode, data):
-        with self._lock:
-            # Applies after every event queued before it, as the caller expects.
-            self._control.append((self._enqueued, target, opcode, data or {}))
-            self._wake()
+        # Applies after every event queued before it, as the caller expects.
+        self._queue.put_control(target, opcode, data or {}, self._wake)
 
     def _open_shm(self, shm, size, threshold):
         """Create the shared-memory segments, if they are to be used."""
@@ -314,20 +342,27 @@ class ThreadedFrontend:
 
     def _make_runner(self, name):
         """A (not yet started) runner for stage `name` ('reduce' or 'pool-N')."""
+        config = self.config
         extra = {}
         if self.sr_cls.shares_context:
             extra["zmq_context"] = self._zctx
+        options = {}
+        if self._logs is not None:
+            options = {"log_level": logging.getLogger("metropc").getEffectiveLevel(),
+                       "log_queue": self._logs.queue}
         if name == "reduce":
             # A restarted REDUCE binds the address clients already use.
             return self.sr_cls(run_reduce, dict(
                 control_addr=self.control_addr, reduce_addr=self.reduce_addr,
-                output_addr=self.output_addr, **self._stage_kwargs, **extra), name)
+                output_addr=self.output_addr, output_hwm=config.output_hwm,
+                reorder_timeout=config.reorder_timeout, keys=config.keys, **extra),
+                name, **options)
         if self.shm is not None:
             extra["shm"] = {"in": self.shm.input_name, "out": self.shm.new_output(name),
                             "threshold": self.shm.threshold}
         return self.sr_cls(run_pool, dict(
             control_addr=self.control_addr, reduce_addr=self.reduce_addr, name=name,
-            prefetch=self.prefetch, keys=self.keys, **extra), name)
+            prefetch=config.prefetch, keys=config.keys, **extra), name, **options)
 
     def _call_ready(self):
         try:
@@ -340,10 +375,10 @@ class ThreadedFrontend:
             self.on_pipeline_ready()
 
     def _loop(self):
-        state = self._state = FrontendLoop(self)
+        state = self._state
         try:
             state.run()
-        except Exception as e:  # noqa: BLE001 - the frontend thread must report
+        except BaseException as e:  # noqa: BLE001 - the frontend thread must report
             log.exception("frontend loop failed")
             self.on_pipeline_panic(f"frontend loop failed: {type(e).__name__}: {e}")
         finally:

@@ -27,9 +27,9 @@ from ..error import ProtocolError
 from ..protocol import encode_protocol
 from ..security import secure
 from . import shm as shmem
+from .reload import StagedContext
 from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, KEY_STEP, META_SKIP, META_STEP,
-                     OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED, OP_CTX_READY,
-                     build_context, OP_CREDIT, OP_ERROR, OP_EVENT, pack_meta,
+                     OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_ERROR, OP_EVENT, pack_meta,
                      OP_HEARTBEAT, OP_HELLO, OP_PARAMS, OP_RESULT, OP_SHM, OP_STOP, SEQ_PATH,
                      make_socket, recv_messages, send, send_batch, unpack_meta)
 
@@ -109,7 +109,8 @@ class PoolWorker:
         self.engine = None
         self.forward_views = set()
         self.forward_paths = set()
-        self.prepared = None
+        self.staged = StagedContext(ContextStage.POOL)
+        self._rejected_kinds = set()
         self.slots = None        # shm.SlotReader for input slots (local workers)
         self.results_slots = None  # shm.SlotWriter for large results
         self.threshold = shmem.DEFAULT_THRESHOLD
@@ -151,35 +152,61 @@ class PoolWorker:
         return np.array([lease.serial for lease in free], "<i8").tobytes()
 
     def handle(self, messages):
-        """Run one received message (or batch); returns (results, had_event, stop)."""
+        """Run one received message (or batch); returns (results, had_event, stop).
+
+        A message that fails in its handler (a value of the wrong kind that
+        validation could not see) is logged once per kind and dropped; an
+        event that fails that way is passed on as skipped, so REDUCE does
+        not wait for it.
+        """
         results_out, had_event = [], False
         for opcode, data in messages:
+            if opcode == OP_STOP:
+                return results_out, had_event, True
             if opcode == OP_EVENT:
                 had_event = True
-                out = self.event(data)
-                if out is not None:
-                    results_out.append((OP_RESULT, out))
-            elif opcode == OP_CONTEXT:
-                self.on_context(data)
-            elif opcode == OP_COMMIT:
-                self.on_commit(data)
-            elif opcode == OP_ABORT:
-                self.prepared = None
-            elif opcode == OP_PARAMS:
-                if self.ctx is not None:
-                    unknown = self.ctx.update_parameters(data)
-                    if unknown:
-                        log.debug("%s: unknown parameters %s", self.name, unknown)
-            elif opcode == OP_SHM:
-                self.on_shm(data)
-            elif opcode == OP_STOP:
-                return results_out, had_event, True
-            else:
-                log.debug("%s: ignoring opcode %r", self.name, opcode)
+            try:
+                out = self.on_message(opcode, data)
+            except Exception as e:  # noqa: BLE001 - no message may end a worker
+                self.rejected(opcode, e)
+                seq = data.get(SEQ_PATH) if opcode == OP_EVENT else None
+                out = {KEY_META: pack_meta(seq, kind=META_SKIP)} if type(seq) is int else None
+            if out is not None:
+                results_out.append((OP_RESULT, out))
         if self.results_slots is not None:
             for _, out in results_out:
                 self.results_slots.export(out)
         return results_out, had_event, False
+
+    def on_message(self, opcode, data):
+        """Apply one message; the result for REDUCE of an event, else None."""
+        if opcode == OP_EVENT:
+            return self.event(data)
+        if opcode in (OP_CONTEXT, OP_COMMIT, OP_ABORT):
+            handler = {OP_CONTEXT: self.staged.on_context, OP_COMMIT: self.staged.on_commit,
+                       OP_ABORT: self.staged.on_abort}[opcode]
+            reply, ctx = handler(data)
+            if reply is not None:
+                send(self.control, *reply)
+            if ctx is not None:
+                self.activate(ctx)
+        elif opcode == OP_PARAMS:
+            if self.ctx is not None:
+                unknown = self.ctx.update_parameters(data)
+                if unknown:
+                    log.debug("%s: unknown parameters %s", self.name, unknown)
+        elif opcode == OP_SHM:
+            self.on_shm(data)
+        else:
+            log.debug("%s: ignoring opcode %r", self.name, opcode)
+        return None
+
+    def rejected(self, opcode, error):
+        kind = bytes(opcode)[:32]
+        if kind not in self._rejected_kinds:
+            self._rejected_kinds.add(kind)
+            log.warning("%s: dropped a %r message that failed: %s: %s (further ones "
+                        "are not logged)", self.name, kind, type(error).__name__, error)
 
     def report(self, error):
         send(self.control, OP_ERROR, {"msg": f"[{self.name}] {error.report_text}"})
@@ -220,24 +247,6 @@ class PoolWorker:
             produced = [n for n in produced if n not in failed_views]
             out[KEY_META] = pack_meta(seq, version, event_id, produced,
                                       [*failed, *failed_views], kind)
-
-    def on_context(self, data):
-        """Build a new context: prepare it (two-phase reload) or use it now."""
-        ctx, error = build_context(data, ContextStage.POOL)
-        version = data["ctx"].get("version") if isinstance(data.get("ctx"), dict) else None
-        if ctx is None:
-            send(self.control, OP_CTX_FAILED, {"version": version, "msg": error})
-            return
-        if data.get("prepare"):
-            self.prepared = ctx
-            send(self.control, OP_CTX_READY, {"version": version})
-        else:
-            self.activate(ctx)
-
-    def on_commit(self, data):
-        if self.prepared is not None and self.prepared.version == data.get("version"):
-            self.activate(self.prepared)
-        self.prepared = None
 
     def activate(self, ctx):
         self.ctx = ctx

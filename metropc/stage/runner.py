@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import logging.handlers
 import multiprocessing
 import os
 import signal
@@ -17,23 +18,62 @@ import threading
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StageRunner", "ThreadRunner", "ProcessRunner"]
+__all__ = ["StageRunner", "ThreadRunner", "ProcessRunner", "LogForwarder"]
 
 
-def _stage_main(target, kwargs):
+def _stage_main(target, kwargs, log_level=None, log_queue=None):
     """Entry point of a stage process: run the loop, exit with its code."""
     # The frontend owns shutdown: Ctrl-C in a terminal reaches the whole
     # process group, and children must not die before being told to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SIGTERM (from the frontend, or the kernel when the frontend died)
     # leaves through the stage's finally blocks, which close its sockets.
+    # It raises KeyboardInterrupt, the one exception that context code
+    # cannot swallow (every other one, SystemExit included, is a refused
+    # context or a failed view).
     signal.signal(signal.SIGTERM, _exit_on_signal)
     _die_with_parent()
+    _forward_logging(log_level, log_queue)
     raise SystemExit(target(**kwargs) or 0)
 
 
 def _exit_on_signal(signum, frame):
-    raise SystemExit(128 + signum)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _forward_logging(level, queue):
+    """Send this process's log records to the frontend's process, which
+    shows them through its own handlers (only the CLI configures logging)."""
+    if queue is None:
+        return
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(queue)]
+    root.setLevel(logging.WARNING if level is None else level)
+
+
+class LogForwarder:
+    """The frontend's end of the stage processes' log records.
+
+    Each record is handed to the logger of the same name in this process,
+    so it goes wherever the application (the CLI) configured logging.
+    """
+
+    def __init__(self):
+        self.queue = multiprocessing.get_context("spawn").Queue()
+        self._listener = logging.handlers.QueueListener(self.queue, _Replay())
+        self._listener.start()
+
+    def close(self):
+        self._listener.stop()
+        self.queue.close()
+        self.queue.join_thread()
+
+
+class _Replay(logging.Handler):
+    def emit(self, record):
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
 
 
 def _die_with_parent():
@@ -56,7 +96,7 @@ class StageRunner:
     #: Whether a stuck stage can be stopped (and so replaced).
     can_stop = False
 
-    def __init__(self, target, kwargs, name):
+    def __init__(self, target, kwargs, name, **options):
         self.target = target
         self.kwargs = kwargs
         self.name = name
@@ -73,6 +113,13 @@ class StageRunner:
 
     def stop(self):
         """Force the stage to end (used after it ignored the stop message)."""
+
+    def terminate(self, now):
+        """Ask the stage to end without waiting (only processes can be)."""
+
+    def reap(self, now):
+        """True once a terminated stage is gone; never waits."""
+        return not self.is_alive()
 
     @property
     def exitcode(self):
@@ -102,11 +149,21 @@ class ProcessRunner(StageRunner):
     """A stage in a spawned child process (never forked: fresh ZeroMQ state)."""
 
     can_stop = True
+    #: Seconds a stopped stage gets to leave before it is killed.
+    KILL_AFTER = 1.0
+
+    def __init__(self, target, kwargs, name, *, log_level=None, log_queue=None, **options):
+        super().__init__(target, kwargs, name)
+        self.log_level = log_level
+        self.log_queue = log_queue
+        self._kill_at = None
 
     def start(self):
         self.started = True
         mp = multiprocessing.get_context("spawn")
-        self._process = mp.Process(target=_stage_main, args=(self.target, self.kwargs),
+        self._process = mp.Process(target=_stage_main,
+                                   args=(self.target, self.kwargs, self.log_level,
+                                         self.log_queue),
                                    name=f"metropc-{self.name}", daemon=True)
         self._process.start()
 
@@ -121,12 +178,30 @@ class ProcessRunner(StageRunner):
         if self.started:
             self._process.join(timeout)
 
+    def terminate(self, now):
+        """Ask the process to end (SIGTERM) without waiting for it."""
+        if self.started and self._process.is_alive():
+            self._process.terminate()
+            self._kill_at = now + self.KILL_AFTER
+
+    def reap(self, now):
+        """Kill a terminated process that is still there after KILL_AFTER;
+        True once it is gone (never waits)."""
+        if not self._process.is_alive():
+            self._process.join(0)
+            return True
+        if self._kill_at is not None and now >= self._kill_at:
+            self._process.kill()
+            self._kill_at = None
+        return False
+
     def stop(self):
+        """Force the stage to end now, waiting for it (used at shutdown)."""
         if not self.started:
             return
         if self._process.is_alive():
             self._process.terminate()
-            self._process.join(1.0)
+            self._process.join(self.KILL_AFTER)
         if self._process.is_alive():
             self._process.kill()
             self._process.join(1.0)

@@ -1,0 +1,130 @@
+"""The frontend's inbox: events and control messages, in the order queued.
+
+Any thread may queue; the frontend thread takes.  Events are bounded by
+count *and* by bytes (the arrays they carry), and the drop policy decides
+what happens when the bound is reached:
+
+- ``oldest``: the oldest waiting event is dropped (a live display stays current);
+- ``newest``: the new event is refused;
+- ``block``: the caller waits until there is room (nothing is lost; the
+  source is slowed down, as a ZeroMQ PUSH socket at its high-water mark).
+
+Every dropped event is counted (:attr:`EventQueue.dropped`).  Control
+messages (contexts, parameters, steps) are never dropped; each remembers
+how many events were queued before it, so the frontend applies it exactly
+between the events around it.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any
+
+from ..config import DROP_BLOCK, DROP_NEWEST
+
+__all__ = ["EventQueue", "event_nbytes"]
+
+#: What an event costs in the byte bound besides its arrays.
+EVENT_OVERHEAD = 256
+
+
+def event_nbytes(data: dict) -> int:
+    """Bytes an event holds: its buffers (``.nbytes``) plus a fixed overhead."""
+    n = EVENT_OVERHEAD
+    for value in data.values():
+        size = getattr(value, "nbytes", None)
+        if type(size) is int:
+            n += size
+        elif type(value) is bytes:
+            n += len(value)
+    return n
+
+
+class EventQueue:
+    """Events and control messages waiting for the frontend thread."""
+
+    def __init__(self, max_events: int, max_bytes: int, policy: str):
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.policy = policy
+        self.lock = threading.Lock()
+        self._room = threading.Condition(self.lock)
+        #: (index, opcode, data, nbytes, seq); index = events queued before
+        #: it; seq = the sequence number of an event requeued after a refused send
+        self.events: collections.deque = collections.deque()
+        #: (index, target, opcode, data)
+        self.control: collections.deque = collections.deque()
+        self.enqueued = 0
+        self.nbytes = 0
+        self.dropped = 0
+        self.closed = False
+        #: The thread that takes from the queue must never block on it.
+        self.taker: threading.Thread | None = None
+
+    # -- any thread ------------------------------------------------------------------
+    def put_event(self, opcode: bytes, data: dict, wake) -> bool:
+        """Queue an event; False if it was refused (policy ``newest``, or closed).
+
+        `wake` is called (with the lock held) after the event went in.
+        """
+        size = event_nbytes(data)
+        with self.lock:
+            if self._full(size):
+                if self.policy == DROP_BLOCK and threading.current_thread() is not self.taker:
+                    while self._full(size) and not self.closed:
+                        self._room.wait(0.1)
+                elif self.policy == DROP_NEWEST:
+                    self.dropped += 1
+                    return False
+                else:
+                    while self._full(size):
+                        self._pop_oldest()
+                        self.dropped += 1
+            if self.closed:
+                self.dropped += 1
+                return False
+            self.events.append((self.enqueued, opcode, data, size, None))
+            self.nbytes += size
+            self.enqueued += 1
+            wake()
+        return True
+
+    def put_control(self, target: str, opcode: bytes, data: dict, wake) -> None:
+        """Queue a control message after every event queued so far."""
+        with self.lock:
+            self.control.append((self.enqueued, target, opcode, data))
+            wake()
+
+    def close(self) -> None:
+        """Release blocked callers; later events are refused (and counted)."""
+        with self.lock:
+            self.closed = True
+            self._room.notify_all()
+
+    # -- the frontend thread (with the lock held) ---------------------------------
+    def pop_event(self) -> tuple[int, bytes, Any, int, int | None]:
+        item = self.events.popleft()
+        self.nbytes -= item[3]
+        self._room.notify_all()
+        return item
+
+    def requeue(self, items) -> None:
+        """Put taken events back in front (a worker refused them): they were
+        accepted once, so they are not subject to the bounds again."""
+        for item in reversed(items):
+            self.events.appendleft(item)
+            self.nbytes += item[3]
+
+    def _full(self, size: int) -> bool:
+        if not self.events:
+            return False  # an event larger than the byte bound still goes, alone
+        return (len(self.events) >= self.max_events
+                or self.nbytes + size > self.max_bytes)
+
+    def _pop_oldest(self) -> None:
+        item = self.events.popleft()
+        self.nbytes -= item[3]
+
+    def __len__(self) -> int:
+        return len(self.events)

@@ -1,0 +1,151 @@
+"""Deciding what to do about stages that died, hang or went silent.
+
+The :class:`Supervisor` holds the policy and nothing else: the frontend
+thread tells it what it saw (a stage said hello, a remote worker was
+heard from, which processes are alive) and applies the instructions it
+returns.  It never waits, kills or starts anything itself, so a stuck
+worker's replacement can never block event dispatching, and the policy is
+tested with a fake clock (tests/test_supervisor.py).
+
+The policy:
+
+- a stage process that died is replaced (a thread cannot be: that is
+  reported once as a panic);
+- a worker that spends more than ``event_timeout`` seconds per event on
+  its oldest message is stopped and replaced;
+- a stage that dies RESTART_LIMIT times within RESTART_WINDOW seconds, or
+  before the pipeline was ever ready, is given up (restarting it again
+  would not help: it crashes at start or in a loop);
+- a remote worker (``metropc-worker`` on another host) silent for
+  REMOTE_SILENCE seconds is gone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Supervisor", "Replace", "GiveUp", "Panic", "Gone", "StageState",
+           "RESTART_LIMIT", "RESTART_WINDOW", "REMOTE_SILENCE"]
+
+#: A stage that dies this often within RESTART_WINDOW seconds is not restarted.
+RESTART_LIMIT = 5
+RESTART_WINDOW = 60.0
+#: Seconds without a heartbeat after which a remote worker is gone.
+REMOTE_SILENCE = 5.0
+
+
+@dataclass(frozen=True)
+class StageState:
+    """What the frontend thread saw of one local stage."""
+
+    name: str
+    alive: bool
+    exitcode: int | None
+    can_stop: bool
+
+
+@dataclass(frozen=True)
+class Replace:
+    """Start a new `name`; `stop` first (without waiting) if it still runs."""
+
+    name: str
+    reason: str
+    stop: bool = False
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """`name` keeps dying: leave it dead and say so."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Panic:
+    """`name` died and cannot be replaced (a thread)."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Gone:
+    """Remote worker `name` went silent: forget it."""
+
+    name: str
+    reason: str
+
+
+class Supervisor:
+    """Liveness, stuck detection and the restart policy of the stages."""
+
+    def __init__(self, event_timeout: float | None, *, restart_limit: int = RESTART_LIMIT,
+                 restart_window: float = RESTART_WINDOW,
+                 remote_silence: float = REMOTE_SILENCE):
+        self.event_timeout = event_timeout
+        self.restart_limit = restart_limit
+        self.restart_window = restart_window
+        self.remote_silence = remote_silence
+        self.restart_times: dict[str, list[float]] = {}
+        self.given_up: set[str] = set()
+        self.ever_ready: set[str] = set()
+        self.panicked: set[str] = set()
+        self.remote: dict[str, float] = {}  # remote worker -> last heard from
+        self.pipeline_ready = False
+
+    def on_hello(self, name: str, now: float, remote: bool = False) -> None:
+        self.ever_ready.add(name)
+        if remote:
+            self.remote[name] = now
+
+    def heard(self, name: str, now: float) -> None:
+        """Any message (or heartbeat) from a remote worker."""
+        if name in self.remote:
+            self.remote[name] = now
+
+    def check(self, now: float, stages, oldest) -> list:
+        """Instructions for the stages as seen now.
+
+        `stages`: StageState of every started local stage; `oldest(name)`:
+        ``(started, seqs)`` of the oldest message that stage works on, or None.
+        """
+        out = []
+        for name, seen in list(self.remote.items()):
+            if now - seen > self.remote_silence:
+                del self.remote[name]
+                out.append(Gone(name, f"remote worker {name} went silent for "
+                                      f"{now - seen:.0f} s"))
+        for stage in stages:
+            if stage.name in self.given_up:
+                continue
+            if not stage.alive:
+                why = f"stage {stage.name} died (exit code {stage.exitcode})"
+                out.append(self._restart(stage, why, now, stop=False))
+                continue
+            busy = oldest(stage.name) if self.event_timeout else None
+            if busy is not None and stage.can_stop:
+                started, seqs = busy
+                if now - started > self.event_timeout * len(seqs):
+                    why = (f"stage {stage.name} spent more than {self.event_timeout:g} s "
+                           f"per event on events {list(seqs[:5])}; stopped it")
+                    out.append(self._restart(stage, why, now, stop=True))
+        return [i for i in out if i is not None]
+
+    def _restart(self, stage: StageState, reason: str, now: float, stop: bool):
+        name = stage.name
+        if not stage.can_stop:  # a thread: cannot be replaced
+            if name in self.panicked:
+                return None
+            self.panicked.add(name)
+            return Panic(name, reason)
+        recent = [t for t in self.restart_times.get(name, ())
+                  if now - t < self.restart_window]
+        if len(recent) >= self.restart_limit or (
+                name not in self.ever_ready and not self.pipeline_ready):
+            self.given_up.add(name)
+            return GiveUp(name, f"{reason}; it died {len(recent) + 1} times within "
+                                f"{self.restart_window:g} s (or before starting up), so it "
+                                "is not restarted again")
+        self.restart_times[name] = recent + [now]
+        return Replace(name, reason, stop=stop)
