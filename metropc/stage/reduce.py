@@ -32,8 +32,9 @@ from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, META_EVENT, META_SKIP, MET
                      OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED, OP_CTX_READY,
                      OP_ERROR, OP_HELLO, OP_INDEX,
                      OP_LOST, OP_PARAMS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
-                     build_context, recv, recv_messages, send, unpack_meta)
+                     recv, recv_messages, send, unpack_meta)
 from .ordering import ReorderBuffer
+from .reload import StagedContext
 from .output import Output
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ __all__ = ["run_reduce", "ReduceStage"]
 
 #: How often the index is published without being asked (seconds).
 INDEX_INTERVAL = 1.0
+#: How often REDUCE tells the frontend how far it got (if it moved): what a
+#: replacement would miss if REDUCE died now is at most this much of events.
+PROGRESS_INTERVAL = 0.02
+OP_PROGRESS = b"progress"
 
 
 class RateMeter:
@@ -86,7 +91,10 @@ class ReduceStage:
         self.stalled = collections.deque()  # results waiting for their context
         self.stalled_since = None
         self.refused = set()               # context versions refused somewhere
-        self.prepared = None               # built, waiting for commit
+        self.staged = StagedContext(ContextStage.REDUCE)
+        self.doubtful = []                 # after a restart: results that may come
+        self.doubtful_until = 0.0
+        self._progress_sent = None
         self.inputs = {}           # path -> (count, rate), from the frontend
         self.slots = shmem.SlotReader(header_writable=True)
         self.leases = {}           # seq -> shm.Lease of its result's arrays
@@ -97,30 +105,55 @@ class ReduceStage:
 
     def on_context(self, data):
         """Build a new context: prepare it (two-phase reload) or use it now."""
-        ctx, error = build_context(data, ContextStage.REDUCE)
-        version = data["ctx"].get("version") if isinstance(data.get("ctx"), dict) else None
+        reply, ctx = self.staged.on_context(data)
+        if reply is not None:
+            send(self.control, *reply)
+            if reply[0] == OP_CTX_FAILED:
+                self.refused.add(reply[1]["version"])
+                self._resume()
         if ctx is None:
-            send(self.control, OP_CTX_FAILED, {"version": version, "msg": error})
-            self.refused.add(version)
-            self._resume()
-            return
-        if data.get("prepare"):
-            self.prepared = ctx
-            send(self.control, OP_CTX_READY, {"version": version})
             return
         if "start_seq" in data:  # this stage replaces one that died
-            self.buffer.restart(int(data["start_seq"]))
+            self.restart(data)
         self._schedule(ctx, int(data.get("from_seq", 0)))
 
+    def restart(self, data):
+        """Pick up where the REDUCE that died left off (see FrontendLoop.reduce_restart).
+
+        Its counters go on; events it had finished are not waited for;
+        events whose results may still come get `grace` seconds to arrive.
+        """
+        self.buffer.restart(int(data["start_seq"]))
+        counters = data.get("counters") or {}
+        self.buffer.lost += int(counters.get("lost", 0))
+        self.stale += int(counters.get("stale", 0))
+        self.doubtful = list(data.get("doubtful") or ())
+        self.doubtful_until = time.monotonic() + float(data.get("grace", 1.0))
+        self._process_all(self.buffer.skip(int(s) for s in data.get("skip") or ()))
+
+    def check_doubtful(self):
+        """After the grace period, results that did not come are lost."""
+        if self.doubtful and time.monotonic() >= self.doubtful_until:
+            doubtful, self.doubtful = self.doubtful, []
+            self._process_all(self.buffer.skip(doubtful))
+
     def on_commit(self, data):
-        ctx, self.prepared = self.prepared, None
-        if ctx is not None and ctx.version == data.get("version"):
+        _, ctx = self.staged.on_commit(data)
+        if ctx is not None:
             self._schedule(ctx, int(data.get("from_seq", 0)))
 
     def on_abort(self, data):
-        self.prepared = None
+        self.staged.on_abort(data)
         self.refused.add(data.get("version"))
         self._resume()
+
+    def progress(self):
+        """What the frontend needs to restart this stage after a crash, if changed."""
+        state = (self.buffer.next_seq, self.buffer.lost, self.stale)
+        if state == self._progress_sent:
+            return None
+        self._progress_sent = state
+        return {"next_seq": state[0], "lost": state[1], "stale": state[2]}
 
     def _schedule(self, ctx, from_seq):
         """Use `ctx` from event `from_seq` on (now, if nothing older waits)."""
@@ -275,6 +308,11 @@ class ReduceStage:
         self.publish(results, event_id)
 
     def publish(self, results, event_id):
+        """Send each wanted result to the clients (see metropc.stage.output).
+
+        The payload's ``seq`` lets each client count what it missed, since
+        the output cannot wait for a client that does not read.
+        """
         topics, output = self.topics, self.output
         version = self.ctx.version
         for name, value in results.items():
@@ -282,6 +320,7 @@ class ReduceStage:
             if topic is None or not output.wants(topic):
                 continue  # a COMPUTE view, or nobody listens
             try:
+                # "seq": per-topic sequence number, for clients to count gaps.
                 frames = encode_protocol(topic, {"data": value, "event_id": event_id,
                                                  "version": version,
                                                  "seq": output.seq(topic)})
@@ -309,11 +348,6 @@ class ReduceStage:
             for name, view in self.ctx.views.items():
                 entries[f"view#{name}"] = (
                     int(meter.counts.get(name, 0) + counts.pop(name, 0)),
-        """Send each wanted result to the clients (see metropc.stage.output).
-
-        The payload's ``seq`` lets each client count what it missed, since
-        the output cannot wait for a client that does not read.
-        """
                     float(meter.rates.get(name, 0.0)), view.output.value,
                     view.stage.value, int(self.engine.errors.get(name, 0)),
                     bool(view.hidden), view.label or "")
@@ -321,8 +355,8 @@ class ReduceStage:
                 entries[f"view#{name}"] = (int(count), 0.0, ViewOutput.COMPUTE.value,
                                            0, 0, True, "")
         entries["internal#lost_events"] = (self.buffer.lost, 0.0)
-                # "seq": per-topic sequence number, for clients to count gaps.
         entries["internal#stale_events"] = (self.stale, 0.0)
+        entries["internal#output_dropped"] = self.output.drop_stats()
         return entries
 
     def on_stats(self, data):
@@ -330,6 +364,7 @@ class ReduceStage:
         self.inputs = dict(data)
 
     def publish_index(self):
+        """Send the index (no ``seq``: its keys are paths, and it is sent again)."""
         if self.output.wants(OP_INDEX):
             self.output.send(encode_protocol(OP_INDEX, self.index()))
 
@@ -353,59 +388,8 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
         send(control, OP_HELLO, {"stage": "reduce",
                                  "output_addr": output.last_endpoint.decode(),
                                  "reduce_addr": results.last_endpoint.decode()})
-        handlers = {OP_CONTEXT: stage.on_context, OP_COMMIT: stage.on_commit,
-                    OP_ABORT: stage.on_abort, OP_PARAMS: stage.on_params,
-                    OP_ACTION: stage.on_action, OP_LOST: stage.on_lost,
-        entries["internal#output_dropped"] = self.output.drop_stats()
-                    OP_STATS: stage.on_stats,
-                    OP_INDEX: lambda data: stage.publish_index()}
-        poller = zmq.Poller()
-        poller.register(control, zmq.POLLIN)
-        poller.register(results, zmq.POLLIN)
-        poller.register(output, zmq.POLLIN)  # subscriptions
-        next_index = time.monotonic() + INDEX_INTERVAL
-        """Send the index (no ``seq``: its keys are paths, and it is sent again)."""
-        while True:
-            wait = next_index - time.monotonic()
-            deadline = stage.buffer.deadline()
-            if deadline is not None:
-                wait = min(wait, deadline)
-            if stage.slots.pending:  # pinned result slots: look again soon
-                wait = min(wait, 0.05)
-            ready = dict(poller.poll(max(0, int(wait * 1000)) + 1))
-            if results in ready:
-                for _ in range(256):  # drain, but let control in between
-                    try:
-                        for opcode, data in recv_messages(results):
-                            if opcode == OP_RESULT:
-                                stage.on_result(data)
-                    except zmq.Again:
-                        break
-                    except ProtocolError as e:
-                        log.warning("reduce: rejected malformed result: %s", e)
-                    if not results.poll(0):
-                        break
-                data = None  # let the last result's slot go
-            if output in ready:
-                stage.output.read_subscriptions()
-            if control in ready:
-                try:
-                    opcode, data = recv(control)
-                except ProtocolError as e:
-                    log.warning("reduce: rejected malformed control message: %s", e)
-                    continue
-                if opcode == OP_STOP:
-                    return 0
-                handler = handlers.get(opcode)
-                if handler is not None:
-                    handler(data)
-            stage.flush()
-            stage.check_stalled()
-            stage.release_slots()
-            if time.monotonic() >= next_index:
-                stage.publish_index()
-                stage.slots.prune()
-                next_index = time.monotonic() + INDEX_INTERVAL
+        _ReduceLoop(stage, control, results, output).run()
+        return 0
     except (KeyboardInterrupt, zmq.ContextTerminated):
         return 0
     finally:
@@ -415,3 +399,97 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
             auth.stop()
         if zmq_context is None:
             zctx.term()
+
+
+class _ReduceLoop:
+    """Polls REDUCE's sockets and hands what comes to :class:`ReduceStage`.
+
+    A message that is malformed, or fails in its handler, is logged once
+    per kind and dropped: no input ends this stage.
+    """
+
+    def __init__(self, stage, control, results, output):
+        self.stage, self.control, self.results, self.output = stage, control, results, output
+        self.handlers = {OP_CONTEXT: stage.on_context, OP_COMMIT: stage.on_commit,
+                         OP_ABORT: stage.on_abort, OP_PARAMS: stage.on_params,
+                         OP_ACTION: stage.on_action, OP_LOST: stage.on_lost,
+                         OP_STATS: stage.on_stats,
+                         OP_INDEX: lambda data: stage.publish_index()}
+        self._rejected_kinds = set()
+
+    def run(self):
+        stage = self.stage
+        poller = zmq.Poller()
+        for sock in (self.control, self.results, self.output):  # output: subscriptions
+            poller.register(sock, zmq.POLLIN)
+        next_index = time.monotonic() + INDEX_INTERVAL
+        next_progress = 0.0
+        while True:
+            wait = next_index - time.monotonic()
+            deadline = stage.buffer.deadline()
+            if deadline is not None:
+                wait = min(wait, deadline)
+            if stage.slots.pending or stage.doubtful:  # look again soon
+                wait = min(wait, 0.05)
+            ready = dict(poller.poll(max(0, int(wait * 1000)) + 1))
+            if self.results in ready:
+                self.drain_results()
+            if self.output in ready:
+                stage.output.read_subscriptions()
+            if self.control in ready and self.on_control():
+                return
+            stage.flush()
+            stage.check_stalled()
+            stage.check_doubtful()
+            stage.release_slots()
+            now = time.monotonic()
+            if now >= next_progress:
+                progress = stage.progress()
+                if progress is not None:
+                    send(self.control, OP_PROGRESS, progress)
+                next_progress = now + PROGRESS_INTERVAL
+            if now >= next_index:
+                stage.publish_index()
+                stage.slots.prune()
+                next_index = time.monotonic() + INDEX_INTERVAL
+
+    def drain_results(self, limit=256):
+        """Take the results waiting (at most `limit` messages: let control in)."""
+        for _ in range(limit):
+            try:
+                for opcode, data in recv_messages(self.results, zmq.NOBLOCK):
+                    if opcode == OP_RESULT:
+                        self.guarded(opcode, self.stage.on_result, data)
+            except zmq.Again:
+                break
+            except ProtocolError as e:
+                self.rejected(b"result", e)
+            if not self.results.poll(0):
+                break
+
+    def on_control(self):
+        """Handle one control message; True to stop."""
+        try:
+            opcode, data = recv(self.control)
+        except ProtocolError as e:
+            self.rejected(b"control", e)
+            return False
+        if opcode == OP_STOP:
+            return True
+        handler = self.handlers.get(opcode)
+        if handler is not None:
+            self.guarded(opcode, handler, data)
+        return False
+
+    def guarded(self, opcode, handler, data):
+        try:
+            handler(data)
+        except Exception as e:  # noqa: BLE001 - no message may end this stage
+            self.rejected(opcode, e)
+
+    def rejected(self, kind, error):
+        kind = bytes(kind)[:32]
+        if kind not in self._rejected_kinds:
+            self._rejected_kinds.add(kind)
+            log.warning("reduce: dropped a %r message: %s: %s (further ones are not "
+                        "logged)", kind, type(error).__name__, error)
