@@ -87,7 +87,7 @@ def test_run_serves_views_reloads_on_save_and_stops_cleanly(tmp_path, collector_
         assert all(p["version"] >= 2 for p in col.payloads("doubled"))
     finally:
         elapsed, err = stop(proc)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err  # stopped by Ctrl-C (SIGINT)
     assert elapsed < 5
     assert f"{ctx_file}:" in err and "view#nothing" in err  # file:line of the bad edit
     assert "previous one keeps running" in err
@@ -154,3 +154,38 @@ def test_run_stops_on_sigterm_and_at_once_on_a_second_ctrl_c(tmp_path, how):
                          for c in children), timeout=10)
     # No socket directory left behind.
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "metropc-*"))) <= before
+
+
+def test_status_lines_work_on_a_curve_secured_pipeline(tmp_path):
+    from metropc.security import generate_keys
+
+    import zmq
+    if not zmq.has("curve"):
+        pytest.skip("libzmq without CURVE")
+    keys = tmp_path / "keys"
+    generate_keys(keys)
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(CTX)
+    proc = subprocess.run([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
+                           "--pool", "1", "--rate", "50", "--duration", "4",
+                           "--status", "lines", "--keys", str(keys)],
+                          capture_output=True, text=True, timeout=80)
+    assert proc.returncode == 0, proc.stderr
+    summaries = [line for line in proc.stderr.splitlines() if line.startswith("metropc: out")]
+    assert summaries, proc.stderr
+    assert int(summaries[-1].split()[2]) > 0  # events really came out
+
+
+def test_a_failing_view_is_reported_once_with_file_and_line(tmp_path):
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text("@View.Scalar\ndef bad(t: 'internal#train_id'):\n    return 1 / 0\n")
+    proc = subprocess.run([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
+                           "--pool", "1", "--rate", "20", "--duration", "3",
+                           "--status", "lines"],
+                          capture_output=True, text=True, timeout=80)
+    assert proc.returncode == 0, proc.stderr
+    # The engine reports a view at most once per 10 s: one failure in 3 s.
+    reports = [line for line in proc.stderr.splitlines()
+               if "view 'bad' failed on event" in line]
+    assert len(reports) == 1, proc.stderr
+    assert f"{ctx_file}:3" in reports[0] and "ZeroDivisionError" in reports[0]

@@ -341,7 +341,7 @@ class ContextWatcher:
         try:
             ctx = self.pipeline.reload()
         except ContextError as e:
-            log.error("context refused, the previous one (version %d) keeps running\n%s",
+            log.error("context refused, the previous one keeps running (version %d)\n%s",
                       self.pipeline.version, e.format_for_context(_read(self.path)))
             if self.state is not None:
                 self.state.refuse(str(e))
