@@ -251,3 +251,33 @@ def test_set_paths_takes_effect_from_the_next_event():
         rest = list(src)
     assert set(first) == INTERNAL | {S.PULSES}
     assert [set(e) for e in rest] == [INTERNAL | {S.TEMPERATURE, S.POSITION}] * 3
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_shutter_is_open_for_the_first_100_trains(seed):
+    # A quick start must not begin with a dark detector (seed 0 used to close
+    # the shutter at its 4th train, for about six seconds).
+    facility = SimulatedFacility(seed=seed, shape=(16, 16), spectrum_points=16)
+    assert all(facility.step([S.SHUTTER_OPEN])[S.SHUTTER_OPEN] for _ in range(100))
+
+
+def test_the_example_scan_shows_its_peak_within_the_quick_starts_30_s():
+    """``metropc-run contexts/sim_example.py --duration 30`` at the default
+    10 Hz sees 300 trains: the scan must have passed the peak by then."""
+    pytest.importorskip("metropc.builtin")
+    from metropc import run
+    from metropc.inprocess import load_context
+
+    ctx = load_context("contexts/sim_example.py")
+    assert S.SimSource.default_rate == 10.0
+    trains = int(30 * S.SimSource.default_rate)
+    results = {}
+    with open_source(f"sim:ntrains={trains}", rate="max", paths=ctx.get_paths()) as source:
+        for _, res in run(ctx, source):
+            for name, value in res.items():
+                results.setdefault(name, []).append(value)
+    profile = results["scan_profile"][-1]
+    assert float(profile.position.max()) >= 1.0  # well past the peak
+    assert float(profile.idxmax()) == pytest.approx(SimulatedFacility.sample_peak, abs=0.15)
+    image = results["detector_image"][-1]
+    assert image.dims == ("y", "x") and image.shape == (512, 512)
