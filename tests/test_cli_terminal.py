@@ -240,3 +240,42 @@ def test_a_context_print_in_a_worker_scrolls_above_the_status(tmp_path):
         assert term.wait() == 130
     finally:
         term.close()
+
+
+def test_dashboard_requests_do_not_garble_the_status(tmp_path):
+    pytest.importorskip("tornado")
+    import re
+    import urllib.error
+    import urllib.request
+
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(CTX)
+    term = Terminal(ctx, "--pool", "1", "--rate", "20", "--dashboard", "0")
+    try:
+        screen = term.wait_for(lambda t: "dashboard on http" in t and "train" in t
+                               and "metropc: out" in t, what="the dashboard line")
+        url = re.search(r"dashboard on (http://\S+)", screen).group(1)
+        for _ in range(5):
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                assert reply.status == 200
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(url.rstrip("/") + "/no-such-page", timeout=10)
+        count = int(term.text().split("metropc: out ")[-1].split()[0])
+        term.wait_for(lambda t: int(t.split("metropc: out ")[-1].split()[0]) > count + 20,
+                      what="more events")
+        lines = term.lines()
+        first, last = status_region(lines)
+        region = lines[first:last + 1]
+        # The region is whole: summary, context line, header, the one view.
+        assert len(region) == 4, "\n".join(lines)
+        assert region[1].startswith("ctx.py: version 1 running"), region
+        assert region[2].split() == ["view", "output", "stage", "count", "rate/s", "errors"]
+        assert region[3].split()[0] == "train", region
+        # Successful requests are not logged; the 404 is, above the region.
+        above = "\n".join(lines[:first])
+        assert "GET / (" not in above, above
+        assert "no-such-page" in above, above
+        term.ctrl_c()
+        assert term.wait() == 130
+    finally:
+        term.close()
