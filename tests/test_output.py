@@ -334,3 +334,83 @@ def test_a_frozen_client_misses_counted_results_and_does_not_hold_up_others(hwm_
     assert fast == {"received": n + 1, "missed": 0}
     assert slow["missed"] > 0
     assert slow["received"] + slow["missed"] == n + 1
+
+
+STALL_CTX = """
+import time
+
+@View.Scalar
+def v(t: 'internal#train_id'):
+    if t == 1000:          # the first event after the warm-up hangs for a while
+        time.sleep(3)
+    return t
+
+@View.Scalar(stage='reduce')
+def w(t: 'view#v'):
+    return -t
+"""
+
+
+def test_results_held_back_by_a_stall_reach_a_reading_client():
+    """A stalled worker holds up REDUCE; the release is one burst of results.
+
+    The client sees every result, or counts each one it does not see:
+    received + missed == sent, per view.
+    """
+    from metropc.client import Client
+    from metropc.pipeline import Pipeline
+
+    n = 3000
+    got = {"view#v": [], "view#w": []}   # (event_id, seq, arrival time)
+    with Pipeline(STALL_CTX, source=None, pool=2, ready_timeout=60) as pipe, \
+            Client(pipe.output_addr, views=["v", "w"], timeout=60) as client:
+
+        def receive(timeout):
+            path, data = client.recv(timeout=timeout)
+            got[path].append((data["event_id"], data["seq"][1], time.monotonic()))
+
+        # Warm up until the client receives both views (from then on every
+        # result sent to it is either received or counted).
+        t = 0
+        deadline = time.monotonic() + 60
+        while not all(got.values()):
+            assert time.monotonic() < deadline, "no results from the pipeline"
+            pipe.send({"internal#train_id": t})
+            t += 1
+            try:
+                receive(0.2)
+            except TimeoutError:
+                pass
+        warm = t
+        sent_at = time.monotonic()
+        for t in range(1000, 1000 + n):
+            pipe.send({"internal#train_id": t})
+        # Read until REDUCE processed everything and nothing more comes.
+        while True:
+            try:
+                receive(1.0)
+            except TimeoutError:
+                index = client.index or {}
+                if "view#v" in index and index["view#v"].counts >= warm + n:
+                    break
+                assert time.monotonic() < deadline + 60, "the pipeline did not finish"
+        # One more event, sent while the client's queue is empty, shows any
+        # gap up to the end.
+        pipe.send({"internal#train_id": 9999})
+        while not (got["view#v"][-1][0] == got["view#w"][-1][0] == 9999):
+            receive(30)
+        index = client.wait_index(timeout=10)
+
+    for path, results in got.items():
+        seqs = [s for _, s, _ in results]
+        assert seqs[0] == 0  # the client saw its stream from the start
+        assert len(results) + client.missed_by_view.get(path, 0) == seqs[-1] + 1
+    assert client.missed == 0
+    ids = [e for e, _, _ in got["view#v"]]
+    assert ids[-n - 1:] == list(range(1000, 1000 + n)) + [9999]
+    assert [e for e, _, _ in got["view#w"]] == ids
+    # The stall happened, and what it held back came as one burst.
+    released = next(a for e, _, a in got["view#v"] if e == 1000)
+    assert released - sent_at >= 2.5
+    assert sum(1 for e, _, a in got["view#v"] if e > 1000 and a - released < 1.0) >= 1000
+    assert index["internal#output_dropped"].counts == 0
