@@ -182,8 +182,12 @@ def parse_address(option, addr):
         directory = os.path.dirname(path) or "."
         if not path or path.endswith("/"):
             raise UsageError(f"{option} {addr!r}: an ipc:// address needs a file name")
-        if not path.startswith("@") and not os.path.isdir(directory):
-            raise UsageError(f"{option} {addr!r}: no directory {directory!r}")
+        if not path.startswith("@"):  # "@name": Linux abstract namespace, no file
+            if not os.path.isdir(directory):
+                raise UsageError(f"{option} {addr!r}: no directory {directory!r}")
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise UsageError(f"{option} {addr!r}: cannot create a socket file in "
+                                 f"{directory!r} (permission denied)")
         return None, None
     m = _TCP.match(addr)
     if m is None:
@@ -645,10 +649,10 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
     except SourceError as e:
         log.error("%s", e)
         return 1
-    except RuntimeError as e:  # a stage could not start (e.g. its address taken)
+    except RuntimeError:  # a stage could not start (e.g. its address taken)
         if stop.is_set():
             return exit_code()
-        log.error("%s", e)
+        log.error("the pipeline did not start; the messages above say why")
         return 1
     if pipeline.frontend._tmpdir:
         leftovers.append(pipeline.frontend._tmpdir)
