@@ -315,6 +315,91 @@ def test_close_and_repr(zctx, tmp_path):
         client.subscribe("")
 
 
+# -- sequence numbers and missed results ---------------------------------------
+
+class XPub:
+    """An XPUB socket that knows when a subscription arrived (no slow joiner)."""
+
+    def __init__(self, zctx, address):
+        self.socket = zctx.socket(zmq.XPUB)
+        self.socket.bind(address)
+        self.address = address
+
+    def wait_subscribed(self, *topics):
+        wanted, deadline = {b"\x01" + t for t in topics}, time.monotonic() + 10
+        while wanted:
+            assert time.monotonic() < deadline, f"never subscribed: {wanted}"
+            if self.socket.poll(100):
+                wanted.discard(self.socket.recv())
+
+    def send_multipart(self, frames):
+        self.socket.send_multipart(frames)
+
+
+@pytest.fixture
+def xpub(zctx, tmp_path):
+    pub = XPub(zctx, f"ipc://{tmp_path}/seq")
+    yield pub
+    pub.socket.close(linger=0)
+
+
+def send_seq(sock, path, stream, n, **extra):
+    sock.send_multipart(encode_protocol(path, {"data": float(n), "event_id": n,
+                                               "seq": (stream, n), **extra}))
+
+
+def test_gaps_in_sequence_numbers_are_counted_per_view(zctx, xpub):
+    with Client(xpub.address, views=["a", "b"], context=zctx, timeout=10) as client:
+        xpub.wait_subscribed(b"index", b"view#a", b"view#b")
+        assert (client.missed, client.missed_by_view, client.received) == (0, {}, 0)
+        for n in (7, 8, 9, 12):          # first result: a baseline, not a gap of 7
+            send_seq(xpub, b"view#a", 1, n)
+        for n in (0, 3):
+            send_seq(xpub, b"view#b", 1, n)
+        send_seq(xpub, b"view#ab", 1, 50)  # prefix match, not subscribed: ignored
+        send_seq(xpub, b"view#a", 2, 4)    # REDUCE restarted: a new stream, no gap
+        send_seq(xpub, b"view#a", 2, 6)
+        xpub.send_multipart(encode_protocol(b"view#b", {"data": 1}))  # no seq: older pipeline
+        got = [client.recv() for _ in range(9)]
+        assert [(p, d["data"]) for p, d in got][-2:] == [("view#a", 6.0), ("view#b", 1)]
+        assert client.received == 9
+        assert client.missed_by_view == {"view#a": 2 + 1, "view#b": 2}
+        assert client.missed == 5
+        missed = client.missed_by_view
+        missed["view#a"] = 0              # a copy
+        assert client.missed == 5
+
+
+def test_a_new_subscription_starts_counting_afresh(zctx, xpub):
+    with Client(xpub.address, views=["a"], context=zctx, timeout=10) as client:
+        xpub.wait_subscribed(b"index", b"view#a")
+        send_seq(xpub, b"view#a", 1, 0)
+        assert client.recv()[1]["seq"] == (1, 0)
+        client.unsubscribe("a")
+        client.subscribe("a")
+        xpub.wait_subscribed(b"view#a")
+        send_seq(xpub, b"view#a", 1, 40)  # sent while it was not subscribed: not missed
+        send_seq(xpub, b"view#a", 1, 41)
+        assert [client.recv()[1]["seq"][1] for _ in range(2)] == [40, 41]
+        assert client.missed == 0
+
+
+class SmallClient(Client):
+    PENDING_LIMIT = 3
+
+
+def test_results_wait_index_had_to_drop_are_counted(zctx, xpub):
+    with SmallClient(xpub.address, views=["a"], context=zctx, timeout=10) as client:
+        xpub.wait_subscribed(b"index", b"view#a")
+        for n in range(5):
+            send_seq(xpub, b"view#a", 1, n)
+        xpub.send_multipart(encode_protocol(b"index", encode_index(INDEX)))
+        client.wait_index()
+        assert [client.recv()[1]["seq"][1] for _ in range(3)] == [2, 3, 4]
+        assert client.missed_by_view == {"view#a": 2}
+        assert client.received == 5
+
+
 # -- metropc-client --------------------------------------------------------
 
 def test_summaries():
