@@ -1,14 +1,21 @@
 """``metropc-client``: watch a running pipeline's output from a terminal.
 
-    metropc-client tcp://host:5555                      # live index
-    metropc-client tcp://host:5555 --view roi --view img # plus latest values
+    metropc-client tcp://host:5555                      # index + latest value of every view
+    metropc-client tcp://host:5555 --view roi --view img # only these views' values
     metropc-client tcp://host:5555 --view roi --once     # one snapshot, then exit
 
 It shows the index (views with output type, stage, counts, rates and
 errors; other paths with counts and rates) and the latest value of each
-chosen view: scalars as values, arrays summarised by shape, dtype, min,
-max and mean.  On a terminal the display refreshes in place; otherwise
-(pipes, logs) each refresh is printed as a separate block.
+view (all published views, or those chosen with ``--view``): scalars as
+values, arrays summarised by shape, dtype, min, max and mean, strings
+shortened.  Results the client missed (the pipeline numbers them) are
+counted in the header and per view.  When no index arrives for
+:data:`STALE_AFTER` seconds the header says the pipeline is disconnected;
+the display recovers by itself when it comes back.  Rates are computed
+here from the counts of successive indexes, so a count and its rate always
+agree (the pipeline sends no rate for some ``internal#`` counters).  On a
+terminal the display refreshes in place; otherwise (pipes, logs) each
+refresh is printed as a separate block.
 
 Exit codes: 0 on success or Ctrl-C, 1 when nothing arrived in time,
 2 for a bad address or arguments.
@@ -17,6 +24,7 @@ Exit codes: 0 on success or Ctrl-C, 1 when nothing arrived in time,
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import sys
 import time
@@ -25,13 +33,20 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..client import Client, IndexEntry, IndexViewEntry, view_path
+from ..client import Client, IndexEntry, IndexViewEntry, ViewOutput, view_path
 from ..error import ProtocolError
 
 log = logging.getLogger(__name__)
 
 _CLEAR = "\x1b[H\x1b[2J"
 _MAX_TEXT = 60
+_VIEW_WIDTH = 28
+_PATH_WIDTH = 40
+#: Seconds without an index after which the pipeline counts as gone (it
+#: publishes one every second).
+STALE_AFTER = 3.0
+#: Seconds of index history rates are computed over.
+RATE_WINDOW = 3.0
 
 
 def _positive(text: str) -> float:
@@ -48,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("address", metavar="ADDR",
                         help="output address of the pipeline, e.g. tcp://host:5555")
     parser.add_argument("--view", dest="views", metavar="NAME", action="append",
-                        default=[], help="also show the latest value of this view "
-                        "(name or view#name); repeatable")
+                        default=[], help="show the latest value of this view only "
+                        "(name or view#name; repeatable); default: every view")
     parser.add_argument("--interval", type=_positive, default=1.0, metavar="S",
                         help="refresh interval in seconds (default: 1)")
     parser.add_argument("--once", action="store_true",
@@ -72,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _short(text: str) -> str:
     return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT - 3] + "..."
+
+
+def middle(text: str, width: int) -> str:
+    """`text` in at most `width` characters, cut in the middle with "…".
+
+    Paths differ at both ends (``karabo#DEVICE/…:output[key]``), so
+    both are kept; the table columns stay aligned.
+    """
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
 
 
 def _num(value) -> str:
@@ -119,55 +146,123 @@ def summarize(value) -> str:
     return _short(f"{type(value).__name__} {value!r}")
 
 
-def _view_rows(index: Mapping[str, IndexEntry]) -> list[str]:
-    rows = [f"{'VIEW':<28} {'OUTPUT':<20} {'STAGE':<7} {'COUNTS':>9} "
+class IndexRates:
+    """Rates from the counts of successive indexes, so that they agree.
+
+    The pipeline's own rates are over its last index interval, and some
+    ``internal#`` counters come with none at all (always 0.0) while their
+    count grows.  Here the rate of a path is its count's increase over
+    the indexes of the last :data:`RATE_WINDOW` seconds (arrival times);
+    until there are two such indexes, or after a count went down (a new
+    context or a restarted stage), the pipeline's rate is shown.
+    """
+
+    def __init__(self, window: float = RATE_WINDOW):
+        self.window = window
+        self._history: collections.deque = collections.deque()  # (time, {path: counts})
+
+    def add(self, when: float, index: Mapping[str, IndexEntry]) -> None:
+        """Record the index that arrived at monotonic time `when`."""
+        self._history.append((when, {p: e.counts for p, e in index.items()}))
+        while len(self._history) > 2 and when - self._history[1][0] >= self.window:
+            self._history.popleft()
+
+    def rate(self, path: str, entry: IndexEntry) -> float:
+        """Events per second of `path`, whose latest entry is `entry`."""
+        if len(self._history) >= 2:
+            now, _ = self._history[-1]
+            for then, counts in self._history:
+                old = counts.get(path)
+                if old is not None and old <= entry.counts and now - then >= 0.5:
+                    return (entry.counts - old) / (now - then)
+        return entry.rate
+
+
+def _view_rows(index: Mapping[str, IndexEntry], rate) -> list[str]:
+    rows = [f"{'VIEW':<{_VIEW_WIDTH}} {'OUTPUT':<20} {'STAGE':<7} {'COUNTS':>9} "
             f"{'RATE':>9} {'ERRORS':>6}"]
     for path in sorted(p for p, e in index.items() if isinstance(e, IndexViewEntry)):
         e = index[path]
-        name = path + (" (hidden)" if e.hidden else "")
-        rows.append(f"{name:<28} {e.output.name:<20} {e.stage.name:<7} "
-                    f"{e.counts:>9} {e.rate:>7.1f}/s {e.errors:>6}"
-                    + (f"  {e.label}" if e.label else ""))
+        hidden = " (hidden)" if e.hidden else ""
+        name = middle(path, _VIEW_WIDTH - len(hidden)) + hidden
+        rows.append(f"{name:<{_VIEW_WIDTH}} {e.output.name:<20} {e.stage.name:<7} "
+                    f"{e.counts:>9} {rate(path, e):>7.1f}/s {e.errors:>6}"
+                    + (f"  {_short(e.label)}" if e.label else ""))
     return rows
 
 
-def _path_rows(index: Mapping[str, IndexEntry]) -> list[str]:
+def _path_rows(index: Mapping[str, IndexEntry], rate) -> list[str]:
     paths = sorted(p for p, e in index.items() if not isinstance(e, IndexViewEntry))
     if not paths:
         return []
-    rows = [f"{'PATH':<40} {'COUNTS':>9} {'RATE':>9}"]
+    rows = [f"{'PATH':<{_PATH_WIDTH}} {'COUNTS':>9} {'RATE':>9}"]
     for path in paths:
         e = index[path]
-        rows.append(f"{path:<40} {e.counts:>9} {e.rate:>7.1f}/s")
+        rows.append(f"{middle(path, _PATH_WIDTH):<{_PATH_WIDTH}} {e.counts:>9} "
+                    f"{rate(path, e):>7.1f}/s")
     return rows
 
 
 def render(address: str, index: Mapping[str, IndexEntry] | None,
            values: Mapping[str, Mapping], wanted=(), index_age: float | None = None,
-           error: str | None = None) -> str:
-    """The text of one snapshot."""
-    age = "" if index_age is None else f"  (index {index_age:.1f} s old)"
-    lines = [f"metropc-client {address}{age}", ""]
+           error: str | None = None, *, rates: IndexRates | None = None,
+           received: int | None = None, missed: Mapping[str, int] | None = None) -> str:
+    """The text of one snapshot.
+
+    `index_age` over :data:`STALE_AFTER` seconds shows as disconnected;
+    `received` and `missed` (per view path) are the client's counts.
+    """
+    if index_age is None:
+        state = ""
+    elif index_age > STALE_AFTER:
+        state = f"  disconnected / no index for {index_age:.0f} s"
+    else:
+        state = f"  (index {index_age:.1f} s old)"
+    lines = [f"metropc-client {address}{state}"]
+    missed = missed or {}
+    if received is not None:
+        lines.append(f"results: {received} received, {sum(missed.values())} missed")
+    lines.append("")
     if index is None:
         lines.append("no index yet")
     else:
-        lines += _view_rows(index)
-        path_rows = _path_rows(index)
+        rate = rates.rate if rates is not None else (lambda path, e: e.rate)
+        lines += _view_rows(index, rate)
+        path_rows = _path_rows(index, rate)
         if path_rows:
             lines += [""] + path_rows
     if wanted:
         lines += ["", "LATEST VALUES"]
         for path in wanted:
             payload = values.get(path)
+            lost = f"  (missed {missed[path]})" if missed.get(path) else ""
+            name = middle(path, _PATH_WIDTH)
             if payload is None:
-                lines.append(f"{path}  (nothing yet)")
+                lines.append(f"{name}  (nothing yet){lost}")
                 continue
             event = payload.get("event_id")
             event = "" if event is None else f"  event {event}"
-            lines.append(f"{path}{event}  {summarize(payload.get('data'))}")
+            lines.append(f"{name}{event}  {summarize(payload.get('data'))}{lost}")
     if error:
         lines += ["", f"last error: {error}"]
     return "\n".join(lines)
+
+
+def published_views(index: Mapping[str, IndexEntry] | None) -> list[str]:
+    """Paths of the views in `index` whose results are sent (not COMPUTE)."""
+    return sorted(p for p, e in (index or {}).items()
+                  if isinstance(e, IndexViewEntry) and e.output != ViewOutput.COMPUTE)
+
+
+def _follow_index(client: Client, values: dict) -> list[str]:
+    """Subscribe to every published view of the latest index, and only those."""
+    views = published_views(client.index)
+    for path in client.views - set(views):
+        client.unsubscribe(path)
+        values.pop(path, None)
+    for path in views:
+        client.subscribe(path)
+    return views
 
 
 # -- running ---------------------------------------------------------------
@@ -206,17 +301,51 @@ def _show(text: str, tty: bool) -> None:
     sys.stdout.flush()
 
 
+def _snapshot_all(client: Client, timeout: float):
+    """For ``--once`` without ``--view``: every published view, briefly.
+
+    Views that publish per event have a value within an index interval;
+    STEP and ACTION views may never, so wait :data:`_ONCE_WINDOW` seconds
+    (at most `timeout`) and show "(nothing yet)" for the rest.
+    """
+    deadline = time.monotonic() + timeout
+    _wait_index(client, timeout)
+    wanted = _follow_index(client, {})
+    values: dict[str, Mapping] = {}
+    until = min(deadline, time.monotonic() + _ONCE_WINDOW)
+    while len(values) < len(wanted):
+        try:
+            path, data = client.recv(max(0.0, until - time.monotonic()))
+        except TimeoutError:
+            break
+        values.setdefault(path, data)
+    return wanted, values
+
+
+_ONCE_WINDOW = 1.5
+
+
 def _run_live(client: Client, wanted: list[str], interval: float, timeout: float):
+    """Redraw every `interval` s until Ctrl-C; with no `wanted`, follow the index."""
     tty = sys.stdout.isatty()
+    follow = not wanted
     _wait_index(client, timeout)
     values: dict[str, Mapping] = {}
+    rates = IndexRates()
+    seen_index = None
     error = None
     next_draw = 0.0
     while True:
+        if client.index_time != seen_index:  # a new index came with the last recv
+            seen_index = client.index_time
+            rates.add(seen_index, client.index)
+            if follow:
+                wanted = _follow_index(client, values)
         now = time.monotonic()
         if now >= next_draw:
             _show(render(client.address, client.index, values, wanted,
-                         now - client.index_time, error), tty)
+                         now - client.index_time, error, rates=rates,
+                         received=client.received, missed=client.missed_by_view), tty)
             next_draw = now + interval
         try:
             path, data = client.recv(max(0.0, next_draw - time.monotonic()))
@@ -241,8 +370,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.once:
-            values = _snapshot_once(client, wanted, args.timeout)
-            print(render(args.address, client.index, values, wanted))
+            if wanted:
+                values = _snapshot_once(client, wanted, args.timeout)
+            else:
+                wanted, values = _snapshot_all(client, args.timeout)
+            print(render(args.address, client.index, values, wanted,
+                         missed=client.missed_by_view))
             return 0
         _run_live(client, wanted, args.interval, args.timeout)
     except TimeoutError as e:
