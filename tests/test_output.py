@@ -10,6 +10,7 @@ clients subscribe late or whose views return values that cannot be encoded.
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -362,11 +363,14 @@ def test_results_held_back_by_a_stall_reach_a_reading_client():
 
     n = 3000
     got = {"view#v": [], "view#w": []}   # (event_id, seq, arrival time)
+    seq_stream = {}
     with Pipeline(STALL_CTX, source=None, pool=2, ready_timeout=60) as pipe, \
             Client(pipe.output_addr, views=["v", "w"], timeout=60) as client:
 
         def receive(timeout):
             path, data = client.recv(timeout=timeout)
+            assert list(data) == ["data", "event_id", "version", "seq"]  # docs/protocol.md §7
+            assert data["seq"][0] == seq_stream.setdefault(path, data["seq"][0])
             got[path].append((data["event_id"], data["seq"][1], time.monotonic()))
 
         # Warm up until the client receives both views (from then on every
@@ -414,3 +418,17 @@ def test_results_held_back_by_a_stall_reach_a_reading_client():
     assert released - sent_at >= 2.5
     assert sum(1 for e, _, a in got["view#v"] if e > 1000 and a - released < 1.0) >= 1000
     assert index["internal#output_dropped"].counts == 0
+
+
+def test_the_documented_result_message_is_byte_exact():
+    """docs/protocol.md §6 shows a published result frame by frame."""
+    from pathlib import Path
+
+    from metropc.protocol import encode_protocol
+
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    block = doc.split("A result as the reduce stage publishes it")[1].split("```")[1]
+    frames = [bytes.fromhex(re.match(r"frame \d+\s+((?:[0-9a-f]{2} )*[0-9a-f]{2})", line)
+                            .group(1)) for line in block.strip().splitlines()]
+    assert frames == [bytes(f) for f in encode_protocol(b"view#roi", {
+        "data": 1.5, "event_id": 7, "version": 2, "seq": (0x0123456789abcdef, 41)})]
