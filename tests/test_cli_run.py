@@ -189,3 +189,21 @@ def test_a_failing_view_is_reported_once_with_file_and_line(tmp_path):
                if "view 'bad' failed on event" in line]
     assert len(reports) == 1, proc.stderr
     assert f"{ctx_file}:3" in reports[0] and "ZeroDivisionError" in reports[0]
+
+
+def test_status_context_line_follows_a_version_a_stage_refused():
+    from metropc.cli.status import ContextState
+
+    state = ContextState("/somewhere/ctx.py")
+    state.loaded(1, 3)
+    assert "version 1 running (3 views)" in state.line().plain
+    state.loaded(2, 4)  # built here, then refused by a stage (two-phase reload)
+    state.stage_message("context version 2 refused, the previous one keeps running: "
+                        "[reduce] ctx.py:5: ImportError: no module named 'x'")
+    line = state.line().plain
+    assert "version 1 running (3 views)" in line and "version 1 goes on" in line
+    assert "ctx.py:5: ImportError" in line
+    state.stage_message("[pool-0] ctx.py:9: view 'v' failed on event 3: KeyError: 'a'")
+    assert "version 1 running" in state.line().plain  # other errors change nothing
+    state.loaded(3, 4)
+    assert state.line().plain == "ctx.py: version 3 running (4 views)"

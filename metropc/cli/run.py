@@ -675,6 +675,13 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
         state = ContextState(args.context)
         if pipeline.ctx is not None:
             state.loaded(pipeline.version, len(pipeline.ctx.views))
+        on_error = pipeline.on_error
+
+        def on_stage_error(msg):  # called in the frontend's thread
+            on_error(msg)
+            state.stage_message(msg)
+
+        pipeline.on_error = on_stage_error
         watcher = None if args.no_watch else ContextWatcher(pipeline, state)
         if mode != "off":
             status = StatusDisplay(pipeline.output_addr, pipeline.ctx.event_alias,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 
@@ -42,8 +43,28 @@ class ContextState:
         self.refused_at = None   # wall-clock time of it
 
     def loaded(self, version, views):
+        if self.version is not None and version != self.version:
+            self._previous = (self.version, self.views)
         self.version, self.views = version, views
         self.refused = self.refused_at = None
+
+    _previous = None
+    _STAGE_REFUSAL = re.compile(r"context version (\d+) refused, the previous one keeps "
+                                r"running: (.*)", re.S)
+
+    def stage_message(self, msg):
+        """A stage's error message; a refused context version is noted.
+
+        A context that builds here can still be refused by a stage (the
+        reload is two-phase, docs/pipeline.md), and then the previous
+        version goes on everywhere.
+        """
+        m = self._STAGE_REFUSAL.search(str(msg))
+        if m is None:
+            return
+        if int(m[1]) == self.version and self._previous is not None:
+            self.version, self.views = self._previous
+        self.refuse(m[2].strip())
 
     def refuse(self, where_and_why):
         self.refused = where_and_why
