@@ -31,8 +31,9 @@ import threading
 import time
 
 from ..error import ContextError, SourceError
-from ..frontend import DROP_NEWEST, DROP_OLDEST
-from ..stage.shm import parse_size, unlink_owned
+
+# The pipeline's modules are imported in main(), once SIGINT is blocked, so
+# that a Ctrl-C while they load is handled like any other.
 
 log = logging.getLogger("metropc.run")
 
@@ -90,6 +91,9 @@ positive_float = _number(float, 1e-9, "positive")
 
 
 def build_parser():
+    from ..frontend import DROP_NEWEST, DROP_OLDEST
+    from ..stage.shm import parse_size
+
     p = _Parser(
         prog=PROG, description="Run a metropc context on a data source.")
     p.add_argument("context", help="the context file (Python)")
@@ -387,15 +391,7 @@ class Interrupts:
     @staticmethod
     def block():
         """Block SIGINT in this thread, and so in every thread and process it
-        starts later; call it before anything else starts.  Returns the old mask.
-
-        multiprocessing's resource tracker, when it starts, unblocks SIGINT
-        in the thread that starts it (``ensure_running``), so it is started
-        first; later calls find it running and leave the mask alone.
-        """
-        from multiprocessing import resource_tracker
-
-        resource_tracker.ensure_running()
+        starts later; call it before anything else starts.  Returns the old mask."""
         return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
     def install(self, old_mask):
@@ -407,6 +403,14 @@ class Interrupts:
         self._old_term = signal.signal(signal.SIGTERM, handler)
         # Should anything unblock SIGINT again, it still is no traceback.
         self._old_int = signal.signal(signal.SIGINT, handler)
+        # multiprocessing's resource tracker, when it starts, unblocks SIGINT
+        # in the thread that starts it (ensure_running); start it now and
+        # block again, so that the stage processes, spawned later, inherit
+        # the block (ensure_running leaves the mask alone once it runs).
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
     def _wait(self):
         while not self._done.is_set():
@@ -541,15 +545,14 @@ def check_arguments(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    old_mask = Interrupts.block()  # first: before any import, thread or process
     try:
-        dashboard_bind = check_arguments(args)
-    except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-
-    old_mask = Interrupts.block()  # before any thread starts
-    try:
+        args = build_parser().parse_args(argv)
+        try:
+            dashboard_bind = check_arguments(args)
+        except UsageError as e:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return 2
         return _main(args, dashboard_bind, old_mask)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -585,6 +588,8 @@ def _main(args, dashboard_bind, old_mask):
         # to remove on the way out.
         for path in leftovers:
             shutil.rmtree(path, ignore_errors=True)
+        from ..stage.shm import unlink_owned
+
         unlink_owned()  # shared memory would outlive os._exit
         if children is not None:
             children.restore_cursor()
