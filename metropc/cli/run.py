@@ -559,17 +559,12 @@ def main(argv=None):
 
 
 def _main(args, dashboard_bind, old_mask):
+    from ..stage.shm import unlink_owned
+
     mode = args.status
     if mode == "auto":
         mode = "live" if sys.stderr.isatty() else "lines"
     children = console = None
-    if mode == "live":
-        from rich.console import Console
-
-        children = ChildOutput()
-        console = Console(file=children.stderr)
-        children.start(console)
-    handler = setup_logging(args.verbose, console)
     leftovers = []  # what to remove even when leaving at once
 
     def say(text):
@@ -588,8 +583,6 @@ def _main(args, dashboard_bind, old_mask):
         # to remove on the way out.
         for path in leftovers:
             shutil.rmtree(path, ignore_errors=True)
-        from ..stage.shm import unlink_owned
-
         unlink_owned()  # shared memory would outlive os._exit
         if children is not None:
             children.restore_cursor()
@@ -597,14 +590,25 @@ def _main(args, dashboard_bind, old_mask):
 
     interrupts = Interrupts(on_stop, on_exit)
     stop = interrupts.stop
-    # While stopping, only warnings and errors: Ctrl-C is one line.
-    handler.addFilter(lambda record: not stop.is_set() or record.levelno >= logging.WARNING)
+    # Before ChildOutput: the resource tracker it starts keeps the real fds.
     interrupts.install(old_mask)
     try:
-        return _run(args, dashboard_bind, mode, console, interrupts, leftovers, say)
+        if mode == "live":
+            from rich.console import Console
+
+            children = ChildOutput()
+            console = Console(file=children.stderr)
+            children.start(console)
+        handler = setup_logging(args.verbose, console)
+        # While stopping, only warnings and errors: Ctrl-C is one line.
+        handler.addFilter(lambda record: not stop.is_set()
+                          or record.levelno >= logging.WARNING)
+        try:
+            return _run(args, dashboard_bind, mode, console, interrupts, leftovers, say)
+        finally:
+            logging.getLogger().removeHandler(handler)
     finally:
         interrupts.uninstall()
-        logging.getLogger().removeHandler(handler)
         if children is not None:
             children.close()
 
@@ -619,6 +623,8 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
     def exit_code():
         return 130 if interrupts.signum == signal.SIGINT else 0
 
+    if stop.is_set():  # Ctrl-C before anything started
+        return exit_code()
     source = _read(args.context)
     if source is None:
         say(f"{PROG}: error: cannot read the context file {args.context}")
