@@ -247,6 +247,13 @@ def _int_list(v):
     return None
 
 
+def _bytes_list(v):
+    for s in v:
+        if type(s) is not bytes:
+            return "holds a non-bytes"
+    return None
+
+
 def _slot_serials(v):
     return None if len(v) % 8 == 0 else "is not a whole number of int64"
 
@@ -302,7 +309,11 @@ SCHEMAS: dict[bytes, Schema] = {
     OP_EVENT: Schema({}, values=Field(_ANY), check=_event),
     OP_CONTEXT: Schema({"ctx": Field(_DICT, True, _ctx_version),
                         "from_seq": Field(_INT), "prepare": Field(_BOOL),
-                        "start_seq": Field(_INT), "counters": Field(_DICT)}),
+                        "start_seq": Field(_INT), "counters": Field(_DICT),
+                        "skip": Field((list, tuple), False, _int_list),
+                        "doubtful": Field((list, tuple), False, _int_list),
+                        "grace": Field((int, float)),
+                        "subs": Field((list, tuple), False, _bytes_list)}),
     OP_COMMIT: Schema({"version": _VERSION, "from_seq": Field(_INT)}),
     OP_ABORT: Schema({"version": _VERSION}),
     OP_PARAMS: Schema({}, values=Field(_ANY)),
@@ -325,7 +336,8 @@ SCHEMAS: dict[bytes, Schema] = {
     OP_CTX_FAILED: Schema({"version": _VERSION, "msg": _MSG}),
     OP_DEBUG: Schema({"msg": _MSG}),
     OP_PROGRESS: Schema({"next_seq": Field(_INT, True), "lost": Field(_INT, True),
-                         "stale": Field(_INT, True)}),
+                         "stale": Field(_INT, True),
+                         "subs": Field((list, tuple), False, _bytes_list)}),
     # pool -> reduce
     OP_RESULT: Schema({}, values=Field(_ANY), check=_result),
 }

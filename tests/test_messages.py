@@ -77,6 +77,8 @@ GOOD = [
     (b"event", {SEQ_PATH: None}),
     (b"context", {"ctx": _ctx_dict()}),
     (b"context", {"ctx": _ctx_dict(), "prepare": True}),
+    (b"context", {"ctx": {"version": 2}, "from_seq": 9, "start_seq": 4, "skip": [5],
+                  "doubtful": [6, 7], "grace": 1, "counters": {"lost": 2, "stale": 0}}),
     (b"context", {"ctx": {"version": None}, "from_seq": 7, "start_seq": 3,
                   "counters": {"a": 1}}),
     (b"commit", {"version": 2, "from_seq": 10}),

@@ -19,10 +19,12 @@ The policy:
   worker holding SHM_WORKER_BYTES of slots is asked last, and an event
   waits for a slot only while some worker will free one.
 - Every event sent is *outstanding* at its worker until the worker's
-  credit acknowledges its message; if the worker dies, those events are
-  the ones lost.  A send that ZeroMQ refused (the worker is gone) loses
-  nothing: the events go back to the queue, with the sequence numbers they
-  were given, for another worker.
+  credit acknowledges its message.  If the worker dies or hangs, the
+  events of its oldest outstanding message are lost (it was working on
+  them, and they may be what killed it); the messages behind that one were
+  not started, so they go back to the queue for another worker.  A send
+  that ZeroMQ refused (the worker is gone) loses nothing either.  Events
+  that go back keep the sequence numbers they were given.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Batch:
     seqs: list = field(default_factory=list)
     small: bool = True
     items: list = field(default_factory=list)     # queue items, to requeue
+    step: bool = False                            # a step boundary, not events
 
 
 class Dispatcher:
@@ -70,7 +73,7 @@ class Dispatcher:
         self.credits = collections.Counter()
         self.workers: list[str] = []    # in round-robin order
         self.turn = 0
-        self.outstanding = {}           # worker -> deque of (sent, [seq, ...])
+        self.outstanding = {}           # worker -> deque of (sent, Batch)
         self.busy_since = {}            # worker -> when it started its oldest message
         self.shm_workers = set()        # local workers that mapped the shared memory
         self.shm_waiting = None         # queue index of the event waiting for a slot
@@ -92,8 +95,14 @@ class Dispatcher:
         else:
             self.shm_workers.discard(name)
 
-    def remove_worker(self, name: str) -> list[int]:
-        """`name` is gone: the sequence numbers of the events it held (lost)."""
+    def remove_worker(self, name: str) -> tuple[list[int], list, list[int]]:
+        """`name` is gone: ``(lost, requeue, steps)``.
+
+        `lost`: sequence numbers of its oldest outstanding message, the one
+        it was working on; `requeue`: queue items of the messages behind it,
+        which it never started; `steps`: step boundaries among those, to
+        send again.
+        """
         if name in self.workers:
             i = self.workers.index(name)
             self.workers.remove(name)
@@ -102,7 +111,13 @@ class Dispatcher:
         self.credits.pop(name, None)
         self.shm_workers.discard(name)
         self.busy_since.pop(name, None)
-        return [seq for _, seqs in self.outstanding.pop(name, ()) for seq in seqs]
+        batches = list(self.outstanding.pop(name, ()))
+        if not batches:
+            return [], [], []
+        lost = list(batches[0][1].seqs)
+        requeue = [item for _, b in batches[1:] if not b.step for item in b.items]
+        steps = [b.seqs[0] for _, b in batches[1:] if b.step]
+        return lost, requeue, steps
 
     def on_credit(self, name: str, n: int | None, now: float) -> None:
         """A credit: `n` more (initial or late), or None for one message done."""
@@ -114,9 +129,9 @@ class Dispatcher:
         self.credits[name] += 1
         batches = self.outstanding.get(name)
         if batches:
-            sent, seqs = batches.popleft()
+            sent, done = batches.popleft()
             took = now - max(sent, self.busy_since.get(name, 0.0))
-            self.event_cost += 0.2 * (took / max(1, len(seqs)) - self.event_cost)
+            self.event_cost += 0.2 * (took / max(1, len(done.seqs)) - self.event_cost)
         self.busy_since[name] = now
 
     def refused(self, batch: Batch) -> list:
@@ -126,7 +141,7 @@ class Dispatcher:
         name = batch.worker
         self.credits[name] = 0
         batches = self.outstanding.get(name)
-        if batches and batches[-1][1] is batch.seqs:
+        if batches and batches[-1][1] is batch:
             batches.pop()
         # Slots reserved for it are reclaimed when it is replaced; the
         # events go back as they were before they were put in slots.
@@ -137,12 +152,12 @@ class Dispatcher:
         batches = self.outstanding.get(name)
         if not batches:
             return None
-        return max(batches[0][0], self.busy_since.get(name, 0.0)), batches[0][1]
+        return max(batches[0][0], self.busy_since.get(name, 0.0)), batches[0][1].seqs
 
     def held(self) -> list[int]:
         """Sequence numbers of every event some worker holds."""
         return [seq for batches in self.outstanding.values()
-                for _, seqs in batches for seq in seqs]
+                for _, batch in batches for seq in batch.seqs]
 
     def new_context(self, version) -> None:
         """A context was committed: stamp its version; measure work anew."""
@@ -183,7 +198,7 @@ class Dispatcher:
         if seq is None:
             seq = self.seq
             self.seq += 1
-        batch = Batch(worker, [(OP_EVENT, {SEQ_PATH: seq, KEY_STEP: True})], [seq])
+        batch = Batch(worker, [(OP_EVENT, {SEQ_PATH: seq, KEY_STEP: True})], [seq], step=True)
         self._track(batch, now)
         return batch
 
@@ -208,7 +223,7 @@ class Dispatcher:
         batches = self.outstanding.setdefault(batch.worker, collections.deque())
         if not batches:
             self.busy_since[batch.worker] = now
-        batches.append((now, batch.seqs))
+        batches.append((now, batch))
 
     def _take(self, queue, limit, worker) -> Batch:
         """One large event, or several small ones (see the module docstring)."""

@@ -27,7 +27,7 @@ import zmq
 
 from ..error import ProtocolError
 from .common import (OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_CTX_FAILED,
-                     OP_CTX_READY, OP_DEBUG, OP_ERROR, OP_HELLO, OP_LOST, OP_PARAMS,
+                     OP_CTX_READY, OP_DEBUG, OP_ERROR, OP_HELLO, OP_LOST, OP_PARAMS, OP_PROGRESS,
                      OP_SHM, OP_STATS, OP_STEP, OP_STOP, recv, send, send_batch)
 from .dispatcher import Dispatcher
 from .reload import Aborted, Committed, ReloadCoordinator
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FrontendLoop"]
 
-#: REDUCE reports its progress (next sequence number, lost, stale) this way.
-OP_PROGRESS = b"progress"
 #: Seconds a restarted REDUCE waits for results that may still be on their
 #: way from the workers (sent before the restart) before counting them lost.
 RESTART_GRACE = 1.0
@@ -64,6 +62,7 @@ class FrontendLoop:
         # What REDUCE last said of its progress; survives its restarts.
         self.progress = {"next_seq": 0, "lost": 0, "stale": 0}
         self.announced_lost: set[int] = set()  # lost seqs REDUCE may not have seen
+        self.reduce_subs: list[bytes] = []     # what REDUCE's clients subscribed to
         self.rejected = 0
         self._rejected_kinds: set = set()
         self.input_counts: dict = {}
@@ -194,6 +193,7 @@ class FrontendLoop:
 
     def on_progress(self, data):
         self.progress = {k: int(data[k]) for k in ("next_seq", "lost", "stale") if k in data}
+        self.reduce_subs = list(data.get("subs", ()))
         next_seq = self.progress.get("next_seq", 0)
         self.announced_lost = {s for s in self.announced_lost if s >= next_seq}
 
@@ -249,7 +249,7 @@ class FrontendLoop:
                 continue
             (skip if seq in self.announced_lost else doubtful).append(seq)
         return {"start_seq": start, "skip": skip, "doubtful": doubtful,
-                "grace": RESTART_GRACE,
+                "grace": RESTART_GRACE, "subs": list(self.reduce_subs),
                 "counters": {"lost": self.progress.get("lost", 0),
                              "stale": self.progress.get("stale", 0)}}
 
@@ -287,15 +287,20 @@ class FrontendLoop:
         self.apply(self.reload.stage_gone(name))
         if not name.startswith("pool-"):
             return ""
-        lost = self.dispatcher.remove_worker(name)
+        lost, requeue, steps = self.dispatcher.remove_worker(name)
         self.fe.lost_events += len(lost)
         self.announce_lost(lost)
+        with self.queue.lock:
+            self.queue.requeue(requeue)  # never started: another worker takes them
+        self.retry_steps.extend(steps)
         reclaimed = ""
         if self.fe.shm is not None:
             n = self.fe.shm.reclaim(name)
             if n:
                 reclaimed = f"; {n} shared-memory slot(s) it held are reclaimed"
         text = f"{reason}; {len(lost)} event(s) it held are lost{reclaimed}"
+        if requeue:
+            text += f"; {len(requeue)} it had not started go to another worker"
         if report:
             self.fe.on_pipeline_error(text)
         return text

@@ -31,7 +31,7 @@ from . import shm as shmem
 from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, META_EVENT, META_SKIP, META_STEP, OP_ABORT,
                      OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED, OP_CTX_READY,
                      OP_ERROR, OP_HELLO, OP_INDEX,
-                     OP_LOST, OP_PARAMS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
+                     OP_LOST, OP_PARAMS, OP_PROGRESS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
                      recv, recv_messages, send, unpack_meta)
 from .ordering import ReorderBuffer
 from .reload import StagedContext
@@ -46,7 +46,10 @@ INDEX_INTERVAL = 1.0
 #: How often REDUCE tells the frontend how far it got (if it moved): what a
 #: replacement would miss if REDUCE died now is at most this much of events.
 PROGRESS_INTERVAL = 0.02
-OP_PROGRESS = b"progress"
+#: Seconds a restarted REDUCE holds results back until the clients of the
+#: one that died have subscribed again.
+SUBSCRIBE_GRACE = 2.0
+
 
 
 class RateMeter:
@@ -94,6 +97,9 @@ class ReduceStage:
         self.staged = StagedContext(ContextStage.REDUCE)
         self.doubtful = []                 # after a restart: results that may come
         self.doubtful_until = 0.0
+        self.clients_back = set()          # after a restart: prefixes to wait for
+        self.clients_until = 0.0
+        self.grace = 1.0
         self._progress_sent = None
         self.inputs = {}           # path -> (count, rate), from the frontend
         self.slots = shmem.SlotReader(header_writable=True)
@@ -128,12 +134,30 @@ class ReduceStage:
         self.buffer.lost += int(counters.get("lost", 0))
         self.stale += int(counters.get("stale", 0))
         self.doubtful = list(data.get("doubtful") or ())
-        self.doubtful_until = time.monotonic() + float(data.get("grace", 1.0))
+        self.grace = float(data.get("grace", 1.0))
+        self.doubtful_until = time.monotonic() + self.grace
+        # Clients reconnect on their own within moments: results published
+        # before their subscriptions are back would be lost to them unseen.
+        self.clients_back = set(data.get("subs") or ())
+        self.clients_until = time.monotonic() + SUBSCRIBE_GRACE
         self._process_all(self.buffer.skip(int(s) for s in data.get("skip") or ()))
+
+    def awaiting_clients(self):
+        """Whether results wait for the clients of a REDUCE that died to resubscribe."""
+        if not self.clients_back:
+            return False
+        now = time.monotonic()
+        if self.clients_back <= self.output.prefixes or now > self.clients_until:
+            self.clients_back = set()
+            # Results are read again from now on: their grace starts now.
+            self.doubtful_until = max(self.doubtful_until, now + self.grace)
+            return False
+        return True
 
     def check_doubtful(self):
         """After the grace period, results that did not come are lost."""
-        if self.doubtful and time.monotonic() >= self.doubtful_until:
+        if self.doubtful and not self.awaiting_clients() and (
+                time.monotonic() >= self.doubtful_until):
             doubtful, self.doubtful = self.doubtful, []
             self._process_all(self.buffer.skip(doubtful))
 
@@ -149,11 +173,13 @@ class ReduceStage:
 
     def progress(self):
         """What the frontend needs to restart this stage after a crash, if changed."""
-        state = (self.buffer.next_seq, self.buffer.lost, self.stale)
+        state = (self.buffer.next_seq, self.buffer.lost, self.stale,
+                 frozenset(self.output.prefixes))
         if state == self._progress_sent:
             return None
         self._progress_sent = state
-        return {"next_seq": state[0], "lost": state[1], "stale": state[2]}
+        return {"next_seq": state[0], "lost": state[1], "stale": state[2],
+                "subs": sorted(state[3])}
 
     def _schedule(self, ctx, from_seq):
         """Use `ctx` from event `from_seq` on (now, if nothing older waits)."""
@@ -233,7 +259,7 @@ class ReduceStage:
 
     def _process_all(self, items):
         for item in items:
-            if self.stalled or not self._context_known(item[0]):
+            if self.stalled or self.awaiting_clients() or not self._context_known(item[0]):
                 # Results can overtake their context on the way here (they
                 # come from the workers, the context from the frontend):
                 # wait for it, keeping event order.
@@ -253,7 +279,8 @@ class ReduceStage:
 
     def check_stalled(self, timeout=5.0):
         """Give up on a context that never came: its results are stale."""
-        if self.stalled and time.monotonic() - self.stalled_since > timeout:
+        if self.stalled and not self.awaiting_clients() and (
+                time.monotonic() - self.stalled_since > timeout):
             version = self.stalled[0][0][1]
             log.warning("reduce: context version %s never arrived; dropping its results",
                         version)
@@ -416,6 +443,7 @@ class _ReduceLoop:
                          OP_STATS: stage.on_stats,
                          OP_INDEX: lambda data: stage.publish_index()}
         self._rejected_kinds = set()
+        self.results_polled = True
 
     def run(self):
         stage = self.stage
@@ -430,6 +458,14 @@ class _ReduceLoop:
             if deadline is not None:
                 wait = min(wait, deadline)
             if stage.slots.pending or stage.doubtful:  # look again soon
+                wait = min(wait, 0.05)
+            results_polled = not stage.awaiting_clients()
+            if results_polled != self.results_polled:
+                (poller.register if results_polled else poller.unregister)(self.results)
+                self.results_polled = results_polled
+                if results_polled:  # the clients are back: what waited goes out
+                    stage._resume()
+            if not results_polled:
                 wait = min(wait, 0.05)
             ready = dict(poller.poll(max(0, int(wait * 1000)) + 1))
             if self.results in ready:

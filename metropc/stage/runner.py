@@ -34,7 +34,11 @@ def _stage_main(target, kwargs, log_level=None, log_queue=None):
     signal.signal(signal.SIGTERM, _exit_on_signal)
     _die_with_parent()
     _forward_logging(log_level, log_queue)
-    raise SystemExit(target(**kwargs) or 0)
+    try:
+        code = target(**kwargs) or 0
+    except KeyboardInterrupt:  # SIGTERM outside the stage loop (starting, closing)
+        code = 0
+    raise SystemExit(code)
 
 
 def _exit_on_signal(signum, frame):
