@@ -240,9 +240,11 @@ class Client:
     Missed results are counted, not hidden: the pipeline numbers the
     messages of each view (payload key ``seq``), and a gap in the numbers
     is added to :attr:`missed` and :attr:`missed_by_view`.  Counting
-    starts with the first result after :meth:`subscribe`, and starts over
-    when the pipeline's REDUCE stage was restarted (a new ``stream``), as
-    nothing can be known about results sent before.  Results dropped here
+    starts with the first result after :meth:`subscribe`.  When the
+    pipeline's REDUCE stage was restarted (a new ``stream``), the new one
+    numbers from 0 and also numbers what it published on this client's
+    views before the client had subscribed again, so those count as
+    missed too.  Results dropped here
     because :meth:`wait_index` kept too many are counted as well.
 
     A Client is not thread-safe, like the ZeroMQ socket it wraps.
@@ -306,10 +308,13 @@ class Client:
             return  # an older pipeline: no sequence numbers
         last = self._last_seq.get(path)
         self._last_seq[path] = seq
-        if last is None or last[0] != seq[0]:
-            if last is not None:
-                log.info("%s: new sequence (the pipeline's REDUCE restarted)", path)
-            return  # first result since subscribing, or a new REDUCE: a new baseline
+        if last is None:
+            return  # the first result since subscribing: the baseline
+        if last[0] != seq[0]:
+            # The pipeline's REDUCE restarted: its numbers start at 0, and
+            # it numbered what it sent before this client was back.
+            log.info("%s: new sequence (the pipeline's REDUCE restarted)", path)
+            last = (seq[0], -1)
         gap = seq[1] - last[1] - 1
         if gap > 0:
             self._missed[path] = self._missed.get(path, 0) + gap

@@ -73,6 +73,11 @@ class Output:
         self.socket = socket
         self.prefixes: set[bytes] = set()
         self._wanted: dict[bytes, bool] = {}  # topic -> subscribed? (cache)
+        #: After a restart: what the clients of the REDUCE that died had
+        #: subscribed to and have not subscribed to again yet.  Messages on
+        #: those topics still take a sequence number, so that a client
+        #: coming back counts them as missed (see :meth:`skip`).
+        self.remembered: set[bytes] = set()
         #: Identifies this output's sequence numbers: a new REDUCE process
         #: (after a crash) starts new ones, which clients must not count
         #: as a gap.  Random, so that it differs from any earlier one.
@@ -105,6 +110,7 @@ class Output:
                 continue
             if msg[0] == _SUBSCRIBE:
                 self.prefixes.add(msg[1:])
+                self.remembered.discard(msg[1:])
             else:
                 self.prefixes.discard(msg[1:])
             self._wanted.clear()
@@ -118,6 +124,13 @@ class Output:
                 self._wanted.clear()
             self._wanted[topic] = wanted
         return wanted
+
+    def skip(self, topic: bytes) -> None:
+        """A message on `topic` nobody would receive now: if a client of
+        the REDUCE before a restart listened to it, number it anyway, so
+        that client counts it as missed when it is back."""
+        if self.remembered and any(topic.startswith(p) for p in self.remembered):
+            self._seqs[topic] = self._seqs.get(topic, 0) + 1
 
     def seq(self, topic: bytes) -> tuple[int, int]:
         """The ``seq`` payload value of the next message on `topic`.

@@ -140,6 +140,7 @@ class ReduceStage:
         # before their subscriptions are back would be lost to them unseen.
         self.clients_back = set(data.get("subs") or ())
         self.clients_until = time.monotonic() + SUBSCRIBE_GRACE
+        self.output.remembered = set(self.clients_back)
         self._process_all(self.buffer.skip(int(s) for s in data.get("skip") or ()))
 
     def awaiting_clients(self):
@@ -344,8 +345,11 @@ class ReduceStage:
         version = self.ctx.version
         for name, value in results.items():
             topic = topics.get(name)
-            if topic is None or not output.wants(topic):
-                continue  # a COMPUTE view, or nobody listens
+            if topic is None:
+                continue  # a COMPUTE view
+            if not output.wants(topic):
+                output.skip(topic)  # nobody listens (now)
+                continue
             try:
                 # "seq": per-topic sequence number, for clients to count gaps.
                 frames = encode_protocol(topic, {"data": value, "event_id": event_id,
