@@ -444,10 +444,6 @@ def test_refused_worker_gets_nothing_until_hello():
     assert again.worker == "a" and again.seqs == [0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Dispatcher.refused() only zeroes the worker's credit; a credit for an "
-    "earlier message that arrives after the refusal (on_credit(name, None)) "
-    "gives it credit again, so it gets work before saying hello again"))
 def test_refused_worker_gets_nothing_from_a_late_credit():
     d = dispatcher("a", credit=3)
     q = make_queue(small(i) for i in range(3))

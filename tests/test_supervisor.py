@@ -185,9 +185,6 @@ def test_stuck_counts_toward_the_restart_limit():
     assert all(o.stop for o in outs[:5])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a message holding no events (seqs == []) gets event_timeout * 0 = 0 s: "
-    "the worker is judged stuck as soon as it starts on it"))
 def test_message_without_events_is_not_stuck_at_once():
     # Dispatcher.oldest() gives (started, []) for a message queued with
     # queue_to_any(<an opcode other than b"event">): it goes to one worker

@@ -76,6 +76,7 @@ class Dispatcher:
         self.outstanding = {}           # worker -> deque of (sent, Batch)
         self.busy_since = {}            # worker -> when it started its oldest message
         self.shm_workers = set()        # local workers that mapped the shared memory
+        self.unreachable = set()        # refused a send: no work until hello again
         self.shm_waiting = None         # queue index of the event waiting for a slot
         self.seq = 0                    # next sequence number
         self.version = None             # context version stamped on events
@@ -90,6 +91,7 @@ class Dispatcher:
         if name not in self.workers:
             self.workers.append(name)
         self.credits[name] = 0
+        self.unreachable.discard(name)
         if shm and self.shm is not None:
             self.shm_workers.add(name)
         else:
@@ -111,6 +113,7 @@ class Dispatcher:
         self.credits.pop(name, None)
         self.shm_workers.discard(name)
         self.busy_since.pop(name, None)
+        self.unreachable.discard(name)
         batches = list(self.outstanding.pop(name, ()))
         if not batches:
             return [], [], []
@@ -123,6 +126,8 @@ class Dispatcher:
         """A credit: `n` more (initial or late), or None for one message done."""
         if name not in self.workers:
             return  # a worker already removed; its late credit means nothing
+        if name in self.unreachable:
+            n = 0  # a late credit from a worker that is gone: no new work for it
         if n is not None:
             self.credits[name] += n
             return
@@ -140,6 +145,7 @@ class Dispatcher:
         queue items to put back in front."""
         name = batch.worker
         self.credits[name] = 0
+        self.unreachable.add(name)
         batches = self.outstanding.get(name)
         if batches and batches[-1][1] is batch:
             batches.pop()
@@ -215,7 +221,8 @@ class Dispatcher:
         batch = self._take(queue, limit, worker)
         if not batch.messages:
             return None
-        self._track(batch, now)
+        if batch.seqs:  # only events are acknowledged (a credit per message)
+            self._track(batch, now)
         return batch
 
     def _track(self, batch: Batch, now: float) -> None:

@@ -124,7 +124,7 @@ class Supervisor:
                 out.append(self._restart(stage, why, now, stop=False))
                 continue
             busy = oldest(stage.name) if self.event_timeout else None
-            if busy is not None and stage.can_stop:
+            if busy is not None and busy[1] and stage.can_stop:
                 started, seqs = busy
                 if now - started > self.event_timeout * len(seqs):
                     why = (f"stage {stage.name} spent more than {self.event_timeout:g} s "
