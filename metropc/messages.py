@@ -408,17 +408,19 @@ def _event_fast(data):
 
 
 def _event_full(data):
-    _event_fast(data)
-    why = _str_keys(data)
-    if why is not None:
-        raise ProtocolError(f"event: {why}")
+    seq = data.get(SEQ_PATH)
+    if type(seq) is not int and seq is not None:
+        raise ProtocolError(f"event: field {SEQ_PATH!r} is not an int")
+    for key in data:
+        if type(key) is not str:
+            raise ProtocolError(f"event: key {key!r} is not a str")
 
 
 def _result_full(data):
     unpack_meta(data.get(KEY_META))
-    why = _str_keys(data)
-    if why is not None:
-        raise ProtocolError(f"result: {why}")
+    for key in data:
+        if type(key) is not str:
+            raise ProtocolError(f"result: key {key!r} is not a str")
 
 
 def _result_fast(data):
@@ -431,7 +433,10 @@ _CREDIT_FULL = _CHECKERS[OP_CREDIT]
 def _credit(data):
     """``credit``, the commonest control message: usually empty."""
     if data:
-        _CREDIT_FULL(data)
+        n = data.get("n", 0)
+        free = data.get("free", b"")
+        if type(n) is not int or n < 0 or type(free) is not bytes or len(free) % 8:
+            _CREDIT_FULL(data)  # raises, with the details
 
 
 _CHECKERS.update({OP_EVENT: _event_full, OP_RESULT: _result_full, OP_CREDIT: _credit})

@@ -169,7 +169,16 @@ def recv_messages(sock, flags=0):
         raise
     out = []
     if pickled:  # already decoded
-        for m in messages:
+        try:  # the common case: all valid, one pass without copying
+            for m in messages:
+                if type(m) is not tuple or len(m) != 2:
+                    break
+                validate(m[0], m[1])
+            else:
+                return messages
+        except ProtocolError:
+            pass
+        for m in messages:  # left out what is bad, one log line each
             try:
                 if type(m) is not tuple or len(m) != 2:
                     raise ProtocolError("pickled batch entry is not (opcode, data)")
