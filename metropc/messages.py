@@ -271,14 +271,6 @@ def _stat_pair(v):
     return None
 
 
-def _str_keys(data):
-    # Frames always decode to str keys; pickled batches may hold anything.
-    for key in data:
-        if type(key) is not str:
-            return f"key {key!r} is not a str"
-    return None
-
-
 def _event(data):
     seq = data.get(SEQ_PATH)
     if type(seq) is not int and seq is not None:
