@@ -3,12 +3,29 @@
 The public API most users need is here: the enums, :func:`run` for running a
 context in-process, and the step/action markers for it.  Context files get
 ``View`` and friends as globals; see docs/contexts.md.
+
+:func:`run`, ``STEP`` and ``Action`` are loaded on first use: they bring
+numpy and xarray, which take most of a second to import, and the command
+line tools (``metropc-run``) must be able to take Ctrl-C from their first
+instant, before any of that is loaded.
 """
 
 from ._version import __version__
-from .engine import STEP, Action
 from .enums import ContextStage, ViewOutput, ViewStage
-from .inprocess import run
 
 __all__ = ["ViewStage", "ContextStage", "ViewOutput", "run", "STEP", "Action",
            "__version__"]
+
+
+def __getattr__(name):
+    if name in ("STEP", "Action"):
+        from . import engine
+        return getattr(engine, name)
+    if name == "run":
+        from .inprocess import run
+        return run
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -21,7 +21,7 @@ import os
 import threading
 
 from .core import Context
-from .error import ContextError, SourceError
+from .error import ContextError, SourceError, UnknownParameterError
 from .config import DROP_BLOCK, PipelineConfig
 from .sources import open_source
 from .stage.common import OP_ACTION, OP_CONTEXT, OP_EVENT, OP_INDEX, OP_PARAMS
@@ -177,9 +177,27 @@ class Pipeline:
         return self._use(self._build(source, path), path)
 
     def _build(self, source, path):
+        """Build a context with the parameter overrides it still declares.
+
+        An override of a parameter the edited file no longer declares is
+        dropped with a warning: removing a parameter from the file must
+        not make every later edit be refused.
+        """
         try:
-            return Context(source, path=path, version=self.version + 1,
-                           parameters=self.parameters)
+            try:
+                return Context(source, path=path, version=self.version + 1,
+                               parameters=self.parameters)
+            except UnknownParameterError as e:
+                if self.ctx is None or e.name not in self.parameters:
+                    raise
+                ctx = Context(source, path=path, version=self.version + 1)
+                kept = {k: v for k, v in self.parameters.items() if k in ctx.parameters}
+                for name in sorted(set(self.parameters) - set(kept)):
+                    log.warning("%s no longer declares parameter %r; its value %r is "
+                                "dropped", path, name, self.parameters[name])
+                self.parameters = kept
+                return Context(source, path=path, version=self.version + 1,
+                               parameters=kept)
         except ContextError as e:
             # Kept with the stages' errors, so dashboards show it too.
             self.errors.append(f"context refused: {e}")
@@ -206,7 +224,14 @@ class Pipeline:
         return self.load(source, path=self.context_path)
 
     def set_parameters(self, **values):
-        """Change parameters in every stage from the next event on."""
+        """Change parameters in every stage from the next event on.
+
+        Raises :class:`~metropc.error.ParameterError` (and changes nothing)
+        for a name the context does not declare or a value that does not
+        fit the declared type; values are coerced (``"0.5"`` for a float).
+        """
+        if self.ctx is not None:
+            values = self.ctx.check_parameters(values)
         self.parameters.update(values)
         if self.ctx is not None:
             self.ctx.update_parameters(values)

@@ -120,23 +120,39 @@ def test_find_cycle_reports_the_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-#: Known cycles' closing edges, each to be removed by whoever owns the files.
-#: metropc/dashboard/__init__.py imports .server lazily (in serve()), and
-#: server.py imports check_bind/is_loopback from the package __init__; moving
-#: those two helpers into a module of their own would end it.
-KNOWN_CYCLE_EDGES = {("metropc.dashboard", "metropc.dashboard.server")}
-
-
-def test_no_import_cycles_besides_known_ones():
-    graph = import_graph()
-    for source, target in KNOWN_CYCLE_EDGES:
-        graph[source].discard(target)
-    cycle = find_cycle(graph)
-    assert cycle is None, "import cycle: " + " -> ".join(cycle)
-
-
-@pytest.mark.xfail(strict=True, reason="dashboard/__init__ <-> dashboard/server "
-                   "(see KNOWN_CYCLE_EDGES); XPASS means: empty KNOWN_CYCLE_EDGES")
 def test_no_import_cycles():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+#: Layers, lowest first: a module may import its own layer and those below.
+LAYERS = [
+    ("language", ["metropc._version", "metropc.enums", "metropc.error", "metropc.path",
+                  "metropc.view", "metropc.viewdef", "metropc.builtin", "metropc.core",
+                  "metropc.context", "metropc.euxfel"]),
+    ("protocol", ["metropc.protocol", "metropc.protocol_arrays", "metropc.transport",
+                  "metropc.messages", "metropc.security", "metropc.config"]),
+    ("engine", ["metropc.engine", "metropc.inprocess", "metropc.client"]),
+    ("stages", ["metropc.stage", "metropc.sources", "metropc.frontend", "metropc.pipeline"]),
+    ("apps", ["metropc.dashboard", "metropc.cli", "metropc"]),
+]
+
+
+def layer_of(module):
+    best = None
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if module == prefix or module.startswith(prefix + "."):
+                if best is None or len(prefix) > best[1]:
+                    best = (rank, len(prefix))
+    return None if best is None else best[0]
+
+
+def test_imports_go_one_way_between_layers():
+    """Context language -> engine -> stages -> CLI and dashboard, never back."""
+    graph = import_graph()
+    unplaced = sorted(m for m in graph if layer_of(m) is None)
+    assert not unplaced, f"modules in no layer: {unplaced}"
+    wrong = [(m, t) for m, targets in graph.items() for t in targets
+             if layer_of(t) is not None and layer_of(t) > layer_of(m)]
+    assert not wrong, "imports upward: " + ", ".join(f"{m} -> {t}" for m, t in wrong)

@@ -95,8 +95,12 @@ class Control:
         """Send parameter values to every stage; ValueError for unknown names."""
         if self.target is None:
             raise PermissionError(READ_ONLY_NOTE)
+        ctx = self._context()
+        check = getattr(ctx, "check_parameters", None)
+        if check is not None:  # names and types, as on the command line
+            values = check(values)
         known = self.parameters()
-        if self._context() is not None and known is not None:
+        if ctx is not None and known is not None:
             unknown = sorted(set(values) - set(known))
             if unknown:
                 raise ValueError("unknown parameter(s): " + ", ".join(unknown))

@@ -38,7 +38,8 @@ import tornado.websocket
 from .._version import __version__
 from ..client import IndexViewEntry
 from ..enums import ViewStage
-from . import check_bind, display, is_loopback
+from . import display
+from .address import check_bind, is_loopback
 from .control import Control, parse_error, parse_value
 from .hub import Hub
 

@@ -209,7 +209,11 @@ class PoolWorker:
                         "are not logged)", self.name, kind, type(error).__name__, error)
 
     def report(self, error):
-        send(self.control, OP_ERROR, {"msg": f"[{self.name}] {error.report_text}"})
+        # The context's frames of the traceback go along: the stage logs
+        # nothing itself, the frontend reports it once (with file:line).
+        frames = (getattr(error, "traceback_text", "") or "").rstrip()
+        send(self.control, OP_ERROR,
+             {"msg": f"[{self.name}] {error.report_text}" + (f"\n{frames}" if frames else "")})
 
     def send_results(self, results_out):
         """Push result messages to REDUCE; a value that cannot be encoded
@@ -219,7 +223,9 @@ class PoolWorker:
             send_batch(self.results, results_out)
         except zmq.ZMQError:
             raise
-        except Exception:  # noqa: BLE001 - a value's own __reduce__ may raise anything
+        except KeyboardInterrupt:  # how a stage is told to stop
+            raise
+        except BaseException:  # noqa: BLE001 - a value's own __reduce__ may raise anything
             for _, out in results_out:
                 self.drop_unencodable(out)
             send_batch(self.results, results_out)
@@ -231,7 +237,9 @@ class PoolWorker:
         for key in [k for k in out if not k.startswith("#")]:
             try:
                 encode_protocol(OP_RESULT, {key: out[key]})
-            except Exception as e:  # noqa: BLE001 - see send_results
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # noqa: BLE001 - see send_results
                 del out[key]
                 if not key.startswith("view#"):
                     log.warning("%s: event data %r cannot be sent to REDUCE: %s",

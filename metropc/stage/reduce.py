@@ -107,7 +107,11 @@ class ReduceStage:
 
     # -- control ---------------------------------------------------------------
     def report(self, error):
-        send(self.control, OP_ERROR, {"msg": f"[reduce] {error.report_text}"})
+        # The context's frames of the traceback go along: the stage logs
+        # nothing itself, the frontend reports it once (with file:line).
+        frames = (getattr(error, "traceback_text", "") or "").rstrip()
+        send(self.control, OP_ERROR,
+             {"msg": f"[reduce] {error.report_text}" + (f"\n{frames}" if frames else "")})
 
     def on_context(self, data):
         """Build a new context: prepare it (two-phase reload) or use it now."""
@@ -355,7 +359,9 @@ class ReduceStage:
                 frames = encode_protocol(topic, {"data": value, "event_id": event_id,
                                                  "version": version,
                                                  "seq": output.seq(topic)})
-            except Exception as e:  # noqa: BLE001 - unpicklable; __reduce__ may raise anything
+            except KeyboardInterrupt:  # how a stage is told to stop
+                raise
+            except BaseException as e:  # noqa: BLE001 - unpicklable; __reduce__ may raise anything
                 self.meter.add(name, -1)  # counted as produced: it failed after all
                 self.engine.errors[name] += 1
                 self.engine.reporter.report(self.ctx.views[name], e, event_id,
@@ -412,9 +418,14 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
     secure_server(results)
     secure_server(output)
     try:
-        results.bind(reduce_addr)
-        output.bind(output_addr)
         control.connect(control_addr)
+        for sock, addr in ((results, reduce_addr), (output, output_addr)):
+            try:
+                sock.bind(addr)
+            except zmq.ZMQError as e:  # one clear line, not a traceback
+                control.linger = 1000  # let the report reach the frontend
+                send(control, OP_ERROR, {"msg": f"[reduce] cannot bind {addr}: {e}"})
+                return 2
         stage = ReduceStage(control, output, reorder_window, reorder_timeout)
         send(control, OP_HELLO, {"stage": "reduce",
                                  "output_addr": output.last_endpoint.decode(),

@@ -12,6 +12,7 @@ import ctypes
 import logging
 import logging.handlers
 import multiprocessing
+from multiprocessing import resource_tracker
 import os
 import signal
 import threading
@@ -26,6 +27,7 @@ def _stage_main(target, kwargs, log_level=None, log_queue=None):
     # The frontend owns shutdown: Ctrl-C in a terminal reaches the whole
     # process group, and children must not die before being told to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # ignored now
     # SIGTERM (from the frontend, or the kernel when the frontend died)
     # leaves through the stage's finally blocks, which close its sockets.
     # It raises KeyboardInterrupt, the one exception that context code
@@ -169,7 +171,15 @@ class ProcessRunner(StageRunner):
                                    args=(self.target, self.kwargs, self.log_level,
                                          self.log_queue),
                                    name=f"metropc-{self.name}", daemon=True)
-        self._process.start()
+        # The child must never see a Ctrl-C meant for the frontend, not even
+        # before it ignores SIGINT: it starts with SIGINT blocked.  The
+        # resource tracker is started first, as starting it unblocks SIGINT.
+        resource_tracker.ensure_running()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self._process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     @property
     def pid(self):
