@@ -8,12 +8,13 @@ loaded; outside of loading they raise a clear error.
 
 from __future__ import annotations
 
+from .roi import LineROI, RectROI
 from .view import View
 from .viewdef import Parameter, ViewGroup, ViewPrototype, current_context
 
 __all__ = ["ctx", "View", "ViewGroup", "ViewPrototype", "Parameter", "parameters",
            "require_feature", "require_version", "set_view_docs",
-           "increase_view_counts"]
+           "increase_view_counts", "RectROI", "LineROI"]
 
 
 class _CurrentContext:

@@ -28,6 +28,7 @@ from .error import (ContextError, ContextSyntaxError, ParameterError, PathResolu
                     UnknownParameterError, ViewDefError, _context_frame_lineno)
 from .euxfel import KaraboPath  # noqa: F401  (registers the karabo# type)
 from .path import Path, ViewPath, split_type
+from .roi import ROI_TYPES, LineROI, RectROI
 from .view import View
 from .viewdef import Parameter, ViewDecorator, ViewGroup, ViewPrototype, _loading
 
@@ -105,7 +106,7 @@ class Context:
             parameters=self.declare_parameters,
             require_feature=self.require_feature, require_version=self.require_version,
             set_view_docs=self.set_view_docs, increase_view_counts=self.increase_view_counts,
-            np=np, xr=xr)
+            np=np, xr=xr, RectROI=RectROI, LineROI=LineROI)
         return module
 
     def _load(self):
@@ -369,9 +370,9 @@ class Context:
         try:
             return coerce_parameter(value, declared)
         except (TypeError, ValueError) as e:
-            kind = _scalar_kind(declared)
+            kind = _scalar_kind(declared) or type(declared).__name__  # ROI types too
             raise ParameterError(
-                f"parameter '{name}' is {_ARTICLE[kind]} {kind} (declared as "
+                f"parameter '{name}' is {_ARTICLE.get(kind, 'a')} {kind} (declared as "
                 f"{declared!r}) and cannot take {value!r} ({e})", self.path, lineno,
                 name=name, value=value, expected=kind,
                 declared=list(self._declared)) from None
@@ -526,8 +527,12 @@ def coerce_parameter(value: Any, declared: Any) -> Any:
     """`value` as the type of the `declared` parameter value.
 
     Raises TypeError/ValueError saying why it does not fit; see
-    :meth:`Context.check_parameters` for the rules.
+    :meth:`Context.check_parameters` for the rules.  A parameter declared
+    with an ROI (metropc.roi) takes that ROI type, a dict of its fields or a
+    sequence of its numbers (what the dashboard and ``--param`` send).
     """
+    if isinstance(declared, ROI_TYPES):
+        return type(declared).coerce(value)
     kind = _scalar_kind(declared)
     if kind is None:
         return value
