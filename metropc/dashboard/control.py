@@ -1,4 +1,4 @@
-"""What the dashboard may change in a pipeline: parameters and actions.
+"""What the dashboard may change in a pipeline: parameters, actions, resets.
 
 The output address only lets the dashboard *watch*.  Changing parameters
 and running ACTION views needs the frontend's control side, which only the
@@ -12,9 +12,14 @@ parameters and the stages' error messages, when the object has them.
 from __future__ import annotations
 
 import ast
+import logging
 import re
 
-__all__ = ["Control", "parse_error", "parse_value"]
+from ..roi import ROI_TYPES
+
+__all__ = ["Control", "parse_error", "parse_value", "roi_info"]
+
+log = logging.getLogger(__name__)
 
 #: ``ctx.py:12:`` at the start of a message (after an optional ``[stage]``).
 _LOCATION = re.compile(r"(?:^|\s)(?P<file>[^\s:\[\]][^\s:]*):(?P<line>\d+):")
@@ -41,6 +46,37 @@ def parse_error(message):
     if m is None:
         return {"text": text, "file": None, "line": None}
     return {"text": text, "file": m.group("file"), "line": int(m.group("line"))}
+
+
+def roi_info(value):
+    """``{"kind": "rect"|"line", fields...}`` of an ROI parameter value, else None.
+
+    The page draws these on image panels; the fields are the dataclass's.
+    """
+    if not isinstance(value, ROI_TYPES):
+        return None
+    return {"kind": "rect" if type(value).__name__ == "RectROI" else "line",
+            **value.to_dict()}
+
+
+def _first_line(text):
+    for line in str(text or "").strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _short_path(arg):
+    """What a histogram's argument reads, short enough for an axis label."""
+    spec = str(getattr(arg, "spec", "") or "")
+    if "[" in spec and spec.endswith("]"):
+        short = spec[spec.rindex("[") + 1:-1]
+    elif "#" in spec:
+        short = spec.split("#", 1)[1].rsplit(".", 1)[-1]
+    else:
+        short = spec  # a view name
+    name = str(getattr(arg, "name", "") or "")
+    return name if not short or short == name else f"{name} ({short})"
 
 
 class Control:
@@ -91,6 +127,35 @@ class Control:
                          if any(c.__name__.endswith("HistogramView")
                                 for c in type(view).__mro__))
 
+    def context_path(self) -> str | None:
+        """The context file's path, which keys the page's saved layout."""
+        path = getattr(self._context(), "path", None)
+        return str(path) if path else None
+
+    def view_info(self) -> dict[str, dict]:
+        """``{view: {"doc": first doc line, "binned": what a histogram bins}}``.
+
+        The index carries only a view's label; its docstring and, for
+        histograms, the argument that was binned are known only from the
+        context, so only a dashboard with control can show them.
+        """
+        views = getattr(self._context(), "views", None)
+        if not isinstance(views, dict):
+            return {}
+        info = {}
+        for name, view in views.items():
+            entry = {}
+            doc = _first_line(getattr(view, "doc", None))
+            if doc:
+                entry["doc"] = doc
+            if any(c.__name__.endswith("HistogramView") for c in type(view).__mro__):
+                args = getattr(view, "args", None) or []
+                if args:
+                    entry["binned"] = _short_path(args[0])
+            if entry:
+                info[name] = entry
+        return info
+
     def set_parameters(self, values: dict) -> None:
         """Send parameter values to every stage; ValueError for unknown names."""
         if self.target is None:
@@ -120,3 +185,22 @@ class Control:
             runner(name)
         else:
             self.target.queue_to("reduce", b"action", {"view_name": name})
+
+    def reset(self, views=()) -> None:
+        """Forget what the accumulating `views` (all if empty) have gathered.
+
+        Uses ``Pipeline.reset(*views)`` when the target has it, else the
+        frontend opcode ``b"reset"`` to REDUCE, where accumulating views
+        live (an empty list means every view).
+        """
+        if self.target is None:
+            raise PermissionError(READ_ONLY_NOTE)
+        views = [str(v) for v in views]
+        resetter = getattr(self.target, "reset", None)
+        if resetter is not None:
+            resetter(*views)
+        elif hasattr(self.target, "queue_to"):
+            self.target.queue_to("reduce", b"reset", {"views": list(views)})
+        else:
+            raise ValueError("this pipeline cannot reset views (it has no reset())")
+        log.info("reset %s", ", ".join(views) if views else "all views")

@@ -195,11 +195,21 @@ def _text_frame(data):
 
 
 def _label(name, attrs):
-    """An axis label: the name, with its unit if the attrs give one."""
-    units = attrs.get("units") or attrs.get("unit") if attrs else None
+    """An axis label: the ``long_name`` attr (else `name`), with the ``units``.
+
+    These are the CF conventions xarray itself uses for its plot labels, so
+    data labelled for ``DataArray.plot()`` is labelled here the same way.
+    """
+    attrs = attrs or {}
+    units = attrs.get("units") or attrs.get("unit")
+    name = attrs.get("long_name") or attrs.get("standard_name") or name
     if units:
         return f"{name} ({units})"
     return str(name)
+
+
+def _has_label(attrs):
+    return bool(attrs) and any(attrs.get(k) for k in ("units", "unit", "long_name"))
 
 
 def _coord(da, dim):
@@ -365,7 +375,7 @@ def _vector_frame(data, values, output, histogram, max_points):
         header["xlabel"] = _label(dim, xattrs)
     if "ylabel" in attrs:
         header["ylabel"] = str(attrs["ylabel"])
-    elif attrs.get("units"):
+    elif _has_label(attrs):
         header["ylabel"] = _label(getattr(data, "name", None) or "value", attrs)
     series = None
     if values.ndim == 2:
@@ -447,7 +457,7 @@ def _image_frame(data, values, max_side):
         elif dim and not dim.startswith("dim_"):
             header[label_key] = _label(dim, cattrs)
     zlabel = attrs.get("zlabel") or attrs.get("clabel")
-    if zlabel is None and attrs.get("units"):
+    if zlabel is None and _has_label(attrs):
         zlabel = _label(getattr(data, "name", None) or "value", attrs)
     if zlabel is not None:
         header["zlabel"] = str(zlabel)

@@ -13,7 +13,7 @@ the pipeline.
 Messages to the browser: JSON text for ``hello``, ``index``, ``control`` and
 ``reply``; binary frames (:func:`metropc.dashboard.display.pack_frame`) for
 view data.  From the browser (JSON): ``watch``, ``ack``, ``params``,
-``action``.
+``action``, ``reset`` (``{"views": [...]}``, empty for all).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from ..client import IndexViewEntry
 from ..enums import ViewStage
 from . import display
 from .address import check_bind, is_loopback
-from .control import Control, parse_error, parse_value
+from .control import Control, parse_error, parse_value, roi_info
 from .hub import Hub
 
 __all__ = ["STATIC_DIR", "Dashboard", "serve"]
@@ -165,6 +165,8 @@ class Session:
             self._reply(msg, self.dashboard.set_parameters, msg.get("values"))
         elif op == "action":
             self._reply(msg, self.dashboard.run_action, msg.get("view"))
+        elif op == "reset":
+            self._reply(msg, self.dashboard.reset_views, msg.get("views"))
 
     def _reply(self, msg, func, arg):
         try:
@@ -316,6 +318,7 @@ class Dashboard:
         self.control_message = None
         self._hub_index_seq = 0
         self._control_key = None
+        self._view_info = {}
         self._loop = None
         self._thread = None
         self._started = threading.Event()
@@ -456,6 +459,9 @@ class Dashboard:
         hub = self.hub
         if hub.index_seq != self._hub_index_seq and hub.index is not None:
             self._hub_index_seq = hub.index_seq
+            # The context may have been reloaded with the index: docs and
+            # histogram arguments are read again with it.
+            self._view_info = self.control.view_info()
             self.index_message = self._index_message(hub.index)
             self.index_seq += 1
             self.hub.histograms = self.control.histogram_views()
@@ -475,6 +481,7 @@ class Dashboard:
                               "rate": _round(entry.rate), "errors": entry.errors,
                               "hidden": entry.hidden, "label": entry.label,
                               "stage": entry.stage.name,
+                              **self._view_info.get(path[len(_VIEW):], {}),
                               **display.output_info(entry.output)})
             else:
                 paths.append({"path": path, "counts": entry.counts,
@@ -485,14 +492,20 @@ class Dashboard:
     def _control_message(self, params, errors):
         parameters = None
         if params is not None:
-            parameters = [{"name": k, "value": _param_repr(v), "type": type(v).__name__}
-                          for k, v in sorted(params.items())]
+            parameters = []
+            for k, v in sorted(params.items()):
+                roi = roi_info(v)
+                # An ROI is shown as the dict literal the text box accepts back.
+                shown = {f: x for f, x in roi.items() if f != "kind"} if roi else v
+                parameters.append({"name": k, "value": _param_repr(shown),
+                                   "type": type(v).__name__, "roi": roi})
         return {"op": "control", "enabled": self.control.enabled, "note": self.control.note,
                 "parameters": parameters, "errors_total": len(errors),
                 "errors": [parse_error(e) for e in errors[-MAX_ERRORS:]][::-1]}
 
     def hello(self):
         return {"op": "hello", "title": self.title, "output_addr": self.output_addr,
+                "context": self.control.context_path(),
                 "version": __version__, "control": self.control.enabled,
                 "max_side": self.hub.max_side, "history": self.hub.history_length,
                 "window": WINDOW}
@@ -510,10 +523,22 @@ class Dashboard:
     def set_parameters(self, values):
         if not isinstance(values, dict) or not values:
             raise ValueError("no parameter values given")
+        # Text typed by people is parsed as a Python literal; an ROI drawn on
+        # an image arrives as a JSON object, which the context coerces to
+        # the declared ROI type (core.coerce_parameter).
         parsed = {str(k): parse_value(v) for k, v in values.items()}
         self.control.set_parameters(parsed)
         self._control_key = None  # show the new values at once
         return "sent " + ", ".join(f"{k}={_param_repr(v)}" for k, v in parsed.items())
+
+    def reset_views(self, views):
+        """Reset the accumulating `views` (a list of names; empty: all)."""
+        if views is None:
+            views = []
+        if not isinstance(views, list) or not all(isinstance(v, str) and v for v in views):
+            raise ValueError("views must be a list of view names")
+        self.control.reset(views)
+        return "reset " + (", ".join(views) if views else "all views")
 
     def run_action(self, name):
         if not isinstance(name, str) or not name:
