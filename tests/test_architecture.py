@@ -133,7 +133,8 @@ LAYERS = [
     ("protocol", ["metropc.protocol", "metropc.protocol_arrays", "metropc.transport",
                   "metropc.messages", "metropc.security", "metropc.config"]),
     ("engine", ["metropc.engine", "metropc.inprocess", "metropc.client"]),
-    ("stages", ["metropc.stage", "metropc.sources", "metropc.frontend", "metropc.pipeline"]),
+    ("stages", ["metropc.stage", "metropc.sources", "metropc.frontend", "metropc.pipeline",
+                "metropc.recording"]),
     ("apps", ["metropc.dashboard", "metropc.cli", "metropc"]),
 ]
 

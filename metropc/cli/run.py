@@ -128,6 +128,12 @@ def build_parser():
                    help="also serve the live web dashboard there (host 127.0.0.1 "
                         "unless given; port 0 picks a free one); needs "
                         "metropc[dashboard]")
+    p.add_argument("--record", default=None, metavar="PATH",
+                   help="record every view result to HDF5: a file, or a directory "
+                        "for one file per run (needs metropc[record]; "
+                        "docs/recording.md)")
+    p.add_argument("--record-views", default=None, metavar="A,B",
+                   help="with --record: record only these views")
     p.add_argument("--param", action="append", type=parse_param, default=[],
                    metavar="NAME=VALUE",
                    help="set a parameter the context declares; VALUE is read as the "
@@ -541,7 +547,24 @@ def check_arguments(args):
             Keys.load(args.keys)
         except OSError as e:
             raise UsageError(f"--keys {args.keys}: {e}") from None
+    check_record(args)
     return dashboard_bind
+
+
+def check_record(args):
+    """--record: a path the recorder can write, and h5py to write it with."""
+    if args.record is None:
+        if args.record_views is not None:
+            raise UsageError("--record-views needs --record PATH")
+        return
+    try:
+        from ..recording.writer import RecordPathError, check_record_path
+    except ImportError:
+        raise UsageError("--record needs h5py: pip install 'metropc[record]'") from None
+    try:
+        check_record_path(args.record)
+    except RecordPathError as e:
+        raise UsageError(f"--record {args.record}: {e}") from None
 
 
 def main(argv=None):
@@ -644,15 +667,30 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
     output = args.output
     if output.startswith("tcp://") and output.endswith(":0"):
         output = output[:-2] + ":*"
+    recorder = None
+    if args.record is not None:  # before the pipeline: subscribed by its first result
+        from ..recording.process import RecorderError, RecorderProcess
+        views = (None if args.record_views is None
+                 else [v.strip() for v in args.record_views.split(",") if v.strip()])
+        try:
+            recorder = RecorderProcess(args.record, views=views, keys=args.keys)
+        except RecorderError as e:
+            say(f"{PROG}: error: --record {args.record}: {e}")
+            return 2
     try:
-        pipeline = Pipeline(args.context, source=args.source, pool=args.pool,
-                            output=output, parameters=parameters, rate=args.rate,
-                            seed=args.seed, bridge_socket=args.bridge_socket,
-                            queue_size=args.queue_size, drop_policy=args.drop_policy,
-                            max_events=args.max_events, control=args.control,
-                            reduce=args.reduce, keys=args.keys,
-                            event_timeout=args.event_timeout or None,
-                            shm_size=args.shm_size)
+        try:
+            pipeline = Pipeline(args.context, source=args.source, pool=args.pool,
+                                output=output, parameters=parameters, rate=args.rate,
+                                seed=args.seed, bridge_socket=args.bridge_socket,
+                                queue_size=args.queue_size, drop_policy=args.drop_policy,
+                                max_events=args.max_events, control=args.control,
+                                reduce=args.reduce, keys=args.keys,
+                                event_timeout=args.event_timeout or None,
+                                shm_size=args.shm_size)
+        except BaseException:
+            if recorder is not None:
+                recorder.stop()
+            raise
     except ContextError as e:
         log.error("context refused, nothing runs\n%s",
                   e.format_for_context(_read(args.context)))
@@ -673,6 +711,12 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
             return exit_code()
         print(f"{PROG}: output on {pipeline.output_addr}  "
               f"(watch it with: metropc-client {pipeline.output_addr})", flush=True)
+        if recorder is not None:
+            if recorder.connect(pipeline.output_addr):
+                print(f"{PROG}: recording to {args.record}", flush=True)
+            else:
+                log.error("the recorder did not subscribe to %s; nothing is recorded",
+                          pipeline.output_addr)
         if dashboard_bind is not None:
             try:
                 from ..dashboard import serve
@@ -722,6 +766,8 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
         if dashboard is not None:
             dashboard.stop()
         pipeline.close(timeout=3.0)
+        if recorder is not None:
+            recorder.stop()  # after the pipeline: it writes every last result
         if status is not None:
             status.close()
 

@@ -1,0 +1,132 @@
+"""Extendable HDF5 columns: one row per result, appended in blocks.
+
+A :class:`Column` is one dataset that grows along axis 0.  Rows are kept in
+memory until :meth:`Column.write` (the recorder calls it at least once a
+second), so that a thousand scalars a second cost one HDF5 write instead of
+a thousand; rows of 64 KiB or more are written as they come instead, from
+the received message's own buffer, so that large arrays are never copied
+nor held.
+
+Rows may vary in shape: every axis after the first is extendable, a row
+smaller than the dataset is padded (NaN for floats, 0 otherwise), and the
+segment keeps each row's shape in its ``shape`` column.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import h5py
+import numpy as np
+
+from .layout import fill_value
+
+log = logging.getLogger(__name__)
+
+#: Rows at least this large are written at once instead of buffered.
+LARGE_ROW = 64 * 1024
+#: Target size of one chunk (bytes), and the most rows a chunk holds.
+CHUNK_BYTES = 1 << 20
+CHUNK_ROWS = 16384
+STR = h5py.string_dtype("utf-8")
+BYTES = h5py.vlen_dtype(np.uint8)
+
+
+def h5_dtype(dtype: str):
+    """The HDF5 dtype of a column declared as `dtype` ("str", "bytes" or numpy)."""
+    if dtype == "str":
+        return STR
+    if dtype == "bytes":
+        return BYTES
+    return np.dtype(dtype)
+
+
+class Column:
+    """One extendable dataset at `path`, created on first :meth:`create`.
+
+    `row_shape` is the shape of the first row (the chunk shape follows it);
+    `ragged` makes every axis after the first extendable.
+    """
+
+    def __init__(self, path: str, dtype: str, row_shape: tuple = (), *,
+                 ragged: bool = False):
+        self.path = path
+        self.dtype = h5_dtype(dtype)
+        self.vlen = dtype in ("str", "bytes")
+        self.row_shape = tuple(row_shape)
+        self.ragged = ragged and bool(row_shape)
+        self.ds = None
+        self.rows = 0          # rows in the file
+        self.pending: list = []
+
+    def create(self, h5: h5py.File, start_rows: int = 0) -> None:
+        """Create the dataset (in a file not in SWMR mode), or bind an existing one."""
+        if self.path in h5:
+            self.bind(h5)
+            return
+        row_bytes = max(1, int(np.prod(self.row_shape, dtype=np.int64))) * (
+            8 if self.vlen else self.dtype.itemsize)
+        rows = max(1, min(CHUNK_ROWS, CHUNK_BYTES // row_bytes))
+        chunk_row = tuple(max(1, n) for n in self.row_shape)
+        maxshape = (None,) + ((None,) * len(self.row_shape) if self.ragged
+                              else self.row_shape)
+        kwargs = {}
+        if not self.vlen:
+            kwargs["fillvalue"] = fill_value(self.dtype)
+        self.ds = h5.create_dataset(self.path, shape=(start_rows,) + self.row_shape,
+                                    maxshape=maxshape, chunks=(rows,) + chunk_row,
+                                    dtype=self.dtype, **kwargs)
+        self.rows = start_rows
+
+    def bind(self, h5: h5py.File) -> None:
+        """Take the dataset from a (re)opened file."""
+        self.ds = h5[self.path]
+        self.rows = self.ds.shape[0]
+
+    def append(self, value, *, now: bool = False) -> None:
+        """Add one row; written at once if `now` (and the dataset exists)."""
+        if now and self.ds is not None and not self.pending:
+            self._write([value])
+        else:
+            self.pending.append(value)
+
+    def write(self) -> None:
+        """Write the pending rows."""
+        if self.pending:
+            rows, self.pending = self.pending, []
+            self._write(rows)
+
+    def _write(self, rows: list) -> None:
+        ds, start, k = self.ds, self.rows, len(rows)
+        if self.vlen:
+            ds.resize((start + k,))
+            if self.dtype is BYTES:
+                block = np.empty(k, dtype=object)
+                block[:] = [np.frombuffer(r, dtype=np.uint8) for r in rows]
+            else:
+                block = rows
+            ds[start:start + k] = block
+        elif not self.row_shape and not self.ragged:
+            ds.resize((start + k,))
+            ds[start:start + k] = np.asarray(rows, dtype=self.dtype)
+        else:
+            shape = tuple(ds.shape[1:])
+            grown = shape
+            for r in rows:
+                if np.shape(r) != shape:
+                    grown = tuple(max(a, b) for a, b in zip(grown, np.shape(r)))
+            if grown != shape and not self.ragged:
+                raise ValueError(f"{self.path}: row shape {grown} != {shape}")
+            ds.resize((start + k,) + grown)
+            if k > 1 and all(np.shape(r) == grown for r in rows):
+                ds[start:start + k] = np.stack(rows).astype(self.dtype, copy=False)
+            else:
+                for i, r in enumerate(rows):
+                    r = np.asarray(r)
+                    if r.dtype != self.dtype:
+                        r = r.astype(self.dtype)
+                    if r.shape == grown:
+                        ds[start + i] = r
+                    else:
+                        ds[(start + i,) + tuple(slice(0, n) for n in r.shape)] = r
+        self.rows = start + k

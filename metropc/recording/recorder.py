@@ -1,0 +1,215 @@
+"""The recorder process: subscribe to a pipeline's output and write it.
+
+Run as ``python -m metropc.recording.recorder PATH [--views a,b] [--keys DIR]``
+(:class:`metropc.recording.process.RecorderProcess` does that for
+``metropc-run --record``).  It talks to its parent on stdin and stdout,
+one line each way:
+
+- it prints ``opened`` once `PATH` is open for writing (or ``error: ...``
+  and exits 2), so a path it cannot write is refused before anything runs;
+- ``connect ADDR`` on stdin makes it subscribe to ``ADDR``; it prints
+  ``ready`` when the first index arrived, which proves the subscriptions
+  are in place;
+- ``stop`` or the end of stdin (the parent exited or was killed) makes it
+  write what it has, close the files and exit 0.
+
+It is a client like any other: a SUB socket subscribed to ``view#`` (or
+to each ``view#<name>`` of ``--views``), ``index``, ``context``,
+``params`` and ``mark``.  Everything it has is written and flushed at
+least every second.  When the disk is full, or any write fails, it says
+so in one line and exits 3 without writing anything more, so the files
+keep everything up to the last flush; the pipeline is not affected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+
+log = logging.getLogger("metropc.recording")
+
+FLUSH_INTERVAL = 1.0
+META_TOPICS = ("context", "params", "mark")
+EXIT_WRITE_FAILED = 3
+
+
+class Recorder:
+    """The receive-and-write loop over one SUB socket (see the module doc)."""
+
+    def __init__(self, recording, views=None, keys=None, zmq_context=None):
+        import zmq
+
+        self.recording = recording
+        self.views = None if views is None else frozenset(views)
+        self.ctx = zmq_context or zmq.Context.instance()
+        self.socket = self.ctx.socket(zmq.SUB)
+        self.socket.rcvhwm = 100000  # a burst waits here, not in REDUCE
+        self.socket.linger = 0
+        if keys is not None:
+            from ..security import Keys
+            Keys.load(keys).client(self.socket)
+        self.ready = False
+        self.received = 0
+
+    def connect(self, address: str) -> None:
+        from ..client import INDEX
+
+        self.socket.connect(address)
+        self.socket.subscribe(INDEX)
+        for topic in META_TOPICS:
+            self.socket.subscribe(topic.encode())
+        if self.views is None:
+            self.socket.subscribe(b"view#")
+        else:
+            for name in sorted(self.views):
+                self.socket.subscribe(f"view#{name}".encode())
+
+    def handle(self, frames) -> None:
+        """Decode one message and hand it to the recording."""
+        from ..client import decode_index
+        from ..protocol import decode_protocol
+
+        topic = frames[0].bytes
+        now = time.time()
+        if topic.startswith(b"view#"):
+            name = topic[5:].decode("utf-8", "replace")
+            if self.views is not None and name not in self.views:
+                return  # a prefix match (view#a also matches view#ab)
+            _, payload = decode_protocol(frames)
+            self.received += 1
+            self.recording.add_result(name, payload, now)
+        elif topic == b"index":
+            _, payload = decode_protocol(frames)
+            self.recording.note_index(decode_index(payload), now)
+            self.ready = True
+        elif topic.decode("utf-8", "replace") in META_TOPICS:
+            _, payload = decode_protocol(frames)
+            self.recording.add_meta(topic.decode(), payload, now)
+
+    def drain(self, limit: int = 100000) -> int:
+        """Handle what is queued already, without waiting."""
+        from ..transport import try_recv_frames
+
+        n = 0
+        while n < limit:
+            frames = try_recv_frames(self.socket)
+            if frames is None:
+                break
+            self._safe_handle(frames)
+            n += 1
+        return n
+
+    def _safe_handle(self, frames) -> None:
+        from ..error import ProtocolError
+
+        try:
+            self.handle(frames)
+        except ProtocolError as e:
+            log.warning("recorder: dropped a malformed message: %s", e)
+
+    def close(self) -> None:
+        self.socket.close(0)
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _write_failed(e: BaseException, path: str) -> None:
+    """A write failed (a full disk, most often): say so and leave at once.
+
+    Nothing more is written, not even by closing the files, so each file
+    stays as it was at the last flush, which SWMR keeps consistent.
+    """
+    reason = "the disk is full" if "No space left" in str(e) or \
+        getattr(e, "errno", None) == 28 else f"{type(e).__name__}: {e}"
+    log.error("recording to %s stopped: %s; the files keep everything up to the "
+              "last flush (at most a second before); the pipeline goes on", path, reason)
+    logging.shutdown()
+    sys.stderr.flush()
+    _say("failed")
+    os._exit(EXIT_WRITE_FAILED)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="metropc-recorder")
+    p.add_argument("path")
+    p.add_argument("--views", default=None, help="comma-separated view names")
+    p.add_argument("--keys", default=None)
+    p.add_argument("--connect", default=None, metavar="ADDR",
+                   help="connect at once instead of waiting for 'connect ADDR' on stdin")
+    p.add_argument("--flush-interval", type=float, default=FLUSH_INTERVAL)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+
+    import zmq
+
+    from .writer import RecordPathError, Recording
+
+    views = None if args.views is None else [v for v in args.views.split(",") if v]
+    try:
+        recording = Recording(args.path, views=views,
+                              attrs={"address": args.connect or ""})
+    except (RecordPathError, OSError) as e:
+        _say(f"error: {e}")
+        return 2
+    _say("opened")
+    recorder = Recorder(recording, views, args.keys)
+    poller = zmq.Poller()
+    poller.register(recorder.socket, zmq.POLLIN)
+    stdin = sys.stdin.fileno()
+    poller.register(stdin, zmq.POLLIN)
+    if args.connect:
+        recorder.connect(args.connect)
+    buffered = b""
+    next_flush = time.monotonic() + args.flush_interval
+    try:
+        while not stop:
+            wait = max(0.0, next_flush - time.monotonic())
+            events = dict(poller.poll(int(wait * 1000) + 1))
+            try:
+                if recorder.socket in events:
+                    was_ready = recorder.ready
+                    recorder.drain(10000)
+                    if recorder.ready and not was_ready:
+                        _say("ready")
+                if time.monotonic() >= next_flush:
+                    recording.flush()
+                    next_flush = time.monotonic() + args.flush_interval
+            except (OSError, ValueError, RuntimeError) as e:
+                _write_failed(e, args.path)
+            if stdin in events:
+                chunk = os.read(stdin, 4096)
+                buffered += chunk
+                if not chunk:
+                    break  # the parent is gone
+                *lines, buffered = buffered.split(b"\n")
+                for line in lines:
+                    command, _, arg = line.decode().strip().partition(" ")
+                    if command == "connect":
+                        recorder.connect(arg.strip())
+                    elif command == "stop":
+                        stop.append(1)
+        try:
+            recorder.drain()  # what arrived before the stop
+            recording.close()
+        except (OSError, ValueError, RuntimeError) as e:
+            _write_failed(e, args.path)
+        log.info("recorded %d results to %s", recording.recorded, args.path)
+        _say(f"stopped {recording.recorded}")
+        return 0
+    finally:
+        recorder.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Publishing a recording again, with the protocol of a live pipeline.
+
+:func:`replay` sends every recorded message on an XPUB socket as REDUCE
+would: ``view#<name>`` with ``{"data", "event_id", "version", "seq"}``
+(and ``run`` when it was recorded), the ``context``, ``params`` and
+``mark`` topics, and an ``index`` every second with counts, rates and each
+view's output type, stage, hidden flag and label.  So ``metropc-client``,
+the dashboard and frontends work on a replay unchanged.  It uses REDUCE's
+own :class:`~metropc.stage.output.Output` (publish only what is subscribed,
+pace slow clients, number each topic's messages).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import zmq
+
+from ..client import IndexEntry, IndexViewEntry, encode_index
+from ..enums import ViewOutput, ViewStage
+from ..protocol import encode_protocol
+from ..stage.output import Output
+from .reader import iter_messages, open_file, recording_files, view_info
+
+__all__ = ["replay", "INDEX_INTERVAL"]
+
+log = logging.getLogger(__name__)
+
+INDEX_INTERVAL = 1.0
+
+
+class _Counts:
+    """Counts and rates per path, for the index."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+        self.rates: dict[str, float] = {}
+        self._mark = (time.monotonic(), {})
+
+    def add(self, path: str) -> None:
+        self.counts[path] = self.counts.get(path, 0) + 1
+
+    def update_rates(self) -> None:
+        now = time.monotonic()
+        t0, before = self._mark
+        if now - t0 >= 0.5:
+            self.rates = {p: (n - before.get(p, 0)) / (now - t0)
+                          for p, n in self.counts.items()}
+            self._mark = (now, dict(self.counts))
+
+
+def _index(counts: _Counts, info: dict[str, tuple], output: Output) -> dict:
+    counts.update_rates()
+    entries = {}
+    for name, (kind, stage, hidden, label) in info.items():
+        path = f"view#{name}"
+        entries[path] = IndexViewEntry(counts.counts.get(path, 0),
+                                       counts.rates.get(path, 0.0), ViewOutput(kind),
+                                       ViewStage(stage), hidden=hidden, label=label)
+    entries["internal#event"] = IndexEntry(counts.counts.get("#events", 0),
+                                           counts.rates.get("#events", 0.0))
+    for path in ("internal#lost_events", "internal#stale_events"):
+        entries[path] = IndexEntry(0, 0.0)
+    entries["internal#output_dropped"] = IndexEntry(*output.drop_stats())
+    return encode_index(entries)
+
+
+def _guess_info(view: str, payload: dict) -> tuple:
+    """(output, stage, hidden, label) of a view the recording has no index for."""
+    ndim = getattr(payload.get("data"), "ndim", 0)
+    output = {0: ViewOutput.SCALAR, 1: ViewOutput.VECTOR}.get(ndim, ViewOutput.MATRIX)
+    return (int(output.value), int(ViewStage.REDUCE.value), False, "")
+
+
+def replay(path: str, socket: zmq.Socket, *, rate: float | str | None = None,
+           views=None, wait: bool = True, stop: threading.Event | None = None,
+           on_start: Callable[[], None] | None = None) -> int:
+    """Publish the recording at `path` on the bound XPUB `socket`; messages sent.
+
+    `rate`: events (distinct train ids) per second, ``"max"`` for as fast
+    as clients take them, or None for the pace at which they were
+    recorded.  With `wait`, results start once a client subscribed to a
+    view (the index is published meanwhile), so that nothing is sent to
+    nobody.  `stop` ends it early.
+    """
+    stop = stop or threading.Event()
+    output = Output(socket)
+    counts = _Counts()
+    info: dict[str, tuple] = {}
+    files = recording_files(path)
+    for file_path in files:
+        with open_file(file_path) as f:
+            info.update(view_info(f))
+    next_index = 0.0
+
+    def tick():
+        nonlocal next_index
+        output.read_subscriptions()
+        if time.monotonic() >= next_index:
+            if output.wants(b"index"):
+                output.send(encode_protocol(b"index", _index(counts, info, output)))
+            next_index = time.monotonic() + INDEX_INTERVAL
+
+    while wait and not stop.is_set():
+        tick()
+        # A prefix some view topic starts with ("", "v", "view#", "view#roi").
+        if any(p.startswith(b"view#") or b"view#".startswith(p) for p in output.prefixes):
+            break
+        socket.poll(50)
+    if on_start is not None:
+        on_start()
+    sent = 0
+    last_event = object()
+    t_start = None      # (monotonic, recorded time) of the first message
+    events = 0
+    for file_path in files:
+        with open_file(file_path) as f:
+            for when, topic, payload in iter_messages(f, views):
+                if stop.is_set():
+                    return sent
+                if topic.startswith("view#"):
+                    event = payload.get("event_id")
+                    if event is not None and event != last_event:
+                        last_event = event
+                        events += 1
+                        counts.add("#events")
+                        _pace(rate, events, when, t_start, stop, tick)
+                    if t_start is None:
+                        t_start = (time.monotonic(), when)
+                    name = topic[5:]
+                    if name not in info:
+                        info[name] = _guess_info(name, payload)
+                    counts.add(topic)
+                tick()
+                btopic = topic.encode()
+                if not output.wants(btopic):
+                    output.skip(btopic)
+                    continue
+                if topic.startswith("view#"):
+                    data = {"data": payload["data"], "event_id": payload["event_id"]}
+                    if "version" in payload:
+                        data["version"] = payload["version"]
+                    data["seq"] = output.seq(btopic)
+                    if "run" in payload:
+                        data["run"] = payload["run"]
+                    output.send(encode_protocol(btopic, data), btopic)
+                else:
+                    output.send(encode_protocol(btopic, payload))
+                sent += 1
+    next_index = 0.0
+    tick()  # a last index with the final counts
+    return sent
+
+
+def _pace(rate, events, when, t_start, stop, tick):
+    """Wait until event number `events` (recorded at `when`) is due."""
+    if rate == "max" or t_start is None:
+        return
+    if rate is None:
+        due = t_start[0] + (when - t_start[1])
+    else:
+        due = t_start[0] + (events - 1) / float(rate)
+    while not stop.is_set():
+        left = due - time.monotonic()
+        if left <= 0:
+            return
+        tick()
+        stop.wait(min(left, 0.05))
