@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 #: Topic (opcode) of index messages.
 INDEX = b"index"
+#: Published with the index: ``{"state", "run", "version", "path", "control"}``.
+STATUS = b"status"
+#: Topics besides views a client may subscribe to (docs/protocol.md §8).
+TOPICS = ("mark", "context", "params", "status")
 _VIEW_PREFIX = "view#"
 
 
@@ -267,6 +271,9 @@ class Client:
         self.index: dict[str, IndexEntry] | None = None
         #: Monotonic time the latest index arrived.
         self.index_time: float | None = None
+        #: Latest status: state (READY, RUN, STOP), run, context version and
+        #: path, and the control address (for :class:`Controller`); {} before.
+        self.status: dict = {}
         self._views: set[str] = set()
         self._pending: collections.deque = collections.deque(maxlen=self.PENDING_LIMIT)
         #: View results received (for subscribed views, counted on arrival).
@@ -281,6 +288,7 @@ class Client:
                 (keys if isinstance(keys, Keys) else Keys.load(keys)).client(self._socket)
             self._socket.connect(address)
             self._socket.subscribe(INDEX)
+            self._socket.subscribe(STATUS)
             for name in views:
                 self.subscribe(name)
         except BaseException:
@@ -335,6 +343,16 @@ class Client:
             log.debug("subscribed to %s at %s", path, self.address)
         return path
 
+    def subscribe_topic(self, topic: str) -> str:
+        """Also receive messages of `topic` (``mark``, ``context``, ``params``):
+        :meth:`recv` returns them as ``(topic, payload)`` like view results."""
+        if topic not in TOPICS:
+            raise ValueError(f"unknown topic {topic!r}; known: {', '.join(TOPICS)}")
+        if topic not in self._views:
+            self._socket.subscribe(topic.encode())
+            self._views.add(topic)
+        return topic
+
     def unsubscribe(self, name: str) -> str:
         """Stop receiving results of view `name`; returns its path."""
         path = view_path(name)
@@ -375,6 +393,12 @@ class Client:
             _, self.index = decode_protocol(frames, allow_pickle=self.allow_pickle)
             self.index_time = time.monotonic()
             return True
+        if topic == STATUS:
+            _, status = _decode_protocol(frames, allow_pickle=self.allow_pickle)
+            if type(status) is dict:
+                self.status = status
+            if "status" not in self._views:
+                return False  # kept in .status; not a result
         try:
             path = topic.decode("utf-8")
         except UnicodeDecodeError:

@@ -189,10 +189,23 @@ class Engine:
             and self._depends_on(v, name)]
         return self._run(chain, self.latest, {}, "action")
 
-    def reset(self):
-        """Clear every view's accumulated state."""
-        for view in self.ctx.views.values():
-            view.reset()
+    def reset(self, names=None):
+        """Clear the accumulated state of the views `names` (None: all of them).
+
+        Returns the names of the views that were reset; unknown names are
+        left out.  A view whose reset fails is reported like a failing
+        view, and the others are reset all the same.
+        """
+        views = self.ctx.views
+        chosen = list(views) if not names else [n for n in names if n in views]
+        for name in chosen:
+            self._guard(views[name], views[name].reset, "reset")
+        return chosen
+
+    def reset_on(self, kind):
+        """Reset the views whose ``reset_on`` is `kind` ('run' or 'step')."""
+        names = [n for n, v in self.ctx.views.items() if getattr(v, "reset_on", None) == kind]
+        return self.reset(names) if names else []
 
     # -- internals ---------------------------------------------------------------
     def _depends_on(self, view, name):

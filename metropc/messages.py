@@ -28,13 +28,14 @@ from .error import ProtocolError
 
 __all__ = [
     "Op", "Field", "Schema", "SCHEMAS", "validate",
-    "KEY_META", "KEY_EVENT_ID", "KEY_STEP", "KEY_SHM", "SEQ_PATH",
-    "META_EVENT", "META_SKIP", "META_STEP", "pack_meta", "unpack_meta",
+    "KEY_META", "KEY_EVENT_ID", "KEY_STEP", "KEY_SHM", "KEY_MARK", "SEQ_PATH",
+    "META_EVENT", "META_SKIP", "META_STEP", "META_MARK", "MARK_OPS", "pack_meta",
+    "unpack_meta",
     "VIEW_PREFIX", "view_topic", "view_name",
     "OP_EVENT", "OP_CONTEXT", "OP_COMMIT", "OP_ABORT", "OP_PARAMS", "OP_INDEX",
     "OP_ACTION", "OP_STEP", "OP_STATS", "OP_LOST", "OP_SHM", "OP_STOP", "OP_HELLO",
     "OP_HEARTBEAT", "OP_CREDIT", "OP_ERROR", "OP_CTX_READY", "OP_CTX_FAILED",
-    "OP_DEBUG", "OP_PROGRESS", "OP_RESET", "OP_RESULT", "OP_BATCH", "OP_PICKLED_BATCH",
+    "OP_DEBUG", "OP_PROGRESS", "OP_RESET", "OP_RUN", "OP_PAUSE", "OP_RESUME", "OP_ANNOUNCE", "OP_RESULT", "OP_BATCH", "OP_PICKLED_BATCH",
 ]
 
 
@@ -63,7 +64,11 @@ class Op(bytes, enum.Enum):
     LOST = b"lost"          # events a dead worker held (reduce)
     SHM = b"shm"            # a fresh results segment (pool)
     STOP = b"stop"          # leave the stage loop
-    RESET = b"reset"        # reserved for later
+    RESET = b"reset"        # clear accumulated state (a mark, through a worker)
+    RUN = b"run"            # a run starts or ends (a mark, through a worker)
+    ANNOUNCE = b"announce"  # addresses to tell clients, e.g. {"control": addr} (reduce)
+    PAUSE = b"pause"        # the operator paused dispatching (a mark)
+    RESUME = b"resume"      # ... and resumed it (a mark)
 
     # Stage -> frontend.
     HELLO = b"hello"
@@ -99,7 +104,15 @@ OP_STATS = Op.STATS.value        # {path: (count, rate)} input statistics (reduc
 OP_LOST = Op.LOST.value          # {"seqs": [...]}: events a dead worker held (reduce)
 OP_SHM = Op.SHM.value            # {"out": segment name}: a fresh results segment (pool)
 OP_STOP = Op.STOP.value          # leave the stage loop
-OP_RESET = Op.RESET.value        # reserved
+OP_RESET = Op.RESET.value        # {"views": [name, ...]} (empty: all); a mark
+OP_RUN = Op.RUN.value            # {"kind": "run_start" | "run_end", "run": int | None}; a mark
+OP_PAUSE = Op.PAUSE.value        # {}: a mark
+OP_ANNOUNCE = Op.ANNOUNCE.value  # {"control": address}: published in the status (reduce)
+OP_RESUME = Op.RESUME.value      # {}: a mark
+#: Control messages that travel to REDUCE through a worker, as a pseudo-event,
+#: so REDUCE applies them exactly between the events queued around them.
+MARK_OPS = frozenset({Op.STEP.value, Op.RESET.value, Op.RUN.value, Op.PAUSE.value,
+                      Op.RESUME.value})
 OP_HELLO = Op.HELLO.value        # {"stage": str, "output_addr": str?, "reduce_addr": str?, "shm": bool?}
 OP_HEARTBEAT = Op.HEARTBEAT.value  # an idle worker is alive (pool)
 OP_CREDIT = Op.CREDIT.value      # ready for {"n": int} (default 1) more events (pool);
@@ -120,11 +133,13 @@ KEY_EVENT_ID = "#event_id"  # only when the event id does not fit in the meta
 KEY_STEP = "#step"
 #: A reference to arrays in a shared-memory slot (metropc.stage.shm).
 KEY_SHM = "#shm"
+#: The pseudo-event (and result) carrying a mark: ``{"kind": str, ...}``.
+KEY_MARK = "#mark"
 
 #: Event key carrying the frontend's dispatch sequence number.
 SEQ_PATH = "internal#seq"
 
-META_EVENT, META_SKIP, META_STEP = 0, 1, 2
+META_EVENT, META_SKIP, META_STEP, META_MARK = 0, 1, 2, 3
 
 _NONE = type(None)
 _EVENT_ID_TYPES = (int, str, float, _NONE)
@@ -247,6 +262,17 @@ def _int_list(v):
     return None
 
 
+def _str_list(v):
+    for s in v:
+        if type(s) is not str:
+            return "holds a non-str"
+    return None
+
+
+def _run_kind(v):
+    return None if v in ("run_start", "run_end") else "is not 'run_start' or 'run_end'"
+
+
 def _bytes_list(v):
     for s in v:
         if type(s) is not bytes:
@@ -304,7 +330,8 @@ SCHEMAS: dict[bytes, Schema] = {
                         "start_seq": Field(_INT), "counters": Field(_DICT),
                         "skip": Field((list, tuple), False, _int_list),
                         "doubtful": Field((list, tuple), False, _int_list),
-                        "grace": Field((int, float)),
+                        "grace": Field((int, float)), "run": Field(_INT_OR_NONE),
+                        "state": Field(_STR),
                         "subs": Field((list, tuple), False, _bytes_list)}),
     OP_COMMIT: Schema({"version": _VERSION, "from_seq": Field(_INT)}),
     OP_ABORT: Schema({"version": _VERSION}),
@@ -316,7 +343,11 @@ SCHEMAS: dict[bytes, Schema] = {
     OP_LOST: Schema({"seqs": Field((list, tuple), True, _int_list)}),
     OP_SHM: Schema({"out": Field((str, _NONE))}),
     OP_STOP: Schema({}),
-    OP_RESET: Schema({}),
+    OP_RESET: Schema({"views": Field((list, tuple), False, _str_list)}),
+    OP_RUN: Schema({"kind": Field(_STR, True, _run_kind), "run": Field(_INT_OR_NONE)}),
+    OP_PAUSE: Schema({}),
+    OP_ANNOUNCE: Schema({}, values=Field(_STR)),
+    OP_RESUME: Schema({}),
     # stage -> frontend
     OP_HELLO: Schema({"stage": Field(_STR, True), "output_addr": Field(_STR),
                       "reduce_addr": Field(_STR), "shm": Field(_BOOL)}),
@@ -328,7 +359,8 @@ SCHEMAS: dict[bytes, Schema] = {
     OP_CTX_FAILED: Schema({"version": _VERSION, "msg": _MSG}),
     OP_DEBUG: Schema({"msg": _MSG}),
     OP_PROGRESS: Schema({"next_seq": Field(_INT, True), "lost": Field(_INT, True),
-                         "stale": Field(_INT, True),
+                         "stale": Field(_INT, True), "run": Field(_INT_OR_NONE),
+                         "state": Field(_STR), "output_dropped": Field(_INT),
                          "subs": Field((list, tuple), False, _bytes_list)}),
     # pool -> reduce
     OP_RESULT: Schema({}, values=Field(_ANY), check=_result),

@@ -24,6 +24,7 @@ from .core import Context
 from .error import ContextError, SourceError, UnknownParameterError
 from .config import DROP_BLOCK, PipelineConfig
 from .sources import open_source
+from .sources.base import RUN_PATH
 from .stage.common import OP_ACTION, OP_CONTEXT, OP_EVENT, OP_INDEX, OP_PARAMS
 from .stage.frontend import ProcessRunner, ThreadedFrontend
 
@@ -245,6 +246,33 @@ class Pipeline:
         """End an operator step after the events sent so far."""
         self._frontend.step()
 
+    def reset(self, *views: str) -> None:
+        """Clear the accumulated state of `views` (none: every view) from
+        the next event on; unknown names raise ValueError."""
+        unknown = sorted(set(views) - set(self.ctx.views)) if self.ctx is not None else []
+        if unknown:
+            raise ValueError(f"no view named {', '.join(map(repr, unknown))} in "
+                             f"{self.ctx.path}")
+        self._frontend.reset(*views)
+
+    def pause(self) -> None:
+        """Stop computing: events from the source are not dispatched, and
+        counted (``internal#paused_events``); a replay waits instead.
+        Parameters and reloads still work."""
+        self._frontend.pause()
+
+    def resume(self) -> None:
+        """Go on after :meth:`pause`."""
+        self._frontend.resume()
+
+    def start_run(self, run: int | None = None) -> None:
+        """Start a run by hand (None: the next number); builtins start empty."""
+        self._frontend.start_run(run)
+
+    def end_run(self) -> None:
+        """End the current run by hand."""
+        self._frontend.end_run()
+
     def action(self, view_name):
         """Run the ACTION view `view_name` in REDUCE."""
         self._frontend.queue_to("reduce", OP_ACTION, {"view_name": view_name})
@@ -257,12 +285,20 @@ class Pipeline:
         return self._frontend.dropped
 
     def _feed(self, max_events):
-        n = 0
+        n, run = 0, None
+        frontend = self._frontend
         try:
             for event in self._source:
                 if self._stop.is_set():
                     break
-                self._frontend.queue_to_any(OP_EVENT, event)
+                number = event.get(RUN_PATH)
+                if number != run:  # the source says where runs start and end
+                    if run is not None:
+                        frontend.end_run()
+                    if number is not None:
+                        frontend.start_run(number)
+                    run = number
+                frontend.queue_to_any(OP_EVENT, event)
                 n += 1
                 if max_events is not None and n >= max_events:
                     break
@@ -272,6 +308,8 @@ class Pipeline:
             log.exception("source failed")
             self.on_error(f"source failed: {type(e).__name__}: {e}")
         finally:
+            if run is not None:
+                frontend.end_run()
             log.info("source finished after %d events", n)
             self.finished.set()
 

@@ -36,6 +36,11 @@ __all__ = ["View", "ViewArg", "REQUIRED"]
 REQUIRED = inspect.Parameter.empty
 
 
+#: The values of a view's ``reset_on`` option.
+RESET_ON = ("run", "step", None)
+_DEFAULT = object()
+
+
 @dataclass
 class ViewArg:
     """One kernel argument: its name, the path it reads, and its default."""
@@ -153,8 +158,13 @@ class View(metaclass=_ViewMeta):
         if stage is not None:
             cls.default_stage = ViewStage(stage)
 
+    #: When accumulated state is cleared by itself: ``'run'`` (a new run
+    #: starts), ``'step'`` (after each operator step) or None (only by an
+    #: explicit reset).  Builtin accumulating views default to ``'run'``.
+    default_reset_on = None
+
     def __init__(self, kernel=None, *, name=None, output=None, stage=None, hidden=False,
-                 rank=None, label=None, doc=None, args=None, fields=None):
+                 rank=None, label=None, doc=None, args=None, fields=None, reset_on=_DEFAULT):
         self.kernel = kernel
         if name is None:
             name = kernel.__name__ if kernel is not None else type(self).__name__
@@ -164,6 +174,11 @@ class View(metaclass=_ViewMeta):
         self.explicit_stage = None if stage is None else _as_stage(stage)
         self.stage = self.explicit_stage or self.default_stage
         self.hidden = bool(hidden)
+        if reset_on is _DEFAULT:
+            reset_on = self.default_reset_on
+        if reset_on not in RESET_ON:
+            raise ValueError(f"reset_on must be 'run', 'step' or None, not {reset_on!r}")
+        self.reset_on = reset_on
         self.rank = rank
         self.label = label
         self.doc = doc if doc is not None or kernel is None else inspect.getdoc(kernel)

@@ -158,6 +158,7 @@ def test_pipeline_refuses_an_edit_that_exits_and_keeps_running(tmp_path):
     path.write_text(CTX)
     with Pipeline(str(path), source=None) as pipe, \
             Client(pipe.output_addr, views=["total"], timeout=30) as client:
+        client.wait_index(timeout=30)  # subscribed: nothing published is missed
         path.write_text(CTX + "\nimport sys\nsys.exit(1)\n")
         with pytest.raises(ContextError) as info:
             pipe.reload()
@@ -176,6 +177,7 @@ def test_burst_from_a_script_is_never_dropped(tmp_path):
     n = 200
     with Pipeline(str(path), source=None, queue_size=4) as pipe, \
             Client(pipe.output_addr, views=["total"], timeout=30) as client:
+        client.wait_index(timeout=30)  # subscribed: nothing published is missed
         assert pipe.frontend.drop_policy == DROP_BLOCK
         for i in range(n):
             assert pipe.send({"internal#train_id": i})

@@ -159,8 +159,10 @@ class AccumulatingView(View, abstract=True):
     Adds the notebook-friendly side: construct without a kernel, feed values
     with :meth:`add` (the same as an event reaching :meth:`process`) and read
     the accumulated state at any time with :attr:`result`, independent of
-    the ``output_every`` cadence.
+    the ``output_every`` cadence.  A new run clears the state (``reset_on``).
     """
+
+    default_reset_on = "run"
 
     def add(self, data):
         """Feed `data` as if a kernel had returned it for one event; returns self.

@@ -27,6 +27,10 @@ __all__ = ["Source", "Pacer", "normalize_paths", "normalize_path", "karabo_selec
 #: factory; a factory may ignore those it has no use for.
 COMMON_OPTIONS = frozenset({"paths", "rate", "seed", "bridge_socket", "timeout"})
 
+#: The event path of the run number, for sources that know it: the pipeline
+#: starts and ends runs where it changes (docs/pipeline.md, "Runs").
+RUN_PATH = "internal#run"
+
 
 def internal_event(train_id):
     """A new event dict with the internal paths a source must fill.

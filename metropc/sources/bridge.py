@@ -27,7 +27,7 @@ import time
 from urllib.parse import urlsplit
 
 from ..error import SourceError
-from .base import Source, internal_event, karabo_key, karabo_selection
+from .base import RUN_PATH, Source, internal_event, karabo_key, karabo_selection
 
 __all__ = ["BridgeSource", "open_bridge"]
 
@@ -84,6 +84,15 @@ def _train_id(data, meta):
         md = d.get("metadata") if isinstance(d, dict) else None
         if md and md.get("timestamp.tid") is not None:
             return int(md["timestamp.tid"])
+    return None
+
+
+def _run_number(meta):
+    """The run number if the bridge's metadata carries one (``runNumber``)."""
+    for md in meta.values():
+        run = md.get("runNumber") if isinstance(md, dict) else None
+        if isinstance(run, int) and not isinstance(run, bool) and run > 0:
+            return run
     return None
 
 
@@ -281,6 +290,9 @@ class BridgeSource(Source):
                         "timestamp.tid; skipped", self.endpoint)
             return None
         event = internal_event(tid)
+        run = _run_number(meta)
+        if run is not None:
+            event[RUN_PATH] = run
         if self._selection is None:
             for src, values in data.items():
                 for key, value in values.items():

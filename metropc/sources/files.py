@@ -20,13 +20,19 @@ import contextlib
 import io
 import logging
 import os
+import re
+
+import numpy as np
 
 from ..error import SourceError
-from .base import Source, internal_event, karabo_key, karabo_selection
+from .base import RUN_PATH, Source, internal_event, karabo_key, karabo_selection
 
-__all__ = ["FileSource", "open_files"]
+__all__ = ["FileSource", "RunsSource", "open_files", "run_number"]
 
 log = logging.getLogger(__name__)
+
+#: European XFEL run directories are named ``r0001`` and so on.
+_RUN_DIR_RE = re.compile(r"^r(\d{1,6})$")
 
 
 def _import_extra_data():
@@ -74,6 +80,8 @@ class FileSource(Source):
             raise SourceError(f"{self.path}: no such file or directory")
         self._by_id = ed.by_id
         self.run = self._open(ed, skip_corrupt, parallelize)
+        #: The run's number (events carry it as ``internal#run``), or None.
+        self.run_number = run_number(self.path, self.run)
         try:
             self._data = self._select()
         except BaseException:
@@ -188,6 +196,8 @@ class FileSource(Source):
 
     def _event(self, tid, data):
         event = internal_event(tid)
+        if self.run_number is not None:
+            event[RUN_PATH] = self.run_number
         if self._keymap is None:
             for src, values in data.items():
                 control = ":" not in src
@@ -210,9 +220,59 @@ class FileSource(Source):
         return event
 
 
+def run_number(path, run=None):
+    """The run number of a run directory: from its metadata if it has one,
+    else from its name (``.../r0042`` -> 42); None if neither says."""
+    try:
+        number = run.run_metadata().get("runNumber") if run is not None else None
+    except Exception:  # noqa: BLE001 - older files have no run metadata
+        number = None
+    if isinstance(number, (int, np.integer)) and number > 0:
+        return int(number)
+    m = _RUN_DIR_RE.search(os.path.basename(os.path.normpath(path)))
+    return int(m.group(1)) if m else None
+
+
+class RunsSource(Source):
+    """Several run directories replayed one after the other.
+
+    Each event carries its run's number (``internal#run``), so the pipeline
+    starts and ends runs at the boundaries (builtin views start empty with
+    each run).
+    """
+
+    live = False
+    default_rate = 10.0
+    kind = "files"
+
+    def __init__(self, targets, *, paths=None, rate=None, **options):
+        super().__init__(paths=paths, rate=rate)
+        self.targets = list(targets)
+        self.options = options
+        self.current = None
+        FileSource(self.targets[0], paths=paths, **options).release()  # fail early
+
+    def set_paths(self, paths):
+        super().set_paths(paths)
+        if self.current is not None:
+            self.current.set_paths(paths)
+
+    def events(self):
+        for target in self.targets:
+            self.current = FileSource(target, paths=self.paths, **self.options)
+            try:
+                yield from self.current.events()
+            finally:
+                self.current.release()
+                self.current = None
+
+
 def open_files(target, *, paths=None, rate=None, seed=None, bridge_socket=None,
                timeout=None, skip_corrupt=False, parallelize=True, **options):
-    """Factory for ``files:PATH``, ``file://PATH`` and bare path specs."""
+    """Factory for ``files:PATH``, ``file://PATH`` and bare path specs.
+
+    ``PATH1,PATH2,...`` replays several run directories in a row.
+    """
     from . import check_options
 
     check_options("files", options)
@@ -220,5 +280,9 @@ def open_files(target, *, paths=None, rate=None, seed=None, bridge_socket=None,
     if not target:
         raise SourceError("files: give a run directory or HDF5 file, "
                           "e.g. files:/path/to/raw/r0001")
+    if "," in target and not os.path.exists(target):
+        targets = [os.path.expanduser(t.strip()) for t in target.split(",") if t.strip()]
+        return RunsSource(targets, paths=paths, rate=rate, skip_corrupt=skip_corrupt,
+                          parallelize=parallelize)
     return FileSource(os.path.expanduser(target), paths=paths, rate=rate,
                       skip_corrupt=skip_corrupt, parallelize=parallelize)

@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from ..error import SourceError
-from .base import Source, internal_event
+from .base import RUN_PATH, Source, internal_event
 
 __all__ = ["SimulatedFacility", "SimSource", "open_sim", "PATHS"]
 
@@ -280,8 +280,14 @@ class SimSource(Source):
     default_rate = 10.0
     kind = "sim"
 
-    def __init__(self, *, paths=None, rate=None, seed=0, ntrains=None, **config):
+    def __init__(self, *, paths=None, rate=None, seed=0, ntrains=None, run_length=None,
+                 **config):
         super().__init__(paths=paths, rate=rate)
+        if run_length is not None and (not isinstance(run_length, int) or run_length < 1):
+            raise SourceError(f"sim: run_length must be a positive integer, "
+                              f"not {run_length!r}")
+        #: Trains per simulated run (runs 1, 2, ...); None: no runs.
+        self.run_length = run_length
         if ntrains is not None and (not isinstance(ntrains, int) or ntrains < 0):
             raise SourceError(f"sim: ntrains must be a non-negative integer, "
                               f"not {ntrains!r}")
@@ -300,7 +306,10 @@ class SimSource(Source):
     def events(self):
         n = 0
         while self.ntrains is None or n < self.ntrains:
-            yield self.facility.step(self.paths)
+            event = self.facility.step(self.paths)
+            if self.run_length:
+                event[RUN_PATH] = 1 + n // self.run_length
+            yield event
             n += 1
 
 
@@ -318,7 +327,7 @@ def open_sim(target="", *, paths=None, rate=None, seed=0, bridge_socket=None,
     rate = options.pop("rate", rate)
     seed = options.pop("seed", seed)
     known = {"shape", "pulses", "spectrum_points", "scan_every", "first_train",
-             "ntrains"}
+             "ntrains", "run_length"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise SourceError(f"unknown option(s) for the sim source: "

@@ -33,6 +33,7 @@ import collections
 from dataclasses import dataclass, field
 
 from . import shm as shmem
+from ..messages import KEY_MARK
 from .common import KEY_SHM, KEY_STEP, OP_EVENT, SEQ_PATH, has_large_value
 from ..transport import ZERO_COPY_MIN
 
@@ -102,7 +103,8 @@ class Dispatcher:
 
         `lost`: sequence numbers of its oldest outstanding message, the one
         it was working on; `requeue`: queue items of the messages behind it,
-        which it never started; `steps`: step boundaries among those, to
+        which it never started; `steps`: ``(seq, mark)`` of the step
+        boundaries and other marks among those (`mark` None for a step), to
         send again.
         """
         if name in self.workers:
@@ -119,7 +121,8 @@ class Dispatcher:
             return [], [], []
         lost = list(batches[0][1].seqs)
         requeue = [item for _, b in batches[1:] if not b.step for item in b.items]
-        steps = [b.seqs[0] for _, b in batches[1:] if b.step]
+        steps = [(b.seqs[0], b.messages[0][1].get(KEY_MARK)) for _, b in batches[1:]
+                 if b.step]
         return lost, requeue, steps
 
     def on_credit(self, name: str, n: int | None, now: float) -> None:
@@ -194,17 +197,21 @@ class Dispatcher:
     def has_credit(self) -> bool:
         return any(self.credits[name] > 0 for name in self.workers)
 
-    def step_batch(self, now: float, seq: int | None = None) -> Batch | None:
-        """A step boundary travels like an event through a worker, so REDUCE
-        sees it exactly between the events around it.  `seq`: the number of
-        a step a worker refused, sent again."""
+    def step_batch(self, now: float, seq: int | None = None, mark: dict | None = None
+                   ) -> Batch | None:
+        """A step boundary, or another mark (`mark`: a reset, a run start or
+        end, a pause), travels like an event through a worker, so REDUCE sees
+        it exactly between the events around it.  `seq`: the number of a
+        mark a worker refused, sent again."""
         worker = self.free_worker()
         if worker is None:
             return None
         if seq is None:
             seq = self.seq
             self.seq += 1
-        batch = Batch(worker, [(OP_EVENT, {SEQ_PATH: seq, KEY_STEP: True})], [seq], step=True)
+        event = {SEQ_PATH: seq, KEY_STEP: True} if mark is None else {SEQ_PATH: seq,
+                                                                      KEY_MARK: mark}
+        batch = Batch(worker, [(OP_EVENT, event)], [seq], step=True)
         self._track(batch, now)
         return batch
 

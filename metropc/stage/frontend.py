@@ -44,7 +44,8 @@ from ..error import ContextError
 from ..protocol import decode_protocol, encode_protocol
 from ..security import secure
 from . import shm as shmem
-from .common import OP_STEP, make_socket, remove_ipc_file
+from ..messages import OP_PAUSE, OP_RESET, OP_RESUME, OP_RUN, SCHEMAS, validate
+from .common import OP_CONTEXT, OP_STEP, make_socket, remove_ipc_file
 from .frontend_loop import FrontendLoop
 from .pool import run_pool
 from .queue import EventQueue
@@ -242,6 +243,30 @@ class ThreadedFrontend:
         """Mark an operator step boundary after the events queued so far."""
         self.queue_to("reduce", OP_STEP)
 
+    def reset(self, *views: str) -> None:
+        """Clear the accumulated state of `views` (none given: of every view)
+        from the next event on: applied after the events queued so far."""
+        self.queue_to("reduce", OP_RESET, {"views": list(views)})
+
+    def pause(self) -> None:
+        """Stop dispatching: events queued from now on are refused (and
+        counted in ``internal#paused_events``), or, with the ``block``
+        policy, their callers wait; parameters and reloads still work."""
+        self.queue_to("reduce", OP_PAUSE)
+
+    def resume(self) -> None:
+        """Dispatch events again after :meth:`pause`."""
+        self.queue_to("reduce", OP_RESUME)
+
+    def start_run(self, run: int | None = None) -> None:
+        """A run starts after the events queued so far (None: the next number);
+        views with ``reset_on='run'`` (the builtins) start empty."""
+        self.queue_to("reduce", OP_RUN, {"kind": "run_start", "run": run})
+
+    def end_run(self) -> None:
+        """The current run ends after the events queued so far."""
+        self.queue_to("reduce", OP_RUN, {"kind": "run_end"})
+
     def wait_ready(self, timeout=None):
         """Block until the pipeline is ready; False on timeout or if a stage
         could not start (see ``on_pipeline_panic``)."""
@@ -303,8 +328,11 @@ class ThreadedFrontend:
             pass  # a wake-up is already on its way
 
     def _queue_control(self, target, opcode, data):
+        data = data or {}
+        if opcode in SCHEMAS and opcode != OP_CONTEXT:  # wrong fields: the caller's error
+            validate(opcode, data)
         # Applies after every event queued before it, as the caller expects.
-        self._queue.put_control(target, opcode, data or {}, self._wake)
+        self._queue.put_control(target, opcode, data, self._wake)
 
     def _open_shm(self, shm, size, threshold):
         """Create the shared-memory segments, if they are to be used."""

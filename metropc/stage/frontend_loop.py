@@ -29,6 +29,7 @@ from ..error import ProtocolError
 from .common import (OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_CTX_FAILED,
                      OP_CTX_READY, OP_DEBUG, OP_ERROR, OP_HELLO, OP_LOST, OP_PARAMS, OP_PROGRESS,
                      OP_SHM, OP_STATS, OP_STEP, OP_STOP, recv, send, send_batch)
+from ..messages import MARK_OPS, OP_ANNOUNCE, OP_PAUSE, OP_RESET, OP_RESUME, OP_RUN
 from .dispatcher import Dispatcher
 from .reload import Aborted, Committed, ReloadCoordinator
 from .supervisor import GiveUp, Gone, Panic, Replace, StageState, Supervisor
@@ -43,6 +44,15 @@ __all__ = ["FrontendLoop"]
 RESTART_GRACE = 1.0
 #: How often the stages are checked (seconds).
 CHECK_INTERVAL = 0.1
+
+
+def mark_of(opcode, data):
+    """The mark a control message becomes on its way to REDUCE."""
+    if opcode == OP_RESET:
+        return {"kind": "reset", "views": list(data.get("views") or ())}
+    if opcode == OP_RUN:
+        return {"kind": data["kind"], "run": data.get("run")}
+    return {"kind": {OP_PAUSE: "pause", OP_RESUME: "resume"}[opcode]}
 
 
 class FrontendLoop:
@@ -63,6 +73,8 @@ class FrontendLoop:
         self.progress = {"next_seq": 0, "lost": 0, "stale": 0}
         self.announced_lost: set[int] = set()  # lost seqs REDUCE may not have seen
         self.reduce_subs: list[bytes] = []     # what REDUCE's clients subscribed to
+        self.reduce_state: dict = {}           # its run and state (READY, RUN, STOP)
+        self.announce: dict = {}               # what REDUCE publishes in its status
         self.rejected = 0
         self._rejected_kinds: set = set()
         self.input_counts: dict = {}
@@ -192,7 +204,9 @@ class FrontendLoop:
             self.bring_up_to_date(name)
 
     def on_progress(self, data):
-        self.progress = {k: int(data[k]) for k in ("next_seq", "lost", "stale") if k in data}
+        self.progress = {k: int(data[k]) for k in ("next_seq", "lost", "stale",
+                                                    "output_dropped") if k in data}
+        self.reduce_state = {"run": data.get("run"), "state": data.get("state")}
         self.reduce_subs = list(data.get("subs", ()))
         next_seq = self.progress.get("next_seq", 0)
         self.announced_lost = {s for s in self.announced_lost if s >= next_seq}
@@ -228,6 +242,8 @@ class FrontendLoop:
             if name == "reduce":
                 data.update(self.reduce_restart())
             self.send_to(name, OP_CONTEXT, data)
+        if name == "reduce" and self.announce:
+            self.send_to(name, OP_ANNOUNCE, dict(self.announce))
         if self.params:
             self.send_to(name, OP_PARAMS, dict(self.params))
 
@@ -242,7 +258,7 @@ class FrontendLoop:
         for them, then counts the missing ones lost.
         """
         start = self.progress.get("next_seq", 0)
-        held = set(self.dispatcher.held()) | set(self.retry_steps)
+        held = set(self.dispatcher.held()) | {seq for seq, _ in self.retry_steps}
         skip, doubtful = [], []
         for seq in range(start, self.dispatcher.seq):
             if seq in held:
@@ -250,8 +266,10 @@ class FrontendLoop:
             (skip if seq in self.announced_lost else doubtful).append(seq)
         return {"start_seq": start, "skip": skip, "doubtful": doubtful,
                 "grace": RESTART_GRACE, "subs": list(self.reduce_subs),
+                **{k: v for k, v in self.reduce_state.items() if v is not None},
                 "counters": {"lost": self.progress.get("lost", 0),
-                             "stale": self.progress.get("stale", 0)}}
+                             "stale": self.progress.get("stale", 0),
+                             "output_dropped": self.progress.get("output_dropped", 0)}}
 
     # -- supervision -----------------------------------------------------------------------
     def check_stages(self, now):
@@ -292,7 +310,7 @@ class FrontendLoop:
         self.announce_lost(lost)
         with self.queue.lock:
             self.queue.requeue(requeue)  # never started: another worker takes them
-        self.retry_steps.extend(steps)
+        self.retry_steps.extend(steps)  # (seq, mark) pairs
         reclaimed = ""
         if self.fe.shm is not None:
             n = self.fe.shm.reclaim(name)
@@ -365,7 +383,8 @@ class FrontendLoop:
         """
         queue, dispatcher = self.queue, self.dispatcher
         while self.retry_steps:
-            if not self.send_step(self.retry_steps[0]):
+            seq, mark = self.retry_steps[0]
+            if not self.send_step(seq, mark):
                 return
             self.retry_steps.pop(0)
         while not self.reload.busy:
@@ -377,8 +396,8 @@ class FrontendLoop:
                 if not event_first:
                     if control is None:
                         return
-                    if control[2] == OP_STEP and not dispatcher.has_credit():
-                        return  # a step waits for a worker, like an event
+                    if control[2] in MARK_OPS and not dispatcher.has_credit():
+                        return  # a mark waits for a worker, like an event
                     queue.control.popleft()
                     batch = None
                 else:
@@ -389,6 +408,8 @@ class FrontendLoop:
                 self.send_events(batch)
             elif control[2] == OP_STEP:
                 self.send_step(None)
+            elif control[2] in MARK_OPS:
+                self.send_step(None, mark_of(control[2], control[3]))
             else:
                 self.send_control(*control[1:])
 
@@ -403,13 +424,14 @@ class FrontendLoop:
             with self.queue.lock:
                 self.queue.requeue(items)
 
-    def send_step(self, seq):
-        """A step boundary through a worker; False if no worker has credit."""
+    def send_step(self, seq, mark=None):
+        """A step boundary or another mark through a worker; False if no
+        worker has credit (it is sent again later, with the same number)."""
         while True:
-            batch = self.dispatcher.step_batch(time.monotonic(), seq)
+            batch = self.dispatcher.step_batch(time.monotonic(), seq, mark)
             if batch is None:
-                if seq is not None and seq not in self.retry_steps:
-                    self.retry_steps.append(seq)
+                if seq is not None and (seq, mark) not in self.retry_steps:
+                    self.retry_steps.append((seq, mark))
                 return False
             try:
                 send_batch(self.fe._router, batch.messages, prefix=[batch.worker.encode()])
@@ -425,6 +447,8 @@ class FrontendLoop:
             data = self.reload.begin(data, self.stage_names(), time.monotonic())
         elif opcode == OP_PARAMS:
             self.params.update(data)
+        elif opcode == OP_ANNOUNCE:
+            self.announce = dict(data)
         if target == "all":
             names = self.stage_names()
         elif target == "pool":
@@ -448,6 +472,7 @@ class FrontendLoop:
         stats = {k: (int(v), (v - self.input_prev.get(k, 0)) / dt) for k, v in counts.items()}
         dropped = self.queue.dropped
         stats["internal#dropped_events"] = (dropped, (dropped - self.dropped_prev) / dt)
+        stats["internal#paused_events"] = (self.queue.paused_events, 0.0)
         stats["internal#rejected_messages"] = (self.rejected, 0.0)
         if fe.shm is not None:
             stats.update(self.shm_stats(dt))

@@ -27,6 +27,7 @@ from ..error import ProtocolError
 from ..protocol import encode_protocol
 from ..security import secure
 from . import shm as shmem
+from ..messages import KEY_MARK, META_MARK
 from .reload import StagedContext
 from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, KEY_STEP, META_SKIP, META_STEP,
                      OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_ERROR, OP_EVENT, pack_meta,
@@ -292,6 +293,9 @@ class PoolWorker:
             return None
         if event.get(KEY_STEP):
             return {KEY_META: pack_meta(seq, kind=META_STEP)}
+        mark = event.get(KEY_MARK)
+        if mark is not None:  # a reset, run or pause mark: REDUCE applies it in order
+            return {KEY_META: pack_meta(seq, kind=META_MARK), KEY_MARK: mark}
         engine = self.engine
         if engine is None:
             return {KEY_META: pack_meta(seq, kind=META_SKIP)}

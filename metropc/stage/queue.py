@@ -22,6 +22,7 @@ import threading
 from typing import Any
 
 from ..config import DROP_BLOCK, DROP_NEWEST
+from ..messages import OP_PAUSE, OP_RESUME
 
 __all__ = ["EventQueue", "event_nbytes"]
 
@@ -58,6 +59,9 @@ class EventQueue:
         self.enqueued = 0
         self.nbytes = 0
         self.dropped = 0
+        #: Events refused because the operator paused the pipeline.
+        self.paused_events = 0
+        self.paused = False
         self.closed = False
         #: The thread that takes from the queue must never block on it.
         self.taker: threading.Thread | None = None
@@ -70,6 +74,13 @@ class EventQueue:
         """
         size = event_nbytes(data)
         with self.lock:
+            if self.paused:
+                if self.policy == DROP_BLOCK and threading.current_thread() is not self.taker:
+                    while self.paused and not self.closed:  # a replay waits
+                        self._room.wait(0.1)
+                else:
+                    self.paused_events += 1
+                    return False
             if self._full(size):
                 if self.policy == DROP_BLOCK and threading.current_thread() is not self.taker:
                     while self._full(size) and not self.closed:
@@ -91,8 +102,18 @@ class EventQueue:
         return True
 
     def put_control(self, target: str, opcode: bytes, data: dict, wake) -> None:
-        """Queue a control message after every event queued so far."""
+        """Queue a control message after every event queued so far.
+
+        A pause refuses the events queued after it (counted in
+        :attr:`paused_events`; with ``block`` their callers wait) until a
+        resume: events already queued are still processed.
+        """
         with self.lock:
+            if opcode == OP_PAUSE:
+                self.paused = True
+            elif opcode == OP_RESUME:
+                self.paused = False
+                self._room.notify_all()
             self.control.append((self.enqueued, target, opcode, data))
             wake()
 

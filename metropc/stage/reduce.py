@@ -33,6 +33,7 @@ from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, META_EVENT, META_SKIP, MET
                      OP_ERROR, OP_HELLO, OP_INDEX,
                      OP_LOST, OP_PARAMS, OP_PROGRESS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
                      recv, recv_messages, send, unpack_meta)
+from ..messages import KEY_MARK, META_MARK, OP_ANNOUNCE
 from .ordering import ReorderBuffer
 from .reload import StagedContext
 from .output import Output
@@ -43,6 +44,13 @@ __all__ = ["run_reduce", "ReduceStage"]
 
 #: How often the index is published without being asked (seconds).
 INDEX_INTERVAL = 1.0
+#: Topics besides ``view#<name>`` and ``index`` (docs/protocol.md §8).
+TOPIC_CONTEXT = b"context"
+TOPIC_PARAMS = b"params"
+TOPIC_MARK = b"mark"
+TOPIC_STATUS = b"status"
+#: Codes of the states in the index entry ``internal#state``.
+STATE_CODES = {"READY": 0, "RUN": 1, "STOP": 2}
 #: How often REDUCE tells the frontend how far it got (if it moved): what a
 #: replacement would miss if REDUCE died now is at most this much of events.
 PROGRESS_INTERVAL = 0.02
@@ -97,6 +105,11 @@ class ReduceStage:
         self.staged = StagedContext(ContextStage.REDUCE)
         self.doubtful = []                 # after a restart: results that may come
         self.doubtful_until = 0.0
+        self.run = None                    # the current run number (None: no run)
+        self.last_run = None
+        self.state = "READY"               # READY, RUN or STOP (paused)
+        self.events_seen = False
+        self.announced = {}                # {"control": address} from the frontend
         self.clients_back = set()          # after a restart: prefixes to wait for
         self.clients_until = 0.0
         self.grace = 1.0
@@ -137,6 +150,11 @@ class ReduceStage:
         counters = data.get("counters") or {}
         self.buffer.lost += int(counters.get("lost", 0))
         self.stale += int(counters.get("stale", 0))
+        self.output.dropped += int(counters.get("output_dropped", 0))
+        run = data.get("run")
+        self.run = self.last_run = run if type(run) is int else None
+        if data.get("state") in STATE_CODES:
+            self.state = data["state"]
         self.doubtful = list(data.get("doubtful") or ())
         self.grace = float(data.get("grace", 1.0))
         self.doubtful_until = time.monotonic() + self.grace
@@ -179,12 +197,13 @@ class ReduceStage:
     def progress(self):
         """What the frontend needs to restart this stage after a crash, if changed."""
         state = (self.buffer.next_seq, self.buffer.lost, self.stale,
-                 frozenset(self.output.prefixes))
+                 frozenset(self.output.prefixes), self.run, self.state, self.output.dropped)
         if state == self._progress_sent:
             return None
         self._progress_sent = state
         return {"next_seq": state[0], "lost": state[1], "stale": state[2],
-                "subs": sorted(state[3])}
+                "subs": sorted(state[3]), "run": state[4], "state": state[5],
+                "output_dropped": state[6]}
 
     def _schedule(self, ctx, from_seq):
         """Use `ctx` from event `from_seq` on (now, if nothing older waits)."""
@@ -209,7 +228,58 @@ class ReduceStage:
                        if view.output != ViewOutput.COMPUTE}
         self.pending = {v: p for v, p in self.pending.items() if v > ctx.version}
         self.meter = RateMeter()
+        self.publish_context()
         self.publish_index()
+
+    def on_mark(self, mark):
+        """A reset, run start or end, pause or resume, in order with events."""
+        if not isinstance(mark, dict):
+            return
+        kind = mark.get("kind")
+        if kind == "reset":
+            mark = {"kind": "reset", "views": self.engine.reset(mark.get("views") or None)}
+        elif kind == "run_start":
+            self.run = mark.get("run")
+            if self.run is None:
+                self.run = (self.last_run or 0) + 1  # an operator's run: the next number
+            self.last_run = self.run
+            self.engine.reset_on("run")
+            self.state = "RUN"
+            mark = {"kind": kind, "run": self.run}
+        elif kind == "run_end":
+            mark = {"kind": kind, "run": self.run}
+            self.run = None
+            self.state = "READY"
+        elif kind == "pause":
+            self.state = "STOP"
+        elif kind == "resume":
+            self.state = "RUN" if self.run is not None or self.events_seen else "READY"
+        else:
+            return
+        self.publish_mark(mark)
+        self.publish_index()
+
+    def publish_mark(self, mark):
+        """Tell clients (and recorders) about a mark, with the current run."""
+        if self.output.wants(TOPIC_MARK):
+            self.output.send(encode_protocol(TOPIC_MARK, {"run": self.run, **mark}))
+
+    def publish_context(self):
+        """The context now in use, for recorders and displays (topic ``context``)."""
+        ctx = self.ctx
+        if self.output.wants(TOPIC_CONTEXT):
+            self.output.send(encode_protocol(TOPIC_CONTEXT, {
+                "version": ctx.version, "path": ctx.path, "source": ctx.source,
+                "parameters": dict(ctx.parameters)}))
+
+    def publish_params(self):
+        if self.ctx is not None and self.output.wants(TOPIC_PARAMS):
+            self.output.send(encode_protocol(TOPIC_PARAMS, {
+                "version": self.ctx.version, "parameters": dict(self.ctx.parameters)}))
+
+    def on_announce(self, data):
+        """Addresses the frontend's process offers (its control endpoint)."""
+        self.announced = {k: v for k, v in data.items() if type(v) is str}
 
     def on_lost(self, data):
         """Events a dead worker held: skip them when their turn comes."""
@@ -220,6 +290,7 @@ class ReduceStage:
             self.ctx.update_parameters(data)
         for ctx, _ in self.pending.values():
             ctx.update_parameters(data)
+        self.publish_params()
 
     def on_action(self, data):
         if self.engine is None:
@@ -313,10 +384,19 @@ class ReduceStage:
             for name in results:
                 self.meter.add(name)
             self.publish(results, None)
+            self.engine.reset_on("step")
+            self.publish_mark({"kind": "step"})
+            return
+        if kind == META_MARK:
+            self.on_mark(data.get(KEY_MARK))
             return
         if version != self.ctx.version:
             self.stale += 1
             return
+        if not self.events_seen:
+            self.events_seen = True
+            if self.state == "READY" and self.last_run is None:
+                self.state = "RUN"  # a source without runs: running once events flow
         event, pool_results = {}, {}
         for key, value in data.items():
             if key.startswith("view#"):
@@ -358,7 +438,8 @@ class ReduceStage:
                 # "seq": per-topic sequence number, for clients to count gaps.
                 frames = encode_protocol(topic, {"data": value, "event_id": event_id,
                                                  "version": version,
-                                                 "seq": output.seq(topic)})
+                                                 "seq": output.seq(topic),
+                                                 "run": self.run})
             except KeyboardInterrupt:  # how a stage is told to stop
                 raise
             except BaseException as e:  # noqa: BLE001 - unpicklable; __reduce__ may raise anything
@@ -391,6 +472,8 @@ class ReduceStage:
             for name, count in counts.items():  # pure counters
                 entries[f"view#{name}"] = (int(count), 0.0, ViewOutput.COMPUTE.value,
                                            0, 0, True, "")
+        entries["internal#state"] = (STATE_CODES[self.state], 0.0)
+        entries["internal#run"] = (self.run or 0, 0.0)
         entries["internal#lost_events"] = (self.buffer.lost, 0.0)
         entries["internal#stale_events"] = (self.stale, 0.0)
         entries["internal#output_dropped"] = self.output.drop_stats()
@@ -401,9 +484,20 @@ class ReduceStage:
         self.inputs = dict(data)
 
     def publish_index(self):
-        """Send the index (no ``seq``: its keys are paths, and it is sent again)."""
+        """Send the index (no ``seq``: its keys are paths, and it is sent
+        again) and the status."""
         if self.output.wants(OP_INDEX):
             self.output.send(encode_protocol(OP_INDEX, self.index()))
+        if self.output.wants(TOPIC_STATUS):
+            self.output.send(encode_protocol(TOPIC_STATUS, self.status()))
+
+    def status(self):
+        """What a display shows at the top: state, run, context, where to control."""
+        ctx = self.ctx
+        return {"state": self.state, "run": self.run,
+                "version": None if ctx is None else ctx.version,
+                "path": None if ctx is None else ctx.path,
+                "control": self.announced.get("control")}
 
 
 def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
@@ -455,7 +549,7 @@ class _ReduceLoop:
         self.handlers = {OP_CONTEXT: stage.on_context, OP_COMMIT: stage.on_commit,
                          OP_ABORT: stage.on_abort, OP_PARAMS: stage.on_params,
                          OP_ACTION: stage.on_action, OP_LOST: stage.on_lost,
-                         OP_STATS: stage.on_stats,
+                         OP_STATS: stage.on_stats, OP_ANNOUNCE: stage.on_announce,
                          OP_INDEX: lambda data: stage.publish_index()}
         self._rejected_kinds = set()
         self.results_polled = True

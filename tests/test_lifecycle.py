@@ -1,0 +1,123 @@
+"""Run lifecycle with real processes: resets, runs, pausing (issue 15).
+
+Uses contexts/run_lifecycle.py: a histogram and an average that a new run
+clears, an average that only an explicit reset clears, and a plain view.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+
+from metropc.client import Client
+from metropc.pipeline import Pipeline
+
+pytestmark = pytest.mark.timeout(120)
+
+CTX = str(pathlib.Path(__file__).resolve().parents[1] / "contexts" / "run_lifecycle.py")
+VIEWS = ["tid_histogram", "mean_tid", "mean_tid_forever", "tid"]
+
+
+def collect(client, until, timeout=30):
+    """Results by view (path -> [payload]) until `until(results)` holds."""
+    import time
+    results = {}
+    deadline = time.monotonic() + timeout
+    while not until(results):
+        assert time.monotonic() < deadline, {k: len(v) for k, v in results.items()}
+        path, payload = client.recv(timeout=max(0.1, deadline - time.monotonic()))
+        results.setdefault(path, []).append(payload)
+    return results
+
+
+def by_event(payloads):
+    return {p["event_id"]: p for p in payloads}
+
+
+def hist_total(payload):
+    return int(np.asarray(payload["data"]).sum())
+
+
+def test_reset_clears_accumulated_views_from_the_next_event_on():
+    with Pipeline(CTX, source=None) as pipe, \
+            Client(pipe.output_addr, views=VIEWS, timeout=30) as client:
+        client.wait_index(timeout=30)  # subscribed: nothing published is missed
+        for i in range(20):
+            pipe.send({"internal#train_id": i})
+        pipe.reset()                             # all views
+        for i in range(20, 25):
+            pipe.send({"internal#train_id": i})
+        pipe.reset("mean_tid")                   # one view: the others go on
+        for i in range(25, 30):
+            pipe.send({"internal#train_id": i})
+        got = collect(client, lambda r: all(len(r.get(f"view#{v}", ())) == 30
+                                            for v in VIEWS))
+    hist = by_event(got["view#tid_histogram"])
+    assert [hist_total(hist[i]) for i in (0, 19, 20, 24, 25, 29)] == [1, 20, 1, 5, 6, 10]
+    mean = by_event(got["view#mean_tid"])
+    assert mean[19]["data"] == pytest.approx(9.5)
+    assert mean[20]["data"] == pytest.approx(20.0)        # from the reset on
+    assert mean[25]["data"] == pytest.approx(25.0)        # reset again, alone
+    forever = by_event(got["view#mean_tid_forever"])
+    assert forever[24]["data"] == pytest.approx(22.0)     # reset with all: 20..24
+    assert forever[29]["data"] == pytest.approx(24.5)     # not reset alone: 20..29
+    with pytest.raises(ValueError, match="nope"):
+        Pipeline.reset(pipe, "nope")
+
+
+def test_pause_computes_nothing_new_and_resume_goes_on():
+    with Pipeline(CTX, source=None, drop_policy="oldest") as pipe, \
+            Client(pipe.output_addr, views=["tid"], timeout=30) as client:
+        client.wait_index(timeout=30)  # subscribed: nothing published is missed
+        for i in range(5):
+            pipe.send({"internal#train_id": i})
+        collect(client, lambda r: len(r.get("view#tid", ())) == 5)
+        pipe.pause()
+        refused = [pipe.send({"internal#train_id": i}) for i in range(5, 10)]
+        assert refused == [False] * 5
+        index = client.wait_index(timeout=10)
+        while index["internal#paused_events"].counts < 5 or index["internal#state"].counts != 2:
+            index = client.wait_index(timeout=10)
+        pipe.resume()
+        for i in range(10, 13):
+            pipe.send({"internal#train_id": i})
+        got = collect(client, lambda r: len(r.get("view#tid", ())) == 3)
+        assert [p["data"] for p in got["view#tid"]] == [10, 11, 12]
+        index = client.wait_index(timeout=10)
+        while index["internal#state"].counts != 1:  # RUN
+            index = client.wait_index(timeout=10)
+
+
+def test_simulated_runs_reset_builtins_and_every_result_carries_its_run():
+    with Pipeline(CTX, source="sim", rate=50, run_length=10, max_events=60) as pipe, \
+            Client(pipe.output_addr, views=["tid_histogram"], timeout=30) as client:
+        client.wait_index(timeout=30)  # subscribed: nothing published is missed
+        got = collect(client, lambda r: any(p["run"] == 5 for p in r.get(
+            "view#tid_histogram", ())))
+    hist = got["view#tid_histogram"]
+    runs = [p["run"] for p in hist]
+    assert runs == sorted(runs)
+    for run in (3, 4):  # whole runs (the first may have begun before we listened)
+        # Each run starts empty: the counts go 1, 2, ..., 10 within it.
+        assert [hist_total(p) for p in hist if p["run"] == run] == list(range(1, 11))
+
+
+def test_operator_runs_are_numbered_and_marked():
+    with Pipeline(CTX, source=None) as pipe, \
+            Client(pipe.output_addr, views=["tid_histogram"], timeout=30) as client:
+        client.subscribe_topic("mark")
+        client.wait_index(timeout=30)  # subscribed: nothing published is missed
+        pipe.start_run()
+        for i in range(3):
+            pipe.send({"internal#train_id": i})
+        pipe.end_run()
+        pipe.start_run(7)
+        pipe.send({"internal#train_id": 3})
+        got = collect(client, lambda r: len(r.get("view#tid_histogram", ())) == 4
+                      and len(r.get("mark", ())) >= 3)
+    assert [p["run"] for p in got["view#tid_histogram"]] == [1, 1, 1, 7]
+    assert [hist_total(p) for p in got["view#tid_histogram"]] == [1, 2, 3, 1]
+    assert [(m["kind"], m["run"]) for m in got["mark"][:3]] == [
+        ("run_start", 1), ("run_end", 1), ("run_start", 7)]
