@@ -82,10 +82,13 @@ class Session:
         if self.closed:
             return
         try:
-            self.handler.write_message(message, binary=binary)
+            done = self.handler.write_message(message, binary=binary)
         except tornado.websocket.WebSocketClosedError:
             self.closed = True
             return
+        # A browser that goes away mid-write fails the write's future later;
+        # retrieve that error so asyncio does not log it as never retrieved.
+        done.add_done_callback(_retrieve)
         self.in_flight += 1
         self.messages += 1
 
@@ -548,6 +551,11 @@ class Dashboard:
             raise ValueError(f"view {name!r} is not an ACTION view")
         self.control.action(name)
         return f"ran {name}"
+
+
+def _retrieve(future):
+    if not future.cancelled():
+        future.exception()
 
 
 def _round(x):

@@ -174,7 +174,14 @@ export class Panel {
     const rois = roiParameters();
     if (this.opts.roi === "none") return null;
     if (this.opts.roi && rois[this.opts.roi]) return this.opts.roi;
-    return Object.keys(rois).sort()[0] || null;
+    return this.roiNames()[0] || null;
+  }
+
+  // ROI parameters, rectangles first (the usual case), then by name.
+  roiNames() {
+    const rois = roiParameters();
+    return Object.keys(rois).sort((p, q) => (rois[p].kind === "rect" ? 0 : 1) - (rois[q].kind === "rect" ? 0 : 1)
+      || p.localeCompare(q));
   }
 
   roiKind(name) { const r = roiParameters()[name]; return r ? r.kind : null; }
@@ -258,8 +265,8 @@ export class Panel {
                num("window", "points", "how many of the latest points to keep", () => sendWatch()),
                check("ylog", "log y"));
     } else if (v.output === "MATRIX" || kind === "image") {
-      const rois = Object.keys(roiParameters()).sort();
-      this.roiSignature = rois.join(",");
+      const rois = this.roiNames();
+      this.roiSignature = Object.keys(roiParameters()).sort().join(",");
       s.append(choice("cmap", "colours", COLORMAP_NAMES, "viridis"),
                choice("levels", "range", [["auto", "auto (min–max)"], ["percentile", "percentile"], ["manual", "fixed"]], "auto"),
                num("plo", "lo %", "lower percentile (percentile range; default 1)"),
