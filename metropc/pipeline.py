@@ -26,7 +26,9 @@ from .config import DROP_BLOCK, PipelineConfig
 from .sources import open_source
 from .sources.base import RUN_PATH
 from .stage.common import OP_ACTION, OP_CONTEXT, OP_EVENT, OP_INDEX, OP_PARAMS
+from .messages import OP_ANNOUNCE
 from .stage.frontend import ProcessRunner, ThreadedFrontend
+from .stage.remote import ControlServer
 
 __all__ = ["Pipeline"]
 
@@ -88,6 +90,11 @@ class Pipeline:
         come from: ``'oldest'`` for a live source (the simulator, a Karabo
         bridge), ``'block'`` for a replay (run files, a Python callable) and
         for :meth:`send`, so that those lose nothing.
+    control_endpoint : str or None
+        Where clients may control the pipeline (reset, pause, resume,
+        parameters, actions, runs: :class:`metropc.client.Controller`);
+        default a free loopback TCP port, None for no endpoint.  Secured
+        with CURVE when `keys` are given.
     config : PipelineConfig, optional
         Every setting above in one object (:mod:`metropc.config`).
 
@@ -98,6 +105,7 @@ class Pipeline:
     def __init__(self, context, source="sim", *, pool=None, output=None, parameters=None,
                  rate=None, seed=0, bridge_socket=None, sr_cls=ProcessRunner,
                  max_events=None, control=None, reduce=None,
+                 control_endpoint: str | None = "tcp://127.0.0.1:*",
                  config: PipelineConfig | None = None, **options):
         settings = {k: options.pop(k) for k in list(options) if k in PipelineConfig.fields()}
         if pool is not None:
@@ -120,6 +128,7 @@ class Pipeline:
         self._source = None
         self._feeder = None
         self._frontend = None
+        self._remote = None
         if isinstance(context, os.PathLike) or (
                 isinstance(context, str) and "\n" not in context
                 and os.path.isfile(context)):
@@ -138,6 +147,10 @@ class Pipeline:
             if not self._frontend.wait_ready(config.ready_timeout):
                 raise RuntimeError("pipeline stages did not start within "
                                    f"{config.ready_timeout:g} s")
+            if control_endpoint:
+                self._remote = ControlServer(self, control_endpoint, keys=config.keys)
+                self._frontend.queue_to("reduce", OP_ANNOUNCE,
+                                        {"control": self._remote.address})
             if source is not None:
                 self._source = open_source(source, paths=self.ctx.get_paths(), rate=rate,
                                            seed=seed, bridge_socket=bridge_socket,
@@ -168,6 +181,11 @@ class Pipeline:
     def output_addr(self):
         """Where clients connect (the bound address, once ready)."""
         return self._frontend.output_addr
+
+    @property
+    def control_addr(self) -> str | None:
+        """Where :class:`metropc.client.Controller` connects (None: no endpoint)."""
+        return None if self._remote is None else self._remote.address
 
     @property
     def frontend(self):
@@ -316,6 +334,9 @@ class Pipeline:
     def close(self, timeout=3.0):
         """Stop the source and every stage; idempotent."""
         self._stop.set()
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
         if self._source is not None:
             self._source.close()
         if self._feeder is not None:

@@ -245,3 +245,25 @@ def test_counters_show_a_rate_that_agrees_with_their_count():
         watch.close()
         publisher.stop()
         zctx.term()
+
+
+def test_control_options_reset_pause_and_set_parameters(tmp_path):
+    """metropc-client ADDR --reset / --pause / --resume / --set act through the
+    pipeline's control endpoint, found from its status."""
+    ctx = REPO / "contexts" / "run_lifecycle.py"
+    with Pipeline(str(ctx), source=None, pool=1, ready_timeout=60) as pipe:
+        def cli(*options):
+            return subprocess.run([sys.executable, "-m", "metropc.cli.client",
+                                   pipe.output_addr, *options, "--timeout", "30"],
+                                  cwd=REPO, capture_output=True, text=True, timeout=60)
+        done = cli("--reset", "mean_tid")
+        assert done.returncode == 0 and done.stdout.strip().endswith("reset mean_tid"), done
+        done = cli("--reset", "nope")
+        assert done.returncode == 1 and "refused" in done.stderr and "nope" in done.stderr
+        done = cli("--pause")
+        assert done.returncode == 0 and "paused" in done.stdout
+        once = cli("--once")
+        assert "state: STOP" in once.stdout, once.stdout
+        assert cli("--resume").returncode == 0
+        done = cli("--set", "nope=1")
+        assert done.returncode == 1 and "unknown parameter" in done.stderr

@@ -284,3 +284,25 @@ def test_dashboard_requests_do_not_garble_the_status(tmp_path):
         assert term.wait() == 130
     finally:
         term.close()
+
+
+def test_keys_reset_pause_and_resume_in_the_terminal(tmp_path):
+    """r resets every view, p pauses and resumes; the status line says so."""
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(CTX)
+    term = Terminal(ctx, "--pool", "1", "--rate", "20")
+    try:
+        term.wait_for(lambda t: "metropc: out" in t and "running" in t, what="the status")
+        assert "keys: r reset, p pause/resume" in term.text()
+        os.write(term.master, b"r")
+        term.wait_for(lambda t: "reset: every view starts empty" in t, what="the reset")
+        os.write(term.master, b"p")
+        term.wait_for(lambda t: "PAUSED (p resumes)" in t and "refused while paused" in t,
+                      what="the paused state")
+        os.write(term.master, b"p")
+        term.wait_for(lambda t: "resumed" in t and "running" in t.split("metropc: out")[-1],
+                      what="running again")
+        term.ctrl_c()
+        assert term.wait(20) == 130
+    finally:
+        term.close()

@@ -121,3 +121,44 @@ def test_operator_runs_are_numbered_and_marked():
     assert [hist_total(p) for p in got["view#tid_histogram"]] == [1, 2, 3, 1]
     assert [(m["kind"], m["run"]) for m in got["mark"][:3]] == [
         ("run_start", 1), ("run_end", 1), ("run_start", 7)]
+
+
+def test_clients_control_the_pipeline_through_its_endpoint():
+    from metropc.client import ControlError, Controller
+    with Pipeline(CTX, source=None) as pipe, \
+            Client(pipe.output_addr, views=["tid_histogram", "tid"], timeout=30) as client, \
+            Controller.of(client) as control:
+        assert control.address == pipe.control_addr
+        for i in range(4):
+            pipe.send({"internal#train_id": i})
+        control.reset("tid_histogram")
+        pipe.send({"internal#train_id": 4})
+        got = collect(client, lambda r: len(r.get("view#tid_histogram", ())) == 5)
+        assert [hist_total(p) for p in got["view#tid_histogram"]] == [1, 2, 3, 4, 1]
+        with pytest.raises(ControlError, match="nope"):
+            control.reset("nope")
+        with pytest.raises(ControlError, match="unknown parameter"):
+            control.set_parameters(nope=1)
+        control.pause()
+        while client.status.get("state") != "STOP":
+            client.wait_index(timeout=10)
+        control.resume()
+        while client.status.get("state") != "RUN":
+            client.wait_index(timeout=10)
+        control.start_run(12)
+        while client.status.get("run") != 12:
+            client.wait_index(timeout=10)
+
+
+def test_control_endpoint_refuses_clients_without_the_keys(tmp_path):
+    from metropc.client import Controller
+    from metropc.security import generate_keys
+    keys = tmp_path / "keys"
+    generate_keys(str(keys))
+    with Pipeline(CTX, source=None, keys=str(keys)) as pipe:
+        with Controller(pipe.control_addr, timeout=2) as intruder:
+            with pytest.raises(TimeoutError):
+                intruder.pause()
+        with Controller(pipe.control_addr, keys=str(keys), timeout=10) as operator:
+            operator.pause()
+            operator.resume()

@@ -79,8 +79,61 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keys", metavar="DIR", default=None,
                         help="key directory of a pipeline secured with CURVE "
                              "(made by metropc-keys)")
+    control = parser.add_argument_group(
+        "control", "act on the pipeline instead of watching it (through its control "
+        "endpoint, announced in its status; --keys for a secured pipeline)")
+    acts = control.add_mutually_exclusive_group()
+    acts.add_argument("--reset", nargs="*", metavar="VIEW",
+                      help="clear the accumulated state of these views (none: all)")
+    acts.add_argument("--pause", action="store_true", help="stop computing new events")
+    acts.add_argument("--resume", action="store_true", help="go on after --pause")
+    acts.add_argument("--start-run", nargs="?", type=int, const=-1, metavar="N",
+                      help="start a run (number N, default the next)")
+    acts.add_argument("--end-run", action="store_true", help="end the current run")
+    acts.add_argument("--set", dest="params", action="append", default=None,
+                      metavar="NAME=VALUE", help="set a parameter (repeatable)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
+
+
+def _control(client: Client, args, timeout: float) -> int:
+    """Carry out the control option given; prints one line, returns the exit code."""
+    from ..client import ControlError, Controller
+
+    try:
+        with Controller.of(client, timeout=timeout, keys=args.keys) as control:
+            if args.reset is not None:
+                control.reset(*args.reset)
+                done = "reset " + (", ".join(args.reset) or "every view")
+            elif args.pause:
+                control.pause()
+                done = "paused"
+            elif args.resume:
+                control.resume()
+                done = "resumed"
+            elif args.start_run is not None:
+                control.start_run(None if args.start_run < 0 else args.start_run)
+                done = "run started"
+            elif args.end_run:
+                control.end_run()
+                done = "run ended"
+            else:
+                values = dict(_parse_set(text) for text in args.params)
+                control.set_parameters(**values)
+                done = "set " + ", ".join(f"{k}={v!r}" for k, v in values.items())
+    except ControlError as e:
+        print(f"metropc-client: refused: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.address}: {done}")
+    return 0
+
+
+def _parse_set(text: str):
+    """``NAME=VALUE``; the pipeline checks VALUE against the parameter's type."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise SystemExit(f"metropc-client: --set wants NAME=VALUE, not {text!r}")
+    return name.strip(), value
 
 
 # -- formatting (pure, so that tests can check it without sockets) ---------
@@ -206,7 +259,8 @@ def _path_rows(index: Mapping[str, IndexEntry], rate) -> list[str]:
 def render(address: str, index: Mapping[str, IndexEntry] | None,
            values: Mapping[str, Mapping], wanted=(), index_age: float | None = None,
            error: str | None = None, *, rates: IndexRates | None = None,
-           received: int | None = None, missed: Mapping[str, int] | None = None) -> str:
+           received: int | None = None, missed: Mapping[str, int] | None = None,
+           status: Mapping | None = None) -> str:
     """The text of one snapshot.
 
     `index_age` over :data:`STALE_AFTER` seconds shows as disconnected;
@@ -219,6 +273,12 @@ def render(address: str, index: Mapping[str, IndexEntry] | None,
     else:
         state = f"  (index {index_age:.1f} s old)"
     lines = [f"metropc-client {address}{state}"]
+    if status:
+        run = status.get("run")
+        lines.append(f"state: {status.get('state', '?')}"
+                     + (f", run {run}" if run is not None else "")
+                     + (f"  context version {status['version']}"
+                        if status.get("version") is not None else ""))
     missed = missed or {}
     if received is not None:
         lines.append(f"results: {received} received, {sum(missed.values())} missed")
@@ -345,7 +405,8 @@ def _run_live(client: Client, wanted: list[str], interval: float, timeout: float
         if now >= next_draw:
             _show(render(client.address, client.index, values, wanted,
                          now - client.index_time, error, rates=rates,
-                         received=client.received, missed=client.missed_by_view), tty)
+                         received=client.received, missed=client.missed_by_view,
+                         status=client.status), tty)
             next_draw = now + interval
         try:
             path, data = client.recv(max(0.0, next_draw - time.monotonic()))
@@ -369,12 +430,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metropc-client: cannot connect to {args.address!r}: {e}", file=sys.stderr)
         return 2
     try:
+        if (args.reset is not None or args.pause or args.resume or args.end_run
+                or args.start_run is not None or args.params):
+            return _control(client, args, args.timeout)
         if args.once:
             if wanted:
                 values = _snapshot_once(client, wanted, args.timeout)
             else:
                 wanted, values = _snapshot_all(client, args.timeout)
-            print(render(args.address, client.index, values, wanted,
+            print(render(args.address, client.index, values, wanted, status=client.status,
                          missed=client.missed_by_view))
             return 0
         _run_live(client, wanted, args.interval, args.timeout)

@@ -91,7 +91,7 @@ positive_float = _number(float, 1e-9, "positive")
 
 
 def build_parser():
-    from ..frontend import DROP_NEWEST, DROP_OLDEST
+    from ..frontend import DROP_BLOCK, DROP_NEWEST, DROP_OLDEST
     from ..stage.shm import parse_size
 
     p = _Parser(
@@ -145,8 +145,12 @@ def build_parser():
                    help="socket type for a Karabo bridge (default REQ)")
     p.add_argument("--queue-size", type=positive_int, default=16,
                    help="events waiting for a worker before dropping (default 16)")
-    p.add_argument("--drop-policy", choices=(DROP_OLDEST, DROP_NEWEST),
-                   default=DROP_OLDEST, help="which event to drop when full")
+    p.add_argument("--drop-policy", choices=(DROP_OLDEST, DROP_NEWEST, DROP_BLOCK),
+                   default=None, help="what happens when the queue is full: drop the "
+                   "oldest or the newest event, or block (slow the source down); "
+                   "default: oldest for live sources, block for run files")
+    p.add_argument("--sim-run-length", type=positive_int, default=None, metavar="N",
+                   help="the simulator starts a new run every N trains (default: no runs)")
     p.add_argument("--duration", type=positive_float, default=None, metavar="S",
                    help="stop after S seconds")
     p.add_argument("--max-events", type=positive_int, default=None, metavar="N",
@@ -498,6 +502,61 @@ class ChildOutput:
         os.write(self._saved[2], b"\x1b[?25h\n")
 
 
+class Keys:
+    """Single keys typed in the terminal of ``metropc-run``: r, p, s, q.
+
+    The terminal is put in cbreak mode (no echo, no line buffering; Ctrl-C
+    still interrupts) while the live status runs, and restored at the end.
+    """
+
+    def __init__(self, fd):
+        import termios
+        import tty
+
+        self.fd = fd
+        self._saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+        self.paused = False
+
+    @classmethod
+    def open(cls, live):
+        """Keys of the terminal on stdin, or None if stdin is not one."""
+        if not live or not sys.stdin.isatty():
+            return None
+        try:
+            return cls(sys.stdin.fileno())
+        except (ImportError, OSError, ValueError):
+            return None
+
+    def act(self, pipeline, timeout):
+        """Wait up to `timeout` s for a key and do what it says; "quit" for q."""
+        import select
+
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return None
+        key = os.read(self.fd, 1).decode(errors="replace").lower()
+        if key == "r":
+            pipeline.reset()
+            log.info("reset: every view starts empty from the next event")
+        elif key == "p":
+            self.paused = not self.paused
+            (pipeline.pause if self.paused else pipeline.resume)()
+            log.info("paused: new events are not computed (p resumes)" if self.paused
+                     else "resumed")
+        elif key == "s":
+            pipeline.step()
+            log.info("step boundary")
+        elif key == "q":
+            return "quit"
+        return None
+
+    def close(self):
+        import termios
+
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+
+
 def setup_logging(verbose, console=None):
     """Log lines for the user: through `console` in live mode (so they
     scroll above the status region), else plain lines on stderr."""
@@ -548,7 +607,15 @@ def check_arguments(args):
         except OSError as e:
             raise UsageError(f"--keys {args.keys}: {e}") from None
     check_record(args)
+    if args.sim_run_length is not None and not str(args.source).startswith("sim"):
+        raise UsageError("--sim-run-length is for the simulator (--source sim); "
+                         f"{args.source!r} says where its runs are by itself")
     return dashboard_bind
+
+
+def source_options(args):
+    """Options only one kind of source takes (checked in check_arguments)."""
+    return {} if args.sim_run_length is None else {"run_length": args.sim_run_length}
 
 
 def check_record(args):
@@ -686,7 +753,7 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
                                 max_events=args.max_events, control=args.control,
                                 reduce=args.reduce, keys=args.keys,
                                 event_timeout=args.event_timeout or None,
-                                shm_size=args.shm_size)
+                                shm_size=args.shm_size, **source_options(args))
         except BaseException:
             if recorder is not None:
                 recorder.stop()
@@ -705,12 +772,15 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
         return 1
     if pipeline.frontend._tmpdir:
         leftovers.append(pipeline.frontend._tmpdir)
-    status = live = dashboard = None
+    status = live = dashboard = keys = None
     try:
         if stop.is_set():  # Ctrl-C while the stages started
             return exit_code()
         print(f"{PROG}: output on {pipeline.output_addr}  "
               f"(watch it with: metropc-client {pipeline.output_addr})", flush=True)
+        if pipeline.control_addr is not None:
+            print(f"{PROG}: control on {pipeline.control_addr}  (metropc-client "
+                  f"{pipeline.output_addr} --reset | --pause | --resume)", flush=True)
         if recorder is not None:
             if recorder.connect(pipeline.output_addr):
                 print(f"{PROG}: recording to {args.record}", flush=True)
@@ -748,8 +818,14 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
                         refresh_per_second=4, redirect_stdout=True, redirect_stderr=True)
             live.start()
         t_end = None if args.duration is None else time.monotonic() + args.duration
+        keys = Keys.open(mode == "live")
+        if keys is not None:
+            print(f"{PROG}: keys: r reset, p pause/resume, s step, q quit", flush=True)
         while not stop.is_set() and not pipeline.finished.is_set():
-            stop.wait(0.25)
+            if keys is None:
+                stop.wait(0.25)
+            elif keys.act(pipeline, 0.25) == "quit":
+                break
             if watcher is not None:
                 watcher.poll()
             if status is not None:
@@ -760,6 +836,8 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
             status.update(final=not stop.is_set())
         return exit_code()
     finally:
+        if keys is not None:
+            keys.close()
         if live is not None:
             live.refresh()
             live.stop()

@@ -32,6 +32,9 @@ from ..error import ProtocolError
 log = logging.getLogger(__name__)
 
 
+#: How the status line names the pipeline's states (docs/pipeline.md).
+STATE_WORDS = {"READY": "ready", "RUN": "running", "STOP": "PAUSED (p resumes)"}
+
 class ContextState:
     """Which context version runs, and the latest refused edit if any."""
 
@@ -151,8 +154,15 @@ class StatusDisplay:
         events = idx.get(self.event_path)
         out = f"out {events.counts} ({events.rate:.1f}/s)" if events else "out 0"
         errors = sum(e.errors for e in idx.values() if isinstance(e, IndexViewEntry))
+        status = self.client.status
+        state = status.get("state")
+        where = "" if state is None else (
+            f"; {STATE_WORDS.get(state, state)}"
+            + (f", run {status['run']}" if status.get("run") is not None else ""))
+        paused = count("internal#paused_events")
         return (f"metropc: {out}, dropped {count('internal#dropped_events')}, "
-                f"lost {count('internal#lost_events')}, view errors {errors}")
+                f"lost {count('internal#lost_events')}, view errors {errors}"
+                + (f", refused while paused {paused}" if paused else "") + where)
 
     def render(self):
         """The live region: summary, context line, one row per view."""
