@@ -162,3 +162,37 @@ def test_control_endpoint_refuses_clients_without_the_keys(tmp_path):
         with Controller(pipe.control_addr, keys=str(keys), timeout=10) as operator:
             operator.pause()
             operator.resume()
+
+
+def test_two_run_directories_in_a_row_reset_builtins_at_the_boundary(tmp_path):
+    """A replay of r0001 then r0002: each result carries its run number, and
+    the builtins start empty with the second run."""
+    pytest.importorskip("extra_data")
+    from extra_data.tests.mockdata import write_file
+    from extra_data.tests.mockdata.xgm import XGM
+
+    dirs = []
+    for run, (first, n) in ((1, (10000, 5)), (2, (10005, 4))):
+        d = tmp_path / f"r{run:04d}"
+        d.mkdir()
+        write_file(str(d / f"RAW-R{run:04d}-DA01-S00000.h5"), [XGM("SA1_XTD2_XGM/DOOCS/MAIN")],
+                   ntrains=n, firsttrain=first, chunksize=n)
+        dirs.append(str(d))
+    # Replays wait for the pipeline (drop policy "block"); the first run may
+    # pass before the client listens, so the second one is checked whole.
+    pipe = Pipeline(CTX, source=",".join(dirs), rate=20)
+    try:
+        with Client(pipe.output_addr, views=["tid_histogram"], timeout=30) as client:
+            client.subscribe_topic("mark")
+            got = collect(client, lambda r: len(r.get("view#tid_histogram", ())) >= 1
+                          and any(m["kind"] == "run_end" and m["run"] == 2
+                                  for m in r.get("mark", ())))
+    finally:
+        pipe.close()
+    hist = got["view#tid_histogram"]
+    second = [p for p in hist if p["run"] == 2]
+    assert [p["event_id"] for p in second] == [10005, 10006, 10007, 10008]
+    assert [hist_total(p) for p in second] == [1, 2, 3, 4]
+    assert all(p["run"] == 1 for p in hist if p["event_id"] < 10005)
+    kinds = [(m["kind"], m["run"]) for m in got["mark"]]
+    assert ("run_start", 2) in kinds and ("run_end", 2) in kinds
