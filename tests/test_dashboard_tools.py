@@ -378,11 +378,7 @@ def test_log_colour_scale_and_colour_ranges(page):
                what="log y range")
 
 
-@pytest.mark.xfail(strict=False, reason="needs REDUCE to handle b'reset' "
-                   "(Pipeline.reset, being added by another developer)")
 def test_reset_button_clears_a_histogram(page, pipe):
-    if not hasattr(pipe, "reset"):
-        pytest.xfail("Pipeline.reset is not there yet")
     drv = page
     before = float(wait_until(lambda: (t := panel_data(drv, "pulse_energies")["total"])
                               and float(t) >= 64 * 40 and t, what="a filled histogram"))
