@@ -205,8 +205,8 @@ def open_recording(path: str | os.PathLike, views=None) -> xr.Dataset:
     ``""`` for text, so ints and bools with gaps become floats).  Results
     of a shape that varies are padded with NaN to the largest, and the
     variable ``<view>_shape`` gives each result's real shape.  Results
-    of no event (STEP and ACTION views) are on their own dimension
-    ``<view>_result``.  A view whose results changed layout (dtype that
+    of no event (STEP and ACTION views) are the variable ``<view>_results``
+    on a dimension of their own, ``<view>_result``.  A view whose results changed layout (dtype that
     cannot be cast, number of axes, coordinates) has one variable per
     layout: ``<view>``, ``<view>~1``, ...  See docs/recording.md.
     """
@@ -222,7 +222,7 @@ def open_recording(path: str | os.PathLike, views=None) -> xr.Dataset:
                 if not has_event.all():
                     da, _ = seg.dataarray(~has_event)
                     da = da.drop_vars("train_id").rename({"train_id": f"{seg.view}_result"})
-                    results.append(da)
+                    results.append(da.rename(f"{seg.view}_results"))
     variables: list[xr.DataArray] = []
     fill: dict[str, object] = {}
     for view, pieces in parts.items():
@@ -239,7 +239,7 @@ def open_recording(path: str | os.PathLike, views=None) -> xr.Dataset:
         return xr.Dataset(coords={"train_id": np.zeros(0, np.int64)})
     return xr.merge(_unique_dims(variables + results), join="outer",
                     compat="no_conflicts", fill_value=fill or xr.core.dtypes.NA,
-                    combine_attrs="drop")
+                    combine_attrs="override")
 
 
 def _unique_dims(arrays: list[xr.DataArray]) -> list[xr.DataArray]:

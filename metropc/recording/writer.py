@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import time
 from collections.abc import Mapping
 
 import h5py
@@ -62,7 +61,16 @@ def check_record_path(path: str) -> None:
             with h5py.File(path, "r", locking=False) as f:
                 fmt = f.attrs.get("format")
         except OSError:
-            fmt = None
+            try:  # an SWMR file that was not closed opens only like this
+                with h5py.File(path, "r", swmr=True, locking=False) as f:
+                    fmt = f.attrs.get("format")
+            except OSError:
+                fmt = None
+            if fmt == FORMAT:
+                raise RecordPathError(
+                    f"{path} is being written, or was not closed (its writer was "
+                    f"killed); record to another file, or run 'h5clear -s {path}' "
+                    "first to append to it") from None
         if fmt != FORMAT:
             raise RecordPathError(f"{path} exists and is not a metropc recording; "
                                   "refusing to overwrite it")
@@ -200,8 +208,9 @@ class Recording:
         self.files: dict[object, RecordingFile] = {}
         self.run: int | None = None         # the current run, from marks
         self.view_info: dict[str, tuple] = {}
-        self.context: dict | None = None   # latest context message, for new run files
-        self.params: dict | None = None
+        # latest context and params messages with their time, for new run files
+        self.context: tuple[dict, float] | None = None
+        self.params: tuple[dict, float] | None = None
         self.recorded = 0
         self.skipped: dict[str, int] = {}  # view -> results that cannot be recorded
         if not self.directory:
@@ -211,24 +220,35 @@ class Recording:
         key = run if self.directory else None
         f = self.files.get(key)
         if f is None:
-            if self.directory:
-                name = "recording.h5" if key is None else f"run_{key:04d}.h5"
-                path = os.path.join(self.path, name)
-            else:
-                path = self.path
             if len(self.files) >= 2:  # a run ended: close the oldest file
                 oldest = next(iter(self.files))
                 self.files.pop(oldest).close()
-            f = self.files[key] = RecordingFile(path, self.attrs)
-            now = time.time()
-            if self.context is not None:
-                f.add_row("contexts", self._context_row(self.context, now))
+            if self.directory:
+                f = self._open_in_directory("recording" if key is None else f"run_{key:04d}")
+            else:
+                f = RecordingFile(self.path, self.attrs)
+            self.files[key] = f
+            path = f.path
+            if self.context is not None:  # with the time they arrived
+                f.add_row("contexts", self._context_row(*self.context))
             if self.params is not None:
-                f.add_row("params", self._params_row(self.params, now))
+                f.add_row("params", self._params_row(*self.params))
             log.info("recording to %s", path)
         else:  # most recently used last
             self.files[key] = self.files.pop(key)
         return f
+
+    def _open_in_directory(self, stem: str) -> RecordingFile:
+        """``<stem>.h5``, appended to if it exists; if that file cannot be
+        opened (its writer was killed, it is written elsewhere), the next
+        free ``<stem>-<k>.h5`` instead: the reader reads them all."""
+        for k in range(1000):
+            path = os.path.join(self.path, f"{stem}.h5" if k == 0 else f"{stem}-{k}.h5")
+            try:
+                return RecordingFile(path, self.attrs)
+            except (OSError, RecordPathError) as e:
+                log.warning("cannot append to %s (%s); trying the next name", path, e)
+        raise RecordPathError(f"no file name left for {stem} in {self.path}")
 
     # -- input -------------------------------------------------------------------------
     def add_result(self, view: str, payload: Mapping, now: float) -> bool:
@@ -274,11 +294,11 @@ class Recording:
     def add_meta(self, topic: str, payload: Mapping, now: float) -> None:
         """Record a ``context``, ``params`` or ``mark`` message."""
         if topic == "context":
-            self.context = dict(payload)
+            self.context = (dict(payload), now)
             for f in self._targets():
                 f.add_row("contexts", self._context_row(payload, now))
         elif topic == "params":
-            self.params = dict(payload)
+            self.params = (dict(payload), now)
             for f in self._targets():
                 f.add_row("params", self._params_row(payload, now))
         elif topic == "mark":
@@ -295,7 +315,9 @@ class Recording:
                 self.run = None
 
     def _targets(self) -> list[RecordingFile]:
-        return list(self.files.values()) or [self._file(self.run)]
+        """The open files; none yet is fine: every new file starts with the
+        latest context and parameters."""
+        return list(self.files.values())
 
     @staticmethod
     def _context_row(payload, now):
