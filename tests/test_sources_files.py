@@ -28,7 +28,8 @@ CAM_ID = "SPB_IRU_CAM/CAM/SIDEMIC"
 INTENSITY = f"karabo#{XGM_ID}:output[data.intensityTD]"
 IXPOS = f"karabo#{XGM_ID}.beamPosition.ixPos"
 PIXELS = f"karabo#{CAM_ID}:daqOutput[data.image.pixels]"
-INTERNAL = {"internal#train_id", "internal#event_id", "internal#sequence_id"}
+INTERNAL = {"internal#train_id", "internal#event_id", "internal#sequence_id",
+            "internal#run"}  # the run directory is r0001
 
 
 @pytest.fixture(autouse=True)
