@@ -13,6 +13,7 @@ import re
 
 import pytest
 
+import metropc.core  # noqa: F401  (registers the path types, e.g. karabo#, first)
 from metropc.path import Path
 from metropc.viewdef import ViewDecorator
 
