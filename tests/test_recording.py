@@ -334,6 +334,9 @@ def test_metropc_run_records_a_run_directory(tmp_path, run_dir):
     if files == ["run_0001.h5"]:
         with h5py.File(out / files[0], "r") as f:
             assert set(f["views/intensity/0/run"][:]) == {1}
+    with open_file(str(out / files[0])) as f:
+        contexts = [p for _, t, p in iter_messages(f) if t == "context"]
+    assert contexts[0]["source"] == CONTEXT and contexts[0]["version"] == 1
     ds = metropc.open_recording(out)
     assert set(ds.data_vars) == {"intensity", "image"}
     expected = expected_results(ctx_file, run_events(run_dir))

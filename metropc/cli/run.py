@@ -783,6 +783,10 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
                   f"{pipeline.output_addr} --reset | --pause | --resume)", flush=True)
         if recorder is not None:
             if recorder.connect(pipeline.output_addr):
+                ctx = pipeline.ctx  # published before the recorder subscribed
+                recorder.send_meta("context", {
+                    "version": ctx.version, "path": ctx.path, "source": ctx.source,
+                    "parameters": dict(ctx.parameters)})
                 print(f"{PROG}: recording to {args.record}", flush=True)
             else:
                 log.error("the recorder did not subscribe to %s; nothing is recorded",

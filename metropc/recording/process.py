@@ -96,6 +96,15 @@ class RecorderProcess:
         self._send(f"connect {address}")
         return self._expect(("ready", "failed"), timeout) == "ready"
 
+    def send_meta(self, topic: str, payload: dict) -> None:
+        """Record a metadata message (``context``, ``params``, ``mark``) that
+        the output published before the recorder was subscribed, e.g. the
+        first context.  Values JSON cannot hold are recorded as their repr."""
+        import json
+
+        self._send("meta " + json.dumps({"topic": topic, "payload": payload},
+                                        default=repr))
+
     def _send(self, line: str) -> None:
         try:
             self.proc.stdin.write(line + "\n")

@@ -10,6 +10,9 @@ one line each way:
 - ``connect ADDR`` on stdin makes it subscribe to ``ADDR``; it prints
   ``ready`` when the first index arrived, which proves the subscriptions
   are in place;
+- ``meta {"topic": ..., "payload": ...}`` records a metadata message the
+  parent knows and the output sent before the recorder subscribed (the
+  first ``context``);
 - ``stop`` or the end of stdin (the parent exited or was killed) makes it
   write what it has, close the files and exit 0.
 
@@ -24,6 +27,7 @@ keep everything up to the last flush; the pipeline is not affected.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -197,6 +201,10 @@ def main(argv=None) -> int:
                     command, _, arg = line.decode().strip().partition(" ")
                     if command == "connect":
                         recorder.connect(arg.strip())
+                    elif command == "meta":  # from the parent, see send_meta
+                        message = json.loads(arg)
+                        recording.add_meta(message["topic"], message["payload"],
+                                           time.time())
                     elif command == "stop":
                         stop.append(1)
         try:
