@@ -32,7 +32,9 @@ from .protocol import decode_protocol as _decode_protocol
 from .protocol import encode_protocol
 
 __all__ = [
-    "Client", "IndexEntry", "IndexViewEntry", "ViewOutput", "ViewStage",
+    "Client", "IndexEntry", "IndexViewEntry", "IndexTimingEntry", "IndexStageEntry",
+    "slowest_views", "TIMING_PREFIX", "STAGE_PREFIX", "OUTPUT_LATENCY", "ViewOutput",
+    "ViewStage",
     "decode_protocol", "encode_protocol", "encode_index", "decode_index",
     "view_path", "INDEX", "STATUS", "TOPICS", "Controller", "ControlError",
 ]
@@ -46,6 +48,11 @@ STATUS = b"status"
 #: Topics besides views a client may subscribe to (docs/protocol.md §8).
 TOPICS = ("mark", "context", "params", "status")
 _VIEW_PREFIX = "view#"
+#: Index paths of view timing (``timing#<view>``) and stage load
+#: (``stage#<name>``), and of the event-to-output latency (docs/protocol.md §8).
+TIMING_PREFIX = "timing#"
+STAGE_PREFIX = "stage#"
+OUTPUT_LATENCY = "internal#output_latency"
 
 
 class IndexEntry:
@@ -120,6 +127,69 @@ class IndexViewEntry(IndexEntry):
     __hash__ = None
 
 
+class IndexTimingEntry(IndexEntry):
+    """Timing of one view (``timing#<view>``) or of the output
+    (``internal#output_latency``), measured where it runs.
+
+    `counts` are calls (events, for the latency) so far and `rate` calls
+    per second; `errors` failed calls; `p50`, `p99` seconds over the last
+    10 s (all time if there was no call in them); `seconds` the total time;
+    `buckets` the call counts per bucket of :data:`metropc.timing.BOUNDS`
+    (the last one: slower than every bound).  Older decoders see these
+    paths as plain ``(counts, rate)`` entries.
+    """
+
+    __slots__ = ("errors", "p50", "p99", "seconds", "buckets")
+
+    def __init__(self, counts: int, rate: float, *, errors: int = 0, p50: float = 0.0,
+                 p99: float = 0.0, seconds: float = 0.0, buckets: tuple = ()):
+        super().__init__(counts, rate)
+        self.errors = errors
+        self.p50 = p50
+        self.p99 = p99
+        self.seconds = seconds
+        self.buckets = tuple(buckets)
+
+    def _fields(self) -> tuple:
+        return (self.counts, self.rate, self.errors, self.p50, self.p99, self.seconds,
+                self.buckets)
+
+    def _field_names(self) -> tuple:
+        return IndexEntry.__slots__ + IndexTimingEntry.__slots__
+
+
+class IndexStageEntry(IndexEntry):
+    """Load of one stage process (``stage#pool-0``, ``stage#reduce``).
+
+    `counts` are the events it ran views for, `rate` per second, `busy`
+    the fraction of its recent time spent working (0..1), `pid` its
+    process id.  Older decoders see a plain ``(counts, rate)`` entry.
+    """
+
+    __slots__ = ("busy", "pid")
+
+    def __init__(self, counts: int, rate: float, *, busy: float = 0.0, pid: int = 0):
+        super().__init__(counts, rate)
+        self.busy = busy
+        self.pid = pid
+
+    def _fields(self) -> tuple:
+        return (self.counts, self.rate, self.busy, self.pid)
+
+    def _field_names(self) -> tuple:
+        return IndexEntry.__slots__ + IndexStageEntry.__slots__
+
+
+def slowest_views(index: Mapping[str, IndexEntry] | None,
+                  n: int = 3) -> list[tuple[str, IndexTimingEntry]]:
+    """The `n` views of `index` with the highest p99 that ran: ``[(name, entry)]``."""
+    timed = [(path[len(TIMING_PREFIX):], e) for path, e in (index or {}).items()
+             if path.startswith(TIMING_PREFIX) and isinstance(e, IndexTimingEntry)
+             and e.counts]
+    timed.sort(key=lambda item: (-item[1].p99, -item[1].p50, item[0]))
+    return timed[:n]
+
+
 def _repr_field(value):
     if isinstance(value, (ViewOutput, ViewStage)):
         return f"{type(value).__name__}.{value.name}"
@@ -148,6 +218,13 @@ def encode_index(entries: Mapping[str, IndexEntry]) -> dict[str, tuple]:
             payload[path] = (int(entry.counts), float(entry.rate),
                              int(entry.output.value), int(entry.stage.value),
                              int(entry.errors), bool(entry.hidden), str(entry.label))
+        elif isinstance(entry, IndexTimingEntry):
+            payload[path] = (int(entry.counts), float(entry.rate), int(entry.errors),
+                             float(entry.p50), float(entry.p99), float(entry.seconds),
+                             *(int(b) for b in entry.buckets))
+        elif isinstance(entry, IndexStageEntry):
+            payload[path] = (int(entry.counts), float(entry.rate), float(entry.busy),
+                             int(entry.pid))
         elif isinstance(entry, IndexEntry):
             payload[path] = (int(entry.counts), float(entry.rate))
         else:
@@ -180,6 +257,19 @@ def _decode_entry(path: str, value) -> IndexEntry:
                             "(counts, rate, ...)")
     counts = _check(value[0], (int,), "counts", path)
     rate = float(_check(value[1], (float, int), "rate", path))
+    if (path.startswith(TIMING_PREFIX) or path == OUTPUT_LATENCY) and len(value) >= 6:
+        for i in range(6, len(value)):
+            _check(value[i], (int,), "a bucket count", path)
+        return IndexTimingEntry(
+            counts, rate, errors=_check(value[2], (int,), "errors", path),
+            p50=float(_check(value[3], (float, int), "p50", path)),
+            p99=float(_check(value[4], (float, int), "p99", path)),
+            seconds=float(_check(value[5], (float, int), "seconds", path)),
+            buckets=value[6:])
+    if path.startswith(STAGE_PREFIX) and len(value) >= 4:
+        return IndexStageEntry(counts, rate,
+                               busy=float(_check(value[2], (float, int), "busy", path)),
+                               pid=_check(value[3], (int,), "pid", path))
     if not path.startswith(_VIEW_PREFIX) or len(value) < 4:
         return IndexEntry(counts, rate)
     output = _view_output(_check(value[2], (int,), "output", path), path)

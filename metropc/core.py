@@ -41,7 +41,7 @@ BUILTIN_FEATURES = ("karabo",)
 
 #: The order in which a view's trigger can be raised by its dependencies.
 _STAGE_RANK = {ViewStage.POOL: 0, ViewStage.REDUCE: 1, ViewStage.STEP: 2,
-               ViewStage.ACTION: 2}
+               ViewStage.ACTION: 2, ViewStage.ASYNC: 3}
 
 
 class Context:
@@ -294,9 +294,19 @@ class Context:
     def _assign_stages(self):
         """Apply the stage rules of docs/contexts.md (section Stages)."""
         for view in self.order:
-            if view.stage in (ViewStage.FRONTEND, ViewStage.ASYNC):
+            if view.stage is ViewStage.FRONTEND:
                 raise self._error_at(view, f"view '{view.name}': stage "
                                      f"{view.stage.name} is not implemented", ViewDefError)
+            if view.stage is ViewStage.ASYNC:
+                self._check_async(view)
+                continue
+            for arg in view.args:
+                dep = self.views.get(getattr(arg.path, "view_name", None))
+                if dep is not None and dep.stage is ViewStage.ASYNC:
+                    raise self._error_at(
+                        view, f"view '{view.name}' needs '{dep.name}', an async view: "
+                        "only async views can take async results (they come when "
+                        "they are ready, not with each event)", ViewDefError)
             view.trigger = ("action" if view.stage is ViewStage.ACTION else
                             "step" if view.kernel_at_step or _plain_step(view) else "event")
             for arg in view.args:
@@ -304,6 +314,16 @@ class Context:
                     continue
                 dep = self.views[arg.path.view_name]
                 self._raise_stage(view, dep)
+
+    def _check_async(self, view):
+        """An async view runs on the latest results of other views."""
+        view.trigger = "async"
+        for arg in view.args:
+            if not isinstance(arg.path, ViewPath):
+                raise self._error_at(
+                    view, f"view '{view.name}' is async: its inputs are other views' "
+                    f"results ('view#name'), not event data ({str(arg.path)!r})",
+                    ViewDefError)
 
     def _raise_stage(self, view, dep):
         # A STEP view's result exists only at a step boundary (on_step or a

@@ -18,9 +18,12 @@ import collections
 import logging
 import time
 import traceback
+from bisect import bisect_left
+from time import perf_counter
 
 from .enums import ViewStage
 from .error import ViewExecutionError
+from .timing import BOUNDS, ERRORS, FIRST, SECONDS, new_record
 
 __all__ = ["Engine", "ErrorReporter", "STEP", "Action"]
 
@@ -126,10 +129,32 @@ class Engine:
                              and v.stage in (ViewStage.REDUCE, ViewStage.STEP)]
         self.step_views = [v for v in order if v.stage is ViewStage.STEP]
         self.action_views = [v for v in order if v.trigger == "action"]
+        self.async_views = [v for v in order if v.stage is ViewStage.ASYNC]
+        #: Views whose latest results the async views read (not async themselves).
+        self.async_inputs = {a.path.view_name for v in self.async_views for a in v.args
+                             if ctx.views[a.path.view_name].stage is not ViewStage.ASYNC}
         # Paths whose latest value step and action kernels read.
         self._latest_keys = {str(a.path) for v in order if v.trigger != "event"
                              for a in v.args}
         self._event_counter = 0
+        #: {view name: timing record} of the calls since :meth:`take_timings`
+        #: (metropc.timing): measured here, where every view runs.
+        self.timings: dict[str, list] = {}
+
+    def take_timings(self) -> dict[str, list]:
+        """The timing records collected so far, and start new ones.
+
+        Whoever takes them adds them up (a POOL worker sends them to
+        REDUCE), so nothing is counted twice and counts never go back.
+        """
+        taken, self.timings = self.timings, {}
+        return taken
+
+    def _timing(self, name):
+        record = self.timings.get(name)
+        if record is None:
+            record = self.timings[name] = new_record()
+        return record
 
     # -- per event -------------------------------------------------------------
     def prepare(self, event):
@@ -171,7 +196,12 @@ class Engine:
         results = {}
         for view in self.step_views:
             if view.trigger == "event":
+                t0 = perf_counter()
                 value = self._guard(view, view.on_step, "step")
+                dt = perf_counter() - t0
+                record = self._timing(view.name)
+                record[SECONDS] += dt
+                record[FIRST + bisect_left(BOUNDS, dt)] += 1
                 if value is not None:
                     results[view.name] = value
                     self.counts[view.name] += 1
@@ -188,6 +218,16 @@ class Engine:
             v for v in self.action_views if v.name != name
             and self._depends_on(v, name)]
         return self._run(chain, self.latest, {}, "action")
+
+    def run_async(self, inputs, event_id=None, views=None):
+        """Run the async views on `inputs` ({view name: latest result}).
+
+        The ASYNC stage calls this on the newest results REDUCE had when it
+        asked; :func:`metropc.run` calls it after each event (in-process,
+        nothing is skipped there).
+        """
+        return self._run(self.async_views if views is None else views,
+                         {"internal#event_id": event_id}, dict(inputs), event_id)
 
     def reset(self, names=None):
         """Clear the accumulated state of the views `names` (None: all of them).
@@ -231,6 +271,7 @@ class Engine:
     def _run(self, views, data, known, event_id=None):
         """Run `views` in order over `data`; `known` holds earlier results."""
         results = {}
+        timings = self.timings
         if event_id is None:
             event_id = data.get("internal#event_id")
         for view in views:
@@ -252,7 +293,16 @@ class Engine:
                     value = arg.default
                 kwargs[arg.name] = value
             else:
+                # Timed here, around the view's own code only: two clock
+                # reads, a lookup, a bisect and two increments per call.
+                t0 = perf_counter()
                 value = self._guard(view, lambda: self._call(view, kwargs), event_id)
+                dt = perf_counter() - t0
+                record = timings.get(view.name)
+                if record is None:
+                    record = timings[view.name] = new_record()
+                record[SECONDS] += dt
+                record[FIRST + bisect_left(BOUNDS, dt)] += 1
                 if value is not None:
                     results[view.name] = value
                     self.counts[view.name] += 1
@@ -279,5 +329,6 @@ class Engine:
             raise
         except BaseException as exc:  # noqa: BLE001 - a failing view is never fatal
             self.errors[view.name] += 1
+            self._timing(view.name)[ERRORS] += 1
             self.reporter.report(view, exc, event_id, self.ctx.path)
             return None

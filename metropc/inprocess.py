@@ -53,12 +53,23 @@ def run(context, events, *, parameters=None):
     """
     ctx = load_context(context, parameters)
     engine = Engine(ctx)
+    latest = {}  # the newest results the async views read
+
+    def with_async(results, event_id):
+        # In-process, async views run after every event, on its results
+        # (the pipeline's ASYNC stage runs them at most once per interval,
+        # on the newest results, skipping the ones in between).
+        if engine.async_views:
+            latest.update((n, results[n]) for n in engine.async_inputs if n in results)
+            results.update(engine.run_async(latest, event_id))
+        return results
+
     for event in events:
         if event is STEP:
-            yield STEP, engine.step()
+            yield STEP, with_async(engine.step(), None)
         elif isinstance(event, Action):
-            yield event, engine.action(event.view_name) or {}
+            yield event, with_async(engine.action(event.view_name) or {}, None)
         else:
             event = dict(event)
             results = engine.process(event)
-            yield event["internal#event_id"], results
+            yield event["internal#event_id"], with_async(results, event["internal#event_id"])

@@ -35,7 +35,9 @@ __all__ = [
     "OP_EVENT", "OP_CONTEXT", "OP_COMMIT", "OP_ABORT", "OP_PARAMS", "OP_INDEX",
     "OP_ACTION", "OP_STEP", "OP_STATS", "OP_LOST", "OP_SHM", "OP_STOP", "OP_HELLO",
     "OP_HEARTBEAT", "OP_CREDIT", "OP_ERROR", "OP_CTX_READY", "OP_CTX_FAILED",
-    "OP_DEBUG", "OP_PROGRESS", "OP_RESET", "OP_RUN", "OP_PAUSE", "OP_RESUME", "OP_ANNOUNCE", "OP_RESULT", "OP_BATCH", "OP_PICKLED_BATCH",
+    "OP_DEBUG", "OP_PROGRESS", "OP_RESET", "OP_RUN", "OP_PAUSE", "OP_RESUME", "OP_ANNOUNCE", "OP_BUSY", "OP_WANT", "OP_INPUTS",
+    "OP_ARESULT", "OP_RESULT", "OP_BATCH", "OP_PICKLED_BATCH",
+    "OP_VSTATS", "KEY_TIME",
 ]
 
 
@@ -79,9 +81,16 @@ class Op(bytes, enum.Enum):
     CTX_FAILED = b"ctx_failed"
     DEBUG = b"debug"
     PROGRESS = b"progress"  # reduce -> frontend: ordering progress
+    BUSY = b"busy"          # async -> frontend: computing since now, or done
+
+    # Reduce <-> async.
+    WANT = b"want"          # async -> reduce: ready for the newest inputs
+    INPUTS = b"inputs"      # reduce -> async: the newest results async views read
+    ARESULT = b"aresult"    # async -> reduce: results of the async views
 
     # Pool -> reduce.
     RESULT = b"result"
+    VSTATS = b"vstats"      # a worker's view timing and load, about once a second
 
     # Several messages in one (framing, never a message of its own).
     BATCH = b"batch"
@@ -123,6 +132,12 @@ OP_CTX_FAILED = Op.CTX_FAILED.value  # {"version": int, "msg": str}
 OP_DEBUG = Op.DEBUG.value        # {"msg": str}
 OP_PROGRESS = Op.PROGRESS.value  # {"next_seq": int, "lost": int, "stale": int}
 OP_RESULT = Op.RESULT.value      # pool -> reduce: one event's results
+OP_BUSY = Op.BUSY.value          # {"busy": bool}: async stage computing (supervised)
+OP_WANT = Op.WANT.value          # {"version": int | None}
+OP_INPUTS = Op.INPUTS.value      # {"inputs": {view: value}, "event_id", "version", "run"}
+OP_ARESULT = Op.ARESULT.value    # {"results": {view: value}, "event_id", "version", "failed"}
+OP_VSTATS = Op.VSTATS.value      # pool -> reduce: {"stage", "pid", "events", "busy",
+                                 # "interval", "view#<name>": timing record (metropc.timing)}
 OP_BATCH = Op.BATCH.value        # framed batch: b"batch", msgpack counts, frames
 OP_PICKLED_BATCH = Op.PICKLED_BATCH.value  # one pickle frame of [(opcode, data), ...]
 
@@ -135,6 +150,10 @@ KEY_STEP = "#step"
 KEY_SHM = "#shm"
 #: The pseudo-event (and result) carrying a mark: ``{"kind": str, ...}``.
 KEY_MARK = "#mark"
+
+#: In a result: when (``time.time()``) the worker received its event, for
+#: the event-to-output latency REDUCE measures.
+KEY_TIME = "#t"
 
 #: Event key carrying the frontend's dispatch sequence number.
 SEQ_PATH = "internal#seq"
@@ -297,6 +316,17 @@ def _stat_pair(v):
     return None
 
 
+def _timing_record(v):
+    # (errors, seconds, bucket counts...): metropc.timing's record layout;
+    # REDUCE ignores a record whose bucket count is not its own.
+    if len(v) < 3 or type(v[1]) not in (float, int) or v[1] < 0:
+        return "is not a timing record (errors, seconds, buckets...)"
+    for i, n in enumerate(v):
+        if i != 1 and (type(n) is not int or n < 0):
+            return "is not a timing record (errors, seconds, buckets...)"
+    return None
+
+
 def _event(data):
     seq = data.get(SEQ_PATH)
     if type(seq) is not int and seq is not None:
@@ -364,6 +394,18 @@ SCHEMAS: dict[bytes, Schema] = {
                          "subs": Field((list, tuple), False, _bytes_list)}),
     # pool -> reduce
     OP_RESULT: Schema({}, values=Field(_ANY), check=_result),
+    # async <-> reduce, async -> frontend
+    OP_BUSY: Schema({"busy": Field(_BOOL, True)}),
+    OP_WANT: Schema({"version": Field(_INT_OR_NONE)}),
+    OP_INPUTS: Schema({"inputs": Field(_DICT, True), "version": Field(_INT_OR_NONE),
+                       "run": Field(_INT_OR_NONE)}),
+    OP_ARESULT: Schema({"results": Field(_DICT, True), "version": Field(_INT_OR_NONE),
+                        "failed": Field((list, tuple), False, _str_list)}),
+    OP_VSTATS: Schema({"stage": Field(_STR, True), "pid": Field(_INT),
+                       "events": Field(_INT, True, _nonneg),
+                       "busy": Field((float, int), True, _nonneg),
+                       "interval": Field((float, int), True, _nonneg)},
+                      values=Field((tuple,), check=_timing_record)),
 }
 
 

@@ -23,6 +23,7 @@ import threading
 from .core import Context
 from .error import ContextError, SourceError, UnknownParameterError
 from .config import DROP_BLOCK, PipelineConfig
+from .enums import ViewStage
 from .sources import open_source
 from .sources.base import RUN_PATH
 from .stage.common import OP_ACTION, OP_CONTEXT, OP_EVENT, OP_INDEX, OP_PARAMS
@@ -227,6 +228,8 @@ class Pipeline:
         """Send a built context to the stages."""
         self.version = ctx.version
         self.ctx = ctx
+        if any(v.stage is ViewStage.ASYNC for v in ctx.views.values()):
+            self._frontend.enable_async()  # its own process, started once
         self._frontend.queue_to_all(OP_CONTEXT, ctx.to_dict())
         if self._source is not None:
             self._source.set_paths(ctx.get_paths())

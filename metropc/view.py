@@ -164,7 +164,8 @@ class View(metaclass=_ViewMeta):
     default_reset_on = None
 
     def __init__(self, kernel=None, *, name=None, output=None, stage=None, hidden=False,
-                 rank=None, label=None, doc=None, args=None, fields=None, reset_on=_DEFAULT):
+                 rank=None, label=None, doc=None, args=None, fields=None, reset_on=_DEFAULT,
+                 interval=1.0):
         self.kernel = kernel
         if name is None:
             name = kernel.__name__ if kernel is not None else type(self).__name__
@@ -179,6 +180,11 @@ class View(metaclass=_ViewMeta):
         if reset_on not in RESET_ON:
             raise ValueError(f"reset_on must be 'run', 'step' or None, not {reset_on!r}")
         self.reset_on = reset_on
+        if not isinstance(interval, (int, float)) or isinstance(interval, bool) or not (
+                interval >= 0):
+            raise ValueError(f"interval must be a number of seconds >= 0, not {interval!r}")
+        #: Async views: the least time between two calls, in seconds.
+        self.interval = float(interval)
         self.rank = rank
         self.label = label
         self.doc = doc if doc is not None or kernel is None else inspect.getdoc(kernel)

@@ -31,7 +31,7 @@ _loading = contextvars.ContextVar("metropc_loading_context", default=None)
 
 #: Keywords the decorators understand themselves; all others go to view_impl.
 DECORATOR_KEYWORDS = ("name", "hidden", "rank", "view_impl", "stage", "label", "doc",
-                      "reset_on")
+                      "reset_on", "interval")
 
 _GENERIC_OUTPUTS = {"COMPUTE", "SCALAR", "VECTOR", "MATRIX", "IMAGE", "POINTS"}
 

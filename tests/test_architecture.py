@@ -129,13 +129,13 @@ def test_no_import_cycles():
 LAYERS = [
     ("language", ["metropc._version", "metropc.enums", "metropc.error", "metropc.path",
                   "metropc.view", "metropc.viewdef", "metropc.builtin", "metropc.core",
-                  "metropc.context", "metropc.euxfel"]),
+                  "metropc.context", "metropc.euxfel", "metropc.roi"]),
     ("protocol", ["metropc.protocol", "metropc.protocol_arrays", "metropc.transport",
                   "metropc.messages", "metropc.security", "metropc.config"]),
-    ("engine", ["metropc.engine", "metropc.inprocess", "metropc.client"]),
+    ("engine", ["metropc.engine", "metropc.inprocess", "metropc.client", "metropc.timing"]),
     ("stages", ["metropc.stage", "metropc.sources", "metropc.frontend", "metropc.pipeline",
                 "metropc.recording"]),
-    ("apps", ["metropc.dashboard", "metropc.cli", "metropc"]),
+    ("apps", ["metropc.dashboard", "metropc.cli", "metropc.metrics", "metropc"]),
 ]
 
 

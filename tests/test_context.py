@@ -589,9 +589,14 @@ def test_bad_stage_keyword():
     with pytest.raises(ViewDefError, match="unknown stage") as info:
         make("\n@View.Scalar(stage='sometimes')\ndef a(t: 'internal#train_id'):\n    return t\n")
     assert info.value.lineno == 2
-    for stage in ("frontend", "async"):
-        with pytest.raises(ViewDefError, match="not implemented"):
-            make(f"@View.Scalar(stage='{stage}')\ndef a(t: 'internal#train_id'):\n    return t\n")
+    with pytest.raises(ViewDefError, match="not implemented"):
+        make("@View.Scalar(stage='frontend')\ndef a(t: 'internal#train_id'):\n    return t\n")
+    with pytest.raises(ViewDefError, match="async: its inputs are other views' results"):
+        make("@View.Scalar(stage='async')\ndef a(t: 'internal#train_id'):\n    return t\n")
+    with pytest.raises(ViewDefError, match="only async views can take async results"):
+        make("@View.Scalar\ndef a(t: 'internal#train_id'):\n    return t\n"
+             "@View.Scalar(stage='async')\ndef b(x: 'view#a'):\n    return x\n"
+             "@View.Scalar(stage='reduce')\ndef c(y: 'view#b'):\n    return y\n")
 
 
 def test_rank_checks_result_dimensions(caplog):

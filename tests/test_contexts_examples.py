@@ -12,7 +12,7 @@ from metropc.core import Context
 from metropc.enums import ViewOutput, ViewStage
 
 CONTEXTS = pathlib.Path(__file__).resolve().parent.parent / "contexts"
-COVERED = {"intro.py", "correlator.py", "hed_visar.py", "sim_example.py",
+COVERED = {"intro.py", "correlator.py", "hed_visar.py", "sim_example.py", "async_peak.py",
            "run_lifecycle.py"}  # run_lifecycle: tests/test_lifecycle.py
 
 

@@ -77,6 +77,7 @@ GOOD = [
     (b"event", {SEQ_PATH: None}),
     (b"context", {"ctx": _ctx_dict()}),
     (b"context", {"ctx": _ctx_dict(), "prepare": True}),
+    (b"context", {"ctx": _ctx_dict(), "start_seq": 5, "run": 2, "state": "RUN"}),
     (b"context", {"ctx": {"version": 2}, "from_seq": 9, "start_seq": 4, "skip": [5],
                   "doubtful": [6, 7], "grace": 1, "counters": {"lost": 2, "stale": 0}}),
     (b"context", {"ctx": {"version": None}, "from_seq": 7, "start_seq": 3,
@@ -116,11 +117,28 @@ GOOD = [
     (b"ctx_failed", {"version": 1, "msg": "ctx.py:3: bad"}),
     (b"debug", {"msg": "remote worker joined"}),
     (b"progress", {"next_seq": 10, "lost": 0, "stale": 2}),
+    (b"progress", {"next_seq": 10, "lost": 0, "stale": 2, "run": 3, "state": "RUN",
+                   "output_dropped": 0, "subs": [b"view#a"]}),
     (b"result", {KEY_META: pack_meta(3)}),
     (b"result", {KEY_META: pack_meta(3, 1, 17, ("a", "b"), ("c",)), "view#a": 1.0,
                  "#event_id": object(), "karabo#A.b": np.ones(2)}),
     (b"result", {KEY_META: pack_meta(4, None, "train-4", kind=m.META_STEP)}),
     (b"result", {KEY_META: pack_meta(4, 2, 1.5, kind=m.META_SKIP)}),
+    (b"run", {"kind": "run_start", "run": 7}),
+    (b"run", {"kind": "run_end"}),
+    (b"pause", {}),
+    (b"resume", {}),
+    (b"announce", {"control": "tcp://127.0.0.1:5556"}),
+    (b"busy", {"busy": True}),
+    (b"want", {"version": 3}),
+    (b"want", {}),
+    (b"inputs", {"inputs": {"hist": np.ones(3)}, "event_id": 7, "version": 3, "run": None}),
+    (b"inputs", {"inputs": {}, "event_id": None, "version": None, "run": 4}),
+    (b"aresult", {"results": {"fit": 1.5}, "event_id": 7, "version": 3, "failed": ["x"]}),
+    (b"reset", {"views": ["a", "b"]}),
+    (b"vstats", {"stage": "pool-0", "events": 0, "busy": 0, "interval": 1.0}),
+    (b"vstats", {"stage": "pool-1", "pid": 4321, "events": 3, "busy": 0.25, "interval": 1,
+                 "view#a": (0, 0.5, 1, 0, 2), "view#b": (1, 0, 0, 0, 0)}),
 ]
 
 
@@ -144,6 +162,13 @@ def test_extra_keys_are_allowed_for_newer_senders():
 # -- schemas: bad payloads ------------------------------------------------------------
 
 BAD = [
+    (b"busy", {"busy": 1}, "'busy'"),
+    (b"want", {"version": "3"}, "'version'"),
+    (b"inputs", {"inputs": [1]}, "'inputs'"),
+    (b"aresult", {"results": {}, "failed": [1]}, "'failed'"),
+    (b"run", {"kind": "start"}, "'kind'"),
+    (b"reset", {"views": [1]}, "'views'"),
+    (b"announce", {"control": 5}, "control"),
     # credit: n int >= 0, free whole int64 bytes
     (b"credit", {"n": "x"}, "'n'"),
     (b"credit", {"n": None}, "'n'"),
@@ -233,6 +258,18 @@ BAD = [
     (b"result", {KEY_META: (3, None, None, (), "a", 0)}, KEY_META),
     (b"result", {KEY_META: (3, None, None, (["a"],), (), 0)}, KEY_META),
     (b"result", {KEY_META: (3, None, None, (), (1,), 0)}, KEY_META),
+    (b"reset", {"views": "a"}, "views"),
+    (b"reset", {"views": ["a", 1]}, "views"),
+    (b"run", {"run": 7}, "kind"),
+    (b"run", {"kind": "run_begin"}, "kind"),
+    (b"announce", {"control": 5556}, "control"),
+    (b"vstats", {"events": 0, "busy": 0.0, "interval": 1.0}, "stage"),
+    (b"vstats", {"stage": "pool-0", "events": -1, "busy": 0.0, "interval": 1.0}, "events"),
+    (b"vstats", {"stage": "pool-0", "events": 1, "busy": "x", "interval": 1.0}, "busy"),
+    (b"vstats", {"stage": "pool-0", "events": 1, "busy": 0.0, "interval": 1.0,
+                 "view#a": (0, -0.5, 1)}, "view#a"),
+    (b"vstats", {"stage": "pool-0", "events": 1, "busy": 0.0, "interval": 1.0,
+                 "view#a": (0, 0.5, True)}, "view#a"),
 ]
 
 

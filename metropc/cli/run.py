@@ -128,6 +128,10 @@ def build_parser():
                    help="also serve the live web dashboard there (host 127.0.0.1 "
                         "unless given; port 0 picks a free one); needs "
                         "metropc[dashboard]")
+    p.add_argument("--metrics", default=None, metavar="[HOST:]PORT",
+                   help="serve Prometheus metrics (/metrics) and a JSON status "
+                        "(/status) there (host 127.0.0.1 unless given; port 0 picks a "
+                        "free one); needs metropc[metrics]")
     p.add_argument("--record", default=None, metavar="PATH",
                    help="record every view result to HDF5: a file, or a directory "
                         "for one file per run (needs metropc[record]; "
@@ -607,10 +611,32 @@ def check_arguments(args):
         except OSError as e:
             raise UsageError(f"--keys {args.keys}: {e}") from None
     check_record(args)
+    args.metrics_bind = check_metrics(args)
     if args.sim_run_length is not None and not str(args.source).startswith("sim"):
         raise UsageError("--sim-run-length is for the simulator (--source sim); "
                          f"{args.source!r} says where its runs are by itself")
     return dashboard_bind
+
+
+def check_metrics(args):
+    """--metrics: prometheus_client present, a loopback (or allowed) free port."""
+    if args.metrics is None:
+        return None
+    from ..dashboard.address import is_loopback, parse_bind
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise UsageError("--metrics needs prometheus_client: pip install "
+                         "'metropc[metrics]'") from None
+    try:
+        host, port = parse_bind(args.metrics)
+    except ValueError as e:
+        raise UsageError(f"--metrics {args.metrics}: {e}") from None
+    if not is_loopback(host) and not args.allow_remote:
+        raise UsageError(f"--metrics {args.metrics}: {host!r} is not a loopback "
+                         "interface; pass --allow-remote to serve metrics there on purpose")
+    check_port_free("--metrics", f"{host}:{port}", host, port or None)
+    return host, port
 
 
 def source_options(args):
@@ -772,7 +798,7 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
         return 1
     if pipeline.frontend._tmpdir:
         leftovers.append(pipeline.frontend._tmpdir)
-    status = live = dashboard = keys = None
+    status = live = dashboard = keys = metrics = None
     try:
         if stop.is_set():  # Ctrl-C while the stages started
             return exit_code()
@@ -801,6 +827,16 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
                 log.error("cannot serve the dashboard on %s: %s", args.dashboard, e)
                 return 2
             print(f"{PROG}: dashboard on {dashboard.url}", flush=True)
+        if getattr(args, "metrics_bind", None) is not None:
+            from ..metrics import MetricsServer
+            try:
+                metrics = MetricsServer(pipeline.output_addr, *args.metrics_bind,
+                                        pipeline=pipeline, keys=args.keys,
+                                        allow_remote=args.allow_remote).start()
+            except (ImportError, OSError, ValueError) as e:
+                log.error("cannot serve metrics on %s: %s", args.metrics, e)
+                return 2
+            print(f"{PROG}: metrics on {metrics.url} (and /status)", flush=True)
         state = ContextState(args.context)
         if pipeline.ctx is not None:
             state.loaded(pipeline.version, len(pipeline.ctx.views))
@@ -847,6 +883,8 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
             live.stop()
         if dashboard is not None:
             dashboard.stop()
+        if metrics is not None:
+            metrics.stop()
         pipeline.close(timeout=3.0)
         if recorder is not None:
             recorder.stop()  # after the pipeline: it writes every last result

@@ -47,6 +47,8 @@ from . import shm as shmem
 from ..messages import OP_PAUSE, OP_RESET, OP_RESUME, OP_RUN, SCHEMAS, validate
 from .common import OP_CONTEXT, OP_STEP, make_socket, remove_ipc_file
 from .frontend_loop import FrontendLoop
+from .async_stage import run_async
+from .frontend_loop import START_ASYNC
 from .pool import run_pool
 from .queue import EventQueue
 from .reduce import run_reduce
@@ -126,10 +128,11 @@ class ThreadedFrontend:
         if num_pool_stages is not None:
             settings["pool"] = int(num_pool_stages)
         self.config = config = config.replace(**settings) if settings else config
-        self._tmpdir = None
-        if control_addr is None or reduce_addr is None:
-            self._tmpdir = tempfile.mkdtemp(prefix="metropc-")
-            os.chmod(self._tmpdir, 0o700)
+        # A private directory for ipc sockets (0700: only this user gets in).
+        self._tmpdir = tempfile.mkdtemp(prefix="metropc-")
+        os.chmod(self._tmpdir, 0o700)
+        #: Where REDUCE serves the ASYNC stage (this host only).
+        self.async_addr = f"ipc://{self._tmpdir}/async"
         self.control_addr = control_addr or f"ipc://{self._tmpdir}/control"
         self.reduce_addr = reduce_addr or f"ipc://{self._tmpdir}/reduce"
         self.output_addr = output_addr or "tcp://127.0.0.1:*"
@@ -222,6 +225,13 @@ class ThreadedFrontend:
         counted (``internal#dropped_events`` in the index).
         """
         return self._queue.put_event(opcode, data or {}, self._wake)
+
+    def enable_async(self) -> None:
+        """Start the ASYNC stage (once), for contexts with ``stage='async'`` views.
+
+        It starts before the context queued after this call is prepared, so
+        it takes part in that reload like every stage."""
+        self._queue.put_control("async", START_ASYNC, {}, self._wake)
 
     def set_drop_policy(self, policy: str) -> None:
         """Change what happens when the queue is full (see the class docs)."""
@@ -383,8 +393,12 @@ class ThreadedFrontend:
             return self.sr_cls(run_reduce, dict(
                 control_addr=self.control_addr, reduce_addr=self.reduce_addr,
                 output_addr=self.output_addr, output_hwm=config.output_hwm,
-                reorder_timeout=config.reorder_timeout, keys=config.keys, **extra),
-                name, **options)
+                reorder_timeout=config.reorder_timeout, keys=config.keys,
+                async_addr=self.async_addr, **extra), name, **options)
+        if name == "async":
+            return self.sr_cls(run_async, dict(
+                control_addr=self.control_addr, async_addr=self.async_addr,
+                keys=config.keys, **extra), name, **options)
         if self.shm is not None:
             extra["shm"] = {"in": self.shm.input_name, "out": self.shm.new_output(name),
                             "threshold": self.shm.threshold}

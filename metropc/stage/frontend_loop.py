@@ -29,7 +29,7 @@ from ..error import ProtocolError
 from .common import (OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_CTX_FAILED,
                      OP_CTX_READY, OP_DEBUG, OP_ERROR, OP_HELLO, OP_LOST, OP_PARAMS, OP_PROGRESS,
                      OP_SHM, OP_STATS, OP_STEP, OP_STOP, recv, send, send_batch)
-from ..messages import MARK_OPS, OP_ANNOUNCE, OP_PAUSE, OP_RESET, OP_RESUME, OP_RUN
+from ..messages import MARK_OPS, OP_ANNOUNCE, OP_BUSY, OP_PAUSE, OP_RESET, OP_RESUME, OP_RUN
 from .dispatcher import Dispatcher
 from .reload import Aborted, Committed, ReloadCoordinator
 from .supervisor import GiveUp, Gone, Panic, Replace, StageState, Supervisor
@@ -42,6 +42,8 @@ __all__ = ["FrontendLoop"]
 #: Seconds a restarted REDUCE waits for results that may still be on their
 #: way from the workers (sent before the restart) before counting them lost.
 RESTART_GRACE = 1.0
+#: A control item (never on a socket) that starts the ASYNC stage.
+START_ASYNC = b"#start-async"
 #: How often the stages are checked (seconds).
 CHECK_INTERVAL = 0.1
 
@@ -74,6 +76,7 @@ class FrontendLoop:
         self.announced_lost: set[int] = set()  # lost seqs REDUCE may not have seen
         self.reduce_subs: list[bytes] = []     # what REDUCE's clients subscribed to
         self.reduce_state: dict = {}           # its run and state (READY, RUN, STOP)
+        self.async_busy = None                 # since when the ASYNC stage computes
         self.announce: dict = {}               # what REDUCE publishes in its status
         self.rejected = 0
         self._rejected_kinds: set = set()
@@ -173,6 +176,8 @@ class FrontendLoop:
                                              opcode == OP_CTX_READY, str(data.get("msg"))))
         elif opcode == OP_DEBUG:
             fe.on_pipeline_debug(str(data.get("msg")))
+        elif opcode == OP_BUSY and name == "async":
+            self.async_busy = now if data["busy"] else None
         elif opcode == OP_HELLO:
             self.on_hello(name, data, now)
 
@@ -280,8 +285,14 @@ class FrontendLoop:
         self.dying = [r for r in self.dying if not r.reap(now)]
         stages = [StageState(name, r.is_alive(), r.exitcode, r.can_stop)
                   for name, r in fe._runners.items() if r.started]
-        for instruction in self.supervisor.check(now, stages, self.dispatcher.oldest):
+        for instruction in self.supervisor.check(now, stages, self.oldest):
             self.apply_supervision(instruction, now)
+
+    def oldest(self, name):
+        """What `name` works on since when (for stuck detection)."""
+        if name == "async":
+            return None if self.async_busy is None else (self.async_busy, [0])
+        return self.dispatcher.oldest(name)
 
     def apply_supervision(self, instruction, now):
         fe = self.fe
@@ -342,6 +353,12 @@ class FrontendLoop:
             fe.on_pipeline_error(f"{instruction.reason}; restarting it: accumulated state "
                                  "(averages, histograms, step data) is lost")
             self.fresh_result_segments()
+        elif name == "async":
+            self.hello.discard(name)
+            self.async_busy = None
+            self.apply(self.reload.stage_gone(name))
+            fe.on_pipeline_error(f"{instruction.reason}; starting a replacement (the async "
+                                 "views go on with the newest results)")
         else:
             text = self.forget(name, instruction.reason)
             fe.on_pipeline_error(f"{text}; starting a replacement")
@@ -441,6 +458,11 @@ class FrontendLoop:
                 seq = batch.seqs[0]
 
     def send_control(self, target, opcode, data):
+        if opcode == START_ASYNC:
+            if "async" not in self.fe._runners:
+                runner = self.fe._runners["async"] = self.fe._make_runner("async")
+                runner.start()
+            return
         if opcode == OP_CONTEXT:
             # Two-phase reload: every stage builds the context first; it is
             # used only if all of them could (see apply).

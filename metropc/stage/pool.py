@@ -16,7 +16,10 @@ nothing refers to it any more.  Large results go to REDUCE the same way.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
+from time import perf_counter
 
 import numpy as np
 import zmq
@@ -27,7 +30,8 @@ from ..error import ProtocolError
 from ..protocol import encode_protocol
 from ..security import secure
 from . import shm as shmem
-from ..messages import KEY_MARK, META_MARK
+from ..messages import KEY_MARK, KEY_TIME, META_MARK, OP_VSTATS
+from ..timing import merge
 from .reload import StagedContext
 from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, KEY_STEP, META_SKIP, META_STEP,
                      OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_ERROR, OP_EVENT, pack_meta,
@@ -43,6 +47,9 @@ __all__ = ["run_pool", "reduce_inputs"]
 HEARTBEAT_S = 1.0
 #: While input slots are still referenced (pinned), look at them this often.
 PIN_POLL_MS = 50
+#: A worker sends its views' timing and its load to REDUCE this often
+#: (seconds), busy or idle, so REDUCE's numbers are at most this old.
+STATS_INTERVAL = 1.0
 
 
 class _Heartbeat:
@@ -115,6 +122,12 @@ class PoolWorker:
         self.slots = None        # shm.SlotReader for input slots (local workers)
         self.results_slots = None  # shm.SlotWriter for large results
         self.threshold = shmem.DEFAULT_THRESHOLD
+        # Load and timing since the last `vstats` message (send_stats).
+        self.timings = {}        # records of engines replaced meanwhile
+        self.events = 0          # events whose views ran
+        self.busy = 0.0          # seconds spent on messages
+        self.stats_t = time.monotonic()
+        self.received = 0.0      # time.time() the message being handled arrived
 
     def open_slots(self, shm):
         """Map the frontend's segments; False if this host cannot (no shm then)."""
@@ -161,6 +174,7 @@ class PoolWorker:
         not wait for it.
         """
         results_out, had_event = [], False
+        self.received = time.time()
         for opcode, data in messages:
             if opcode == OP_STOP:
                 return results_out, had_event, True
@@ -257,7 +271,37 @@ class PoolWorker:
             out[KEY_META] = pack_meta(seq, version, event_id, produced,
                                       [*failed, *failed_views], kind)
 
+    def send_stats(self, now):
+        """Send the views' timing and this worker's load to REDUCE (``vstats``).
+
+        Deltas since the last one: REDUCE adds them up, so a replaced
+        worker's counts add to its successor's and never go back.  If the
+        socket cannot take it now, the numbers wait for the next time.
+        """
+        records = self.collect_timings()
+        data = {"stage": self.name, "pid": os.getpid(), "events": self.events,
+                "busy": self.busy, "interval": max(0.0, now - self.stats_t)}
+        for name, record in records.items():
+            data[f"view#{name}"] = tuple(record)
+        try:
+            send(self.results, OP_VSTATS, data, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        self.timings, self.events, self.busy, self.stats_t = {}, 0, 0.0, now
+
+    def collect_timings(self):
+        """The engine's timing records added to those not sent yet."""
+        records = self.timings
+        if self.engine is not None:
+            for name, record in self.engine.take_timings().items():
+                if name in records:
+                    merge(records[name], record)
+                else:
+                    records[name] = record
+        return records
+
     def activate(self, ctx):
+        self.collect_timings()  # the old engine's calls are still to be sent
         self.ctx = ctx
         self.engine = Engine(ctx, ErrorReporter(sink=self.report))
         self.forward_views, self.forward_paths = reduce_inputs(ctx)
@@ -306,7 +350,8 @@ class PoolWorker:
         failed = () if before is None and not errors else tuple(
             n for n, c in errors.items() if (before or {}).get(n, 0) != c)
         meta = pack_meta(seq, self.ctx.version, event_id, results, failed)
-        out = {KEY_META: meta}
+        out = {KEY_META: meta, KEY_TIME: self.received}
+        self.events += 1
         if not isinstance(event_id, (int, str, float, type(None))):
             out[KEY_EVENT_ID] = event_id
         for name in self.forward_views.intersection(results):
@@ -344,7 +389,12 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, n
         send(control, OP_HELLO, hello)
         send(control, OP_CREDIT, {"n": prefetch})
         heartbeat = _Heartbeat(zctx, control_addr, name, secure_client)
+        next_stats = time.monotonic() + STATS_INTERVAL
         while True:
+            now = time.monotonic()
+            if now >= next_stats:
+                worker.send_stats(now)
+                next_stats = now + STATS_INTERVAL
             if worker.slots is not None and worker.slots.pending:
                 # Input slots still referenced (pinned): free them once they
                 # are not, even if no message comes meanwhile.
@@ -353,11 +403,14 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, n
                     if free:
                         send(control, OP_CREDIT, {"n": 0, "free": free})
                     continue
+            elif not control.poll(int((next_stats - now) * 1000) + 1):
+                continue  # idle: time to send the stats
             try:
                 messages = recv_messages(control)
             except ProtocolError as e:
                 log.warning("%s: rejected a malformed message: %s", name, e)
                 continue
+            t0 = perf_counter()
             results_out, had_event, stop = worker.handle(messages)
             messages = None
             if stop:
@@ -370,6 +423,7 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, n
                 send(control, OP_CREDIT, {"free": free} if free else None)
             elif free:
                 send(control, OP_CREDIT, {"n": 0, "free": free})
+            worker.busy += perf_counter() - t0
     except (KeyboardInterrupt, zmq.ContextTerminated):
         return 0
     finally:

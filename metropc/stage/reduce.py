@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import time
+from time import perf_counter
 
 import zmq
 
 from ..engine import Engine, ErrorReporter
-from ..enums import ContextStage, ViewOutput
+from ..enums import ContextStage, ViewOutput, ViewStage
 from ..error import ProtocolError
 from ..protocol import encode_protocol
 from ..security import secure
@@ -33,7 +35,9 @@ from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, META_EVENT, META_SKIP, MET
                      OP_ERROR, OP_HELLO, OP_INDEX,
                      OP_LOST, OP_PARAMS, OP_PROGRESS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
                      recv, recv_messages, send, unpack_meta)
-from ..messages import KEY_MARK, META_MARK, OP_ANNOUNCE
+from ..messages import (KEY_MARK, KEY_TIME, META_MARK, OP_ANNOUNCE, OP_ARESULT, OP_INPUTS,
+                        OP_RESET, OP_VSTATS, OP_WANT)
+from ..timing import StageLoad, TimingTable, add_time, new_record, valid_record
 from .ordering import ReorderBuffer
 from .reload import StagedContext
 from .output import Output
@@ -110,6 +114,12 @@ class ReduceStage:
         self.state = "READY"               # READY, RUN or STOP (paused)
         self.events_seen = False
         self.announced = {}                # {"control": address} from the frontend
+        self.async_latest = {}             # newest results the async views read
+        self.async_fresh = False           # new ones since the last `inputs`
+        self.async_wanted = False          # the async stage asked for inputs
+        self.async_peer = None             # its identity on the async socket
+        self.async_socket = None
+        self.async_event = None
         self.clients_back = set()          # after a restart: prefixes to wait for
         self.clients_until = 0.0
         self.grace = 1.0
@@ -117,6 +127,16 @@ class ReduceStage:
         self.inputs = {}           # path -> (count, rate), from the frontend
         self.slots = shmem.SlotReader(header_writable=True)
         self.leases = {}           # seq -> shm.Lease of its result's arrays
+        # Observability (metropc.timing): view timing merged from every
+        # worker and this stage, stage load, event-to-output latency.
+        self.timing = TimingTable()
+        self.load = StageLoad()
+        self.latency = new_record()      # since the last index
+        self.latency_table = TimingTable()
+        self.busy = 0.0                  # seconds busy since the last index (_ReduceLoop)
+        self.events_done = 0             # events since the last index
+        self._load_t = time.monotonic()
+        self._bad_vstats = False
 
     # -- control ---------------------------------------------------------------
     def report(self, error):
@@ -221,7 +241,10 @@ class ReduceStage:
 
     def _switch(self, ctx):
         """Start using `ctx`: new views, so accumulated state starts empty."""
+        if self.engine is not None:  # its views' timing goes on counting
+            self.timing.add_all(self.engine.take_timings())
         self.ctx = ctx
+        self.async_latest, self.async_fresh = {}, False
         self.engine = Engine(ctx, ErrorReporter(sink=self.report))
         self.topics = {name: f"view#{name}".encode("utf-8")
                        for name, view in ctx.views.items()
@@ -238,6 +261,7 @@ class ReduceStage:
         kind = mark.get("kind")
         if kind == "reset":
             mark = {"kind": "reset", "views": self.engine.reset(mark.get("views") or None)}
+            self.reset_async(mark["views"])
         elif kind == "run_start":
             self.run = mark.get("run")
             if self.run is None:
@@ -258,6 +282,14 @@ class ReduceStage:
             return
         self.publish_mark(mark)
         self.publish_index()
+
+    def reset_async(self, views):
+        """Async views (in their own process) are reset with the others."""
+        async_views = [n for n in views if n in self.ctx.views
+                       and self.ctx.views[n].stage is ViewStage.ASYNC]
+        if async_views and self.async_peer is not None and self.async_socket is not None:
+            send(self.async_socket, OP_RESET, {"views": async_views},
+                 prefix=[self.async_peer])
 
     def publish_mark(self, mark):
         """Tell clients (and recorders) about a mark, with the current run."""
@@ -303,6 +335,50 @@ class ReduceStage:
         for view_name in results:
             self.meter.add(view_name)
         self.publish(results, None)
+        if self.engine.async_inputs:
+            self.feed_async({}, results, None)
+
+    # -- the ASYNC stage ------------------------------------------------------------
+    def feed_async(self, pool_results, results, event_id):
+        """Keep the newest results the async views read (references, no copies)."""
+        latest = self.async_latest
+        fresh = False
+        for name in self.engine.async_inputs:
+            value = results.get(name, pool_results.get(name))
+            if value is not None:
+                latest[name] = value
+                fresh = True
+        if fresh:
+            self.async_fresh = True
+            self.async_event = event_id
+
+    def on_async(self, ident, opcode, data):
+        """`want` (the async stage is ready) or `aresult` (its results)."""
+        self.async_peer = ident
+        if opcode == OP_WANT:
+            self.async_wanted = True
+            if data.get("version") != (None if self.ctx is None else self.ctx.version):
+                self.async_fresh = True  # a new context there: give it what there is
+        elif opcode == OP_ARESULT and self.ctx is not None:
+            if data.get("version") != self.ctx.version:
+                return  # computed under another context: stale
+            for name in data.get("failed") or ():
+                if name in self.ctx.views:
+                    self.engine.errors[name] += 1
+            results = {k: v for k, v in data["results"].items() if k in self.ctx.views}
+            for name in results:
+                self.meter.add(name)
+            self.publish(results, data.get("event_id"))
+
+    def async_inputs_message(self):
+        """``(peer, inputs message)`` when the async stage asked and there is
+        something new (or None): at most one in flight, never queued."""
+        if not (self.async_wanted and self.async_fresh and self.async_peer is not None
+                and self.ctx is not None):
+            return None
+        self.async_wanted = self.async_fresh = False
+        return self.async_peer, {"inputs": dict(self.async_latest), "event_id": self.async_event,
+                                 "version": self.ctx.version, "run": self.run}
 
     # -- events -------------------------------------------------------------------
     def on_result(self, data):
@@ -418,6 +494,45 @@ class ReduceStage:
         meter.add("#events")
         self.publish(pool_results, event_id)
         self.publish(results, event_id)
+        if self.engine.async_inputs:
+            self.feed_async(pool_results, results, event_id)
+        self.events_done += 1
+        received = data.get(KEY_TIME)
+        if type(received) is float:  # from the worker's receipt to published
+            add_time(self.latency, max(0.0, time.time() - received))
+
+    def on_vstats(self, data):
+        """A worker's view timing (deltas: they add up) and its load."""
+        for key, record in data.items():
+            if key.startswith("view#"):
+                if valid_record(record):
+                    self.timing.add(key[5:], record)
+                elif not self._bad_vstats:
+                    self._bad_vstats = True
+                    log.warning("reduce: %s sends timing records of another layout; "
+                                "ignored", data["stage"])
+        self.load.report(data["stage"], data["events"], data["busy"], data["interval"],
+                         data.get("pid", 0))
+
+    def observability(self):
+        """Index entries of view timing, stage load and output latency
+        (docs/protocol.md §8): ``timing#<view>``, ``stage#<name>``,
+        ``internal#output_latency``, ``internal#reorder_waiting``."""
+        if self.engine is not None:
+            self.timing.add_all(self.engine.take_timings())
+        now = time.monotonic()
+        self.load.report("reduce", self.events_done, self.busy, now - self._load_t,
+                         os.getpid())
+        self.events_done, self.busy, self._load_t = 0, 0.0, now
+        self.latency_table.add("output", self.latency)
+        self.latency = new_record()
+        entries = {f"timing#{name}": e for name, e in self.timing.entries().items()}
+        entries.update((f"stage#{name}", e) for name, e in self.load.entries().items())
+        latency = self.latency_table.entries().get("output")
+        if latency is not None:
+            entries["internal#output_latency"] = latency
+        entries["internal#reorder_waiting"] = (len(self.buffer), 0.0)
+        return entries
 
     def publish(self, results, event_id):
         """Send each wanted result to the clients (see metropc.stage.output).
@@ -477,6 +592,7 @@ class ReduceStage:
         entries["internal#lost_events"] = (self.buffer.lost, 0.0)
         entries["internal#stale_events"] = (self.stale, 0.0)
         entries["internal#output_dropped"] = self.output.drop_stats()
+        entries.update(self.observability())
         return entries
 
     def on_stats(self, data):
@@ -501,19 +617,28 @@ class ReduceStage:
 
 
 def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
-               reorder_window=4096, reorder_timeout=10.0, zmq_context=None, keys=None):
-    """Run the REDUCE stage until told to stop; returns an exit code."""
+               reorder_window=4096, reorder_timeout=10.0, zmq_context=None, keys=None,
+               async_addr=None):
+    """Run the REDUCE stage until told to stop; returns an exit code.
+
+    `async_addr`: where the ASYNC stage (metropc.stage.async_stage) connects
+    for the newest inputs of its views (a private ipc socket of this host).
+    """
     zctx = zmq_context or zmq.Context()
     secure_server, secure_client, auth = secure(zctx, keys)
     control = make_socket(zctx, zmq.DEALER, identity=b"reduce")
     results = make_socket(zctx, zmq.PULL)
     output = make_socket(zctx, zmq.XPUB, hwm=output_hwm)
+    link = make_socket(zctx, zmq.ROUTER) if async_addr else None
     secure_client(control)
     secure_server(results)
     secure_server(output)
     try:
         control.connect(control_addr)
-        for sock, addr in ((results, reduce_addr), (output, output_addr)):
+        binds = [(results, reduce_addr), (output, output_addr)]
+        if link is not None:
+            binds.append((link, async_addr))
+        for sock, addr in binds:
             try:
                 sock.bind(addr)
             except zmq.ZMQError as e:  # one clear line, not a traceback
@@ -521,16 +646,18 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
                 send(control, OP_ERROR, {"msg": f"[reduce] cannot bind {addr}: {e}"})
                 return 2
         stage = ReduceStage(control, output, reorder_window, reorder_timeout)
+        stage.async_socket = link
         send(control, OP_HELLO, {"stage": "reduce",
                                  "output_addr": output.last_endpoint.decode(),
                                  "reduce_addr": results.last_endpoint.decode()})
-        _ReduceLoop(stage, control, results, output).run()
+        _ReduceLoop(stage, control, results, output, link).run()
         return 0
     except (KeyboardInterrupt, zmq.ContextTerminated):
         return 0
     finally:
-        for sock in (control, results, output):
-            sock.close(0)
+        for sock in (control, results, output, link):
+            if sock is not None:
+                sock.close(0)
         if auth is not None:
             auth.stop()
         if zmq_context is None:
@@ -544,8 +671,9 @@ class _ReduceLoop:
     per kind and dropped: no input ends this stage.
     """
 
-    def __init__(self, stage, control, results, output):
+    def __init__(self, stage, control, results, output, link=None):
         self.stage, self.control, self.results, self.output = stage, control, results, output
+        self.link = link  # the ASYNC stage's socket (ROUTER), or None
         self.handlers = {OP_CONTEXT: stage.on_context, OP_COMMIT: stage.on_commit,
                          OP_ABORT: stage.on_abort, OP_PARAMS: stage.on_params,
                          OP_ACTION: stage.on_action, OP_LOST: stage.on_lost,
@@ -559,6 +687,8 @@ class _ReduceLoop:
         poller = zmq.Poller()
         for sock in (self.control, self.results, self.output):  # output: subscriptions
             poller.register(sock, zmq.POLLIN)
+        if self.link is not None:
+            poller.register(self.link, zmq.POLLIN)
         next_index = time.monotonic() + INDEX_INTERVAL
         next_progress = 0.0
         while True:
@@ -577,16 +707,22 @@ class _ReduceLoop:
             if not results_polled:
                 wait = min(wait, 0.05)
             ready = dict(poller.poll(max(0, int(wait * 1000)) + 1))
+            t0 = perf_counter()
             if self.results in ready:
                 self.drain_results()
             if self.output in ready:
                 stage.output.read_subscriptions()
             if self.control in ready and self.on_control():
                 return
+            if self.link is not None:
+                if self.link in ready:
+                    self.on_link()
+                self.send_async_inputs()
             stage.flush()
             stage.check_stalled()
             stage.check_doubtful()
             stage.release_slots()
+            stage.busy += perf_counter() - t0
             now = time.monotonic()
             if now >= next_progress:
                 progress = stage.progress()
@@ -598,6 +734,31 @@ class _ReduceLoop:
                 stage.slots.prune()
                 next_index = time.monotonic() + INDEX_INTERVAL
 
+    def on_link(self, limit=16):
+        """Messages of the ASYNC stage: it wants inputs, or sends results."""
+        for _ in range(limit):
+            try:
+                ident, opcode, data = recv(self.link, identity=True, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ProtocolError as e:
+                self.rejected(b"async", e)
+                continue
+            if opcode in (OP_WANT, OP_ARESULT):
+                self.guarded(opcode, lambda d: self.stage.on_async(ident, opcode, d), data)
+
+    def send_async_inputs(self):
+        """The newest inputs, if the ASYNC stage asked and there is news."""
+        message = self.stage.async_inputs_message()
+        if message is not None:
+            peer, data = message
+            try:
+                send(self.link, OP_INPUTS, data, prefix=[peer], flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # it went away; it asks again when it is back
+            except Exception as e:  # noqa: BLE001 - an input that cannot be sent
+                self.rejected(b"inputs", e)
+
     def drain_results(self, limit=256):
         """Take the results waiting (at most `limit` messages: let control in)."""
         for _ in range(limit):
@@ -605,6 +766,8 @@ class _ReduceLoop:
                 for opcode, data in recv_messages(self.results, zmq.NOBLOCK):
                     if opcode == OP_RESULT:
                         self.guarded(opcode, self.stage.on_result, data)
+                    elif opcode == OP_VSTATS:
+                        self.guarded(opcode, self.stage.on_vstats, data)
             except zmq.Again:
                 break
             except ProtocolError as e:

@@ -1,0 +1,381 @@
+"""Prometheus metrics and a JSON status of a running pipeline, over HTTP.
+
+Operators watch facility services with Prometheus and Grafana; this module
+lets them watch a pipeline the same way.  :class:`MetricsServer` serves
+
+- ``/metrics``: the Prometheus text format, made by ``prometheus_client``
+  from the pipeline's index (per-view calls, errors and latency histograms,
+  stage load, queues, shared memory, dropped/lost/stale counters);
+- ``/status``: JSON with the state, context version and file, run number,
+  stages (pids, alive, restarts, busy) and counters.
+
+It reads the index as a client does (:class:`metropc.client.Client`, keys
+included), so what it reports is what every client sees; given the
+:class:`~metropc.pipeline.Pipeline` object (``metropc-run --metrics``) it
+also asks it for what only the frontend knows: process health, restarts
+and the frontend's queue.  docs/operations.md ("Metrics and status")
+explains every metric.  ``prometheus_client`` is optional
+(``pip install 'metropc[metrics]'``); :func:`require_prometheus` says so
+in one line.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from .client import (OUTPUT_LATENCY, STAGE_PREFIX, TIMING_PREFIX, Client, IndexEntry,
+                     IndexStageEntry, IndexTimingEntry, IndexViewEntry, slowest_views)
+from .error import ProtocolError
+from .timing import BOUNDS
+
+__all__ = ["MetricsServer", "PipelineMetrics", "require_prometheus", "MISSING"]
+
+log = logging.getLogger(__name__)
+
+MISSING = "metrics need prometheus_client: pip install 'metropc[metrics]'"
+
+#: Index counters exported as Prometheus counters: path -> (name, help).
+COUNTERS = {
+    "internal#dropped_events": ("metropc_dropped_events",
+                                "Events the frontend queue's drop policy dropped"),
+    "internal#lost_events": ("metropc_lost_events",
+                             "Events dispatched whose results never came"),
+    "internal#stale_events": ("metropc_stale_events",
+                              "Results computed under a context no longer in use"),
+    "internal#output_dropped": ("metropc_output_dropped",
+                                "Output messages dropped for a client that did not read"),
+    "internal#rejected_messages": ("metropc_rejected_messages",
+                                   "Malformed messages the frontend dropped"),
+    "internal#paused_events": ("metropc_paused_events",
+                               "Events refused while the pipeline was paused"),
+    "internal#shm_reclaimed": ("metropc_shm_reclaimed",
+                               "Shared-memory slots reclaimed from dead workers"),
+    "internal#shm_full": ("metropc_shm_full",
+                          "Times an event waited because no shared-memory slot was free"),
+}
+
+
+def require_prometheus() -> None:
+    """ImportError with a one-line message if ``prometheus_client`` is missing."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise ImportError(MISSING) from None
+
+
+class PipelineMetrics:
+    """The latest index and status of a pipeline, as metrics and as JSON.
+
+    A thread reads the output's index with its own :class:`Client`;
+    `pipeline` (optional) is asked for process ids, health and queues.
+    """
+
+    def __init__(self, output_addr: str, *, pipeline: Any = None, keys=None,
+                 stop_when=None):
+        require_prometheus()
+        from prometheus_client import CollectorRegistry
+
+        self.output_addr = output_addr
+        self.pipeline = pipeline
+        self.keys = keys
+        self._stop_when = stop_when  # a callable: True when the owner closed
+        self._lock = threading.Lock()
+        self._index: dict[str, IndexEntry] | None = None
+        self._status: dict = {}
+        self._index_time: float | None = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="metropc-metrics-index",
+                                        daemon=True)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def start(self) -> PipelineMetrics:
+        self._thread.start()
+        self._ready.wait(5.0)
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _read(self):
+        client = None
+        try:
+            client = Client(self.output_addr, keys=self.keys)
+            self._ready.set()
+            while not self._stop.is_set():
+                if self._stop_when is not None and self._stop_when():
+                    break
+                try:
+                    index = client.wait_index(timeout=0.25)
+                except TimeoutError:
+                    continue
+                except ProtocolError as e:
+                    log.warning("metrics: malformed index message: %s", e)
+                    continue
+                with self._lock:
+                    self._index, self._status = index, dict(client.status)
+                    self._index_time = time.monotonic()
+        except Exception:  # noqa: BLE001 - reported, /status then says no index
+            log.exception("metrics: index reader failed")
+        finally:
+            self._ready.set()
+            if client is not None:
+                client.close()
+
+    def snapshot(self) -> tuple[dict[str, IndexEntry], dict, float | None]:
+        """``(index, status, age in seconds)`` of the latest index ({} before one)."""
+        with self._lock:
+            index, status, t = self._index or {}, self._status, self._index_time
+        return index, status, None if t is None else time.monotonic() - t
+
+    # -- what only the Pipeline object knows ----------------------------------------------
+    def _frontend(self):
+        pipeline = self.pipeline
+        return getattr(pipeline, "frontend", pipeline) if pipeline is not None else None
+
+    def stages(self, index: dict[str, IndexEntry]) -> dict[str, dict]:
+        """Per stage process: pid, alive, restarts (with a pipeline), events, busy."""
+        out: dict[str, dict] = {}
+        fe = self._frontend()
+        runners = dict(getattr(fe, "_runners", None) or {})
+        restarts = getattr(fe, "restarts", {}) or {}
+        for name, runner in runners.items():
+            try:
+                alive = bool(runner.is_alive())
+            except Exception:  # noqa: BLE001 - a runner being replaced
+                alive = False
+            out[name] = {"pid": getattr(runner, "pid", None), "alive": alive,
+                         "restarts": int(restarts.get(name, 0))}
+        for path, entry in index.items():
+            if path.startswith(STAGE_PREFIX) and isinstance(entry, IndexStageEntry):
+                info = out.setdefault(path[len(STAGE_PREFIX):], {"pid": entry.pid,
+                                                                 "alive": None,
+                                                                 "restarts": None})
+                if info.get("pid") is None:
+                    info["pid"] = entry.pid
+                info.update(events=entry.counts, events_per_s=round(entry.rate, 3),
+                            busy=round(entry.busy, 4), reported_pid=entry.pid)
+        return out
+
+    def queues(self, index: dict[str, IndexEntry]) -> dict[str, int]:
+        """Queue depths: frontend queue and worker messages (with a pipeline),
+        results waiting in REDUCE for their turn."""
+        out = {}
+        fe = self._frontend()
+        queue = getattr(fe, "_queue", None)
+        if queue is not None:
+            out["frontend"] = len(queue.events)
+        dispatcher = getattr(getattr(fe, "_state", None), "dispatcher", None)
+        if dispatcher is not None:
+            out["in_flight"] = sum(len(d) for d in list(dispatcher.outstanding.values()))
+        waiting = index.get("internal#reorder_waiting")
+        if waiting is not None:
+            out["reorder"] = waiting.counts
+        return out
+
+    def status(self) -> dict:
+        """The ``/status`` document (JSON-ready)."""
+        index, status, age = self.snapshot()
+        counters = {path.split("#", 1)[1]: e.counts for path, e in index.items()
+                    if path in COUNTERS}
+        reduce_entry = index.get(STAGE_PREFIX + "reduce")
+        counters["events"] = reduce_entry.counts if reduce_entry is not None else 0
+        counters["view_errors"] = sum(e.errors for e in index.values()
+                                      if isinstance(e, IndexViewEntry))
+        pipeline = self.pipeline
+        errors = list(getattr(pipeline, "errors", None) or [])[-10:]
+        return {
+            "state": status.get("state"), "run": status.get("run"),
+            "version": status.get("version"), "context": status.get("path"),
+            "loaded_version": getattr(pipeline, "version", None),
+            "output_addr": self.output_addr, "index_age": age,
+            "stages": self.stages(index), "queues": self.queues(index),
+            "counters": counters,
+            "shm": {k: index[f"internal#shm_{k}"].counts for k in ("slots_used", "bytes_used")
+                    if f"internal#shm_{k}" in index} or None,
+            "slowest_views": [{"view": name, "p50": e.p50, "p99": e.p99, "calls": e.counts}
+                              for name, e in slowest_views(index, 5)],
+            "errors": [str(e) for e in errors],
+        }
+
+    # -- prometheus_client collector ------------------------------------------------------
+    def collect(self):
+        """Metric families from the latest index (called on every scrape)."""
+        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                            HistogramMetricFamily)
+
+        index, status, age = self.snapshot()
+        view_stage = {path[5:]: e.stage.name.lower() for path, e in index.items()
+                      if isinstance(e, IndexViewEntry)}
+        calls = CounterMetricFamily("metropc_view_calls", "Calls of a view's code",
+                                    labels=["view", "stage"])
+        errors = CounterMetricFamily("metropc_view_errors", "Calls of a view that raised",
+                                     labels=["view", "stage"])
+        seconds = HistogramMetricFamily("metropc_view_seconds",
+                                        "Time a view's code took per call",
+                                        labels=["view", "stage"])
+        for path, e in sorted(index.items()):
+            if not (path.startswith(TIMING_PREFIX) and isinstance(e, IndexTimingEntry)):
+                continue
+            name = path[len(TIMING_PREFIX):]
+            labels = [name, view_stage.get(name, "unknown")]
+            calls.add_metric(labels, e.counts)
+            errors.add_metric(labels, e.errors)
+            seconds.add_metric(labels, _buckets(e.buckets), e.seconds)
+        yield from (calls, errors, seconds)
+        latency = index.get(OUTPUT_LATENCY)
+        if isinstance(latency, IndexTimingEntry):
+            family = HistogramMetricFamily(
+                "metropc_event_latency_seconds",
+                "From a POOL worker receiving an event to REDUCE publishing its results")
+            family.add_metric([], _buckets(latency.buckets), latency.seconds)
+            yield family
+        stages = self.stages(index)
+        busy = GaugeMetricFamily("metropc_stage_busy_ratio",
+                                 "Fraction of recent time a stage process spent working",
+                                 labels=["stage"])
+        events = CounterMetricFamily("metropc_stage_events",
+                                     "Events a stage process ran views for", labels=["stage"])
+        up = GaugeMetricFamily("metropc_stage_up", "1 if the stage process is alive",
+                               labels=["stage"])
+        restarts = CounterMetricFamily("metropc_stage_restarts",
+                                       "Times a stage process was replaced", labels=["stage"])
+        for name, info in sorted(stages.items()):
+            if "busy" in info:
+                busy.add_metric([name], info["busy"])
+                events.add_metric([name], info["events"])
+            if info.get("alive") is not None:
+                up.add_metric([name], 1.0 if info["alive"] else 0.0)
+                restarts.add_metric([name], info["restarts"])
+        yield from (busy, events, up, restarts)
+        reduce_entry = index.get(STAGE_PREFIX + "reduce")
+        if reduce_entry is not None:
+            yield CounterMetricFamily("metropc_events", "Events REDUCE finished",
+                                      value=reduce_entry.counts)
+        for path, (name, text) in COUNTERS.items():
+            entry = index.get(path)
+            if entry is not None:
+                yield CounterMetricFamily(name, text, value=entry.counts)
+        depth = GaugeMetricFamily("metropc_queue_depth", "Items waiting in a queue",
+                                  labels=["queue"])
+        for name, n in sorted(self.queues(index).items()):
+            depth.add_metric([name], n)
+        yield depth
+        for key, text in (("slots_used", "Shared-memory slots in use"),
+                          ("bytes_used", "Shared-memory bytes in use")):
+            entry = index.get(f"internal#shm_{key}")
+            if entry is not None:
+                yield GaugeMetricFamily(f"metropc_shm_{key}", text, value=entry.counts)
+        if status.get("version") is not None:
+            yield GaugeMetricFamily("metropc_context_version", "Context version running",
+                                    value=status["version"])
+        if age is not None:
+            yield GaugeMetricFamily("metropc_index_age_seconds",
+                                    "Seconds since the latest index arrived", value=age)
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        """``(body, content type)`` of a ``/metrics`` answer."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _buckets(counts) -> list[tuple[str, int]]:
+    """Cumulative ``(le, count)`` pairs of our bucket counts, ``+Inf`` last."""
+    out, total = [], 0
+    for bound, n in zip((*BOUNDS, float("inf")), counts):
+        total += n
+        out.append(("+Inf" if bound == float("inf") else repr(bound), total))
+    if len(out) < len(BOUNDS) + 1:  # a record of another layout: only the total
+        out = [("+Inf", sum(counts))]
+    return out
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "metropc-metrics"
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        metrics: PipelineMetrics = self.server.metrics
+        path = self.path.split("?", 1)[0]
+        try:
+            if path == "/metrics":
+                body, kind = metrics.metrics_text()
+            elif path == "/status":
+                body, kind = json.dumps(metrics.status(), default=str).encode(), \
+                    "application/json"
+            else:
+                self.send_error(404, "only /metrics and /status")
+                return
+        except Exception as e:  # noqa: BLE001 - one failed scrape, not a dead server
+            log.exception("metrics: %s failed", path)
+            self.send_error(500, f"{type(e).__name__}: {e}")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt, *args):
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+
+class MetricsServer:
+    """``/metrics`` and ``/status`` of one pipeline, served from a thread.
+
+    ``MetricsServer(pipeline.output_addr, port=9100, pipeline=pipeline).start()``;
+    port 0 picks a free one (:attr:`port`).  Binding to a non-loopback host
+    needs `allow_remote` (the status names files and processes).
+    """
+
+    def __init__(self, output_addr: str, host: str = "127.0.0.1", port: int = 0, *,
+                 pipeline: Any = None, keys=None, allow_remote: bool = False):
+        from .dashboard.address import is_loopback
+
+        if not is_loopback(host) and not allow_remote:
+            raise ValueError(f"refusing to serve metrics on {host!r}, which is not a "
+                             "loopback interface; pass --allow-remote to do it on purpose")
+        self.metrics = PipelineMetrics(output_addr, pipeline=pipeline, keys=keys)
+        self.host = host
+        self._httpd = http.server.ThreadingHTTPServer((host.strip("[]"), int(port)),
+                                                      _Handler)
+        self._httpd.daemon_threads = True
+        self._httpd.metrics = self.metrics
+        self.port: int = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                        kwargs={"poll_interval": 0.2},
+                                        name="metropc-metrics-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host = self.host if ":" not in self.host else f"[{self.host.strip('[]')}]"
+        return f"http://{host}:{self.port}/metrics"
+
+    def start(self) -> MetricsServer:
+        self.metrics.start()
+        self._thread.start()
+        log.info("metrics on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and reading; idempotent."""
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+            self._thread.join(2.0)
+        self._httpd.server_close()
+        self.metrics.stop()
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

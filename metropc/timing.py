@@ -1,0 +1,202 @@
+"""Per-view timing: fixed log-spaced histograms, cheap to fill and to merge.
+
+Operators need to know *which* view is slow, and Prometheus wants
+histograms whose buckets never change.  A view's timing is one small list
+(a *record*): ``[errors, seconds, bucket_0, ..., bucket_N]`` where bucket
+``i`` counts calls that took at most ``BOUNDS[i]`` seconds (and more than
+the bound before it) and the last bucket counts the rest.  Filling one
+costs a dict lookup, a :func:`bisect.bisect_left` over 22 floats and two
+list increments (:meth:`metropc.engine.Engine._run`); merging is adding
+lists, so the records of several POOL workers, of restarted workers and of
+REDUCE simply add up and never go backwards.
+
+Where the records go: :class:`~metropc.engine.Engine` fills them where a
+view runs, a POOL worker sends what it collected about once a second to
+REDUCE (opcode ``vstats``, docs/protocol.md §12), and REDUCE merges them in
+a :class:`TimingTable` and puts them into the index (``timing#<view>``,
+``stage#<name>``, docs/protocol.md §8).
+
+Only the standard library is used: the stages import this module.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import time
+from collections.abc import Iterable, Mapping, Sequence
+
+__all__ = ["BOUNDS", "NBUCKETS", "ERRORS", "SECONDS", "FIRST", "new_record", "add_time",
+           "merge", "calls", "quantile", "TimingTable", "StageLoad", "WINDOW"]
+
+#: Upper bounds of the histogram buckets in seconds (1-2-5 steps from 1 µs
+#: to 10 s); a last bucket counts everything slower.  Fixed: they are part
+#: of the index format (docs/protocol.md §8).
+BOUNDS: tuple[float, ...] = tuple(m * 10.0 ** e for e in range(-6, 1) for m in (1, 2, 5)) + (10.0,)
+NBUCKETS = len(BOUNDS) + 1
+#: Positions in a record.
+ERRORS, SECONDS, FIRST = 0, 1, 2
+#: Seconds of history that the p50/p99 in the index describe.
+WINDOW = 10.0
+
+
+def new_record() -> list:
+    """An empty record: no errors, no time, every bucket 0."""
+    return [0, 0.0] + [0] * NBUCKETS
+
+
+def add_time(record: list, seconds: float) -> None:
+    """Count one call that took `seconds`."""
+    record[SECONDS] += seconds
+    record[FIRST + bisect.bisect_left(BOUNDS, seconds)] += 1
+
+
+def merge(into: list, record: Sequence) -> None:
+    """Add `record` to `into` (same layout)."""
+    for i, value in enumerate(record):
+        into[i] += value
+
+
+def calls(record: Sequence) -> int:
+    """Calls counted in a record."""
+    return sum(record[FIRST:])
+
+
+def quantile(buckets: Sequence[int], q: float) -> float:
+    """The `q` quantile (0..1) of a histogram's bucket counts, in seconds.
+
+    Interpolated linearly inside the bucket the quantile falls in, as
+    Prometheus' ``histogram_quantile`` does; the first bucket starts at 0
+    and a quantile in the last (unbounded) bucket is its lower bound.
+    0.0 for an empty histogram.
+    """
+    total = sum(buckets)
+    if total <= 0:
+        return 0.0
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(buckets):
+        if n and seen + n >= rank:
+            if i >= len(BOUNDS):
+                return BOUNDS[-1]
+            lower = BOUNDS[i - 1] if i else 0.0
+            return lower + (BOUNDS[i] - lower) * max(0.0, rank - seen) / n
+        seen += n
+    return BOUNDS[-1]
+
+
+def valid_record(value) -> bool:
+    """Whether a received tuple is a record of this module's layout."""
+    return len(value) == FIRST + NBUCKETS
+
+
+class TimingTable:
+    """Records merged per name, with rates and recent quantiles for the index.
+
+    Counts only grow: a record added is never taken back, so calls and
+    errors are Prometheus counters (they restart from 0 only with REDUCE).
+    The p50/p99 describe the last :data:`WINDOW` seconds, or all time when
+    the name had no call in them (a finished run keeps its numbers).
+    """
+
+    def __init__(self, clock=time.monotonic, window: float = WINDOW):
+        self.clock = clock
+        self.window = window
+        self.records: dict[str, list] = {}
+        self._history: collections.deque = collections.deque()  # (t, {name: buckets})
+        self._prev: tuple[float, dict[str, int]] = (clock(), {})
+
+    def add(self, name: str, record: Sequence) -> None:
+        mine = self.records.get(name)
+        if mine is None:
+            self.records[name] = list(record)
+        else:
+            merge(mine, record)
+
+    def add_all(self, records: Mapping[str, Sequence]) -> None:
+        for name, record in records.items():
+            self.add(name, record)
+
+    def entries(self, names: Iterable[str] | None = None) -> dict[str, tuple]:
+        """``{name: (calls, rate, errors, p50, p99, seconds, *buckets)}``.
+
+        Also remembers the buckets for the recent quantiles and the counts
+        for the rates: call it once per index.
+        """
+        now = self.clock()
+        t_prev, prev = self._prev
+        dt = now - t_prev
+        snapshot = {name: tuple(r[FIRST:]) for name, r in self.records.items()}
+        history = self._history
+        if not history or now - history[-1][0] >= 0.5:
+            history.append((now, snapshot))
+        while len(history) > 1 and now - history[1][0] >= self.window:
+            history.popleft()
+        base = history[0][1]
+        out = {}
+        counts = {}
+        for name, record in self.records.items():
+            if names is not None and name not in names:
+                continue
+            buckets = snapshot[name]
+            n = sum(buckets)
+            counts[name] = n
+            old = base.get(name)
+            recent = buckets if old is None else tuple(a - b for a, b in zip(buckets, old))
+            if not any(recent):
+                recent = buckets
+            rate = (n - prev.get(name, 0)) / dt if dt > 0.2 and name in prev else 0.0
+            out[name] = (n, float(rate), int(record[ERRORS]), quantile(recent, 0.5),
+                         quantile(recent, 0.99), float(record[SECONDS]), *buckets)
+        if dt > 0.2:
+            self._prev = (now, {**prev, **counts})
+        else:  # too soon for a rate: new names get their baseline only
+            for name, n in counts.items():
+                prev.setdefault(name, n)
+        return out
+
+
+class StageLoad:
+    """Events, busy fraction and pid of each stage process, by name.
+
+    A worker reports the seconds it spent busy in an interval; its busy
+    fraction is the last report's, and 0 once it has not reported for
+    `silent` seconds (an idle or gone worker).  A name not heard of for
+    `forget` seconds (a remote worker that left) is dropped.
+    """
+
+    def __init__(self, clock=time.monotonic, silent: float = 3.0, forget: float = 60.0):
+        self.clock = clock
+        self.silent = silent
+        self.forget = forget
+        self.stages: dict[str, list] = {}  # name -> [events, busy, pid, last, prev events]
+        self._t = clock()
+
+    def report(self, name: str, events: int, busy: float, interval: float,
+               pid: int) -> None:
+        entry = self.stages.get(name)
+        fraction = min(1.0, max(0.0, busy / interval)) if interval > 0 else 0.0
+        if entry is None:
+            self.stages[name] = [events, fraction, pid, self.clock(), 0]
+        else:
+            entry[0] += events
+            entry[1:4] = [fraction, pid, self.clock()]
+
+    def entries(self) -> dict[str, tuple]:
+        """``{name: (events, rate, busy, pid)}``; call once per index."""
+        now = self.clock()
+        dt = now - self._t
+        out = {}
+        for name, entry in list(self.stages.items()):
+            age = now - entry[3]
+            if age > self.forget:
+                del self.stages[name]
+                continue
+            rate = (entry[0] - entry[4]) / dt if dt > 0.2 else 0.0
+            busy = entry[1] if age <= self.silent else 0.0
+            out[name] = (int(entry[0]), float(rate), float(busy), int(entry[2]))
+        if dt > 0.2:
+            for entry in self.stages.values():
+                entry[4] = entry[0]
+            self._t = now
+        return out

@@ -1,0 +1,286 @@
+"""Observability (issue 18): per-view timing, the ``vstats`` message, the
+index entries it feeds, and ``/metrics`` + ``/status`` served over HTTP.
+
+The end-to-end tests run a real multi-process pipeline (``Pipeline`` with
+``ProcessRunner`` workers), feed it events themselves, and scrape the real
+HTTP server on a free port; every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from metropc.client import (IndexEntry, IndexStageEntry, IndexTimingEntry, decode_index,
+                            encode_index, slowest_views)
+from metropc.engine import Engine
+from metropc.core import Context
+from metropc.messages import OP_VSTATS, validate
+from metropc.error import ProtocolError
+from metropc import timing
+
+prometheus_client = pytest.importorskip("prometheus_client")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# -- pure parts ----------------------------------------------------------------------------
+
+def test_histogram_record_quantile_and_merge():
+    record = timing.new_record()
+    for _ in range(98):
+        timing.add_time(record, 3e-6)     # (2 µs, 5 µs]
+    timing.add_time(record, 0.015)        # (10 ms, 20 ms]
+    timing.add_time(record, 0.015)
+    assert timing.calls(record) == 100
+    buckets = record[timing.FIRST:]
+    assert 2e-6 < timing.quantile(buckets, 0.5) <= 5e-6
+    assert 0.01 < timing.quantile(buckets, 0.995) <= 0.02
+    other = timing.new_record()
+    timing.add_time(other, 20.0)          # slower than every bound: the last bucket
+    other[timing.ERRORS] = 1
+    timing.merge(record, other)
+    assert timing.calls(record) == 101 and record[timing.ERRORS] == 1
+    assert record[-1] == 1 and timing.quantile(record[timing.FIRST:], 1.0) == 10.0
+    assert timing.quantile([0] * timing.NBUCKETS, 0.5) == 0.0
+
+
+def test_engine_times_every_call_where_the_view_runs():
+    ctx = Context("""
+import time
+@View.Scalar
+def fast(t: 'internal#train_id'):
+    return t
+
+@View.Scalar
+def slow(t: 'internal#train_id'):
+    time.sleep(0.02)
+    return t
+
+@View.Scalar
+def broken(t: 'internal#train_id'):
+    raise ValueError(t)
+""", path="<t>")
+    engine = Engine(ctx)
+    for t in range(5):
+        event = {"internal#train_id": t}
+        engine.prepare(event)
+        engine.pool(event)
+    taken = engine.take_timings()
+    assert engine.timings == {}
+    assert {n: timing.calls(r) for n, r in taken.items()} == {"fast": 5, "slow": 5,
+                                                               "broken": 5}
+    assert taken["broken"][timing.ERRORS] == 5 and taken["fast"][timing.ERRORS] == 0
+    assert 0.1 <= taken["slow"][timing.SECONDS] < 1.0
+    assert taken["fast"][timing.SECONDS] < taken["slow"][timing.SECONDS] / 10
+
+
+def test_timing_table_adds_up_and_reports_recent_quantiles():
+    now = [100.0]
+    table = timing.TimingTable(clock=lambda: now[0])
+    slow = timing.new_record()
+    timing.add_time(slow, 0.03)
+    table.add("v", slow)
+    first = table.entries()["v"]
+    assert first[0] == 1 and 0.02 < first[4] <= 0.05
+    now[0] += 11
+    fast = timing.new_record()
+    for _ in range(10):
+        timing.add_time(fast, 1e-5)
+    table.add("v", fast)           # a second worker's delta: counts add up
+    second = table.entries()["v"]
+    assert second[0] == 11 and second[1] == pytest.approx(10 / 11)
+    now[0] += 11
+    third = table.entries()["v"]   # nothing new for 10 s: all time again
+    assert third[0] == 11 and third[4] > 0.02
+
+
+def test_vstats_schema():
+    good = {"stage": "pool-0", "pid": 7, "events": 3, "busy": 0.25, "interval": 1.0,
+            "view#a": tuple(timing.new_record())}
+    assert validate(OP_VSTATS, good) is good
+    for bad in ({**good, "events": -1}, {**good, "view#a": (0, "x", 1)},
+                {**good, "view#a": (0, 0.1, -1)}, {k: v for k, v in good.items()
+                                                   if k != "stage"}):
+        with pytest.raises(ProtocolError, match="vstats"):
+            validate(OP_VSTATS, bad)
+
+
+def test_new_index_entries_round_trip_and_old_decoders_read_counts_and_rate():
+    buckets = tuple(range(timing.NBUCKETS))
+    entries = {"timing#roi": IndexTimingEntry(12, 3.5, errors=1, p50=1e-4, p99=2e-3,
+                                              seconds=0.5, buckets=buckets),
+               "stage#pool-0": IndexStageEntry(40, 10.0, busy=0.25, pid=1234),
+               "internal#output_latency": IndexTimingEntry(40, 10.0, p50=1e-3,
+                                                           buckets=buckets)}
+    wire = encode_index(entries)
+    assert decode_index(wire) == entries
+    # An old decoder takes the first two elements of any non-view path.
+    for path, value in wire.items():
+        assert type(value[0]) is int and type(value[1]) is float
+    # Short tuples (an older pipeline) decode as plain entries.
+    assert decode_index({"timing#roi": (3, 1.0)}) == {"timing#roi": IndexEntry(3, 1.0)}
+    assert [n for n, _ in slowest_views(decode_index(wire))] == ["roi"]
+
+
+# -- a real pipeline, scraped over HTTP ------------------------------------------------------
+
+CTX = """
+import time
+@View.Scalar
+def fast(t: 'internal#train_id'):
+    return t * GAIN
+
+@View.Scalar
+def slow(t: 'internal#train_id'):
+    time.sleep(0.02)
+    return t
+
+@View.Scalar(stage='reduce')
+def total(t: 'view#fast'):
+    return t
+
+parameters(GAIN=1)
+"""
+
+
+def fetch(url, timeout=10.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.headers.get("Content-Type"), r.read().decode()
+
+
+def scrape(base):
+    """{(metric sample name, frozenset(labels)): value} of one /metrics answer."""
+    status, kind, text = fetch(base + "/metrics")
+    assert status == 200 and kind.startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
+
+
+def view_value(samples, name, view, **labels):
+    for (sample, sample_labels), value in samples.items():
+        d = dict(sample_labels)
+        if sample == name and d.get("view") == view and all(
+                d.get(k) == v for k, v in labels.items()):
+            return value
+    return None
+
+
+def poll(what, check, timeout=60.0, interval=0.2):
+    """Call `what` until `check(result)` holds; the last result, or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = what()
+        if check(result):
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s; last: {result!r}"[:2000])
+        time.sleep(interval)
+
+
+def mean_seconds(samples, view):
+    return (view_value(samples, "metropc_view_seconds_sum", view)
+            / view_value(samples, "metropc_view_seconds_count", view))
+
+
+@pytest.fixture
+def running(tmp_path):
+    from metropc.metrics import MetricsServer
+    from metropc.pipeline import Pipeline
+
+    path = tmp_path / "ctx.py"
+    path.write_text(CTX)
+    pipe = Pipeline(str(path), source=None, pool=2)
+    server = None
+    try:
+        server = MetricsServer(pipe.output_addr, port=0, pipeline=pipe).start()
+        yield pipe, f"http://127.0.0.1:{server.port}", path
+    finally:
+        if server is not None:
+            server.stop()
+        pipe.close()
+
+
+def test_metrics_count_every_call_and_show_the_slow_view(running):
+    pipe, base, _ = running
+    n = 30
+    for t in range(n):
+        assert pipe.send({"internal#train_id": 1000 + t})
+
+    def counted(samples):
+        return all(view_value(samples, "metropc_view_calls_total", v) == n
+                   for v in ("fast", "slow", "total"))
+
+    samples = poll(lambda: scrape(base), counted)
+    assert view_value(samples, "metropc_view_calls_total", "fast", stage="pool") == n
+    assert view_value(samples, "metropc_view_calls_total", "total", stage="reduce") == n
+    assert view_value(samples, "metropc_view_errors_total", "slow") == 0
+    # Histogram: cumulative buckets, +Inf = count, and the slow view is slowest.
+    assert view_value(samples, "metropc_view_seconds_bucket", "slow", le="+Inf") == n
+    assert view_value(samples, "metropc_view_seconds_bucket", "slow", le="0.01") == 0
+    assert view_value(samples, "metropc_view_seconds_bucket", "slow", le="0.05") == n
+    means = {v: mean_seconds(samples, v) for v in ("fast", "slow", "total")}
+    assert max(means, key=means.get) == "slow" and means["slow"] >= 0.02
+    samples = poll(lambda: scrape(base),
+                   lambda s: s.get(("metropc_events_total", frozenset())) == n)
+    assert samples[("metropc_event_latency_seconds_count", frozenset())] == n
+    assert samples[("metropc_lost_events_total", frozenset())] == 0
+    assert samples[("metropc_dropped_events_total", frozenset())] == 0
+    workers = [dict(k[1])["stage"] for k in samples if k[0] == "metropc_stage_events_total"]
+    assert sorted(workers) == ["pool-0", "pool-1", "reduce"]
+    assert sum(v for k, v in samples.items() if k[0] == "metropc_stage_events_total"
+               and dict(k[1])["stage"].startswith("pool")) == n
+    assert samples[("metropc_stage_up", frozenset({("stage", "pool-0")}))] == 1.0
+    assert ("metropc_queue_depth", frozenset({("queue", "frontend")})) in samples
+    # The index every client gets carries the same: p50/p99 per view.
+    with __import__("metropc.client").client.Client(pipe.output_addr, timeout=10) as c:
+        index = poll(lambda: c.wait_index(),
+                     lambda i: i["timing#slow"].counts == n, timeout=30)
+    assert isinstance(index["timing#slow"], IndexTimingEntry)
+    assert 0.01 < index["timing#slow"].p50 <= 0.05
+    assert slowest_views(index, 1)[0][0] == "slow"
+    assert isinstance(index["stage#pool-0"], IndexStageEntry)
+
+
+def test_status_follows_a_reload_and_a_worker_replacement(running):
+    pipe, base, path = running
+
+    def status():
+        code, kind, text = fetch(base + "/status")
+        assert code == 200 and kind == "application/json"
+        return json.loads(text)
+
+    first = poll(status, lambda s: s["version"] == 1 and s["stages"].get("pool-0", {})
+                 .get("pid"))
+    assert first["context"] == str(path) and first["state"] in ("READY", "RUN")
+    assert set(first["stages"]) >= {"reduce", "pool-0", "pool-1"}
+    assert all(s["alive"] and s["restarts"] == 0 for s in first["stages"].values())
+    path.write_text(CTX.replace("GAIN=1", "GAIN=2"))
+    pipe.reload()
+    poll(status, lambda s: s["version"] == 2 and s["loaded_version"] == 2)
+    old_pid = first["stages"]["pool-0"]["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+    after = poll(status, lambda s: s["stages"]["pool-0"]["pid"] not in (None, old_pid)
+                 and s["stages"]["pool-0"]["restarts"] == 1
+                 and s["stages"]["pool-0"]["alive"])
+    assert after["stages"]["pool-1"]["restarts"] == 0
+    # The replacement's timing adds to the counts: they never go back.
+    for t in range(20):
+        assert pipe.send({"internal#train_id": t})
+    samples = poll(lambda: scrape(base),
+                   lambda s: view_value(s, "metropc_view_calls_total", "fast") == 20)
+    assert samples[("metropc_stage_restarts_total", frozenset({("stage", "pool-0")}))] == 1
+    assert samples[("metropc_context_version", frozenset())] == 2
+    assert poll(status, lambda s: s["counters"]["events"] == 20)["counters"]["lost_events"] == 0
