@@ -6,6 +6,7 @@ context in-process, and the step/action markers for it.  Context files get
 
 :func:`run`, ``STEP``, ``Action`` and :func:`open_recording` (a recording
 made with ``metropc-run --record``, as an xarray Dataset; docs/recording.md)
+and :func:`reprocess` (whole runs on a Dask cluster; docs/reprocess.md)
 are loaded on first use: they bring
 numpy and xarray, which take most of a second to import, and the command
 line tools (``metropc-run``) must be able to take Ctrl-C from their first
@@ -16,7 +17,7 @@ from ._version import __version__
 from .enums import ContextStage, ViewOutput, ViewStage
 
 __all__ = ["ViewStage", "ContextStage", "ViewOutput", "run", "STEP", "Action",
-           "open_recording", "__version__"]
+           "open_recording", "reprocess", "__version__"]
 
 
 def __getattr__(name):
@@ -29,6 +30,9 @@ def __getattr__(name):
     if name == "open_recording":  # h5py and xarray: loaded only when asked for
         from .recording.reader import open_recording
         return open_recording
+    if name == "reprocess":  # the package is callable (docs/reprocess.md)
+        import importlib
+        return importlib.import_module(".reprocess", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

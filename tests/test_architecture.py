@@ -134,7 +134,7 @@ LAYERS = [
                   "metropc.messages", "metropc.security", "metropc.config"]),
     ("engine", ["metropc.engine", "metropc.inprocess", "metropc.client", "metropc.timing"]),
     ("stages", ["metropc.stage", "metropc.sources", "metropc.frontend", "metropc.pipeline",
-                "metropc.recording"]),
+                "metropc.recording", "metropc.reprocess"]),
     ("apps", ["metropc.dashboard", "metropc.cli", "metropc.metrics", "metropc"]),
 ]
 

@@ -1,0 +1,247 @@
+"""Reprocessing runs on a Dask LocalCluster of real worker processes.
+
+Every test compares against ``metropc.run`` over the same run files (one
+call per run: a fresh context starts every builtin empty, which is what a
+run boundary does), on EXtra-data mock runs whose values encode the train
+id, so a train processed twice, out of order or not at all shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed", reason="dask/distributed not installed "
+                    "(pip install 'metropc[cluster]')")
+pytest.importorskip("extra_data", reason="extra-data not installed (pip install metropc[files])")
+pytest.importorskip("h5py", reason="h5py not installed (pip install metropc[record])")
+import h5py  # noqa: E402
+import psutil  # noqa: E402
+
+import metropc  # noqa: E402
+from metropc.reprocess.plan import Chunk, default_chunk_trains, plan_runs  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+XGM_ID = "SA1_XTD2_XGM/DOOCS/MAIN"
+CAM_ID = "SPB_IRU_CAM/CAM/SIDEMIC"
+INTENSITY = f"karabo#{XGM_ID}:output[data.intensityTD]"
+IXPOS = f"karabo#{XGM_ID}.beamPosition.ixPos"
+PIXELS = f"karabo#{CAM_ID}:daqOutput[data.image.pixels]"
+
+#: A POOL scalar and vector, a COMPUTE feeding a plain REDUCE view that
+#: remembers the previous train (so it sees the order), builtins in REDUCE
+#: (an average and a histogram, reset at each run), a view failing on some
+#: trains, a parameter, and the pid of the worker (left out of comparisons).
+CONTEXT = f"""
+import os
+import time
+
+import numpy as np
+
+busy_s = 0.0
+
+@View.Scalar
+def intensity(v: '{INTENSITY}'):
+    if busy_s:
+        end = time.perf_counter() + busy_s
+        while time.perf_counter() < end:
+            pass
+    return float(v[:4].sum())
+
+@View.Vector
+def profile(px: '{PIXELS}'):
+    return px.sum(axis=0).astype(np.float64)
+
+@View.Compute
+def xpos(x: '{IXPOS}'):
+    return float(x)
+
+_previous = {{}}
+
+@View.Scalar(stage='reduce')
+def previous_train(tid: 'internal#train_id', run: 'internal#run', x: 'xpos'):
+    prev = _previous.get(run, -1)
+    _previous[run] = tid
+    return prev
+
+@View.Scalar_GlobalAverage(output_every=1)
+def mean_intensity(v: 'intensity'):
+    return v
+
+@View.Vector_Histogram(bin_min=0, bin_max=10, bin_count=10, output_every=1)
+def tid_histogram(tid: 'internal#train_id'):
+    return np.array([tid % 10])
+
+@View.Scalar
+def flaky(tid: 'internal#train_id'):
+    if tid % 7 == 0:
+        raise ValueError('a train id divisible by 7')
+    return tid
+
+@View.Scalar
+def pid(tid: 'internal#train_id'):
+    return os.getpid()
+"""
+COMPARED = ("intensity", "profile", "previous_train", "mean_intensity", "tid_histogram",
+            "flaky")
+
+
+def _write_run(root, run, sequences):
+    """A run directory ``r<run>`` with one file per (first train, n trains)."""
+    from extra_data.tests.mockdata import write_file
+    from extra_data.tests.mockdata.basler_camera import BaslerCamera
+    from extra_data.tests.mockdata.xgm import XGM
+
+    path = root / f"r{run:04d}"
+    path.mkdir()
+    for seq, (first, n) in enumerate(sequences):
+        name = path / f"RAW-R{run:04d}-DA01-S{seq:05d}.h5"
+        write_file(str(name), [XGM(XGM_ID), BaslerCamera(CAM_ID, sensor_size=(8, 6))],
+                   ntrains=n, firsttrain=first, chunksize=n)
+        tids = np.arange(first, first + n)
+        with h5py.File(name, "r+") as f:
+            f[f"INSTRUMENT/{XGM_ID}:output/data/intensityTD"][:, :4] = \
+                tids[:, None] + np.arange(4)
+            f[f"CONTROL/{XGM_ID}/beamPosition/ixPos/value"][:] = tids / 10
+            f[f"INSTRUMENT/{CAM_ID}:daqOutput/data/image/pixels"][:] = \
+                (tids % 1000)[:, None, None]
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two runs: r0001 (14 + 9 trains in two files), r0002 (12 trains)."""
+    root = tmp_path_factory.mktemp("runs")
+    return [_write_run(root, 1, [(10000, 14), (10014, 9)]),
+            _write_run(root, 2, [(10023, 12)])]
+
+
+@pytest.fixture(scope="module")
+def ctx_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ctx") / "reprocess_ctx.py"
+    path.write_text(CONTEXT)
+    return path
+
+
+def _no_children_left():
+    """Every process this test started is gone (the resource tracker lives on)."""
+    deadline = time.monotonic() + 20
+    while True:
+        left = [p for p in psutil.Process().children(recursive=True)
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                and "resource_tracker" not in " ".join(p.cmdline())]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"child processes left behind: {left}")
+        time.sleep(0.05)  # polling processes that are exiting
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A LocalCluster of 2 worker processes, one thread each; closed at the end."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=None)
+    try:
+        with Client(cluster, direct_to_workers=True) as c:
+            yield c
+    finally:
+        cluster.close()
+        _no_children_left()
+
+
+def expected(ctx_file, run_dirs, parameters=None):
+    """{view: {train id: result}} and {view: errors} from metropc.run, run by run."""
+    from metropc.core import Context
+    from metropc.engine import ErrorReporter
+    from metropc.inprocess import load_context
+    from metropc.sources import open_source
+
+    out = {v: {} for v in COMPARED}
+    for run_dir in run_dirs:
+        with open_source(str(run_dir), rate="max") as source:
+            events = list(source)
+        ctx = load_context(str(ctx_file), parameters)
+        assert isinstance(ctx, Context)
+        import logging
+        logging.disable(logging.ERROR)  # flaky's failures
+        try:
+            for event_id, results in metropc.run(ctx, events):
+                for view in COMPARED:
+                    if view in results:
+                        out[view][event_id] = results[view]
+        finally:
+            logging.disable(logging.NOTSET)
+    del ErrorReporter
+    return out
+
+
+def assert_equal_to(ds, want, train_ids):
+    assert list(ds["train_id"].values) == list(train_ids)
+    for view in COMPARED:
+        for i, tid in enumerate(train_ids):
+            got = ds[view].values[i]
+            if tid not in want[view]:
+                assert np.isnan(got).all(), (view, tid, got)
+                continue
+            np.testing.assert_array_equal(got, np.asarray(want[view][tid]),
+                                          err_msg=f"{view} at train {tid}")
+
+
+def test_plan_chunks_never_span_runs():
+    runs = [("a", 1, list(range(10, 17))), ("b", None, [20, 21]), ("c", 3, [])]
+    chunks = plan_runs(runs, 3)
+    assert [(c.path, c.run, c.train_ids, c.first) for c in chunks] == [
+        ("a", 1, (10, 11, 12), 0), ("a", 1, (13, 14, 15), 3), ("a", 1, (16,), 6),
+        ("b", None, (20, 21), 7)]
+    assert [c.index for c in chunks] == [0, 1, 2, 3]
+    assert default_chunk_trains(10000, 2) == 64 and default_chunk_trains(20, 2) == 3
+    with pytest.raises(ValueError):
+        plan_runs(runs, 0)
+
+
+def test_results_equal_metropc_run_over_two_runs(tmp_path, runs, ctx_file, client):
+    """Same views, values and train ids as metropc.run; builtins start empty
+    with the second run; each result carries its run; errors are counted."""
+    out = tmp_path / "out.h5"
+    ds = metropc.reprocess(str(ctx_file), [str(r) for r in runs], client=client,
+                           output=str(out), chunk_trains=5)
+    tids = list(range(10000, 10035))
+    assert_equal_to(ds, expected(ctx_file, runs), tids)
+    # the builtins restarted at the second run's first train
+    assert ds["mean_intensity"].sel(train_id=10023).item() == 4 * 10023 + 6
+    assert ds["tid_histogram"].sel(train_id=10023).values.sum() == 1
+    assert ds["tid_histogram"].sel(train_id=10022).values.sum() == 23
+    # what open_recording gives for the file, plus the counts
+    stored = metropc.open_recording(out)
+    assert stored.equals(ds)
+    assert sorted(ds.data_vars) == sorted(COMPARED[:2] + COMPARED[2:] + ("pid",))
+    n_flaky = sum(1 for t in tids if t % 7 == 0)
+    assert ds.attrs["trains"] == 35 and ds.attrs["trains_lost"] == 0
+    assert ds.attrs["view_errors"] == n_flaky
+    assert json.loads(ds.attrs["view_errors_by_view"]) == {"flaky": n_flaky}
+    message = json.loads(ds.attrs["view_error_messages"])["flaky"]
+    line = CONTEXT.splitlines().index("        raise ValueError('a train id divisible by 7')")
+    assert message.startswith(f"{ctx_file}:{line + 1}: view 'flaky' failed on event ")
+    assert json.loads(ds.attrs["runs"]) == [1, 2]
+    # both workers took part, and the run is stored with every result
+    assert len(set(ds["pid"].values.astype(int))) == 2
+    with h5py.File(out, "r") as f:
+        seg = f["views/intensity/0"]
+        assert list(seg["train_id"][:]) == tids
+        assert list(seg["run"][:]) == [1] * 23 + [2] * 12
+        marks = f["meta/marks"]
+        kinds = [k.decode() if isinstance(k, bytes) else k for k in marks["kind"][:]]
+        assert kinds == ["run_start", "run_end", "run_start", "run_end"]
+        assert list(marks["run"][:]) == [1, 1, 2, 2]
