@@ -132,3 +132,21 @@ def pipeline():
     assert not leftover, f"child processes left behind: {leftover}"
 
 
+
+
+#: The unit tier: pure logic, no processes or sockets (``python -m pytest -m unit``
+#: runs it in well under a minute); everything else starts real processes.
+UNIT_MODULES = frozenset({
+    "test_architecture", "test_builtin_average", "test_builtin_contexts",
+    "test_builtin_histogram", "test_builtin_misc", "test_config", "test_context",
+    "test_contexts_examples", "test_dispatcher", "test_engine", "test_enums",
+    "test_errors", "test_event_queue", "test_messages", "test_parameters_checked",
+    "test_paths", "test_protocol", "test_protocol_fuzz", "test_reload", "test_roi",
+    "test_supervisor", "test_viewgroup",
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in UNIT_MODULES:
+            item.add_marker(pytest.mark.unit)

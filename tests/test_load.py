@@ -258,6 +258,7 @@ def busy_event(i):
     return {"internal#train_id": i, PAYLOAD: np.full(PAYLOAD_FLOATS, i % 1000, np.float32)}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("policy", ["oldest", "newest"])
 def test_overload_drops_by_policy_with_bounded_memory_at_full_rate(
