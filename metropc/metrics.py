@@ -33,7 +33,8 @@ from .client import (OUTPUT_LATENCY, STAGE_PREFIX, TIMING_PREFIX, Client, IndexE
 from .error import ProtocolError
 from .timing import BOUNDS
 
-__all__ = ["MetricsServer", "PipelineMetrics", "require_prometheus", "MISSING"]
+__all__ = ["MetricsServer", "PipelineMetrics", "require_prometheus", "for_dashboard",
+           "MISSING"]
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,6 @@ class PipelineMetrics:
 
     def __init__(self, output_addr: str, *, pipeline: Any = None, keys=None,
                  stop_when=None):
-        require_prometheus()
-        from prometheus_client import CollectorRegistry
-
         self.output_addr = output_addr
         self.pipeline = pipeline
         self.keys = keys
@@ -92,8 +90,7 @@ class PipelineMetrics:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._read, name="metropc-metrics-index",
                                         daemon=True)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)
+        self._registry = None  # made on the first scrape: /status needs no prometheus_client
 
     def start(self) -> PipelineMetrics:
         self._thread.start()
@@ -283,9 +280,13 @@ class PipelineMetrics:
 
     def metrics_text(self) -> tuple[bytes, str]:
         """``(body, content type)`` of a ``/metrics`` answer."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        require_prometheus()
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if self._registry is None:
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(self)
+        return generate_latest(self._registry), CONTENT_TYPE_LATEST
 
 
 def _buckets(counts) -> list[tuple[str, int]]:
@@ -297,6 +298,19 @@ def _buckets(counts) -> list[tuple[str, int]]:
     if len(out) < len(BOUNDS) + 1:  # a record of another layout: only the total
         out = [("+Inf", sum(counts))]
     return out
+
+
+def for_dashboard(dashboard) -> PipelineMetrics:
+    """The metrics of the pipeline a :class:`metropc.dashboard.server.Dashboard`
+    shows (made on first use; its reader ends when the dashboard stops)."""
+    metrics = getattr(dashboard, "_pipeline_metrics", None)
+    if metrics is None:
+        metrics = PipelineMetrics(dashboard.output_addr,
+                                  pipeline=getattr(dashboard.control, "target", None),
+                                  keys=getattr(dashboard.hub, "keys", None),
+                                  stop_when=lambda: dashboard._closed).start()
+        dashboard._pipeline_metrics = metrics
+    return metrics
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -341,6 +355,7 @@ class MetricsServer:
                  pipeline: Any = None, keys=None, allow_remote: bool = False):
         from .dashboard.address import is_loopback
 
+        require_prometheus()
         if not is_loopback(host) and not allow_remote:
             raise ValueError(f"refusing to serve metrics on {host!r}, which is not a "
                              "loopback interface; pass --allow-remote to do it on purpose")

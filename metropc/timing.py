@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = ["BOUNDS", "NBUCKETS", "ERRORS", "SECONDS", "FIRST", "new_record", "add_time",
-           "merge", "calls", "quantile", "TimingTable", "StageLoad", "WINDOW"]
+           "merge", "calls", "quantile", "TimingTable", "StageLoad", "WINDOW", "format_seconds"]
 
 #: Upper bounds of the histogram buckets in seconds (1-2-5 steps from 1 µs
 #: to 10 s); a last bucket counts everything slower.  Fixed: they are part
@@ -83,6 +83,15 @@ def quantile(buckets: Sequence[int], q: float) -> float:
             return lower + (BOUNDS[i] - lower) * max(0.0, rank - seen) / n
         seen += n
     return BOUNDS[-1]
+
+
+def format_seconds(seconds: float) -> str:
+    """``"21.3 ms"``, ``"45 µs"``, ``"1.20 s"``: a duration for people."""
+    if seconds >= 1.0:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.0f} µs"
 
 
 def valid_record(value) -> bool:

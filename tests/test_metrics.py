@@ -284,3 +284,134 @@ def test_status_follows_a_reload_and_a_worker_replacement(running):
     assert samples[("metropc_stage_restarts_total", frozenset({("stage", "pool-0")}))] == 1
     assert samples[("metropc_context_version", frozenset())] == 2
     assert poll(status, lambda s: s["counters"]["events"] == 20)["counters"]["lost_events"] == 0
+
+
+def test_the_dashboard_serves_the_same_metrics_and_status(running):
+    pytest.importorskip("tornado")
+    from metropc.dashboard import serve
+
+    pipe, _, path = running
+    dash = serve(pipe.output_addr, "127.0.0.1", 0, control=pipe)
+    try:
+        base = f"http://127.0.0.1:{dash.port}"
+        for t in range(5):
+            assert pipe.send({"internal#train_id": t})
+        samples = poll(lambda: scrape(base),
+                       lambda s: view_value(s, "metropc_view_calls_total", "slow") == 5)
+        assert view_value(samples, "metropc_view_calls_total", "fast") == 5
+        status = json.loads(fetch(base + "/status")[2])
+        # The dashboard's own keys stay as they were; the pipeline's are added.
+        assert status["control"] is True and status["output_addr"] == pipe.output_addr
+        assert "hub" in status and status["context"] == str(path)
+        assert status["stages"]["pool-0"]["alive"] is True
+    finally:
+        dash.stop()
+
+
+# -- what people read: metropc-client, metropc-run's status --------------------------------
+
+def _index_with_timing():
+    record = {"slow": 0.021, "fast": 4e-6, "mid": 0.002}
+    entries = {}
+    for name, seconds in record.items():
+        buckets = [0] * timing.NBUCKETS
+        buckets[__import__("bisect").bisect_left(timing.BOUNDS, seconds)] = 10
+        entries[f"timing#{name}"] = IndexTimingEntry(
+            10, 1.0, p50=timing.quantile(buckets, 0.5), p99=timing.quantile(buckets, 0.99),
+            seconds=10 * seconds, buckets=buckets)
+    entries["stage#pool-0"] = IndexStageEntry(10, 1.0, busy=0.25, pid=99)
+    entries["internal#train"] = IndexEntry(10, 1.0)
+    return decode_index(encode_index(entries))
+
+
+def test_metropc_client_and_status_name_the_slowest_views():
+    from metropc.cli.client import render
+    from metropc.cli.status import slowest_note
+
+    index = _index_with_timing()
+    text = render("tcp://x:1", index, {})
+    line = next(l for l in text.splitlines() if l.startswith("slowest views"))
+    assert line.index("slow ") < line.index("mid ") < line.index("fast ")
+    assert "ms" in line and "stages busy: pool-0 25%" in text
+    assert "timing#slow" not in text  # not listed again as a path
+    assert "internal#train" in text
+    note = slowest_note(index, 1)
+    # 10 calls in the (20 ms, 50 ms] bucket: interpolated inside it.
+    assert note == "slowest views (p50 / p99): slow 35.0 ms / 49.7 ms"
+    assert slowest_note({}) == ""
+
+
+# -- metropc-run --metrics -----------------------------------------------------------------
+
+RUN_CTX = """
+@View.Scalar
+def train(t: 'internal#train_id'):
+    return t
+"""
+
+
+def _run_cli(args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "metropc.cli.run", *args],
+                          capture_output=True, text=True, timeout=60, **kwargs)
+
+
+def test_metrics_option_refuses_a_port_in_use_and_a_missing_package(tmp_path):
+    import socket
+
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(RUN_CTX)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = _run_cli([str(ctx), "--metrics", str(port)])
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and f"--metrics 127.0.0.1:{port}" in proc.stderr
+    assert "already in use" in proc.stderr
+    proc = _run_cli([str(ctx), "--metrics", "10.1.2.3:0"])
+    assert proc.returncode == 2 and "--allow-remote" in proc.stderr
+    # Without prometheus_client: one line naming the extra.
+    code = ("import sys; sys.modules['prometheus_client'] = None; "
+            "from metropc.cli.run import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(ctx), "--metrics", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr == ("metropc-run: error: --metrics needs prometheus_client: pip "
+                           "install 'metropc[metrics]'\n")
+
+
+def test_metropc_run_serves_metrics_and_status(tmp_path):
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(RUN_CTX)
+    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx), "--pool", "1",
+                             "--rate", "50", "--metrics", "0", "--status", "lines",
+                             "--duration", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = None
+        deadline = time.monotonic() + 60
+        while base is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if "metrics on " in line:
+                base = line.split("metrics on ")[1].split()[0].rsplit("/", 1)[0]
+        assert base is not None, proc.stderr.read() if proc.poll() is not None else ""
+        samples = poll(lambda: scrape(base),
+                       lambda s: (view_value(s, "metropc_view_calls_total", "train") or 0) > 20)
+        assert view_value(samples, "metropc_view_errors_total", "train") == 0
+        status = poll(lambda: json.loads(fetch(base + "/status")[2]),
+                      lambda s: s["state"] == "RUN" and s["counters"]["events"] > 0)
+        assert status["version"] == 1 and status["context"] == str(ctx)
+        assert status["stages"]["pool-0"]["alive"] and status["stages"]["pool-0"]["pid"]
+        assert status["slowest_views"][0]["view"] == "train"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == 0

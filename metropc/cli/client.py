@@ -33,8 +33,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..client import Client, IndexEntry, IndexViewEntry, ViewOutput, view_path
+from ..client import (Client, IndexEntry, IndexStageEntry, IndexTimingEntry, IndexViewEntry,
+                      ViewOutput, slowest_views, view_path)
 from ..error import ProtocolError
+from ..timing import format_seconds
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +246,24 @@ def _view_rows(index: Mapping[str, IndexEntry], rate) -> list[str]:
     return rows
 
 
+def _timing_rows(index: Mapping[str, IndexEntry]) -> list[str]:
+    """The slowest views (p50/p99, where they run) and each stage's load."""
+    rows = []
+    slow = slowest_views(index, 3)
+    if slow:
+        rows.append("slowest views (p50 / p99): " + ", ".join(
+            f"{name} {format_seconds(e.p50)} / {format_seconds(e.p99)}" for name, e in slow))
+    stages = sorted((p[len("stage#"):], e) for p, e in index.items()
+                    if isinstance(e, IndexStageEntry))
+    if stages:
+        rows.append("stages busy: " + ", ".join(f"{name} {e.busy:.0%}" for name, e in stages))
+    return rows
+
+
 def _path_rows(index: Mapping[str, IndexEntry], rate) -> list[str]:
-    paths = sorted(p for p, e in index.items() if not isinstance(e, IndexViewEntry))
+    # Timing and stage entries are summed up by _timing_rows instead.
+    paths = sorted(p for p, e in index.items() if not isinstance(
+        e, (IndexViewEntry, IndexTimingEntry, IndexStageEntry)))
     if not paths:
         return []
     rows = [f"{'PATH':<{_PATH_WIDTH}} {'COUNTS':>9} {'RATE':>9}"]
@@ -288,6 +306,7 @@ def render(address: str, index: Mapping[str, IndexEntry] | None,
     else:
         rate = rates.rate if rates is not None else (lambda path, e: e.rate)
         lines += _view_rows(index, rate)
+        lines += _timing_rows(index)
         path_rows = _path_rows(index, rate)
         if path_rows:
             lines += [""] + path_rows

@@ -26,8 +26,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ..client import Client, IndexViewEntry
+from ..client import Client, IndexViewEntry, slowest_views
 from ..error import ProtocolError
+from ..timing import format_seconds
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,19 @@ class ContextState:
                         f"{self.version} goes on: ", style="bold red")
             text.append(self.refused, style="red")
         return text
+
+
+def slowest_note(index, n=3):
+    """``"slowest views (p50/p99): slow 20.1/20.9 ms, ..."``; "" before any timing.
+
+    From the ``timing#<view>`` entries of the index: measured where each
+    view runs, over the last 10 s (docs/operations.md, "Metrics and status").
+    """
+    slow = slowest_views(index, n)
+    if not slow:
+        return ""
+    return "slowest views (p50 / p99): " + ", ".join(
+        f"{name} {format_seconds(e.p50)} / {format_seconds(e.p99)}" for name, e in slow)
 
 
 class StatusDisplay:
@@ -160,13 +174,19 @@ class StatusDisplay:
             f"; {STATE_WORDS.get(state, state)}"
             + (f", run {status['run']}" if status.get("run") is not None else ""))
         paused = count("internal#paused_events")
+        slowest = slowest_views(idx, 1)
+        slowest = (f"; slowest view {slowest[0][0]} (p99 {format_seconds(slowest[0][1].p99)})"
+                   if slowest else "")
         return (f"metropc: {out}, dropped {count('internal#dropped_events')}, "
                 f"lost {count('internal#lost_events')}, view errors {errors}"
-                + (f", refused while paused {paused}" if paused else "") + where)
+                + (f", refused while paused {paused}" if paused else "") + where + slowest)
 
     def render(self):
         """The live region: summary, context line, one row per view."""
         parts = [Text(self.summary(), style="bold"), self.context.line()]
+        note = slowest_note(self.index)
+        if note:
+            parts.append(Text(note, style="dim"))
         if self.index is not None:
             table = Table(box=None, pad_edge=False, show_edge=False,
                           header_style="bold dim")

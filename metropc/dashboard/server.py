@@ -216,8 +216,23 @@ class _IconHandler(_Base):
 
 class _StatusHandler(_Base):
     def get(self):
+        from ..metrics import for_dashboard  # the pipeline's status, as metropc-run --metrics
+        status = {**for_dashboard(self.dashboard).status(), **self.dashboard.status()}
         self.set_header("Content-Type", "application/json")
-        self.write(json.dumps(self.dashboard.status(), default=str))
+        self.write(json.dumps(status, default=str))
+
+
+class _MetricsHandler(_Base):
+    """Prometheus metrics of the pipeline (metropc.metrics; needs prometheus_client)."""
+
+    def get(self):
+        from ..metrics import for_dashboard
+        try:
+            body, kind = for_dashboard(self.dashboard).metrics_text()
+        except ImportError as e:
+            raise tornado.web.HTTPError(501, str(e)) from None
+        self.set_header("Content-Type", kind)
+        self.write(body)
 
 
 class _StaticHandler(tornado.web.StaticFileHandler):
@@ -365,6 +380,7 @@ class Dashboard:
                 (r"/", _PageHandler, {"dashboard": self}),
                 (r"/ws", _SocketHandler, {"dashboard": self}),
                 (r"/status", _StatusHandler, {"dashboard": self}),
+                (r"/metrics", _MetricsHandler, {"dashboard": self}),
                 (r"/favicon.ico", _IconHandler, {"dashboard": self}),
                 (r"/static/(.*)", _StaticHandler, {"path": STATIC_DIR, "dashboard": self}),
             ], websocket_max_message_size=1 << 20, compress_response=False)
