@@ -27,7 +27,7 @@ import h5py  # noqa: E402
 import psutil  # noqa: E402
 
 import metropc  # noqa: E402
-from metropc.reprocess.plan import Chunk, default_chunk_trains, plan_runs  # noqa: E402
+from metropc.reprocess.plan import default_chunk_trains, plan_runs, run_trains  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,7 +47,7 @@ import time
 
 import numpy as np
 
-busy_s = 0.0
+parameters(busy_s=0.0)
 
 @View.Scalar
 def intensity(v: '{INTENSITY}'):
@@ -152,7 +152,7 @@ def client():
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
+                           dashboard_address=":0")
     try:
         with Client(cluster, direct_to_workers=True) as c:
             yield c
@@ -245,3 +245,121 @@ def test_results_equal_metropc_run_over_two_runs(tmp_path, runs, ctx_file, clien
         kinds = [k.decode() if isinstance(k, bytes) else k for k in marks["kind"][:]]
         assert kinds == ["run_start", "run_end", "run_start", "run_end"]
         assert list(marks["run"][:]) == [1, 1, 2, 2]
+
+
+@pytest.fixture
+def fresh_client():
+    """A cluster of its own, for a test that kills one of its workers."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=":0")
+    try:
+        with Client(cluster, direct_to_workers=True) as c:
+            yield c
+    finally:
+        cluster.close()
+        _no_children_left()
+
+
+def _kill_a_busy_worker(client, killed, stop):
+    """SIGKILL the process of a worker that is running a chunk (its pid from
+    the LocalCluster's worker info)."""
+    deadline = time.monotonic() + 60
+    while not stop.is_set() and time.monotonic() < deadline:
+        busy = {w: keys for w, keys in client.processing().items()
+                if any(str(k).startswith("metropc-chunk-") for k in keys)}
+        if busy:
+            worker = sorted(busy)[0]
+            pid = {nanny.worker_address: nanny.pid
+                   for nanny in client.cluster.workers.values()}[worker]
+            killed.append((pid, sorted(map(str, busy[worker]))))
+            os.kill(pid, signal.SIGKILL)
+            return
+        stop.wait(0.01)  # polling the scheduler
+
+
+def test_a_worker_killed_mid_run_loses_no_train(tmp_path, runs, ctx_file, fresh_client):
+    """A worker SIGKILLed while it runs a slow view: Dask runs its chunk again
+    elsewhere, and every train is there with metropc.run's values."""
+    params = {"busy_s": 0.05}
+    killed, stop = [], threading.Event()
+    killer = threading.Thread(target=_kill_a_busy_worker, args=(fresh_client, killed, stop))
+    killer.start()
+    try:
+        ds = metropc.reprocess(str(ctx_file), [str(r) for r in runs], client=fresh_client,
+                               parameters=params, chunk_trains=3)
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no worker was busy with a chunk"
+    pid, keys = killed[0]
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert ds.attrs["trains_lost"] == 0 and ds.attrs["trains"] == 35
+    assert_equal_to(ds, expected(ctx_file, runs, params), list(range(10000, 10035)))
+    # the chunks the killed worker held were done (again) by another process
+    chunks = plan_runs(run_trains([str(r) for r in runs]), 3)
+    held = [chunks[int(key.rsplit("-", 1)[1])] for key in keys]
+    pids = {t: int(p) for t, p in zip(ds["train_id"].values, ds["pid"].values)}
+    assert any(pids[t] != pid for chunk in held for t in chunk.train_ids)
+
+
+def _cli(*args, timeout=90):
+    return subprocess.run([sys.executable, "-m", "metropc.cli.reprocess", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_writes_a_recording_with_a_summary(tmp_path, runs, ctx_file):
+    """metropc-reprocess with its own 2-worker LocalCluster: the file reads
+    back with open_recording and equals metropc.run; the summary counts the
+    view errors; progress goes to stderr as lines (not a terminal)."""
+    out = tmp_path / "out.h5"
+    done = _cli(ctx_file, *runs, "-o", out, "--workers", 2, "--chunk-trains", 4,
+                "--param", "busy_s=0.001", "--views", "intensity,mean_intensity,flaky")
+    assert done.returncode == 0, done.stderr
+    ds = metropc.open_recording(out)
+    assert sorted(ds.data_vars) == ["flaky", "intensity", "mean_intensity"]
+    want = expected(ctx_file, runs, {"busy_s": 0.001})
+    tids = list(range(10000, 10035))
+    for view in ("intensity", "mean_intensity"):
+        assert list(ds[view].values) == [want[view][t] for t in tids]
+    lines = done.stderr.splitlines()
+    assert "metropc-reprocess: 35/35 trains (" in done.stderr
+    assert lines[-1].startswith("metropc-reprocess: 35 trains of 2 run(s) in ")
+    assert lines[-1].endswith(f"-> {out}; view errors: 5 (flaky: 5)")
+    assert f"{ctx_file}:44: view 'flaky' failed on event 10003" in done.stderr
+    assert "distributed.scheduler" not in done.stderr  # Dask's INFO lines kept out
+
+
+@pytest.mark.parametrize("case", ["exists", "no run", "unknown view", "unknown param"])
+def test_cli_refuses_with_one_line(tmp_path, runs, ctx_file, case):
+    out = tmp_path / "out.h5"
+    args = [ctx_file, runs[0], "-o", out]
+    if case == "exists":
+        out.write_text("")
+    elif case == "no run":
+        args[1] = tmp_path / "r0099"
+    elif case == "unknown view":
+        args += ["--views", "intensity,nope"]
+    else:
+        args += ["--param", "nope=1"]
+    done = _cli(*args)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("metropc-reprocess: error: ")
+    assert {"exists": "out.h5 exists", "no run": "r0099: no such file or directory",
+            "unknown view": "no view named 'nope'",
+            "unknown param": "unknown parameter 'nope'"}[case] in done.stderr
+    assert case == "exists" or not out.exists()
+
+
+def test_missing_dask_is_one_line(tmp_path, runs, ctx_file):
+    code = ("import sys; sys.modules['distributed'] = None\n"
+            "from metropc.cli.reprocess import main\n"
+            f"sys.exit(main([{str(ctx_file)!r}, {str(runs[0])!r}, '-o', "
+            f"{str(tmp_path / 'o.h5')!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("metropc-reprocess: error: reprocessing needs dask and "
+                                   "distributed: pip install 'metropc[cluster]'")

@@ -327,7 +327,7 @@ def reprocess(context, run, *, client=None, parameters: Mapping[str, Any] | None
             n_workers = n_workers or os.cpu_count() or 1
             own_cluster = distributed.LocalCluster(
                 n_workers=n_workers, threads_per_worker=1, processes=True,
-                dashboard_address=None)
+                dashboard_address=":0")  # a free port: never "8787 is in use"
             client = distributed.Client(own_cluster, direct_to_workers=True)
         n_threads = sum(client.nthreads().values()) or (n_workers or 1)
         total = sum(len(tids) for _, _, tids in runs)
