@@ -30,6 +30,7 @@ from .enums import ViewOutput, ViewStage
 from .error import ProtocolError
 from .protocol import decode_protocol as _decode_protocol
 from .protocol import encode_protocol
+from .timing import pack_buckets, unpack_buckets
 
 __all__ = [
     "Client", "IndexEntry", "IndexViewEntry", "IndexTimingEntry", "IndexStageEntry",
@@ -221,7 +222,7 @@ def encode_index(entries: Mapping[str, IndexEntry]) -> dict[str, tuple]:
         elif isinstance(entry, IndexTimingEntry):
             payload[path] = (int(entry.counts), float(entry.rate), int(entry.errors),
                              float(entry.p50), float(entry.p99), float(entry.seconds),
-                             *(int(b) for b in entry.buckets))
+                             pack_buckets(entry.buckets))
         elif isinstance(entry, IndexStageEntry):
             payload[path] = (int(entry.counts), float(entry.rate), float(entry.busy),
                              int(entry.pid))
@@ -257,19 +258,8 @@ def _decode_entry(path: str, value) -> IndexEntry:
                             "(counts, rate, ...)")
     counts = _check(value[0], (int,), "counts", path)
     rate = float(_check(value[1], (float, int), "rate", path))
-    if (path.startswith(TIMING_PREFIX) or path == OUTPUT_LATENCY) and len(value) >= 6:
-        for i in range(6, len(value)):
-            _check(value[i], (int,), "a bucket count", path)
-        return IndexTimingEntry(
-            counts, rate, errors=_check(value[2], (int,), "errors", path),
-            p50=float(_check(value[3], (float, int), "p50", path)),
-            p99=float(_check(value[4], (float, int), "p99", path)),
-            seconds=float(_check(value[5], (float, int), "seconds", path)),
-            buckets=value[6:])
-    if path.startswith(STAGE_PREFIX) and len(value) >= 4:
-        return IndexStageEntry(counts, rate,
-                               busy=float(_check(value[2], (float, int), "busy", path)),
-                               pid=_check(value[3], (int,), "pid", path))
+    if path.startswith((TIMING_PREFIX, STAGE_PREFIX)) or path == OUTPUT_LATENCY:
+        return _decode_timing(path, value, counts, rate)
     if not path.startswith(_VIEW_PREFIX) or len(value) < 4:
         return IndexEntry(counts, rate)
     output = _view_output(_check(value[2], (int,), "output", path), path)
@@ -284,6 +274,28 @@ def _decode_entry(path: str, value) -> IndexEntry:
     label = _check(value[6], (str,), "label", path) if len(value) > 6 else ""
     return IndexViewEntry(counts, rate, output, stage, errors=errors,
                           hidden=hidden, label=label)
+
+
+def _decode_timing(path, value, counts, rate) -> IndexEntry:
+    """A timing or stage entry; a plain entry if the rest is not the layout
+    this side knows (an older or newer sender): these paths are extras,
+    and the index around them must still decode."""
+    try:
+        if path.startswith(STAGE_PREFIX):
+            if len(value) >= 4:
+                return IndexStageEntry(
+                    counts, rate, busy=float(_check(value[2], (float, int), "busy", path)),
+                    pid=_check(value[3], (int,), "pid", path))
+        elif len(value) >= 7:
+            return IndexTimingEntry(
+                counts, rate, errors=_check(value[2], (int,), "errors", path),
+                p50=float(_check(value[3], (float, int), "p50", path)),
+                p99=float(_check(value[4], (float, int), "p99", path)),
+                seconds=float(_check(value[5], (float, int), "seconds", path)),
+                buckets=unpack_buckets(_check(value[6], (bytes,), "buckets", path)))
+    except (ProtocolError, ValueError) as e:
+        log.debug("%s", e)
+    return IndexEntry(counts, rate)
 
 
 def decode_index(payload: Mapping[str, Any]) -> dict[str, IndexEntry]:

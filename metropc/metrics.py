@@ -112,14 +112,15 @@ class PipelineMetrics:
                     break
                 try:
                     index = client.wait_index(timeout=0.25)
-                except TimeoutError:
-                    continue
-                except ProtocolError as e:
-                    log.warning("metrics: malformed index message: %s", e)
-                    continue
+                except (TimeoutError, ProtocolError) as e:
+                    if isinstance(e, ProtocolError):
+                        log.warning("metrics: malformed index message: %s", e)
+                    index = None
                 with self._lock:
-                    self._index, self._status = index, dict(client.status)
-                    self._index_time = time.monotonic()
+                    # The status comes right after its index: kept whenever it changed.
+                    self._status = dict(client.status)
+                    if index is not None:
+                        self._index, self._index_time = index, time.monotonic()
         except Exception:  # noqa: BLE001 - reported, /status then says no index
             log.exception("metrics: index reader failed")
         finally:

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import bisect
 import collections
+import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = ["BOUNDS", "NBUCKETS", "ERRORS", "SECONDS", "FIRST", "new_record", "add_time",
-           "merge", "calls", "quantile", "TimingTable", "StageLoad", "WINDOW", "format_seconds"]
+           "merge", "calls", "quantile", "TimingTable", "StageLoad", "WINDOW", "format_seconds",
+           "pack_buckets", "unpack_buckets"]
 
 #: Upper bounds of the histogram buckets in seconds (1-2-5 steps from 1 µs
 #: to 10 s); a last bucket counts everything slower.  Fixed: they are part
@@ -85,6 +87,19 @@ def quantile(buckets: Sequence[int], q: float) -> float:
     return BOUNDS[-1]
 
 
+def pack_buckets(buckets: Sequence[int]) -> bytes:
+    """Bucket counts as one bytes value (int64 little-endian each): one
+    frame in an index message instead of one per bucket."""
+    return struct.pack(f"<{len(buckets)}q", *buckets)
+
+
+def unpack_buckets(data: bytes) -> tuple[int, ...]:
+    """What :func:`pack_buckets` made; ValueError if it is not whole int64s."""
+    if len(data) % 8:
+        raise ValueError("bucket counts are not a whole number of int64")
+    return struct.unpack(f"<{len(data) // 8}q", data)
+
+
 def format_seconds(seconds: float) -> str:
     """``"21.3 ms"``, ``"45 µs"``, ``"1.20 s"``: a duration for people."""
     if seconds >= 1.0:
@@ -127,7 +142,7 @@ class TimingTable:
             self.add(name, record)
 
     def entries(self, names: Iterable[str] | None = None) -> dict[str, tuple]:
-        """``{name: (calls, rate, errors, p50, p99, seconds, *buckets)}``.
+        """``{name: (calls, rate, errors, p50, p99, seconds, packed buckets)}``.
 
         Also remembers the buckets for the recent quantiles and the counts
         for the rates: call it once per index.
@@ -156,7 +171,8 @@ class TimingTable:
                 recent = buckets
             rate = (n - prev.get(name, 0)) / dt if dt > 0.2 and name in prev else 0.0
             out[name] = (n, float(rate), int(record[ERRORS]), quantile(recent, 0.5),
-                         quantile(recent, 0.99), float(record[SECONDS]), *buckets)
+                         quantile(recent, 0.99), float(record[SECONDS]),
+                         pack_buckets(buckets))
         if dt > 0.2:
             self._prev = (now, {**prev, **counts})
         else:  # too soon for a rate: new names get their baseline only

@@ -127,8 +127,16 @@ def test_new_index_entries_round_trip_and_old_decoders_read_counts_and_rate():
     # An old decoder takes the first two elements of any non-view path.
     for path, value in wire.items():
         assert type(value[0]) is int and type(value[1]) is float
+    assert type(wire["timing#roi"][6]) is bytes  # the buckets: one frame, not 23
     # Short tuples (an older pipeline) decode as plain entries.
     assert decode_index({"timing#roi": (3, 1.0)}) == {"timing#roi": IndexEntry(3, 1.0)}
+    # A layout this side does not know (another version) still decodes: the
+    # first two elements, as for any path; the rest of the index is intact.
+    for odd in ((3, 1.0, 0, 0.0, 0.0, 0.0, b"\0" * 7), (3, 1.0, 0, 0.0, 0.0, 0.0, 1, 2)):
+        assert decode_index({"timing#roi": odd}) == {"timing#roi": IndexEntry(3, 1.0)}
+    assert decode_index({"stage#x": (3, 1.0, "busy", 1)}) == {"stage#x": IndexEntry(3, 1.0)}
+    with pytest.raises(ProtocolError):  # but counts and rate must be there, as always
+        decode_index({"timing#roi": ("3", 1.0)})
     assert [n for n, _ in slowest_views(decode_index(wire))] == ["roi"]
 
 
@@ -299,7 +307,8 @@ def test_the_dashboard_serves_the_same_metrics_and_status(running):
         samples = poll(lambda: scrape(base),
                        lambda s: view_value(s, "metropc_view_calls_total", "slow") == 5)
         assert view_value(samples, "metropc_view_calls_total", "fast") == 5
-        status = json.loads(fetch(base + "/status")[2])
+        status = poll(lambda: json.loads(fetch(base + "/status")[2]),
+                      lambda s: s["version"] == 1)
         # The dashboard's own keys stay as they were; the pipeline's are added.
         assert status["control"] is True and status["output_addr"] == pipe.output_addr
         assert "hub" in status and status["context"] == str(path)
