@@ -27,7 +27,7 @@ import h5py  # noqa: E402
 import psutil  # noqa: E402
 
 import metropc  # noqa: E402
-from metropc.reprocess.plan import default_chunk_trains, plan_runs, run_trains  # noqa: E402
+from metropc.reprocess.plan import Chunk, default_chunk_trains, plan_runs, run_trains  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,7 +39,8 @@ PIXELS = f"karabo#{CAM_ID}:daqOutput[data.image.pixels]"
 
 #: A POOL scalar and vector, a COMPUTE feeding a plain REDUCE view that
 #: remembers the previous train (so it sees the order), builtins in REDUCE
-#: (an average and a histogram, reset at each run), a view failing on some
+#: (an average and a histogram, reset at each run; an average that is not),
+#: a view failing on some
 #: trains, a parameter, and the pid of the worker (left out of comparisons).
 CONTEXT = f"""
 import os
@@ -77,6 +78,10 @@ def previous_train(tid: 'internal#train_id', run: 'internal#run', x: 'xpos'):
 def mean_intensity(v: 'intensity'):
     return v
 
+@View.Scalar_GlobalAverage(output_every=1, reset_on=None)
+def mean_forever(v: 'intensity'):
+    return v
+
 @View.Vector_Histogram(bin_min=0, bin_max=10, bin_count=10, output_every=1)
 def tid_histogram(tid: 'internal#train_id'):
     return np.array([tid % 10])
@@ -91,6 +96,8 @@ def flaky(tid: 'internal#train_id'):
 def pid(tid: 'internal#train_id'):
     return os.getpid()
 """
+#: The line of the context file where `flaky` raises.
+FLAKY_LINE = CONTEXT.splitlines().index("        raise ValueError('a train id divisible by 7')") + 1
 COMPARED = ("intensity", "profile", "previous_train", "mean_intensity", "tid_histogram",
             "flaky")
 
@@ -132,12 +139,18 @@ def ctx_file(tmp_path_factory):
     return path
 
 
-def _no_children_left():
-    """Every process this test started is gone (the resource tracker lives on)."""
+def _children():
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _no_children_left(before=frozenset()):
+    """Every process started since `before` (pids) is gone; the resource
+    tracker lives on by design, and a module's cluster is not this test's."""
     deadline = time.monotonic() + 20
     while True:
         left = [p for p in psutil.Process().children(recursive=True)
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                if p.pid not in before and p.is_running()
+                and p.status() != psutil.STATUS_ZOMBIE
                 and "resource_tracker" not in " ".join(p.cmdline())]
         if not left:
             return
@@ -151,6 +164,7 @@ def client():
     """A LocalCluster of 2 worker processes, one thread each; closed at the end."""
     from distributed import Client, LocalCluster
 
+    before = _children()
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                            dashboard_address=":0")
     try:
@@ -158,13 +172,12 @@ def client():
             yield c
     finally:
         cluster.close()
-        _no_children_left()
+        _no_children_left(before)
 
 
 def expected(ctx_file, run_dirs, parameters=None):
     """{view: {train id: result}} and {view: errors} from metropc.run, run by run."""
     from metropc.core import Context
-    from metropc.engine import ErrorReporter
     from metropc.inprocess import load_context
     from metropc.sources import open_source
 
@@ -183,7 +196,6 @@ def expected(ctx_file, run_dirs, parameters=None):
                         out[view][event_id] = results[view]
         finally:
             logging.disable(logging.NOTSET)
-    del ErrorReporter
     return out
 
 
@@ -226,14 +238,15 @@ def test_results_equal_metropc_run_over_two_runs(tmp_path, runs, ctx_file, clien
     # what open_recording gives for the file, plus the counts
     stored = metropc.open_recording(out)
     assert stored.equals(ds)
-    assert sorted(ds.data_vars) == sorted(COMPARED[:2] + COMPARED[2:] + ("pid",))
+    assert sorted(ds.data_vars) == sorted(COMPARED + ("pid", "mean_forever"))
+    # reset_on=None: the average goes on over both runs, as in the live pipeline
+    assert ds["mean_forever"].sel(train_id=10034).item() == 4 * 10017 + 6
     n_flaky = sum(1 for t in tids if t % 7 == 0)
     assert ds.attrs["trains"] == 35 and ds.attrs["trains_lost"] == 0
     assert ds.attrs["view_errors"] == n_flaky
     assert json.loads(ds.attrs["view_errors_by_view"]) == {"flaky": n_flaky}
     message = json.loads(ds.attrs["view_error_messages"])["flaky"]
-    line = CONTEXT.splitlines().index("        raise ValueError('a train id divisible by 7')")
-    assert message.startswith(f"{ctx_file}:{line + 1}: view 'flaky' failed on event ")
+    assert message.startswith(f"{ctx_file}:{FLAKY_LINE}: view 'flaky' failed on event 10003")
     assert json.loads(ds.attrs["runs"]) == [1, 2]
     # both workers took part, and the run is stored with every result
     assert len(set(ds["pid"].values.astype(int))) == 2
@@ -252,6 +265,7 @@ def fresh_client():
     """A cluster of its own, for a test that kills one of its workers."""
     from distributed import Client, LocalCluster
 
+    before = _children()
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                            dashboard_address=":0")
     try:
@@ -259,7 +273,7 @@ def fresh_client():
             yield c
     finally:
         cluster.close()
-        _no_children_left()
+        _no_children_left(before)
 
 
 def _kill_a_busy_worker(client, killed, stop):
@@ -327,7 +341,7 @@ def test_cli_writes_a_recording_with_a_summary(tmp_path, runs, ctx_file):
     assert "metropc-reprocess: 35/35 trains (" in done.stderr
     assert lines[-1].startswith("metropc-reprocess: 35 trains of 2 run(s) in ")
     assert lines[-1].endswith(f"-> {out}; view errors: 5 (flaky: 5)")
-    assert f"{ctx_file}:44: view 'flaky' failed on event 10003" in done.stderr
+    assert f"{ctx_file}:{FLAKY_LINE}: view 'flaky' failed on event 10003" in done.stderr
     assert "distributed.scheduler" not in done.stderr  # Dask's INFO lines kept out
 
 
@@ -363,3 +377,143 @@ def test_missing_dask_is_one_line(tmp_path, runs, ctx_file):
     assert done.returncode == 2
     assert done.stderr.strip() == ("metropc-reprocess: error: reprocessing needs dask and "
                                    "distributed: pip install 'metropc[cluster]'")
+
+
+def test_ordered_reduce_waits_for_earlier_chunks_and_skips_lost_ones():
+    """Chunks arriving 2, 0, 3, 1 (1 lost) reach REDUCE as 0, 2, 3: a REDUCE
+    view sees the trains in order, builtins restart where the run changes."""
+    from metropc.core import Context
+    from metropc.reprocess.driver import OrderedReduce, Summary
+    from metropc.reprocess.worker import ChunkResult
+
+    ctx = Context("import numpy as np\n"
+                  "seen = []\n"
+                  "@View.Scalar(stage='reduce')\n"
+                  "def order(tid: 'internal#train_id'):\n"
+                  "    seen.append(tid)\n"
+                  "    return len(seen)\n"
+                  "@View.Scalar_GlobalAverage(output_every=1)\n"
+                  "def mean_tid(tid: 'internal#train_id'):\n"
+                  "    return float(tid)\n", path="ordered.py")
+
+    class Sink:
+        def __init__(self):
+            self.results, self.marks = [], []
+
+        def add_result(self, view, payload, now):
+            self.results.append((view, payload["event_id"], payload["data"], payload["run"]))
+
+        def add_meta(self, topic, payload, now):
+            self.marks.append((payload["kind"], payload["run"]))
+
+    sink, summary = Sink(), Summary()
+    reducer = OrderedReduce(ctx, sink, {"order", "mean_tid"}, summary)
+    chunks = [Chunk(0, "r1", 1, (1, 2), 0), Chunk(1, "r1", 1, (3, 4), 2),
+              Chunk(2, "r2", 2, (5, 6), 4), Chunk(3, "r2", 2, (7,), 6)]
+
+    def result(chunk):
+        return ChunkResult(chunk.index, [(t, {"internal#train_id": t, "internal#event_id": t})
+                                         for t in chunk.train_ids])
+
+    assert reducer.add(chunks[2], result(chunks[2])) == 0 and len(reducer) == 1
+    assert reducer.add(chunks[0], result(chunks[0])) == 2
+    assert reducer.add(chunks[3], result(chunks[3])) == 0 and len(reducer) == 2
+    assert reducer.lose(chunks[1], "KilledWorker") == 3 and len(reducer) == 0
+    reducer.finish()
+    assert ctx.namespace["seen"] == [1, 2, 5, 6, 7]
+    order = [(t, v, r) for view, t, v, r in sink.results if view == "order"]
+    assert order == [(1, 1, 1), (2, 2, 1), (5, 3, 2), (6, 4, 2), (7, 5, 2)]
+    means = {t: v for view, t, v, _ in sink.results if view == "mean_tid"}
+    assert means == {1: 1.0, 2: 1.5, 5: 5.0, 6: 5.5, 7: 6.0}  # reset at run 2
+    assert sink.marks == [("run_start", 1), ("run_end", 1), ("run_start", 2), ("run_end", 2)]
+    assert summary.trains == 5 and summary.trains_lost == 2 and summary.runs == [1, 2]
+
+
+def test_a_chunk_that_fails_everywhere_is_counted_not_fatal(tmp_path, runs):
+    """A view that kills its worker on one train: with no failures allowed
+    that chunk is lost (counted, logged, said where), every other train is
+    there.  Dask may count a chunk queued on the dying worker as lost too;
+    the test allows for that, asking only that the counts add up."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    ctx = tmp_path / "deadly.py"
+    ctx.write_text("import os\n"
+                   "@View.Scalar\n"
+                   "def tid(t: 'internal#train_id'):\n"
+                   "    if t == 10007:\n"
+                   "        os._exit(1)\n"
+                   "    return t\n"
+                   "@View.Scalar_GlobalAverage(output_every=1)\n"
+                   "def mean_tid(t: 'tid'):\n"
+                   "    return float(t)\n")
+    before = _children()
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               dashboard_address=":0")
+    try:
+        with Client(cluster, direct_to_workers=True) as client:
+            ds = metropc.reprocess(str(ctx), str(runs[0]), client=client, chunk_trains=5,
+                                   retries=0)
+    finally:
+        cluster.close()
+        _no_children_left(before)
+    lost = json.loads(ds.attrs["chunks_lost"])
+    gone = {t for c in lost for t in range(c["first_train"], c["last_train"] + 1)}
+    assert {(c["path"], c["run"]) for c in lost} == {(str(runs[0]), 1)}
+    assert all(c["why"].startswith("KilledWorker") for c in lost)
+    assert set(range(10005, 10010)) <= gone
+    kept = [t for t in range(10000, 10023) if t not in gone]
+    assert ds.attrs["trains_lost"] == len(gone) and ds.attrs["trains"] == len(kept)
+    assert list(ds["train_id"].values) == kept
+    assert list(ds["tid"].values) == kept
+    means = [np.mean(kept[:k + 1]) for k in range(len(kept))]  # REDUCE went on past them
+    assert list(ds["mean_tid"].values) == means
+
+
+def test_cli_on_an_existing_cluster(tmp_path, runs, ctx_file, client):
+    """--scheduler ADDR: the work runs on that cluster's workers."""
+    out = tmp_path / "results"
+    out.mkdir()
+    done = _cli(ctx_file, *runs, "-o", out, "--scheduler", client.scheduler.address,
+                "--views", "pid,tid_histogram")
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(out)) == ["run_0001.h5", "run_0002.h5"]
+    ds = metropc.open_recording(out)
+    assert ds.sizes["train_id"] == 35
+    workers = set(client.run(os.getpid).values())
+    assert set(ds["pid"].values.astype(int)) <= workers
+    want = expected(ctx_file, runs)["tid_histogram"]
+    for t in (10000, 10022, 10023, 10034):
+        np.testing.assert_array_equal(ds["tid_histogram"].sel(train_id=t).values, want[t])
+
+
+def test_progress_lines_and_bar():
+    import io
+
+    from metropc.reprocess.progress import BarProgress, LineProgress, make_progress
+
+    now = [0.0]
+    out = io.StringIO()
+    lines = LineProgress(out, interval=5.0, clock=lambda: now[0])
+    lines.start(100)
+    for _ in range(4):
+        now[0] += 2.0
+        lines.advance(10)
+    lines.close()
+    assert out.getvalue().splitlines() == [
+        "metropc-reprocess: 30/100 trains (5.0/s), ETA 0:00:14",
+        "metropc-reprocess: 40/100 trains (5.0/s), ETA 0:00:12"]
+    assert isinstance(make_progress(io.StringIO()), LineProgress)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    bar = make_progress(term)
+    assert isinstance(bar, BarProgress)
+    bar.start(10)
+    bar.advance(4)
+    bar.close()
+    assert "4/10" in term.getvalue() and "trains" in term.getvalue()

@@ -78,6 +78,7 @@ class Summary:
     def __init__(self):
         self.trains = 0
         self.lost: list[tuple[int, str]] = []  # (trains, why) per lost chunk
+        self.lost_chunks: list[dict] = []      # where they were, for the attrs
         self.errors: collections.Counter = collections.Counter()
         self.messages: dict[str, str] = {}
         self.runs: list[int | None] = []
@@ -97,6 +98,7 @@ class Summary:
     def attrs(self) -> dict[str, Any]:
         import json
         return {"trains": self.trains, "trains_lost": self.trains_lost,
+                "chunks_lost": json.dumps(self.lost_chunks),
                 "runs": json.dumps(self.runs),
                 "view_errors": sum(self.errors.values()),
                 "view_errors_by_view": json.dumps(dict(sorted(self.errors.items()))),
@@ -139,6 +141,10 @@ class OrderedReduce:
     def lose(self, chunk: Chunk, why: str) -> int:
         """A chunk that could not be processed: skipped in its turn."""
         self.summary.lost.append((len(chunk), why))
+        self.summary.lost_chunks.append({
+            "path": chunk.path, "run": chunk.run, "trains": len(chunk),
+            "first_train": chunk.train_ids[0] if chunk.train_ids else None,
+            "last_train": chunk.train_ids[-1] if chunk.train_ids else None, "why": why})
         return self.add(chunk, self._lost)
 
     def _drain(self) -> int:
@@ -300,7 +306,7 @@ def reprocess(context, run, *, client=None, parameters: Mapping[str, Any] | None
         one not yet through REDUCE (default: 4 per worker thread, at least 4).
 
     Returns what ``metropc.open_recording(output)`` gives, with the counts in
-    its attrs (``trains``, ``trains_lost``, ``view_errors``,
+    its attrs (``trains``, ``trains_lost``, ``chunks_lost``, ``view_errors``,
     ``view_errors_by_view``, ``view_error_messages``, ``runs``).  A failing
     view is counted and reported with file:line, never fatal; a chunk that
     failed on every retry is counted in ``trains_lost`` (and logged).
