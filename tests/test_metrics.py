@@ -424,3 +424,39 @@ def test_metropc_run_serves_metrics_and_status(tmp_path):
         proc.stdout.close()
         proc.stderr.close()
     assert proc.returncode == 0
+
+
+def test_the_dashboard_page_shows_the_slowest_views(running, tmp_path):
+    """In headless Chromium: the sidebar's "Slowest views" (static/js/slowest.js)."""
+    pytest.importorskip("tornado")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    import shutil
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if binary is None or driver is None:
+        pytest.skip("Chromium and chromedriver are not installed")
+    from selenium.webdriver.chrome.service import Service
+
+    from metropc.dashboard import serve
+
+    pipe, _, _ = running
+    dash = serve(pipe.output_addr, "127.0.0.1", 0, control=pipe)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", f"--user-data-dir={tmp_path / 'chrome'}"):
+        opts.add_argument(flag)
+    drv = webdriver.Chrome(service=Service(driver), options=opts)
+    try:
+        for t in range(5):
+            assert pipe.send({"internal#train_id": t})
+        drv.get(dash.url)
+        rows = poll(lambda: drv.execute_script(
+            "return [...document.querySelectorAll('#slowest tr')].map(r => r.dataset.view)"),
+            lambda r: r and set(r) == {"fast", "slow", "total"}, timeout=60)
+        assert rows[0] == "slow"
+        text = drv.find_element("css selector", "#slowest tr").text
+        assert text.startswith("slow ") and "ms" in text
+    finally:
+        drv.quit()
+        dash.stop()
