@@ -306,7 +306,9 @@ def render(address: str, index: Mapping[str, IndexEntry] | None,
     else:
         rate = rates.rate if rates is not None else (lambda path, e: e.rate)
         lines += _view_rows(index, rate)
-        lines += _timing_rows(index)
+        timing_rows = _timing_rows(index)
+        if timing_rows:
+            lines += [""] + timing_rows
         path_rows = _path_rows(index, rate)
         if path_rows:
             lines += [""] + path_rows
