@@ -139,6 +139,13 @@ def ctx_file(tmp_path_factory):
     return path
 
 
+def _cmdline(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # gone meanwhile
+        return ""
+
+
 def _children():
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
@@ -151,7 +158,7 @@ def _no_children_left(before=frozenset()):
         left = [p for p in psutil.Process().children(recursive=True)
                 if p.pid not in before and p.is_running()
                 and p.status() != psutil.STATUS_ZOMBIE
-                and "resource_tracker" not in " ".join(p.cmdline())]
+                and "resource_tracker" not in _cmdline(p)]
         if not left:
             return
         if time.monotonic() > deadline:
@@ -517,3 +524,41 @@ def test_progress_lines_and_bar():
     bar.advance(4)
     bar.close()
     assert "4/10" in term.getvalue() and "trains" in term.getvalue()
+
+
+def test_ctrl_c_stops_closes_the_cluster_and_keeps_what_was_done(tmp_path, runs, ctx_file):
+    """SIGINT to metropc-reprocess mid-run: exit 130 with one line, its
+    workers gone, and the file readable with the trains done so far."""
+    out = tmp_path / "out.h5"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metropc.cli.reprocess", str(ctx_file), *map(str, runs),
+         "-o", str(out), "--workers", "2", "--chunk-trains", "1", "--param", "busy_s=0.3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        def some_trains_recorded():
+            try:
+                return out.exists() and metropc.open_recording(out).sizes["train_id"] >= 2
+            except (OSError, KeyError):
+                return False
+        deadline = time.monotonic() + 60
+        while not some_trains_recorded():
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "no results recorded in time"
+            time.sleep(0.1)  # polling a file another process writes
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "resource_tracker" not in _cmdline(p)]
+        assert len(workers) >= 2
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert err.splitlines()[-1] == f"metropc-reprocess: interrupted; {out} holds what was done"
+    gone, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, f"left behind: {alive}"
+    ds = metropc.open_recording(out)
+    assert 2 <= ds.sizes["train_id"] < 35
+    assert list(ds["train_id"].values) == list(range(10000, 10000 + ds.sizes["train_id"]))
