@@ -369,7 +369,7 @@ def test_results_held_back_by_a_stall_reach_a_reading_client():
 
         def receive(timeout):
             path, data = client.recv(timeout=timeout)
-            assert list(data) == ["data", "event_id", "version", "seq"]  # docs/protocol.md §7
+            assert list(data) == ["data", "event_id", "version", "seq", "run"]  # docs/protocol.md §7
             assert data["seq"][0] == seq_stream.setdefault(path, data["seq"][0])
             got[path].append((data["event_id"], data["seq"][1], time.monotonic()))
 
