@@ -4,26 +4,29 @@ Run with ``python benchmarks/reprocess.py [--trains N] [--ms MS] [--pairs P]``
 (about a minute with the defaults).
 
 An EXtra-data mock run (an XGM and a small camera, ``--trains`` trains) is
-written to a temporary directory; the context has one POOL view that keeps
+written to a temporary directory.  The context has a POOL view that keeps
 a core busy for ``--ms`` milliseconds per train (a pure-Python loop of a
 fixed length, calibrated on this machine at the start: CPU work, not
-sleep, so it takes longer when the workers compete for cores), a POOL vector view, and REDUCE builtins (an average and a
-histogram, with their default ``output_every=10``), so the driver's
-in-order REDUCE and the recording writer are in the measurement too.  The
-driver costs about 0.2 ms per train here (a histogram with
-``output_every=1`` makes a DataArray per train: about 1 ms more), on the
-same cores as the workers.  Each phase starts a ``LocalCluster`` of 1 or 2 worker
-processes (one thread each), and times ``metropc.reprocess`` with that
-client, from submitting to the Dataset read back (cluster start-up is left
-out: it is paid once per reprocessing, not per train).  Phases alternate
-1, 2, 1, 2, ... and each ratio is a 2-worker phase against the 1-worker
-phase just before it, in the same run.  ``metropc.run`` over the same files
-in this process is printed as the single-process baseline.
+sleep, so it takes longer when processes compete for cores), a POOL vector
+view, and REDUCE builtins (an average and a histogram, with their default
+``output_every=10``), so the driver's in-order REDUCE and the recording
+writer are measured too.  The driver costs about 0.2 ms per train here (a
+histogram with ``output_every=1`` makes a DataArray per train: about 1 ms
+more), on the same cores as the workers.
+
+Each phase starts a ``LocalCluster`` of 1 or 2 worker processes (one
+thread each) and times ``metropc.reprocess`` with that client, from
+submitting to the Dataset read back; the cluster's start-up and the
+workers' first imports are left out (paid once per reprocessing, not per
+train).  Phases alternate 1, 2, 1, 2, ... and each ratio is a 2-worker
+phase against the 1-worker phase just before it, in the same run.
+``metropc.run`` over the same files in this process is printed as the
+single-process baseline.
 
 The issue's target is a ratio of at least 1.8.  On a shared 2-core machine
-the driver (REDUCE, writing) and the scheduler compete with the two workers
-for the same two cores, so the ratio there is below what a machine with a
-core to spare for the driver gives.
+the driver and the scheduler (and whatever else runs) compete with the two
+workers for the two cores, so the ratio there is below what a machine
+with a core to spare for the driver gives.
 """
 
 from __future__ import annotations

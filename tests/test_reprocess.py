@@ -97,7 +97,8 @@ def pid(tid: 'internal#train_id'):
     return os.getpid()
 """
 #: The line of the context file where `flaky` raises.
-FLAKY_LINE = CONTEXT.splitlines().index("        raise ValueError('a train id divisible by 7')") + 1
+FLAKY_LINE = 1 + CONTEXT.splitlines().index(
+    "        raise ValueError('a train id divisible by 7')")
 COMPARED = ("intensity", "profile", "previous_train", "mean_intensity", "tid_histogram",
             "flaky")
 
