@@ -335,7 +335,7 @@ def _index_with_timing():
 
 def test_metropc_client_and_status_name_the_slowest_views():
     from metropc.cli.client import render
-    from metropc.cli.status import slowest_note
+    from metropc.cli.status import StatusDisplay
 
     index = _index_with_timing()
     text = render("tcp://x:1", index, {})
@@ -344,10 +344,15 @@ def test_metropc_client_and_status_name_the_slowest_views():
     assert "ms" in line and "stages busy: pool-0 25%" in text
     assert "timing#slow" not in text  # not listed again as a path
     assert "internal#train" in text
-    note = slowest_note(index, 1)
-    # 10 calls in the (20 ms, 50 ms] bucket: interpolated inside it.
-    assert note == "slowest views (p50 / p99): slow 35.0 ms / 49.7 ms"
-    assert slowest_note({}) == ""
+    display = StatusDisplay("tcp://127.0.0.1:1", "train")
+    try:
+        display.client.index = index
+        # 10 calls in the (20 ms, 50 ms] bucket: p99 interpolated inside it.
+        assert display.summary().endswith("; slowest view slow (p99 49.7 ms)")
+        display.client.index = {"internal#train": IndexEntry(3, 1.0)}
+        assert "slowest" not in display.summary()
+    finally:
+        display.close()
 
 
 # -- metropc-run --metrics -----------------------------------------------------------------

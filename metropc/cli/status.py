@@ -87,19 +87,6 @@ class ContextState:
         return text
 
 
-def slowest_note(index, n=3):
-    """``"slowest views (p50/p99): slow 20.1/20.9 ms, ..."``; "" before any timing.
-
-    From the ``timing#<view>`` entries of the index: measured where each
-    view runs, over the last 10 s (docs/operations.md, "Metrics and status").
-    """
-    slow = slowest_views(index, n)
-    if not slow:
-        return ""
-    return "slowest views (p50 / p99): " + ", ".join(
-        f"{name} {format_seconds(e.p50)} / {format_seconds(e.p99)}" for name, e in slow)
-
-
 class StatusDisplay:
     """Keeps the latest index of a pipeline's output and shows it.
 
@@ -174,6 +161,8 @@ class StatusDisplay:
             f"; {STATE_WORDS.get(state, state)}"
             + (f", run {status['run']}" if status.get("run") is not None else ""))
         paused = count("internal#paused_events")
+        # Which view is slow: from the index's timing#<view> entries, measured
+        # where each view runs over the last 10 s (docs/operations.md).
         slowest = slowest_views(idx, 1)
         slowest = (f"; slowest view {slowest[0][0]} (p99 {format_seconds(slowest[0][1].p99)})"
                    if slowest else "")
@@ -184,9 +173,6 @@ class StatusDisplay:
     def render(self):
         """The live region: summary, context line, one row per view."""
         parts = [Text(self.summary(), style="bold"), self.context.line()]
-        note = slowest_note(self.index)
-        if note:
-            parts.append(Text(note, style="dim"))
         if self.index is not None:
             table = Table(box=None, pad_edge=False, show_edge=False,
                           header_style="bold dim")
