@@ -563,3 +563,24 @@ def test_ctrl_c_stops_closes_the_cluster_and_keeps_what_was_done(tmp_path, runs,
     ds = metropc.open_recording(out)
     assert 2 <= ds.sizes["train_id"] < 35
     assert list(ds["train_id"].values) == list(range(10000, 10000 + ds.sizes["train_id"]))
+
+
+def test_a_context_object_used_before_starts_fresh(runs, ctx_file, client):
+    """A Context that already ran (its builtins hold state) gives the same
+    results: REDUCE rebuilds it, as the live REDUCE stage does."""
+    import logging
+
+    from metropc.core import Context
+    from metropc.sources import open_source
+
+    ctx = Context.from_file(str(ctx_file))
+    with open_source(str(runs[1]), rate="max") as source:
+        logging.disable(logging.ERROR)
+        try:
+            used = list(metropc.run(ctx, source))
+        finally:
+            logging.disable(logging.NOTSET)
+    assert used[-1][1]["mean_forever"] == 4 * 10028.5 + 6
+    ds = metropc.reprocess(ctx, [str(r) for r in runs], client=client, chunk_trains=7)
+    assert_equal_to(ds, expected(ctx_file, runs), list(range(10000, 10035)))
+    assert ds["mean_forever"].sel(train_id=10034).item() == 4 * 10017 + 6

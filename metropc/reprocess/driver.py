@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
 import logging
 import math
 import os
@@ -32,8 +33,9 @@ from collections.abc import Collection, Iterable, Mapping
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from ..core import Context
 from ..engine import Engine, ErrorReporter
-from ..enums import ViewOutput
+from ..enums import ContextStage, ViewOutput
 from ..error import MetropcError
 from .plan import Chunk, default_chunk_trains, plan_runs, run_trains
 
@@ -77,16 +79,14 @@ class Summary:
 
     def __init__(self):
         self.trains = 0
-        self.lost: list[tuple[int, str]] = []  # (trains, why) per lost chunk
-        self.lost_chunks: list[dict] = []      # where they were, for the attrs
+        self.lost_chunks: list[dict] = []  # path, run, trains, first/last train, why
         self.errors: collections.Counter = collections.Counter()
         self.messages: dict[str, str] = {}
         self.runs: list[int | None] = []
-        self.seconds = 0.0
 
     @property
     def trains_lost(self) -> int:
-        return sum(n for n, _ in self.lost)
+        return sum(c["trains"] for c in self.lost_chunks)
 
     def add_errors(self, counts: Mapping[str, int], messages: Mapping[str, tuple[str, str]]):
         self.errors.update(counts)
@@ -96,7 +96,6 @@ class Summary:
                 log.error("%s\n%s", text, tb.rstrip())
 
     def attrs(self) -> dict[str, Any]:
-        import json
         return {"trains": self.trains, "trains_lost": self.trains_lost,
                 "chunks_lost": json.dumps(self.lost_chunks),
                 "runs": json.dumps(self.runs),
@@ -140,7 +139,6 @@ class OrderedReduce:
 
     def lose(self, chunk: Chunk, why: str) -> int:
         """A chunk that could not be processed: skipped in its turn."""
-        self.summary.lost.append((len(chunk), why))
         self.summary.lost_chunks.append({
             "path": chunk.path, "run": chunk.run, "trains": len(chunk),
             "first_train": chunk.train_ids[0] if chunk.train_ids else None,
@@ -359,7 +357,6 @@ def _run_chunks(distributed, client, ctx, chunks, ctx_paths, record, output, pro
     from .worker import process_chunk
 
     summary = Summary()
-    t0 = time.monotonic()
     recording = Recording(output, views=record)
     try:
         now = time.time()
@@ -369,8 +366,12 @@ def _run_chunks(distributed, client, ctx, chunks, ctx_paths, record, output, pro
         recording.add_meta("context", {"version": ctx.version, "path": ctx.path,
                                        "source": ctx.source,
                                        "parameters": dict(ctx.parameters)}, now)
-        reducer = OrderedReduce(ctx, recording, record, summary)
         ctx_dict = ctx.to_dict()
+        # REDUCE gets a context of its own, as the live REDUCE stage does: a
+        # Context object the caller passes (or used before) keeps builtin
+        # state and module globals, which must not leak into the results.
+        reduce_ctx = Context.from_dict(ctx_dict, stage=ContextStage.REDUCE)
+        reducer = OrderedReduce(reduce_ctx, recording, record, summary)
         ctx_key = _context_hash(ctx_dict)
         forward_views, forward_paths = _forward(ctx, record)
         token = uuid.uuid4().hex[:12]
@@ -425,5 +426,4 @@ def _run_chunks(distributed, client, ctx, chunks, ctx_paths, record, output, pro
         reducer.finish()
     finally:
         recording.close()
-    summary.seconds = time.monotonic() - t0
     return summary
