@@ -8,18 +8,18 @@ HTTP server on a free port; every wait polls with a deadline.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 
 import pytest
 
-from metropc.client import (IndexEntry, IndexStageEntry, IndexTimingEntry, decode_index,
+from metropc.client import (Client, IndexEntry, IndexStageEntry, IndexTimingEntry, decode_index,
                             encode_index, slowest_views)
 from metropc.engine import Engine
 from metropc.core import Context
@@ -253,7 +253,7 @@ def test_metrics_count_every_call_and_show_the_slow_view(running):
     assert samples[("metropc_stage_up", frozenset({("stage", "pool-0")}))] == 1.0
     assert ("metropc_queue_depth", frozenset({("queue", "frontend")})) in samples
     # The index every client gets carries the same: p50/p99 per view.
-    with __import__("metropc.client").client.Client(pipe.output_addr, timeout=10) as c:
+    with Client(pipe.output_addr, timeout=10) as c:
         index = poll(lambda: c.wait_index(),
                      lambda i: i["timing#slow"].counts == n, timeout=30)
     assert isinstance(index["timing#slow"], IndexTimingEntry)
@@ -324,7 +324,7 @@ def _index_with_timing():
     entries = {}
     for name, seconds in record.items():
         buckets = [0] * timing.NBUCKETS
-        buckets[__import__("bisect").bisect_left(timing.BOUNDS, seconds)] = 10
+        buckets[bisect.bisect_left(timing.BOUNDS, seconds)] = 10
         entries[f"timing#{name}"] = IndexTimingEntry(
             10, 1.0, p50=timing.quantile(buckets, 0.5), p99=timing.quantile(buckets, 0.99),
             seconds=10 * seconds, buckets=buckets)
