@@ -408,3 +408,19 @@ def test_export_csv_of_what_is_shown(page, downloads):
     png = wait_until(lambda: [p for p in downloads.glob("cut_profile-*.png")
                               if p.stat().st_size > 0], what="the PNG download")[0]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_top_bar_shows_the_pipeline_state_and_run(page, pipe):
+    """Pausing from Python shows PAUSED in the page; a run shows its number."""
+    drv = page
+    state = lambda: drv.find_element("id", "run-state").text  # noqa: E731
+    wait_until(lambda: state().startswith("running"), what="running")
+    pipe.pause()
+    try:
+        wait_until(lambda: state().startswith("PAUSED"), what="PAUSED in the top bar")
+    finally:
+        pipe.resume()
+    pipe.start_run(5)
+    wait_until(lambda: state() == "running · run 5", what="the run number")
+    pipe.end_run()
+    wait_until(lambda: state() == "ready", what="ready after the run")

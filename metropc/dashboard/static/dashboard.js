@@ -63,7 +63,18 @@ function onIndex(msg) {
   const dropped = msg.paths.find(p => p.path === "internal#dropped_events");
   document.getElementById("events").textContent = ev ? `${ev.counts} events · ${fmtRate(ev.rate)}/s`
     + (dropped && dropped.counts ? ` · ${dropped.counts} dropped` : "") : "";
+  document.getElementById("run-state").textContent = runState(msg.paths);
   if (S.ws && S.ws.readyState === WebSocket.OPEN) setConn("up", "live");
+}
+
+// READY / RUN / STOP (paused) and the run number, from the index entries
+// internal#state (0, 1, 2) and internal#run (0: no run).
+const STATE_WORDS = ["ready", "running", "PAUSED"];
+function runState(paths) {
+  const state = paths.find(p => p.path === "internal#state");
+  if (!state) return "";
+  const run = paths.find(p => p.path === "internal#run");
+  return (STATE_WORDS[state.counts] || "?") + (run && run.counts ? ` · run ${run.counts}` : "");
 }
 
 function onControl(msg) {
