@@ -353,7 +353,8 @@ def test_cli_writes_a_recording_with_a_summary(tmp_path, runs, ctx_file):
     assert "distributed.scheduler" not in done.stderr  # Dask's INFO lines kept out
 
 
-@pytest.mark.parametrize("case", ["exists", "no run", "unknown view", "unknown param"])
+@pytest.mark.parametrize("case", ["exists", "no run", "unknown view", "unknown param",
+                                  "no scheduler"])
 def test_cli_refuses_with_one_line(tmp_path, runs, ctx_file, case):
     out = tmp_path / "out.h5"
     args = [ctx_file, runs[0], "-o", out]
@@ -363,6 +364,8 @@ def test_cli_refuses_with_one_line(tmp_path, runs, ctx_file, case):
         args[1] = tmp_path / "r0099"
     elif case == "unknown view":
         args += ["--views", "intensity,nope"]
+    elif case == "no scheduler":
+        args += ["--scheduler", "tcp://127.0.0.1:1"]
     else:
         args += ["--param", "nope=1"]
     done = _cli(*args)
@@ -371,7 +374,8 @@ def test_cli_refuses_with_one_line(tmp_path, runs, ctx_file, case):
     assert done.stderr.startswith("metropc-reprocess: error: ")
     assert {"exists": "out.h5 exists", "no run": "r0099: no such file or directory",
             "unknown view": "no view named 'nope'",
-            "unknown param": "unknown parameter 'nope'"}[case] in done.stderr
+            "unknown param": "unknown parameter 'nope'",
+            "no scheduler": "no Dask scheduler at tcp://127.0.0.1:1: "}[case] in done.stderr
     assert case == "exists" or not out.exists()
 
 

@@ -26,6 +26,8 @@ from ..error import ContextError, SourceError
 
 log = logging.getLogger("metropc.reprocess")
 PROG = "metropc-reprocess"
+#: Seconds to reach a --scheduler before giving up with one line.
+CONNECT_TIMEOUT = 10
 
 
 class _Parser(argparse.ArgumentParser):
@@ -124,7 +126,7 @@ def main(argv=None) -> int:
     try:
         if args.scheduler is not None:
             try:
-                client = distributed.Client(args.scheduler, timeout=30,
+                client = distributed.Client(args.scheduler, timeout=CONNECT_TIMEOUT,
                                             direct_to_workers=True)
             except OSError as e:
                 return _fail(f"no Dask scheduler at {args.scheduler}: {e}")
