@@ -588,3 +588,17 @@ def test_a_context_object_used_before_starts_fresh(runs, ctx_file, client):
     ds = metropc.reprocess(ctx, [str(r) for r in runs], client=client, chunk_trains=7)
     assert_equal_to(ds, expected(ctx_file, runs), list(range(10000, 10035)))
     assert ds["mean_forever"].sel(train_id=10034).item() == 4 * 10017 + 6
+
+
+def test_import_metropc_stays_light():
+    """``metropc.reprocess`` is there without loading dask, EXtra-data or h5py,
+    and stays callable once its modules are imported (they rebind the name)."""
+    code = ("import sys, metropc\n"
+            "assert callable(metropc.reprocess)\n"
+            "heavy = {'dask', 'distributed', 'extra_data', 'h5py', 'xarray'}\n"
+            "assert not heavy & set(sys.modules), heavy & set(sys.modules)\n"
+            "import metropc.reprocess.worker\n"
+            "assert callable(metropc.reprocess)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
