@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from metropc import messages as m
 from metropc.config import DROP_OLDEST
 from metropc.stage import dispatcher as dispatcher_mod
 from metropc.stage import shm as shmem
@@ -577,9 +578,9 @@ def test_steps_behind_the_lost_message_are_sent_again():
     lost, requeue, steps = d.remove_worker("a")
     assert lost == [0]
     assert seqs_of(requeue) == [2]  # the step is not a queue item
-    assert steps == [1]
+    assert steps == [(1, None)]  # (sequence number, mark): None for a step
     d.on_credit("b", 1, 2.0)
-    again = d.step_batch(2.0, seq=steps[0])
+    again = d.step_batch(2.0, seq=steps[0][0], mark=steps[0][1])
     assert again.worker == "b" and again.seqs == [1]
     assert again.messages == step.messages
     assert d.seq == 3
@@ -872,3 +873,18 @@ def test_batch_defaults():
     b = Batch("w")
     assert b.messages == [] and b.seqs == [] and b.items == [] and b.small is True
     assert b.step is False
+
+
+def test_a_mark_behind_the_lost_message_is_sent_again_as_the_same_mark():
+    d = dispatcher("a", "b", credit=4)
+    d.credits["b"] = 0
+    q = make_queue([small(0)])
+    take(d, q)
+    mark = {"kind": "reset", "views": ["h"]}
+    sent = d.step_batch(1.0, mark=mark)
+    assert sent.messages[0][1][m.KEY_MARK] == mark
+    lost, requeue, steps = d.remove_worker("a")
+    assert lost == [0] and steps == [(1, mark)]
+    d.on_credit("b", 1, 2.0)
+    again = d.step_batch(2.0, seq=1, mark=mark)
+    assert again.worker == "b" and again.messages == sent.messages
