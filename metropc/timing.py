@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import bisect
 import collections
+import logging
 import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = ["BOUNDS", "NBUCKETS", "ERRORS", "SECONDS", "FIRST", "new_record", "add_time",
            "merge", "calls", "quantile", "TimingTable", "StageLoad", "WINDOW", "format_seconds",
-           "pack_buckets", "unpack_buckets"]
+           "pack_buckets", "unpack_buckets", "ReduceObserver"]
+
+log = logging.getLogger(__name__)
 
 #: Upper bounds of the histogram buckets in seconds (1-2-5 steps from 1 µs
 #: to 10 s); a last bucket counts everything slower.  Fixed: they are part
@@ -225,3 +228,56 @@ class StageLoad:
                 entry[4] = entry[0]
             self._t = now
         return out
+
+
+class ReduceObserver:
+    """What REDUCE keeps for the index about speed and load.
+
+    View timing merged from every worker's ``vstats`` and REDUCE's own
+    engine, each stage process's load, and the event-to-output latency
+    (``latency``: a record REDUCE fills per event).  :meth:`entries` makes
+    the index entries (docs/protocol.md §8) once per index.
+    """
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.timing = TimingTable(clock)
+        self.load = StageLoad(clock)
+        self.latency = new_record()      # events published since the last index
+        self.busy = 0.0                  # seconds REDUCE worked since the last index
+        self.events = 0                  # events REDUCE finished since the last index
+        self._latency = TimingTable(clock)
+        self._t = clock()
+        self._odd_senders: set[str] = set()
+
+    def on_vstats(self, data: Mapping) -> None:
+        """A worker's timing deltas (they add up) and its load."""
+        for key, record in data.items():
+            if key.startswith("view#"):
+                if valid_record(record):
+                    self.timing.add(key[5:], record)
+                elif data["stage"] not in self._odd_senders:
+                    self._odd_senders.add(data["stage"])
+                    log.warning("reduce: %s sends timing records of another layout; "
+                                "ignored", data["stage"])
+        self.load.report(data["stage"], data["events"], data["busy"], data["interval"],
+                         data.get("pid", 0))
+
+    def entries(self, engine_timings: Mapping[str, Sequence], reorder_waiting: int,
+                pid: int) -> dict[str, tuple]:
+        """``timing#<view>``, ``stage#<name>``, ``internal#output_latency`` and
+        ``internal#reorder_waiting`` entries; REDUCE's own `engine_timings`
+        (taken from its engine) and load are added first."""
+        self.timing.add_all(engine_timings)
+        now = self.clock()
+        self.load.report("reduce", self.events, self.busy, now - self._t, pid)
+        self.events, self.busy, self._t = 0, 0.0, now
+        self._latency.add("output", self.latency)
+        self.latency = new_record()
+        entries = {f"timing#{name}": e for name, e in self.timing.entries().items()}
+        entries.update((f"stage#{name}", e) for name, e in self.load.entries().items())
+        latency = self._latency.entries().get("output")
+        if latency is not None:
+            entries["internal#output_latency"] = latency
+        entries["internal#reorder_waiting"] = (int(reorder_waiting), 0.0)
+        return entries

@@ -104,6 +104,39 @@ def test_timing_table_adds_up_and_reports_recent_quantiles():
     assert third[0] == 11 and third[4] > 0.02
 
 
+def test_reduce_adds_up_workers_a_replacement_and_its_own_engine():
+    now = [0.0]
+    obs = timing.ReduceObserver(clock=lambda: now[0])
+
+    def vstats(stage, pid, calls, busy=0.5, **extra):
+        record = timing.new_record()
+        for _ in range(calls):
+            timing.add_time(record, 1e-4)
+        return {"stage": stage, "pid": pid, "events": calls, "busy": busy, "interval": 1.0,
+                "view#v": tuple(record), **extra}
+
+    obs.on_vstats(vstats("pool-0", 10, 3))
+    obs.on_vstats(vstats("pool-1", 11, 4))
+    obs.on_vstats(vstats("pool-0", 12, 5, busy=0.25))  # pool-0 replaced: a new pid
+    obs.on_vstats(vstats("pool-1", 11, 0, **{"view#w": (0, 0.1, 1)}))  # another layout
+    own = timing.new_record()
+    timing.add_time(own, 2e-3)
+    obs.events, obs.busy = 1, 0.1
+    add = timing.new_record()
+    timing.add_time(add, 0.01)
+    obs.latency = add
+    now[0] = 1.0
+    entries = obs.entries({"r": own}, reorder_waiting=2, pid=99)
+    assert entries["timing#v"][0] == 12 and "timing#w" not in entries
+    assert entries["timing#r"][0] == 1 and 1e-3 < entries["timing#r"][4] <= 2e-3
+    assert entries["stage#pool-0"][0] == 8 and entries["stage#pool-0"][2:] == (0.25, 12)
+    assert entries["stage#reduce"][2:] == (pytest.approx(0.1), 99)
+    assert entries["internal#output_latency"][0] == 1
+    assert entries["internal#reorder_waiting"] == (2, 0.0)
+    now[0] = 5.0  # silent workers are idle, not busy
+    assert obs.entries({}, 0, 99)["stage#pool-1"][2] == 0.0
+
+
 def test_vstats_schema():
     good = {"stage": "pool-0", "pid": 7, "events": 3, "busy": 0.25, "interval": 1.0,
             "view#a": tuple(timing.new_record())}

@@ -37,7 +37,7 @@ from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, META_EVENT, META_SKIP, MET
                      recv, recv_messages, send, unpack_meta)
 from ..messages import (KEY_MARK, KEY_TIME, META_MARK, OP_ANNOUNCE, OP_ARESULT, OP_INPUTS,
                         OP_RESET, OP_VSTATS, OP_WANT)
-from ..timing import StageLoad, TimingTable, add_time, new_record, valid_record
+from ..timing import ReduceObserver, add_time
 from .ordering import ReorderBuffer
 from .reload import StagedContext
 from .output import Output
@@ -129,14 +129,7 @@ class ReduceStage:
         self.leases = {}           # seq -> shm.Lease of its result's arrays
         # Observability (metropc.timing): view timing merged from every
         # worker and this stage, stage load, event-to-output latency.
-        self.timing = TimingTable()
-        self.load = StageLoad()
-        self.latency = new_record()      # since the last index
-        self.latency_table = TimingTable()
-        self.busy = 0.0                  # seconds busy since the last index (_ReduceLoop)
-        self.events_done = 0             # events since the last index
-        self._load_t = time.monotonic()
-        self._bad_vstats = False
+        self.obs = ReduceObserver()
 
     # -- control ---------------------------------------------------------------
     def report(self, error):
@@ -242,7 +235,7 @@ class ReduceStage:
     def _switch(self, ctx):
         """Start using `ctx`: new views, so accumulated state starts empty."""
         if self.engine is not None:  # its views' timing goes on counting
-            self.timing.add_all(self.engine.take_timings())
+            self.obs.timing.add_all(self.engine.take_timings())
         self.ctx = ctx
         self.async_latest, self.async_fresh = {}, False
         self.engine = Engine(ctx, ErrorReporter(sink=self.report))
@@ -496,43 +489,11 @@ class ReduceStage:
         self.publish(results, event_id)
         if self.engine.async_inputs:
             self.feed_async(pool_results, results, event_id)
-        self.events_done += 1
+        obs = self.obs
+        obs.events += 1
         received = data.get(KEY_TIME)
         if type(received) is float:  # from the worker's receipt to published
-            add_time(self.latency, max(0.0, time.time() - received))
-
-    def on_vstats(self, data):
-        """A worker's view timing (deltas: they add up) and its load."""
-        for key, record in data.items():
-            if key.startswith("view#"):
-                if valid_record(record):
-                    self.timing.add(key[5:], record)
-                elif not self._bad_vstats:
-                    self._bad_vstats = True
-                    log.warning("reduce: %s sends timing records of another layout; "
-                                "ignored", data["stage"])
-        self.load.report(data["stage"], data["events"], data["busy"], data["interval"],
-                         data.get("pid", 0))
-
-    def observability(self):
-        """Index entries of view timing, stage load and output latency
-        (docs/protocol.md §8): ``timing#<view>``, ``stage#<name>``,
-        ``internal#output_latency``, ``internal#reorder_waiting``."""
-        if self.engine is not None:
-            self.timing.add_all(self.engine.take_timings())
-        now = time.monotonic()
-        self.load.report("reduce", self.events_done, self.busy, now - self._load_t,
-                         os.getpid())
-        self.events_done, self.busy, self._load_t = 0, 0.0, now
-        self.latency_table.add("output", self.latency)
-        self.latency = new_record()
-        entries = {f"timing#{name}": e for name, e in self.timing.entries().items()}
-        entries.update((f"stage#{name}", e) for name, e in self.load.entries().items())
-        latency = self.latency_table.entries().get("output")
-        if latency is not None:
-            entries["internal#output_latency"] = latency
-        entries["internal#reorder_waiting"] = (len(self.buffer), 0.0)
-        return entries
+            add_time(obs.latency, max(0.0, time.time() - received))
 
     def publish(self, results, event_id):
         """Send each wanted result to the clients (see metropc.stage.output).
@@ -592,7 +553,10 @@ class ReduceStage:
         entries["internal#lost_events"] = (self.buffer.lost, 0.0)
         entries["internal#stale_events"] = (self.stale, 0.0)
         entries["internal#output_dropped"] = self.output.drop_stats()
-        entries.update(self.observability())
+        # View timing, stage load, output latency (metropc.timing, §8).
+        entries.update(self.obs.entries(
+            self.engine.take_timings() if self.engine is not None else {},
+            len(self.buffer), os.getpid()))
         return entries
 
     def on_stats(self, data):
@@ -722,7 +686,7 @@ class _ReduceLoop:
             stage.check_stalled()
             stage.check_doubtful()
             stage.release_slots()
-            stage.busy += perf_counter() - t0
+            stage.obs.busy += perf_counter() - t0
             now = time.monotonic()
             if now >= next_progress:
                 progress = stage.progress()
@@ -767,7 +731,7 @@ class _ReduceLoop:
                     if opcode == OP_RESULT:
                         self.guarded(opcode, self.stage.on_result, data)
                     elif opcode == OP_VSTATS:
-                        self.guarded(opcode, self.stage.on_vstats, data)
+                        self.guarded(opcode, self.stage.obs.on_vstats, data)
             except zmq.Again:
                 break
             except ProtocolError as e:
