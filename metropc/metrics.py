@@ -173,7 +173,10 @@ class PipelineMetrics:
             out["frontend"] = len(queue.events)
         dispatcher = getattr(getattr(fe, "_state", None), "dispatcher", None)
         if dispatcher is not None:
-            out["in_flight"] = sum(len(d) for d in list(dispatcher.outstanding.values()))
+            try:  # the frontend thread changes it meanwhile: a snapshot is enough
+                out["in_flight"] = sum(len(d) for d in list(dispatcher.outstanding.values()))
+            except RuntimeError:
+                pass
         waiting = index.get("internal#reorder_waiting")
         if waiting is not None:
             out["reorder"] = waiting.counts
