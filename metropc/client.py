@@ -28,6 +28,7 @@ from typing import Any
 
 from .enums import ViewOutput, ViewStage
 from .error import ProtocolError
+from .messages import SEQ_BITS, unpack_seq
 from .protocol import decode_protocol as _decode_protocol
 from .protocol import encode_protocol
 from .timing import pack_buckets, unpack_buckets
@@ -414,7 +415,8 @@ class Client:
 
     def _count_seq(self, path: str, seq) -> None:
         """Add the gap between `path`'s previous sequence number and `seq`."""
-        if type(seq) is not tuple or len(seq) != 2 or type(seq[1]) is not int:
+        seq = unpack_seq(seq)
+        if seq is None:
             return  # an older pipeline: no sequence numbers
         last = self._last_seq.get(path)
         self._last_seq[path] = seq
@@ -425,7 +427,7 @@ class Client:
             # it numbered what it sent before this client was back.
             log.info("%s: new sequence (the pipeline's REDUCE restarted)", path)
             last = (seq[0], -1)
-        gap = seq[1] - last[1] - 1
+        gap = (seq[1] - last[1] - 1) % (1 << SEQ_BITS)  # n wraps at 2**32
         if gap > 0:
             self._missed[path] = self._missed.get(path, 0) + gap
             log.debug("%s: missed %d result(s)", path, gap)

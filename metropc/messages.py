@@ -30,7 +30,7 @@ __all__ = [
     "Op", "Field", "Schema", "SCHEMAS", "validate",
     "KEY_META", "KEY_EVENT_ID", "KEY_STEP", "KEY_SHM", "KEY_MARK", "SEQ_PATH",
     "META_EVENT", "META_SKIP", "META_STEP", "META_MARK", "MARK_OPS", "pack_meta",
-    "unpack_meta",
+    "unpack_meta", "SEQ_BITS", "pack_seq", "unpack_seq",
     "VIEW_PREFIX", "view_topic", "view_name",
     "OP_EVENT", "OP_CONTEXT", "OP_COMMIT", "OP_ABORT", "OP_PARAMS", "OP_INDEX",
     "OP_ACTION", "OP_STEP", "OP_STATS", "OP_LOST", "OP_SHM", "OP_STOP", "OP_HELLO",
@@ -162,6 +162,25 @@ META_EVENT, META_SKIP, META_STEP, META_MARK = 0, 1, 2, 3
 
 _NONE = type(None)
 _EVENT_ID_TYPES = (int, str, float, _NONE)
+
+
+#: Bits of a published ``seq`` that count messages; the bits above them are
+#: the stream (docs/protocol.md §7).
+SEQ_BITS = 32
+_SEQ_MASK = (1 << SEQ_BITS) - 1
+
+
+def pack_seq(stream: int, n: int) -> int:
+    """The ``seq`` of the `n`-th message of a topic in output `stream`: one
+    int64 (one frame on the wire, where a pair would take three)."""
+    return ((stream & 0x7FFFFFFF) << SEQ_BITS) | (n & _SEQ_MASK)
+
+
+def unpack_seq(value) -> tuple[int, int] | None:
+    """``(stream, n)`` of a ``seq`` value, or None if it is not one."""
+    if type(value) is int and value >= 0:
+        return value >> SEQ_BITS, value & _SEQ_MASK
+    return None
 
 
 def pack_meta(seq, version=None, event_id=None, produced=(), failed=(), kind=0):

@@ -27,6 +27,7 @@ from metropc.client import (
     encode_index,
 )
 from metropc.error import ProtocolError
+from metropc.messages import unpack_seq
 from metropc.protocol import encode_protocol
 
 REPO = Path(__file__).resolve().parent.parent
@@ -344,8 +345,10 @@ def xpub(zctx, tmp_path):
 
 
 def send_seq(sock, path, stream, n, **extra):
+    from metropc.messages import pack_seq
+
     sock.send_multipart(encode_protocol(path, {"data": float(n), "event_id": n,
-                                               "seq": (stream, n), **extra}))
+                                               "seq": pack_seq(stream, n), **extra}))
 
 
 def test_gaps_in_sequence_numbers_are_counted_per_view(zctx, xpub):
@@ -370,17 +373,25 @@ def test_gaps_in_sequence_numbers_are_counted_per_view(zctx, xpub):
         assert client.missed == 9
 
 
+def test_seq_packs_stream_and_count_into_one_int_and_wraps():
+    from metropc.messages import pack_seq
+    assert unpack_seq(pack_seq(5, 7)) == (5, 7)
+    assert unpack_seq(pack_seq(0x7FFFFFFF, 0xFFFFFFFF)) == (0x7FFFFFFF, 0xFFFFFFFF)
+    assert pack_seq(3, 1 << 32) == pack_seq(3, 0)  # the count wraps, the stream stays
+    assert unpack_seq((1, 2)) is None and unpack_seq(-1) is None and unpack_seq(1.0) is None
+
+
 def test_a_new_subscription_starts_counting_afresh(zctx, xpub):
     with Client(xpub.address, views=["a"], context=zctx, timeout=10) as client:
         xpub.wait_subscribed(b"index", b"view#a")
         send_seq(xpub, b"view#a", 1, 0)
-        assert client.recv()[1]["seq"] == (1, 0)
+        assert unpack_seq(client.recv()[1]["seq"]) == (1, 0)
         client.unsubscribe("a")
         client.subscribe("a")
         xpub.wait_subscribed(b"view#a")
         send_seq(xpub, b"view#a", 1, 40)  # sent while it was not subscribed: not missed
         send_seq(xpub, b"view#a", 1, 41)
-        assert [client.recv()[1]["seq"][1] for _ in range(2)] == [40, 41]
+        assert [unpack_seq(client.recv()[1]["seq"])[1] for _ in range(2)] == [40, 41]
         assert client.missed == 0
 
 
@@ -395,7 +406,7 @@ def test_results_wait_index_had_to_drop_are_counted(zctx, xpub):
             send_seq(xpub, b"view#a", 1, n)
         xpub.send_multipart(encode_protocol(b"index", encode_index(INDEX)))
         client.wait_index()
-        assert [client.recv()[1]["seq"][1] for _ in range(3)] == [2, 3, 4]
+        assert [unpack_seq(client.recv()[1]["seq"])[1] for _ in range(3)] == [2, 3, 4]
         assert client.missed_by_view == {"view#a": 2}
         assert client.received == 5
 

@@ -94,14 +94,14 @@ def test_simulated_runs_reset_builtins_and_every_result_carries_its_run():
     with Pipeline(CTX, source="sim", rate=50, run_length=10, max_events=60) as pipe, \
             Client(pipe.output_addr, views=["tid_histogram"], timeout=30) as client:
         client.wait_index(timeout=30)  # subscribed: nothing published is missed
-        got = collect(client, lambda r: any(p["run"] == 5 for p in r.get(
+        got = collect(client, lambda r: any(p.get("run") == 5 for p in r.get(
             "view#tid_histogram", ())))
     hist = got["view#tid_histogram"]
-    runs = [p["run"] for p in hist]
+    runs = [p.get("run") for p in hist]
     assert runs == sorted(runs)
     for run in (3, 4):  # whole runs (the first may have begun before we listened)
         # Each run starts empty: the counts go 1, 2, ..., 10 within it.
-        assert [hist_total(p) for p in hist if p["run"] == run] == list(range(1, 11))
+        assert [hist_total(p) for p in hist if p.get("run") == run] == list(range(1, 11))
 
 
 def test_operator_runs_are_numbered_and_marked():
@@ -117,9 +117,9 @@ def test_operator_runs_are_numbered_and_marked():
         pipe.send({"internal#train_id": 3})
         got = collect(client, lambda r: len(r.get("view#tid_histogram", ())) == 4
                       and len(r.get("mark", ())) >= 3)
-    assert [p["run"] for p in got["view#tid_histogram"]] == [1, 1, 1, 7]
+    assert [p.get("run") for p in got["view#tid_histogram"]] == [1, 1, 1, 7]
     assert [hist_total(p) for p in got["view#tid_histogram"]] == [1, 2, 3, 1]
-    assert [(m["kind"], m["run"]) for m in got["mark"][:3]] == [
+    assert [(m["kind"], m.get("run")) for m in got["mark"][:3]] == [
         ("run_start", 1), ("run_end", 1), ("run_start", 7)]
 
 
@@ -185,14 +185,14 @@ def test_two_run_directories_in_a_row_reset_builtins_at_the_boundary(tmp_path):
         with Client(pipe.output_addr, views=["tid_histogram"], timeout=30) as client:
             client.subscribe_topic("mark")
             got = collect(client, lambda r: len(r.get("view#tid_histogram", ())) >= 1
-                          and any(m["kind"] == "run_end" and m["run"] == 2
+                          and any(m["kind"] == "run_end" and m.get("run") == 2
                                   for m in r.get("mark", ())))
     finally:
         pipe.close()
     hist = got["view#tid_histogram"]
-    second = [p for p in hist if p["run"] == 2]
+    second = [p for p in hist if p.get("run") == 2]
     assert [p["event_id"] for p in second] == [10005, 10006, 10007, 10008]
     assert [hist_total(p) for p in second] == [1, 2, 3, 4]
-    assert all(p["run"] == 1 for p in hist if p["event_id"] < 10005)
-    kinds = [(m["kind"], m["run"]) for m in got["mark"]]
+    assert all(p.get("run") == 1 for p in hist if p["event_id"] < 10005)
+    kinds = [(m["kind"], m.get("run")) for m in got["mark"]]
     assert ("run_start", 2) in kinds and ("run_end", 2) in kinds

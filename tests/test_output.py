@@ -16,6 +16,7 @@ import time
 import pytest
 import zmq
 
+from metropc.messages import pack_seq, unpack_seq
 from metropc.frontend import Context, ProcessRunner
 from metropc.stage.output import Output
 
@@ -224,6 +225,7 @@ def test_a_result_that_cannot_be_sent_fails_its_view_not_the_stage(
 READER = """
 import json, sys
 from metropc.client import Client
+from metropc.messages import unpack_seq
 addr, last, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 # view#sync_<mode>: once the output sees this subscription, it has seen the
 # one to view#burst before it (same connection, in order).
@@ -236,7 +238,7 @@ with Client(addr, views=["burst", "sync_" + mode], timeout=60) as client:
                 client.recv(timeout=1.0)
         except TimeoutError:
             print("drained", flush=True)
-    while client.recv()[1]["seq"][1] != last:
+    while unpack_seq(client.recv()[1]["seq"])[1] != last:
         pass
     print(json.dumps({"received": client.received, "missed": client.missed}), flush=True)
 """
@@ -369,9 +371,10 @@ def test_results_held_back_by_a_stall_reach_a_reading_client():
 
         def receive(timeout):
             path, data = client.recv(timeout=timeout)
-            assert list(data) == ["data", "event_id", "version", "seq", "run"]  # docs/protocol.md §7
-            assert data["seq"][0] == seq_stream.setdefault(path, data["seq"][0])
-            got[path].append((data["event_id"], data["seq"][1], time.monotonic()))
+            assert list(data) == ["data", "event_id", "version", "seq"]  # docs/protocol.md §7
+            stream, n = unpack_seq(data["seq"])
+            assert stream == seq_stream.setdefault(path, stream)
+            got[path].append((data["event_id"], n, time.monotonic()))
 
         # Warm up until the client receives both views (from then on every
         # result sent to it is either received or counted).
@@ -431,4 +434,4 @@ def test_the_documented_result_message_is_byte_exact():
     frames = [bytes.fromhex(re.match(r"frame \d+\s+((?:[0-9a-f]{2} )*[0-9a-f]{2})", line)
                             .group(1)) for line in block.strip().splitlines()]
     assert frames == [bytes(f) for f in encode_protocol(b"view#roi", {
-        "data": 1.5, "event_id": 7, "version": 2, "seq": (0x0123456789abcdef, 41)})]
+        "data": 1.5, "event_id": 7, "version": 2, "seq": pack_seq(0x01234567, 41)})]

@@ -22,6 +22,7 @@ import h5py  # noqa: E402
 import xarray as xr  # noqa: E402
 
 import metropc  # noqa: E402
+from metropc.messages import pack_seq, unpack_seq
 from metropc.client import decode_index, encode_index, IndexViewEntry  # noqa: E402
 from metropc.enums import ViewOutput, ViewStage  # noqa: E402
 from metropc.protocol import decode_protocol, encode_protocol  # noqa: E402
@@ -258,7 +259,7 @@ def test_replay_decodes_like_the_live_output(tmp_path, run_dir):
             np.testing.assert_array_equal(got["data"], want["data"])
     # per topic, seq numbers count 0, 1, 2, ... as live
     for view in VIEWS:
-        seqs = [d["seq"][1] for p, d in replayed if p == f"view#{view}"]
+        seqs = [unpack_seq(d["seq"])[1] for p, d in replayed if p == f"view#{view}"]
         assert seqs == list(range(len(seqs)))
     entry = index["view#image"]
     assert isinstance(entry, IndexViewEntry)
@@ -442,7 +443,7 @@ class FakeOutput:
         n = self.seq.get(name, 0)
         self.seq[name] = n + 1
         self.send(f"view#{name}", {"data": data, "event_id": event_id, "version": 1,
-                                   "seq": (7, n), **extra})
+                                   "seq": pack_seq(7, n), **extra})
 
     def index(self, views):
         self.send("index", encode_index({

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 
 import h5py
 
+from ..messages import unpack_seq
 from .._version import __version__
 from .columns import Column
 from .layout import (FORMAT, FORMAT_VERSION, META, META_TABLES, MISSING, NO_EVENT,
@@ -273,9 +274,8 @@ class Recording:
             run_value = run if type(run) is int else RUN_NONE
         else:
             run, run_value = self.run, RUN_ABSENT
-        seq = payload.get("seq")
-        seq = seq[1] if type(seq) is tuple and len(seq) == 2 and type(seq[1]) is int \
-            else MISSING
+        seq = unpack_seq(payload.get("seq"))
+        seq = MISSING if seq is None else seq[1]
         f = self._file(run if type(run) is int else None)
         info = self.view_info.get(view)
         f.note_view(view, info, now)

@@ -42,6 +42,7 @@ import time
 
 import zmq
 
+from ..messages import pack_seq
 from ..transport import send_frames, try_recv_frames
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class Output:
         #: Identifies this output's sequence numbers: a new REDUCE process
         #: (after a crash) starts new ones, which clients must not count
         #: as a gap.  Random, so that it differs from any earlier one.
-        self.stream: int = int.from_bytes(os.urandom(8), "little") >> 1
+        self.stream: int = int.from_bytes(os.urandom(4), "little") >> 1
         self._seqs: dict[bytes, int] = {}
         #: Messages a full subscriber queue refused (each dropped for the
         #: subscribers that had no room, delivered to the others).
@@ -140,7 +141,7 @@ class Output:
         :meth:`send` with this `topic` moves it on, so a message that
         failed to encode leaves no gap.
         """
-        return self.stream, self._seqs.get(topic, 0)
+        return pack_seq(self.stream, self._seqs.get(topic, 0))
 
     def send(self, frames, topic: bytes | None = None) -> bool:
         """Send one encoded message; False if a subscriber had no room for it.

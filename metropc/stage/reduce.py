@@ -512,10 +512,11 @@ class ReduceStage:
                 continue
             try:
                 # "seq": per-topic sequence number, for clients to count gaps.
-                frames = encode_protocol(topic, {"data": value, "event_id": event_id,
-                                                 "version": version,
-                                                 "seq": output.seq(topic),
-                                                 "run": self.run})
+                payload = {"data": value, "event_id": event_id, "version": version,
+                           "seq": output.seq(topic)}
+                if self.run is not None:  # only inside runs: a frame less
+                    payload["run"] = self.run
+                frames = encode_protocol(topic, payload)
             except KeyboardInterrupt:  # how a stage is told to stop
                 raise
             except BaseException as e:  # noqa: BLE001 - unpicklable; __reduce__ may raise anything
