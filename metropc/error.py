@@ -111,6 +111,24 @@ class ContextSyntaxError(ContextError):
         msg = f"syntax error: {orig_error.msg}"
         super().__init__(msg, path, orig_error.lineno)
 
+    def __reduce__(self):
+        # The SyntaxError travels as its arguments and is built anew: how
+        # exceptions pickle can be changed by libraries (tblib, installed by
+        # dask on import, loses a SyntaxError's lineno).
+        rebuild, (cls, message, path, lineno, state) = super().__reduce__()
+        orig = state.pop("orig_error", None)
+        if isinstance(orig, SyntaxError):
+            state["orig_error"] = None
+            return (_rebuild_syntax_error, (cls, message, path, lineno, state,
+                                            type(orig), orig.args))
+        return rebuild, (cls, message, path, lineno, state)
+
+
+def _rebuild_syntax_error(cls, message, path, lineno, state, orig_cls, orig_args):
+    err = _rebuild_error(cls, message, path, lineno, state)
+    err.orig_error = orig_cls(*orig_args)
+    return err
+
 
 class ViewDefError(ContextError):
     """A view is defined in a way that cannot work (bad keyword, cycle, ...)."""

@@ -262,3 +262,15 @@ def test_error_reporter_suppresses_repeats():
     assert reports[1].report_text.endswith("(and 2 more failure(s) of this view not shown)")
     assert (reports[1].view, reports[1].event_id, reports[1].lineno) == ("fails", 8, 9)
     assert "values[t]" in reports[1].traceback_text
+
+
+
+def test_syntax_errors_pickle_even_where_tblib_changed_exception_pickling():
+    """dask installs tblib's exception pickling on import (xarray imports
+    dask when it is there), which loses a SyntaxError's lineno."""
+    tblib = pytest.importorskip("tblib.pickling_support")
+    tblib.install()
+    with pytest.raises(ContextSyntaxError) as info:
+        load("x = (\n")
+    err = pickle.loads(pickle.dumps(info.value))
+    assert err.orig_error.lineno == 1 and err.lineno == 1

@@ -181,7 +181,8 @@ class PoolWorker:
             if opcode == OP_EVENT:
                 had_event = True
             try:
-                out = self.on_message(opcode, data)
+                # Events straight to event(): the per-event path.
+                out = self.event(data) if opcode == OP_EVENT else self.on_message(opcode, data)
             except Exception as e:  # noqa: BLE001 - no message may end a worker
                 self.rejected(opcode, e)
                 seq = data.get(SEQ_PATH) if opcode == OP_EVENT else None

@@ -30,15 +30,22 @@ __all__ = ["EventQueue", "event_nbytes"]
 EVENT_OVERHEAD = 256
 
 
+_SCALARS = frozenset({int, float, bool, str, type(None)})
+
+
 def event_nbytes(data: dict) -> int:
     """Bytes an event holds: its buffers (``.nbytes``) plus a fixed overhead."""
     n = EVENT_OVERHEAD
     for value in data.values():
+        kind = type(value)
+        if kind in _SCALARS:
+            continue  # the common case of small events: nothing to look up
+        if kind is bytes:
+            n += len(value)
+            continue
         size = getattr(value, "nbytes", None)
         if type(size) is int:
             n += size
-        elif type(value) is bytes:
-            n += len(value)
     return n
 
 

@@ -404,7 +404,8 @@ class ReduceStage:
 
     def _process_all(self, items):
         for item in items:
-            if self.stalled or self.awaiting_clients() or not self._context_known(item[0]):
+            if self.stalled or (self.clients_back and self.awaiting_clients()) or (
+                    not self._context_known(item[0])):
                 # Results can overtake their context on the way here (they
                 # come from the workers, the context from the frontend):
                 # wait for it, keeping event order.
@@ -728,9 +729,13 @@ class _ReduceLoop:
         """Take the results waiting (at most `limit` messages: let control in)."""
         for _ in range(limit):
             try:
+                on_result = self.stage.on_result
                 for opcode, data in recv_messages(self.results, zmq.NOBLOCK):
                     if opcode == OP_RESULT:
-                        self.guarded(opcode, self.stage.on_result, data)
+                        try:  # (guarded, inline: this is the per-event path)
+                            on_result(data)
+                        except Exception as e:  # noqa: BLE001 - never ends the stage
+                            self.rejected(opcode, e)
                     elif opcode == OP_VSTATS:
                         self.guarded(opcode, self.stage.obs.on_vstats, data)
             except zmq.Again:
