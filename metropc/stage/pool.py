@@ -337,10 +337,14 @@ class PoolWorker:
         if seq is None:
             return None
         if event.get(KEY_STEP):
-            return {KEY_META: pack_meta(seq, kind=META_STEP)}
+            # The context version goes along, so REDUCE applies a step or a
+            # mark only once it has that context too (marks overtake commits).
+            version = None if self.ctx is None else self.ctx.version
+            return {KEY_META: pack_meta(seq, version, kind=META_STEP)}
         mark = event.get(KEY_MARK)
         if mark is not None:  # a reset, run or pause mark: REDUCE applies it in order
-            return {KEY_META: pack_meta(seq, kind=META_MARK), KEY_MARK: mark}
+            version = None if self.ctx is None else self.ctx.version
+            return {KEY_META: pack_meta(seq, version, kind=META_MARK), KEY_MARK: mark}
         engine = self.engine
         if engine is None:
             return {KEY_META: pack_meta(seq, kind=META_SKIP)}

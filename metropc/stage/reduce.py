@@ -417,8 +417,8 @@ class ReduceStage:
 
     def _context_known(self, meta):
         version = meta[1]
-        if meta[5] != META_EVENT or version is None:
-            return True
+        if meta[5] == META_SKIP or version is None:
+            return True  # events, steps and marks wait for their context
         if self.ctx is not None and version <= self.ctx.version:
             return True
         return version in self.pending or version in self.refused
