@@ -28,8 +28,8 @@ import zmq
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage
 from ..error import ProtocolError
-from ..messages import (OP_ABORT, OP_ARESULT, OP_BUSY, OP_COMMIT, OP_CONTEXT, OP_ERROR,
-                        OP_HELLO, OP_INPUTS, OP_PARAMS, OP_RESET, OP_STOP, OP_WANT)
+from ..messages import (OP_ARESULT, OP_BUSY, OP_ERROR, OP_HELLO, OP_INPUTS, OP_PARAMS,
+                        OP_RESET, OP_STOP, OP_WANT)
 from ..security import secure
 from .common import make_socket, recv, send
 from .reload import StagedContext
@@ -55,10 +55,8 @@ class AsyncStage:
 
     # -- from the frontend -------------------------------------------------------
     def on_control(self, opcode, data):
-        if opcode in (OP_CONTEXT, OP_COMMIT, OP_ABORT):
-            handler = {OP_CONTEXT: self.staged.on_context, OP_COMMIT: self.staged.on_commit,
-                       OP_ABORT: self.staged.on_abort}[opcode]
-            reply, ctx = handler(data)
+        if opcode in StagedContext.OPCODES:
+            reply, ctx = self.staged.handle(opcode, data)
             if reply is not None:
                 send(self.control, *reply)
             if ctx is not None:
@@ -138,27 +136,18 @@ def run_async(control_addr, async_addr, keys=None, zmq_context=None):
             wait = 1000 if due is None else max(0, int((due - time.monotonic()) * 1000))
             ready = dict(poller.poll(min(wait, 1000)))
             if control in ready:
-                try:
-                    opcode, data = recv(control)
-                except ProtocolError as e:
-                    log.warning("async: rejected a control message: %s", e)
-                    continue
+                opcode, data = _recv(control, "a control message")
                 if opcode == OP_STOP:
                     return 0
-                _guarded(stage.on_control, opcode, data)
+                if opcode is not None:
+                    _guarded(stage.on_control, opcode, data)
             if link in ready:
-                try:
-                    opcode, data = recv(link)
-                except ProtocolError as e:
-                    log.warning("async: rejected a message from reduce: %s", e)
-                    continue
+                opcode, data = _recv(link, "a message from reduce")
                 if opcode == OP_INPUTS:
                     _guarded(lambda _, d: stage.on_inputs(d), opcode, data)
-            due = stage.next_want()
-            if due is not None and stage.asked is None and time.monotonic() >= due:
+            due = stage.next_want()  # WANT_AGAIN after an unanswered one: REDUCE may
+            if due is not None and time.monotonic() >= due:  # have restarted
                 stage.want()
-            elif due is not None and stage.asked is not None and time.monotonic() >= due:
-                stage.want()  # no answer for a while: REDUCE may have restarted
     except (KeyboardInterrupt, zmq.ContextTerminated):
         return 0
     finally:
@@ -168,6 +157,15 @@ def run_async(control_addr, async_addr, keys=None, zmq_context=None):
             auth.stop()
         if zmq_context is None:
             zctx.term()
+
+
+def _recv(sock, what):
+    """One validated message, or ``(None, None)`` for a malformed one (logged)."""
+    try:
+        return recv(sock)
+    except ProtocolError as e:
+        log.warning("async: rejected %s: %s", what, e)
+        return None, None
 
 
 def _guarded(handler, opcode, data):

@@ -34,7 +34,7 @@ from ..messages import KEY_MARK, KEY_TIME, META_MARK, OP_VSTATS
 from ..timing import merge
 from .reload import StagedContext
 from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, KEY_STEP, META_SKIP, META_STEP,
-                     OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_ERROR, OP_EVENT, pack_meta,
+                     OP_CREDIT, OP_ERROR, OP_EVENT, pack_meta,
                      OP_HEARTBEAT, OP_HELLO, OP_PARAMS, OP_RESULT, OP_SHM, OP_STOP, SEQ_PATH,
                      make_socket, recv_messages, send, send_batch, unpack_meta)
 
@@ -198,10 +198,8 @@ class PoolWorker:
         """Apply one message; the result for REDUCE of an event, else None."""
         if opcode == OP_EVENT:
             return self.event(data)
-        if opcode in (OP_CONTEXT, OP_COMMIT, OP_ABORT):
-            handler = {OP_CONTEXT: self.staged.on_context, OP_COMMIT: self.staged.on_commit,
-                       OP_ABORT: self.staged.on_abort}[opcode]
-            reply, ctx = handler(data)
+        if opcode in StagedContext.OPCODES:
+            reply, ctx = self.staged.handle(opcode, data)
             if reply is not None:
                 send(self.control, *reply)
             if ctx is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .common import OP_CTX_FAILED, OP_CTX_READY, build_context
+from .common import OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED, OP_CTX_READY, build_context
 
 __all__ = ["ReloadCoordinator", "Committed", "Aborted", "StagedContext", "RELOAD_TIMEOUT"]
 
@@ -119,9 +119,20 @@ class StagedContext:
     send to the frontend or None, `ctx` a context to start using now or None.
     """
 
+    #: The control messages this class handles (see :meth:`handle`).
+    OPCODES = frozenset({OP_CONTEXT, OP_COMMIT, OP_ABORT})
+
     def __init__(self, stage):
         self.stage = stage
         self.prepared = None
+
+    def handle(self, opcode: bytes, data: dict):
+        """``(reply, ctx)`` for a ``context``, ``commit`` or ``abort`` message."""
+        if opcode == OP_CONTEXT:
+            return self.on_context(data)
+        if opcode == OP_COMMIT:
+            return self.on_commit(data)
+        return self.on_abort(data)
 
     def on_context(self, data: dict):
         ctx_data = data.get("ctx")
