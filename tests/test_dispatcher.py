@@ -888,3 +888,51 @@ def test_a_mark_behind_the_lost_message_is_sent_again_as_the_same_mark():
     d.on_credit("b", 1, 2.0)
     again = d.step_batch(2.0, seq=1, mark=mark)
     assert again.worker == "b" and again.messages == sent.messages
+
+
+def test_dispatching_waits_for_reduce_within_its_reorder_window():
+    """A worker's results can queue behind another's at REDUCE; REDUCE
+    gives up on a missing event once 4096 later ones wait.  So new events
+    go out only while fewer than MAX_AHEAD are beyond REDUCE's progress."""
+    d = dispatcher("a", "b", credit=1000)
+    d.event_cost = 1e-9  # full batches
+    d.max_ahead = 64
+    q = make_queue([small(i) for i in range(200)])
+    sent = []
+    while (b := take(d, q)) is not None:
+        sent += b.seqs
+    assert sent == list(range(64))           # two full batches, then it waits
+    assert d.too_far_ahead() and d.held_back == 1
+    d.on_progress(40)                        # REDUCE has 0..39: 24 beyond it
+    assert take(d, q).seqs == list(range(64, 96))
+    assert take(d, q).seqs == list(range(96, 128))   # (one batch past the limit at most)
+    assert take(d, q) is None
+    d.on_progress(10)                        # an older report changes nothing
+    assert d.reduce_next == 40 and len(q.events) == 200 - 128
+
+
+def test_events_a_dead_worker_left_go_out_even_when_far_ahead():
+    """Requeued events keep their (old) numbers, inside REDUCE's window:
+    they go out whatever the progress, or REDUCE would wait for them."""
+    d = dispatcher("a", "b", credit=10)
+    d.event_cost = 1e-9
+    d.max_ahead = 64
+    d.credits["b"] = 0
+    q = make_queue([small(i) for i in range(100)])
+    assert take(d, q).worker == "a" and take(d, q).worker == "a"   # 0..31, 32..63
+    assert d.too_far_ahead() and take(d, q) is None
+    lost, requeue, _ = d.remove_worker("a")
+    assert lost == list(range(32))           # the one it was working on
+    q.requeue(requeue)                       # as the frontend does
+    d.on_credit("b", 1, 1.0)
+    again = take(d, q, now=1.0)
+    assert again.worker == "b" and again.seqs == list(range(32, 64))
+    assert take(d, q, now=1.0) is None       # new events still wait
+
+
+def test_max_ahead_fits_reduce_reorder_window():
+    import inspect
+
+    from metropc.stage.reduce import ReduceStage
+    window = inspect.signature(ReduceStage).parameters["reorder_window"].default
+    assert dispatcher_mod.MAX_AHEAD + dispatcher_mod.BATCH_MAX <= window

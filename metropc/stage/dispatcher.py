@@ -18,6 +18,13 @@ The policy:
 - For a worker on this host, large arrays go into shared-memory slots; a
   worker holding SHM_WORKER_BYTES of slots is asked last, and an event
   waits for a slot only while some worker will free one.
+- Dispatching runs at most MAX_AHEAD events ahead of the newest progress
+  REDUCE reported: REDUCE puts results back in order in a window of 4096
+  events and gives up on a missing one when more wait behind it, so a
+  worker whose results lag (their messages queue behind another worker's
+  at REDUCE) must not be left that far behind.  Events beyond wait in the
+  queue, where the drop policy applies as for any other back-pressure
+  (``block`` makes the source wait).
 - Every event sent is *outstanding* at its worker until the worker's
   credit acknowledges its message.  If the worker dies or hangs, the
   events of its oldest outstanding message are lost (it was working on
@@ -47,6 +54,10 @@ BATCH_SECONDS = 0.005
 SHM_BATCH_BYTES = 8 << 20
 #: Most bytes of shared-memory slots one worker holds at once (beyond one event).
 SHM_WORKER_BYTES = 32 << 20
+#: How many events dispatching may run ahead of REDUCE's reported progress:
+#: REDUCE's reorder window (``ReduceStage(reorder_window=4096)``) less room
+#: for a batch in flight, so that no event is given up on while it is only late.
+MAX_AHEAD = 4096 - 2 * BATCH_MAX
 
 
 def batch_limit(event_cost: float) -> int:
@@ -69,7 +80,7 @@ class Batch:
 class Dispatcher:
     """Credits, round robin, batching and loss accounting of the POOL."""
 
-    def __init__(self, shm=None):
+    def __init__(self, shm=None, max_ahead: int = MAX_AHEAD):
         self.shm = shm                  # shm.FrontendSlots or None
         self.credits = collections.Counter()
         self.workers: list[str] = []    # in round-robin order
@@ -80,6 +91,9 @@ class Dispatcher:
         self.unreachable = set()        # refused a send: no work until hello again
         self.shm_waiting = None         # queue index of the event waiting for a slot
         self.seq = 0                    # next sequence number
+        self.reduce_next = 0            # REDUCE's progress: the next seq it waits for
+        self.max_ahead = max_ahead
+        self.held_back = 0              # times dispatching waited for REDUCE
         self.version = None             # context version stamped on events
         self.key_sets = collections.Counter()  # tuple of an event's paths -> events
         # Seconds per event in a worker (moving average); unknown at first,
@@ -215,13 +229,24 @@ class Dispatcher:
         self._track(batch, now)
         return batch
 
+    def on_progress(self, next_seq: int) -> None:
+        """REDUCE has everything before `next_seq` (it reports every 20 ms)."""
+        self.reduce_next = max(self.reduce_next, next_seq)
+
+    def too_far_ahead(self) -> bool:
+        """Whether new events must wait for REDUCE to catch up (MAX_AHEAD)."""
+        return self.seq - self.reduce_next >= self.max_ahead
+
     def next_batch(self, queue, limit, now: float) -> Batch | None:
         """Take events from `queue` (lock held) for the next free worker.
 
         Only events queued before index `limit` (the next control message)
-        are taken.  None when no worker has credit, or the next event waits
-        for a shared-memory slot.
+        are taken.  None when no worker has credit, the next event waits
+        for a shared-memory slot, or dispatching is too far ahead of REDUCE.
         """
+        if self.too_far_ahead() and self._next_is_new(queue):
+            self.held_back += 1
+            return None
         worker = self.free_worker(avoid=self.shm_saturated)
         if worker is None:
             return None
@@ -231,6 +256,12 @@ class Dispatcher:
         if batch.seqs:  # only events are acknowledged (a credit per message)
             self._track(batch, now)
         return batch
+
+    @staticmethod
+    def _next_is_new(queue) -> bool:
+        """Whether the next queued event has no sequence number yet (events a
+        dead worker left keep theirs, inside the window: they always go)."""
+        return bool(queue.events) and queue.events[0][4] is None
 
     def _track(self, batch: Batch, now: float) -> None:
         self.credits[batch.worker] -= 1
