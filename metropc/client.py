@@ -30,6 +30,7 @@ from .enums import ViewOutput, ViewStage
 from .error import ProtocolError
 from .messages import SEQ_BITS, unpack_seq
 from .protocol import decode_protocol as _decode_protocol
+from .protocol_batch import BATCH_PREFIX, batch_topic, unpack_records
 from .protocol import encode_protocol
 from .timing import pack_buckets, unpack_buckets
 
@@ -343,6 +344,15 @@ class Client:
         Defaults to the process-wide instance.
     keys : str, optional
         Key directory of a pipeline secured with CURVE (``metropc-keys``).
+    batch : bool
+        Receive each view's results in batches, many to a message
+        (``batch#view#<name>``, docs/protocol.md section 7a), once the
+        publisher's status says it offers them (metropc's REDUCE and
+        ``metropc-replay`` do, within milliseconds of connecting; other
+        publishers, like the original metropc, never do, and their
+        results keep coming as plain messages).  The same results in the
+        same order, at a fraction of the per-result cost on both ends;
+        :meth:`recv` returns them one by one as usual.  False: never.
 
     Missed results are counted, not hidden: the pipeline numbers the
     messages of each view (payload key ``seq``), and a gap in the numbers
@@ -362,7 +372,7 @@ class Client:
 
     def __init__(self, address: str, *, views: Iterable[str] = (),
                  timeout: float | None = None, allow_pickle: bool = True,
-                 context=None, keys=None):
+                 context=None, keys=None, batch: bool = True):
         import zmq
 
         from .transport import recv_frames, try_recv_frames  # zmq only where needed
@@ -370,6 +380,13 @@ class Client:
         self.address = address
         self.timeout = timeout
         self.allow_pickle = allow_pickle
+        self.batch = batch
+        #: Whether view results come in batches now (see `batch`).
+        self.batching = False
+        #: Views subscribed plain as well until their first batch comes.
+        self._plain_too: set[str] = set()
+        #: Results of a received batch that :meth:`recv` has not returned yet.
+        self._unpacked: collections.deque = collections.deque()
         #: Latest index, ``{path: IndexEntry}``, or None before the first.
         self.index: dict[str, IndexEntry] | None = None
         #: Monotonic time the latest index arrived.
@@ -413,24 +430,29 @@ class Client:
         """:attr:`missed` per view path (``{"view#roi": 3}``), a copy."""
         return dict(self._missed)
 
-    def _count_seq(self, path: str, seq) -> None:
-        """Add the gap between `path`'s previous sequence number and `seq`."""
+    def _count_seq(self, path: str, seq) -> bool:
+        """Add the gap between `path`'s previous sequence number and `seq`;
+        False if `seq` came before (a copy, while switching to batches)."""
         seq = unpack_seq(seq)
         if seq is None:
-            return  # an older pipeline: no sequence numbers
+            return True  # an older pipeline: no sequence numbers
         last = self._last_seq.get(path)
-        self._last_seq[path] = seq
         if last is None:
-            return  # the first result since subscribing: the baseline
+            self._last_seq[path] = seq
+            return True  # the first result since subscribing: the baseline
         if last[0] != seq[0]:
             # The pipeline's REDUCE restarted: its numbers start at 0, and
             # it numbered what it sent before this client was back.
             log.info("%s: new sequence (the pipeline's REDUCE restarted)", path)
             last = (seq[0], -1)
         gap = (seq[1] - last[1] - 1) % (1 << SEQ_BITS)  # n wraps at 2**32
+        if gap >= 1 << (SEQ_BITS - 1):
+            return False  # at or before the last one: seen already
+        self._last_seq[path] = seq
         if gap > 0:
             self._missed[path] = self._missed.get(path, 0) + gap
             log.debug("%s: missed %d result(s)", path, gap)
+        return True
 
     @property
     def views(self) -> frozenset[str]:
@@ -441,7 +463,7 @@ class Client:
         """Receive results of view `name`; returns its path."""
         path = view_path(name)
         if path not in self._views:
-            self._socket.subscribe(path.encode("utf-8"))
+            self._socket.subscribe(self._wire_topic(path))
             self._views.add(path)
             self._last_seq.pop(path, None)  # count gaps from its next result on
             log.debug("subscribed to %s at %s", path, self.address)
@@ -461,12 +483,39 @@ class Client:
         """Stop receiving results of view `name`; returns its path."""
         path = view_path(name)
         if path in self._views:
-            self._socket.unsubscribe(path.encode("utf-8"))
+            self._socket.unsubscribe(self._wire_topic(path))
+            if path in self._plain_too:
+                self._plain_too.discard(path)
+                self._socket.unsubscribe(path.encode("utf-8"))
             self._views.discard(path)
             self._last_seq.pop(path, None)
             self._pending = collections.deque(
                 (m for m in self._pending if m[0] != path), maxlen=self.PENDING_LIMIT)
+            self._unpacked = collections.deque(m for m in self._unpacked if m[0] != path)
         return path
+
+    def _wire_topic(self, path: str) -> bytes:
+        """What to subscribe to for view `path`: its batches, or its messages."""
+        topic = path.encode("utf-8")
+        return batch_topic(topic) if self.batching and path.startswith("view#") else topic
+
+    def _start_batching(self) -> None:
+        """The publisher offers batches: subscribe to them.
+
+        The plain subscriptions stay until the first batch of each view
+        arrives (:meth:`_handle_batch`): results published before the
+        publisher saw the batch subscription come plain, ahead of that
+        batch, and dropping the plain subscription earlier would make the
+        SUB socket discard them.  Results published between the batch
+        subscription and the end of the plain one come both ways;
+        :meth:`_count_seq` recognises the second copy and it is dropped.
+        """
+        self.batching = True
+        for path in self._views:
+            if path.startswith("view#"):
+                self._socket.subscribe(self._wire_topic(path))
+                self._plain_too.add(path)
+        log.debug("%s: receiving results in batches", self.address)
 
     def _deadline(self, timeout):
         timeout = self.timeout if timeout is None else timeout
@@ -479,6 +528,8 @@ class Client:
         (stored in :attr:`index`) and False for anything else (prefix
         matches of unsubscribed paths).
         """
+        if self._unpacked:
+            return self._unpacked.popleft()
         frames = self._try_recv_frames(self._socket)  # queued already: no poll needed
         if frames is None:
             if deadline is None:
@@ -501,8 +552,12 @@ class Client:
             _, status = _decode_protocol(frames, allow_pickle=self.allow_pickle)
             if type(status) is dict:
                 self.status = status
+                if status.get("batch") is True and self.batch and not self.batching:
+                    self._start_batching()
             if "status" not in self._views:
                 return False  # kept in .status; not a result
+        if topic.startswith(BATCH_PREFIX):
+            return self._handle_batch(frames)
         try:
             path = topic.decode("utf-8")
         except UnicodeDecodeError:
@@ -510,10 +565,38 @@ class Client:
         if path not in self._views:
             return False
         _, data = _decode_protocol(frames, allow_pickle=self.allow_pickle)
+        if type(data) is dict and not self._count_seq(path, data.get("seq")):
+            return False  # a copy of a result that came in a batch already
         self.received += 1
-        if type(data) is dict:
-            self._count_seq(path, data.get("seq"))
         return path, data
+
+    def _handle_batch(self, frames) -> tuple[str, dict] | bool:
+        """The first result of a batch; the others wait in ``_unpacked``.
+
+        The whole batch is decoded before any result is returned, so a
+        malformed one raises ProtocolError without delivering half of it.
+        """
+        topic, records = unpack_records(frames)
+        try:
+            path = topic.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(f"topic {topic[:40]!r} is not UTF-8") from None
+        if path not in self._views or not self.batching:
+            return False
+        if path in self._plain_too:  # plain results before this one came already
+            self._plain_too.discard(path)
+            self._socket.unsubscribe(path.encode("utf-8"))
+        results = []
+        for record in records:
+            record.insert(0, topic)
+            results.append((path, _decode_protocol(record, allow_pickle=self.allow_pickle)[1]))
+        results = [r for r in results
+                   if type(r[1]) is not dict or self._count_seq(path, r[1].get("seq"))]
+        self.received += len(results)
+        if not results:
+            return False
+        self._unpacked.extend(results[1:])
+        return results[0]
 
     def _messages(self, timeout):
         """Results of :meth:`_recv_one` until the deadline.
@@ -552,6 +635,8 @@ class Client:
             msg = self._pending.popleft()
             if msg[0] in self._views:
                 return msg
+        if self._unpacked:
+            return self._unpacked.popleft()
         # Fast path: a result is queued already (no deadline, no generator).
         frames = self._try_recv_frames(self._socket)
         if frames is not None:

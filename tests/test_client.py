@@ -411,6 +411,57 @@ def test_results_wait_index_had_to_drop_are_counted(zctx, xpub):
         assert client.received == 5
 
 
+def batch_of(path, stream, ns):
+    from metropc.messages import pack_seq
+    from metropc.protocol_batch import pack_records
+    return pack_records(path, [encode_protocol(path, {"data": float(n), "event_id": n,
+                                                      "seq": pack_seq(stream, n)})[1:]
+                               for n in ns])
+
+
+def test_a_client_switches_to_batches_when_offered_and_drops_copies(zctx, xpub):
+    with Client(xpub.address, views=["a"], context=zctx, timeout=10) as client:
+        xpub.wait_subscribed(b"index", b"status", b"view#a")
+        assert not client.batching                  # plain until offered
+        for n in range(3):
+            send_seq(xpub, b"view#a", 1, n)
+        xpub.send_multipart(encode_protocol(b"status", {"state": "RUN", "batch": True}))
+        xpub.send_multipart(encode_protocol(b"index", encode_index(INDEX)))
+        client.wait_index()                         # reads the status on the way
+        assert client.batching and client.status["batch"] is True
+        xpub.wait_subscribed(b"batch#view#a")
+        # Published while the subscriptions change: 2 and 3 come both ways.
+        # The plain subscription stays until the first batch came (plain
+        # results before it are not lost to the SUB socket's own filter).
+        send_seq(xpub, b"view#a", 1, 3)
+        xpub.send_multipart(batch_of(b"view#a", 1, [2, 3, 4, 5]))
+        send_seq(xpub, b"view#a", 1, 5)             # before the unsubscription arrived
+        got = [unpack_seq(client.recv()[1]["seq"])[1] for _ in range(6)]
+        assert got == [0, 1, 2, 3, 4, 5]
+        assert (client.received, client.missed) == (6, 0)
+        assert xpub.socket.poll(5000) and xpub.socket.recv() == b"\x00view#a"
+        xpub.send_multipart([b"batch#view#a", b"\x01\x00"])   # malformed
+        with pytest.raises(ProtocolError, match="frame count"):
+            client.recv()
+        xpub.send_multipart(batch_of(b"view#a", 1, [7]))    # 6 was missed
+        assert client.recv()[1]["data"] == 7.0 and client.missed == 1
+        client.unsubscribe("a")
+        xpub.wait_subscribed()                      # (unsubscriptions are not awaited)
+        client.subscribe("a")
+        xpub.wait_subscribed(b"batch#view#a")       # batches from then on
+
+
+def test_a_client_told_not_to_never_asks_for_batches(zctx, xpub):
+    with Client(xpub.address, views=["a"], context=zctx, timeout=10, batch=False) as client:
+        xpub.wait_subscribed(b"index", b"status", b"view#a")
+        xpub.send_multipart(encode_protocol(b"status", {"batch": True}))
+        send_seq(xpub, b"view#a", 1, 0)
+        xpub.send_multipart(batch_of(b"view#a", 1, [1]))   # someone else's batch
+        send_seq(xpub, b"view#a", 1, 2)
+        assert [client.recv()[1]["data"] for _ in range(2)] == [0.0, 2.0]
+        assert not client.batching and client.missed == 1
+
+
 # -- metropc-client --------------------------------------------------------
 
 def test_summaries():

@@ -13,12 +13,15 @@ from __future__ import annotations
 import re
 import time
 
+import numpy as np
 import pytest
 import zmq
 
-from metropc.messages import pack_seq, unpack_seq
 from metropc.frontend import Context, ProcessRunner
-from metropc.stage.output import Output
+from metropc.messages import pack_seq, unpack_seq
+from metropc.protocol import decode_protocol, encode_protocol
+from metropc.protocol_batch import INLINE_MAX, unpack_records
+from metropc.stage.output import BATCH_MAX_RECORDS, Output
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -116,6 +119,93 @@ def test_the_output_ignores_garbage_instead_of_subscriptions(xpub):
         settle(output, lambda o: o.prefixes == {b"view#ok"})
     finally:
         xsub.close(0)
+
+
+# -- batches (metropc.protocol_batch) ----------------------------------------
+
+def publish(output, n, topic=b"view#roi", start=0, value=float):
+    for i in range(start, start + n):
+        output.send(encode_protocol(topic, {"data": value(i), "event_id": i, "version": 1,
+                                            "seq": output.seq(topic)}), topic)
+
+
+def recv_all(sub, timeout_ms=2000):
+    """Every message `sub` gets until it is quiet for a moment."""
+    out = []
+    while sub.poll(timeout_ms if not out else 200):
+        out.append(sub.recv_multipart())
+    return out
+
+
+def test_a_batch_subscriber_gets_the_same_results_many_to_a_message(xpub):
+    output, subscriber = xpub
+    batched = subscriber(b"batch#view#roi")
+    plain = subscriber(b"view#roi")
+    settle(output, lambda o: len(o.prefixes) == 2)
+    assert output.routes(b"view#roi") == (True, True)
+    publish(output, 10)
+    output.flush()
+    plain_msgs = [decode_protocol(f)[1] for f in recv_all(plain)]
+    batches = recv_all(batched)
+    assert len(plain_msgs) == 10 and len(batches) == 1 and len(batches[0]) == 2
+    topic, records = unpack_records(batches[0])
+    assert [decode_protocol([topic, *r])[1] for r in records] == plain_msgs
+    assert [unpack_seq(m["seq"])[1] for m in plain_msgs] == list(range(10))
+
+
+def test_subscribing_to_everything_does_not_make_batches(xpub):
+    output, subscriber = xpub
+    everything = subscriber(b"")
+    settle(output, lambda o: o.prefixes == {b""})
+    assert output.routes(b"view#roi") == (True, False)
+    publish(output, 3)
+    output.flush()
+    assert [f[0] for f in recv_all(everything)] == [b"view#roi"] * 3
+    batched = subscriber(b"batch#")            # every view, in batches
+    settle(output, lambda o: b"batch#" in o.prefixes)
+    assert output.routes(b"view#roi") == (True, True)
+    assert output.routes(b"index") == (True, False)   # only views come in batches
+    publish(output, 2, start=3)
+    output.flush()
+    assert len(unpack_records(recv_all(batched)[0])[1]) == 2
+
+
+def test_a_mark_sends_the_open_batches_first(xpub):
+    output, subscriber = xpub
+    sub = subscriber(b"batch#view#roi", b"mark")
+    settle(output, lambda o: len(o.prefixes) == 2)
+    publish(output, 3)
+    output.send(encode_protocol(b"mark", {"run": 1, "kind": "step"}))
+    publish(output, 2, start=3)
+    output.flush()
+    got = recv_all(sub)
+    assert [f[0] for f in got] == [b"batch#view#roi", b"mark", b"batch#view#roi"]
+    assert [len(unpack_records(got[i])[1]) for i in (0, 2)] == [3, 2]
+
+
+def test_a_large_result_goes_at_once_uncopied_after_the_smaller_ones(xpub):
+    output, subscriber = xpub
+    sub = subscriber(b"batch#view#img")
+    settle(output, lambda o: len(o.prefixes) == 1)
+    publish(output, 2, topic=b"view#img", value=lambda i: np.full(3, i, np.float32))
+    publish(output, 1, topic=b"view#img", start=2,
+            value=lambda i: np.full(INLINE_MAX, i, np.float32))
+    got = recv_all(sub)                        # no flush: the large one went at once
+    assert [len(f) for f in got] == [2, 3]     # small ones; the large one + its array
+    topic, records = unpack_records(got[1])
+    image = decode_protocol([topic, *records[0]])[1]["data"]
+    assert image.shape == (INLINE_MAX,) and (image == 2).all()
+
+
+def test_a_full_batch_is_sent_without_waiting_for_the_round(xpub):
+    output, subscriber = xpub
+    sub = subscriber(b"batch#view#roi")
+    settle(output, lambda o: len(o.prefixes) == 1)
+    publish(output, BATCH_MAX_RECORDS + 10)
+    first = recv_all(sub)
+    assert [len(unpack_records(f)[1]) for f in first] == [BATCH_MAX_RECORDS]
+    output.flush()
+    assert [len(unpack_records(f)[1]) for f in recv_all(sub)] == [10]
 
 
 LATE_CTX = """
@@ -226,10 +316,10 @@ READER = """
 import json, sys
 from metropc.client import Client
 from metropc.messages import unpack_seq
-addr, last, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+addr, last, mode, batch = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "batch"
 # view#sync_<mode>: once the output sees this subscription, it has seen the
 # one to view#burst before it (same connection, in order).
-with Client(addr, views=["burst", "sync_" + mode], timeout=60) as client:
+with Client(addr, views=["burst", "sync_" + mode], timeout=60, batch=batch) as client:
     print("connected", flush=True)
     if mode == "frozen":
         sys.stdin.readline()
@@ -244,10 +334,12 @@ with Client(addr, views=["burst", "sync_" + mode], timeout=60) as client:
 """
 
 
-def start_reader(addr, last, mode="reading"):
+def start_reader(addr, last, mode="reading", batch=False):
+    """A reader process; plain messages (one per result) unless `batch`."""
     import subprocess
     import sys
-    return subprocess.Popen([sys.executable, "-c", READER, addr, str(last), mode],
+    return subprocess.Popen([sys.executable, "-c", READER, addr, str(last), mode,
+                             "batch" if batch else "plain"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
@@ -309,6 +401,21 @@ def test_a_burst_far_beyond_the_hwm_reaches_a_reading_client(hwm_xpub):
     assert output.dropped == 0
     # The waits stay within their budget: a slow client cannot stall REDUCE.
     assert output.paced <= output.pace_burst + output.pace_share * elapsed + 0.01
+
+
+def test_a_burst_reaches_a_batch_client_in_few_messages(hwm_xpub):
+    import json
+    output, addr, procs = hwm_xpub
+    n = 5000
+    procs.append(proc := start_reader(addr, n - 1, batch=True))
+    assert read_line(proc) == "connected"
+    settle(output, lambda o: b"view#sync_reading" in o.prefixes)
+    output.send(encode_protocol(b"status", {"batch": True}))    # as REDUCE does
+    settle(output, lambda o: b"batch#view#sync_reading" in o.prefixes)
+    burst(output, n)
+    output.flush()
+    assert json.loads(read_line(proc)) == {"received": n, "missed": 0}
+    assert output.dropped == 0
 
 
 def test_a_frozen_client_misses_counted_results_and_does_not_hold_up_others(hwm_xpub):
@@ -435,3 +542,64 @@ def test_the_documented_result_message_is_byte_exact():
                             .group(1)) for line in block.strip().splitlines()]
     assert frames == [bytes(f) for f in encode_protocol(b"view#roi", {
         "data": 1.5, "event_id": 7, "version": 2, "seq": pack_seq(0x01234567, 41)})]
+
+
+BATCH_CTX = """
+import numpy as np
+import xarray as xr
+
+@View.Scalar
+def tid(t: 'internal#train_id'):
+    return t
+
+@View.Vector(stage='reduce')
+def profile(t: 'view#tid'):
+    return xr.DataArray(np.arange(4.0) * t, dims=['q'], coords={'q': [1, 2, 3, 4]},
+                        attrs={'units': 'a.u.'})
+
+@View.Scalar(stage='reduce')
+def label(t: 'view#tid'):
+    return f'train {t}' if t % 3 else t * 0.5
+"""
+
+
+def test_batch_and_plain_clients_of_one_pipeline_get_the_same_results():
+    """Batches change how results travel, not what arrives (docs/protocol.md §7a)."""
+    import xarray as xr
+
+    from metropc.client import Client
+    from metropc.pipeline import Pipeline
+
+    views = ["tid", "profile", "label"]
+    n = 600
+    with Pipeline(BATCH_CTX, source=None, pool=2, ready_timeout=60) as pipe, \
+            Client(pipe.output_addr, views=views, timeout=30) as batched, \
+            Client(pipe.output_addr, views=views, timeout=30, batch=False) as plain:
+        batched.wait_index()
+        deadline = time.monotonic() + 10
+        while not batched.batching:               # REDUCE offers them on subscription
+            assert time.monotonic() < deadline
+            batched.wait_index()
+        plain.wait_index()
+        for t in range(n):
+            pipe.send({"internal#train_id": t})
+        got = {}
+        for name, client in (("batched", batched), ("plain", plain)):
+            got[name] = [client.recv() for _ in range(3 * n)]
+            assert client.missed == 0
+        assert not plain.batching
+    # In order per view; across views, a batch holds one view's results
+    # of a round of REDUCE's loop, so compare view by view.
+    for path in ("view#tid", "view#profile", "view#label"):
+        batched_results = [d for p, d in got["batched"] if p == path]
+        plain_results = [d for p, d in got["plain"] if p == path]
+        assert len(batched_results) == len(plain_results) == n
+        for b, p in zip(batched_results, plain_results, strict=True):
+            assert b.keys() == p.keys() == {"data", "event_id", "version", "seq"}
+            assert (b["event_id"], b["version"], b["seq"]) == (p["event_id"], p["version"],
+                                                              p["seq"])
+            if isinstance(b["data"], xr.DataArray):
+                assert b["data"].identical(p["data"])
+            else:
+                assert type(b["data"]) is type(p["data"]) and b["data"] == p["data"]
+    assert [d["data"] for p, d in got["batched"] if p == "view#tid"] == list(range(n))

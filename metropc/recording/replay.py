@@ -98,16 +98,21 @@ def replay(path: str, socket: zmq.Socket, *, rate: float | str | None = None,
 
     def tick():
         nonlocal next_index
-        output.read_subscriptions()
+        subscribed = output.read_subscriptions()
         if time.monotonic() >= next_index:
             if output.wants(b"index"):
                 output.send(encode_protocol(b"index", _index(counts, info, output)))
             next_index = time.monotonic() + INDEX_INTERVAL
+            subscribed = True
+        if subscribed and output.wants(b"status"):
+            output.send(encode_protocol(b"status", REPLAY_STATUS))
 
     while wait and not stop.is_set():
         tick()
-        # A prefix some view topic starts with ("", "v", "view#", "view#roi").
-        if any(p.startswith(b"view#") or b"view#".startswith(p) for p in output.prefixes):
+        # A prefix some view topic (or its batches) starts with: "", "v",
+        # "view#", "view#roi", "batch#view#roi".
+        if any(p.startswith(t) or t.startswith(p) for p in output.prefixes
+               for t in (b"view#", b"batch#view#")):
             break
         socket.poll(50)
     if on_start is not None:
@@ -120,11 +125,13 @@ def replay(path: str, socket: zmq.Socket, *, rate: float | str | None = None,
         with open_file(file_path) as f:
             for when, topic, payload in iter_messages(f, views):
                 if stop.is_set():
+                    output.flush()
                     return sent
                 if topic.startswith("view#"):
                     event = payload.get("event_id")
                     if event is not None and event != last_event:
                         last_event = event
+                        output.flush()  # the previous event's batched results
                         events += 1
                         counts.add("#events")
                         _pace(rate, events, when, t_start, stop, tick)
@@ -150,9 +157,16 @@ def replay(path: str, socket: zmq.Socket, *, rate: float | str | None = None,
                 else:
                     output.send(encode_protocol(btopic, payload))
                 sent += 1
+    output.flush()
     next_index = 0.0
     tick()  # a last index with the final counts
     return sent
+
+
+#: The status a replay publishes (docs/protocol.md §7): it runs, it has no
+#: context or control endpoint, and it sends batches to who asks (§7a).
+REPLAY_STATUS = {"state": "RUN", "run": None, "version": None, "path": None,
+                 "control": None, "batch": True}
 
 
 def _pace(rate, events, when, t_start, stop, tick):

@@ -32,6 +32,14 @@ later messages it misses meanwhile are not seen here; every view message
 carries a per-topic sequence number (:meth:`Output.seq`, payload key
 ``seq``) from which each client counts exactly what it missed
 (``metropc.client.Client.missed``).
+
+**Batches.**  A client that subscribes to ``batch#view#<name>``
+(:mod:`metropc.protocol_batch`) gets that view's results packed many to a
+message: :meth:`Output.send` adds each result to the view's open batch and
+:meth:`Output.flush` sends the open batches, which REDUCE calls once per
+round of its loop (so a batch never waits for more results to come) and
+which happens before any other message, so marks stay in order with the
+results around them.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ import time
 import zmq
 
 from ..messages import pack_seq
+from ..protocol_batch import (BATCH_PREFIX, INLINE_MAX, inline_record, join_records,
+                              pack_records)
 from ..transport import send_frames, try_recv_frames
 
 log = logging.getLogger(__name__)
@@ -50,6 +60,10 @@ log = logging.getLogger(__name__)
 __all__ = ["Output"]
 
 _SUBSCRIBE, _UNSUBSCRIBE = 1, 0
+
+#: An open batch is sent once it holds this many results or bytes.
+BATCH_MAX_RECORDS = 256
+BATCH_MAX_BYTES = 1 << 20
 
 
 class Output:
@@ -74,6 +88,9 @@ class Output:
         self.socket = socket
         self.prefixes: set[bytes] = set()
         self._wanted: dict[bytes, bool] = {}  # topic -> subscribed? (cache)
+        self._routes: dict[bytes, tuple[bool, bool]] = {}  # topic -> (plain, batch)
+        #: Open batches: view topic -> [records, bytes]; see :meth:`flush`.
+        self._batches: dict[bytes, list] = {}
         #: After a restart: what the clients of the REDUCE that died had
         #: subscribed to and have not subscribed to again yet.  Messages on
         #: those topics still take a sequence number, so that a client
@@ -84,8 +101,9 @@ class Output:
         #: as a gap.  Random, so that it differs from any earlier one.
         self.stream: int = int.from_bytes(os.urandom(4), "little") >> 1
         self._seqs: dict[bytes, int] = {}
-        #: Messages a full subscriber queue refused (each dropped for the
-        #: subscribers that had no room, delivered to the others).
+        #: Results a full subscriber queue refused (each dropped for the
+        #: subscribers that had no room, delivered to the others; a batch
+        #: counts its results, any other message one).
         self.dropped = 0
         #: Seconds spent waiting for subscribers to make room.
         self.paced = 0.0
@@ -99,12 +117,14 @@ class Output:
         self._warned = 0.0
         socket.setsockopt(zmq.XPUB_NODROP, 1)
 
-    def read_subscriptions(self, limit=1000):
-        """Apply the (un)subscriptions waiting on the socket."""
+    def read_subscriptions(self, limit=1000) -> bool:
+        """Apply the (un)subscriptions waiting on the socket; True if one
+        of them was a subscription (a client arrived, or asked for more)."""
+        subscribed = False
         for _ in range(limit):
             frames = try_recv_frames(self.socket)
             if frames is None:
-                return
+                break
             msg = frames[0].bytes
             if len(frames) != 1 or not msg or msg[0] not in (_SUBSCRIBE, _UNSUBSCRIBE):
                 log.debug("output: ignoring a message that is no subscription")
@@ -112,19 +132,42 @@ class Output:
             if msg[0] == _SUBSCRIBE:
                 self.prefixes.add(msg[1:])
                 self.remembered.discard(msg[1:])
+                subscribed = True
             else:
                 self.prefixes.discard(msg[1:])
             self._wanted.clear()
+            self._routes.clear()
+        return subscribed
 
     def wants(self, topic: bytes) -> bool:
-        """Whether a subscriber would receive a message on `topic`."""
+        """Whether a subscriber would receive a message on `topic` (or its batches)."""
         wanted = self._wanted.get(topic)
         if wanted is None:
-            wanted = any(topic.startswith(p) for p in self.prefixes)
+            wanted = any(self.routes(topic))
             if len(self._wanted) > 10000:  # topics are view names: bounded, but be safe
                 self._wanted.clear()
             self._wanted[topic] = wanted
         return wanted
+
+    def routes(self, topic: bytes) -> tuple[bool, bool]:
+        """``(plain, batched)``: whether some client subscribed to `topic`,
+        and whether some client asked for its results in batches.
+
+        Only subscriptions that start with ``batch#`` ask for batches: a
+        client subscribed to everything (``""``) gets plain messages and
+        does not make REDUCE build batches as well.
+        """
+        route = self._routes.get(topic)
+        if route is None:
+            batched = BATCH_PREFIX + topic
+            route = (any(topic.startswith(p) for p in self.prefixes),
+                     topic.startswith(b"view#") and any(
+                         p.startswith(BATCH_PREFIX) and batched.startswith(p)
+                         for p in self.prefixes))
+            if len(self._routes) > 10000:
+                self._routes.clear()
+            self._routes[topic] = route
+        return route
 
     def skip(self, topic: bytes) -> None:
         """A message on `topic` nobody would receive now: if a client of
@@ -146,19 +189,63 @@ class Output:
     def send(self, frames, topic: bytes | None = None) -> bool:
         """Send one encoded message; False if a subscriber had no room for it.
 
-        `topic` is given for messages carrying :meth:`seq`, whose counter it
-        advances (sent or not: a dropped message is a gap clients count).
+        `topic` is given for view results, which carry :meth:`seq`: their
+        counter advances (sent or not: a dropped message is a gap clients
+        count), and the result also goes into the topic's open batch if a
+        client asked for batches.  Other messages first send the open
+        batches, so that they keep their place among the results.
         """
-        if topic is not None:
-            self._seqs[topic] = self._seqs.get(topic, 0) + 1
+        if topic is None:
+            if self._batches:
+                self.flush()
+            return self._send(frames)
+        self._seqs[topic] = self._seqs.get(topic, 0) + 1
+        plain, batched = self.routes(topic)
+        sent = self._send(frames) if plain else True
+        if batched:
+            self._add_to_batch(topic, frames)
+        return sent
+
+    def _add_to_batch(self, topic: bytes, frames) -> None:
+        record = frames[1:]
+        for i, frame in enumerate(record):
+            if type(frame) is not bytes:
+                if memoryview(frame).nbytes >= INLINE_MAX:
+                    # A large array views memory that may be reused once this
+                    # call returns (a shared-memory lease): send it now, as
+                    # plain messages are, after what came before it.
+                    self._flush_topic(topic)
+                    self._send(pack_records(topic, [record]), 1)
+                    return
+                record[i] = bytes(frame)
+        packed = inline_record(record)
+        batch = self._batches.get(topic)
+        if batch is None:
+            batch = self._batches[topic] = [[], 0]
+        batch[0].append(packed)
+        batch[1] += len(packed)
+        if len(batch[0]) >= BATCH_MAX_RECORDS or batch[1] >= BATCH_MAX_BYTES:
+            self._flush_topic(topic)
+
+    def flush(self) -> None:
+        """Send every open batch (REDUCE calls this once per loop round)."""
+        for topic in list(self._batches):
+            self._flush_topic(topic)
+
+    def _flush_topic(self, topic: bytes) -> None:
+        batch = self._batches.pop(topic, None)
+        if batch is not None:
+            self._send(join_records(topic, batch[0]), len(batch[0]))
+
+    def _send(self, frames, results: int = 1) -> bool:
         try:
             send_frames(self.socket, frames, zmq.NOBLOCK)
             return True
         except zmq.Again:
             pass
-        return self._send_slowly(frames)
+        return self._send_slowly(frames, results)
 
-    def _send_slowly(self, frames) -> bool:
+    def _send_slowly(self, frames, results: int = 1) -> bool:
         """A subscriber's queue is full: wait for room within the budget, else drop."""
         now = time.monotonic()
         self._budget = min(self.pace_burst,
@@ -179,7 +266,7 @@ class Output:
             if sent:
                 return True
         # No room in time: deliver to everyone else, drop for the full ones.
-        self.dropped += 1
+        self.dropped += results
         self.socket.setsockopt(zmq.XPUB_NODROP, 0)
         try:
             send_frames(self.socket, frames, zmq.NOBLOCK)  # lossy: never fails

@@ -570,16 +570,20 @@ class ReduceStage:
         again) and the status."""
         if self.output.wants(OP_INDEX):
             self.output.send(encode_protocol(OP_INDEX, self.index()))
+        self.publish_status()
+
+    def publish_status(self):
         if self.output.wants(TOPIC_STATUS):
             self.output.send(encode_protocol(TOPIC_STATUS, self.status()))
 
     def status(self):
-        """What a display shows at the top: state, run, context, where to control."""
+        """What a display shows at the top: state, run, context, where to
+        control; and that results come in batches to who asks (``batch``)."""
         ctx = self.ctx
         return {"state": self.state, "run": self.run,
                 "version": None if ctx is None else ctx.version,
                 "path": None if ctx is None else ctx.path,
-                "control": self.announced.get("control")}
+                "control": self.announced.get("control"), "batch": True}
 
 
 def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
@@ -676,8 +680,8 @@ class _ReduceLoop:
             t0 = perf_counter()
             if self.results in ready:
                 self.drain_results()
-            if self.output in ready:
-                stage.output.read_subscriptions()
+            if self.output in ready and stage.output.read_subscriptions():
+                stage.publish_status()  # a new client learns at once what we offer
             if self.control in ready and self.on_control():
                 return
             if self.link is not None:
@@ -688,6 +692,7 @@ class _ReduceLoop:
             stage.check_stalled()
             stage.check_doubtful()
             stage.release_slots()
+            stage.output.flush()  # the batches this round filled
             stage.obs.busy += perf_counter() - t0
             now = time.monotonic()
             if now >= next_progress:
