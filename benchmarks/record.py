@@ -11,11 +11,14 @@ results.  Phases alternate without and with a recorder process
 (``RecorderProcess``, the one ``metropc-run --record`` starts) writing
 every result to an HDF5 file in a temporary directory; each ratio compares
 a recorded phase with the baseline phase just before it, in the same run.
-That scales the recording load with the pipeline's rate (about 14 times
-the issue's 1 kHz + 10 Hz here), so it is the worst case.  A last phase
-runs the issue's load itself (1 kHz, an image every 100th event) and
-prints the CPU time the recorder and the stages use per second.  The
-target is a ratio of at least 0.90 (under 10 % cost).  Numbers on a
+That scales the recording load with the pipeline's rate (about 20 times
+the issue's 1 kHz + 10 Hz here), so it is the worst case.  Then the same
+pairs at the issue's load: the scalar view is busy for BUSY_MS per event,
+so the two workers take about 1000 events/s, i.e. scalars at 1 kHz and
+images at 10 Hz, with the pipeline CPU-bound (the recorder's CPU is taken
+from it).  A last phase feeds 1 kHz to the plain context and prints the
+CPU time the recorder and the stages use per second.  The target is a
+ratio of at least 0.90 (under 10 % cost) at the issue's load.  Numbers on a
 shared 2-core machine are noisy; the recorder competes with the pipeline
 for those two cores.
 """
@@ -46,7 +49,27 @@ def image(img: '{IMG_PATH}'):
 """
 
 
-def phase(record_path: str | None) -> tuple[float, int]:
+#: The issue's load as the pipeline's own limit: each event costs a worker
+#: BUSY_MS of CPU, so two workers take about 1000 events/s (scalars at
+#: 1 kHz, images at 10 Hz), and the recorder competes for that CPU.
+BUSY_MS = 1.8
+CONTEXT_AT_LOAD = f"""
+import time
+
+@View.Scalar
+def scalar(t: 'internal#train_id'):
+    end = time.perf_counter() + {BUSY_MS / 1000!r}
+    while time.perf_counter() < end:
+        pass
+    return float(t)
+
+@View.Image
+def image(img: '{IMG_PATH}'):
+    return img
+"""
+
+
+def phase(record_path: str | None, context: str = CONTEXT) -> tuple[float, int]:
     """Events/s through the pipeline, with a recorder when `record_path`."""
     from metropc.client import Client
     from metropc.pipeline import Pipeline
@@ -55,7 +78,7 @@ def phase(record_path: str | None) -> tuple[float, int]:
     image = np.random.default_rng(0).random((512, 512), dtype=np.float32)  # 1 MiB
     rec = RecorderProcess(record_path) if record_path else None
     try:
-        with Pipeline(CONTEXT, source=None, pool=2) as pipe, \
+        with Pipeline(context, source=None, pool=2) as pipe, \
                 Client(pipe.output_addr, views=["scalar"], timeout=10) as client:
             if rec is not None:
                 assert rec.connect(pipe.output_addr, timeout=30)
@@ -141,13 +164,24 @@ def main():
             print(f"pair {i + 1}: without --record {base:8.0f} events/s, with "
                   f"{rec:8.0f} events/s ({IMAGE_EVERY}:1 scalars:images), ratio "
                   f"{rec / base:.2f}; file {size:.0f} MiB", flush=True)
+        at_load = []
+        for i in range(PAIRS):
+            base, _ = phase(None, CONTEXT_AT_LOAD)
+            rec, _ = phase(os.path.join(tmp, f"load{i}.h5"), CONTEXT_AT_LOAD)
+            at_load.append(rec / base)
+            print(f"at the issue's load, pair {i + 1}: a {BUSY_MS} ms view, without "
+                  f"--record {base:6.0f} events/s, with {rec:6.0f} events/s, ratio "
+                  f"{rec / base:.2f}", flush=True)
         rec_cpu, stage_cpu = nominal_cpu(os.path.join(tmp, "nominal.h5"))
         print(f"at 1 kHz scalars + 10 Hz 1 MiB images: the recorder uses "
               f"{rec_cpu:.2f} CPU s/s, the pipeline's stages {stage_cpu:.2f} CPU s/s "
               f"(of {os.cpu_count()} cores)", flush=True)
-        ratios.sort()
-        print(f"ratio with/without recording: median {ratios[len(ratios) // 2]:.2f} "
-              f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}; target >= 0.90)")
+        for label, values in (("as fast as it goes (scaled load)", ratios),
+                              ("at the issue's load (about 1 kHz)", at_load)):
+            values.sort()
+            print(f"ratio with/without recording, {label}: median "
+                  f"{values[len(values) // 2]:.2f} (range {values[0]:.2f}-{values[-1]:.2f}; "
+                  "target >= 0.90)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

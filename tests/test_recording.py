@@ -440,10 +440,16 @@ class FakeOutput:
         self.pub.send_multipart(encode_protocol(topic, payload))
 
     def view(self, name, data, event_id, **extra):
+        """A result, in a batch of one, as REDUCE sends it to the recorder
+        (which subscribes to batches: docs/protocol.md §7a)."""
+        from metropc.protocol_batch import pack_records
+
         n = self.seq.get(name, 0)
         self.seq[name] = n + 1
-        self.send(f"view#{name}", {"data": data, "event_id": event_id, "version": 1,
-                                   "seq": pack_seq(7, n), **extra})
+        topic = f"view#{name}".encode()
+        frames = encode_protocol(topic, {"data": data, "event_id": event_id, "version": 1,
+                                         "seq": pack_seq(7, n), **extra})
+        self.pub.send_multipart(pack_records(topic, [frames[1:]]))
 
     def index(self, views):
         self.send("index", encode_index({

@@ -16,9 +16,12 @@ one line each way:
 - ``stop`` or the end of stdin (the parent exited or was killed) makes it
   write what it has, close the files and exit 0.
 
-It is a client like any other: a SUB socket subscribed to ``view#`` (or
-to each ``view#<name>`` of ``--views``), ``index``, ``context``,
-``params`` and ``mark``.  Everything it has is written and flushed at
+It is a client like any other: a SUB socket subscribed to ``index``,
+``context``, ``params``, ``mark`` and the results in batches,
+``batch#view#`` (or each ``batch#view#<name>`` of ``--views``;
+docs/protocol.md section 7a): it only ever records metropc's own
+pipeline, which offers them, and a batch of small results costs REDUCE
+one message where plain ones cost one per result.  Everything it has is written and flushed at
 least every second.  When the disk is full, or any write fails, it says
 so in one line and exits 3 without writing anything more, so the files
 keep everything up to the last flush; the pipeline is not affected.
@@ -33,6 +36,9 @@ import os
 import signal
 import sys
 import time
+
+from ..protocol import decode_protocol
+from ..protocol_batch import BATCH_PREFIX, unpack_records
 
 log = logging.getLogger("metropc.recording")
 
@@ -67,19 +73,28 @@ class Recorder:
         for topic in META_TOPICS:
             self.socket.subscribe(topic.encode())
         if self.views is None:
-            self.socket.subscribe(b"view#")
+            self.socket.subscribe(BATCH_PREFIX + b"view#")
         else:
             for name in sorted(self.views):
-                self.socket.subscribe(f"view#{name}".encode())
+                self.socket.subscribe(BATCH_PREFIX + f"view#{name}".encode())
 
     def handle(self, frames) -> None:
         """Decode one message and hand it to the recording."""
         from ..client import decode_index
-        from ..protocol import decode_protocol
 
         topic = frames[0].bytes
         now = time.time()
-        if topic.startswith(b"view#"):
+        if topic.startswith(BATCH_PREFIX):
+            view_topic, records = unpack_records(frames)
+            name = view_topic[5:].decode("utf-8", "replace")
+            if not view_topic.startswith(b"view#") or (
+                    self.views is not None and name not in self.views):
+                return
+            payloads = [decode_protocol([view_topic, *record])[1] for record in records]
+            for payload in payloads:
+                self.received += 1
+                self.recording.add_result(name, payload, now)
+        elif topic.startswith(b"view#"):
             name = topic[5:].decode("utf-8", "replace")
             if self.views is not None and name not in self.views:
                 return  # a prefix match (view#a also matches view#ab)
