@@ -167,6 +167,18 @@ def _paced_run(send, recv, window, duration):
 
 # -- latency floor: the same hops, nothing else --------------------------------
 
+def paced(n, hz):
+    """Yield ``(i, due)`` for i in 0 .. n-1, each at its time of a `hz`
+    schedule (sleeping between); `due` is when the next one is."""
+    period = 1.0 / hz
+    t_next = time.perf_counter()
+    for i in range(n):
+        while time.perf_counter() < t_next:
+            time.sleep(min(0.005, max(0.0, t_next - time.perf_counter())))
+        t_next += period
+        yield i, t_next
+
+
 def _relay(in_addr, out_addr, bind_out):
     """A process that passes each message on (a stage doing nothing);
     it passes ``stop`` on too, and ends."""
@@ -227,12 +239,7 @@ def latency_skeleton(mpctx, n=LAT_N, hz=LAT_HZ):
         while pull.poll(300):
             pull.recv()
         lat = []
-        period = 1.0 / hz
-        t_next = time.perf_counter()
-        for _ in range(n):
-            while time.perf_counter() < t_next:
-                time.sleep(min(0.005, max(0.0, t_next - time.perf_counter())))
-            t_next += period
+        for _ in paced(n, hz):
             t0 = time.perf_counter()
             to_thread.send(b"x")
             if pull.poll(1000):
@@ -519,13 +526,8 @@ class Bench:
 
         self.warm_up(timed)
         lat = []
-        period = 1.0 / hz
-        t_next = time.perf_counter()
-        for i in range(n):
-            while time.perf_counter() < t_next:
-                time.sleep(min(0.005, max(0.0, t_next - time.perf_counter())))
+        for i, t_next in paced(n, hz):
             self.fe.queue_to_any(b"event", timed(i))
-            t_next += period
             # the result should be back long before the next event is due
             while (left := t_next - time.perf_counter()) > 0:
                 try:
