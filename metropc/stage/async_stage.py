@@ -31,10 +31,11 @@ from ..error import ProtocolError
 from ..messages import (OP_ARESULT, OP_BUSY, OP_ERROR, OP_HELLO, OP_INPUTS, OP_PARAMS,
                         OP_RESET, OP_STOP, OP_WANT)
 from ..security import secure
-from .common import make_socket, recv, send
+from .common import RejectLog, make_socket, recv, send
 from .reload import StagedContext
 
 log = logging.getLogger(__name__)
+_reject = RejectLog(log, "async")
 
 __all__ = ["run_async", "AsyncStage"]
 
@@ -164,7 +165,7 @@ def _recv(sock, what):
     try:
         return recv(sock)
     except ProtocolError as e:
-        log.warning("async: rejected %s: %s", what, e)
+        _reject(what, e)
         return None, None
 
 
@@ -172,5 +173,4 @@ def _guarded(handler, opcode, data):
     try:
         handler(opcode, data)
     except Exception as e:  # noqa: BLE001 - no message may end this stage
-        log.warning("async: a %r message failed: %s: %s", bytes(opcode)[:32],
-                    type(e).__name__, e)
+        _reject(opcode, e)

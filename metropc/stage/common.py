@@ -117,6 +117,27 @@ def _drop(e):
 _PLAIN = frozenset({int, float, bool, str, bytes, type(None)})
 
 
+class RejectLog:
+    """Warns once per kind of message a stage had to drop.
+
+    A peer that sends one bad message usually sends thousands: the first of
+    each kind is logged (with why), the others only counted where the
+    stage counts them, so a flood of garbage cannot flood the log.
+    """
+
+    def __init__(self, logger: logging.Logger, who: str):
+        self.logger, self.who = logger, who
+        self.kinds: set = set()
+
+    def __call__(self, kind, error) -> None:
+        if isinstance(kind, (bytes, bytearray, memoryview)):
+            kind = bytes(kind)[:32]
+        if kind not in self.kinds:
+            self.kinds.add(kind)
+            self.logger.warning("%s: dropped a %r message: %s: %s (further ones like it are "
+                                "only counted)", self.who, kind, type(error).__name__, error)
+
+
 def has_large_value(data, threshold=ZERO_COPY_MIN):
     """Whether a payload holds a buffer (``.nbytes``) of `threshold` bytes or more."""
     for value in data.values():

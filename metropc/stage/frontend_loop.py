@@ -28,7 +28,8 @@ import zmq
 from ..error import ProtocolError
 from .common import (OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_CTX_FAILED,
                      OP_CTX_READY, OP_DEBUG, OP_ERROR, OP_HELLO, OP_LOST, OP_PARAMS, OP_PROGRESS,
-                     OP_SHM, OP_STATS, OP_STEP, OP_STOP, recv, send, send_batch)
+                     OP_SHM, OP_STATS, OP_STEP, OP_STOP, RejectLog, recv, send,
+                     send_batch)
 from ..messages import MARK_OPS, OP_ANNOUNCE, OP_BUSY, OP_PAUSE, OP_RESET, OP_RESUME, OP_RUN
 from .dispatcher import Dispatcher
 from .reload import Aborted, Committed, ReloadCoordinator
@@ -79,7 +80,7 @@ class FrontendLoop:
         self.async_busy = None                 # since when the ASYNC stage computes
         self.announce: dict = {}               # what REDUCE publishes in its status
         self.rejected = 0
-        self._rejected_kinds: set = set()
+        self._log_reject = RejectLog(log, "frontend")
         self.input_counts: dict = {}
         self.input_prev: dict = {}
         self.shm_prev: dict = {}
@@ -136,12 +137,10 @@ class FrontendLoop:
                 return
 
     def reject(self, kind, why):
-        """Count a message that could not be used; log each kind once."""
+        """Count a message that could not be used (internal#rejected_messages);
+        log each kind once."""
         self.rejected += 1
-        if kind not in self._rejected_kinds:
-            self._rejected_kinds.add(kind)
-            log.warning("frontend: rejected a stage message (%s): %s; further ones "
-                        "like it are only counted (internal#rejected_messages)", kind, why)
+        self._log_reject(kind, why)
 
     def on_stage_message(self, flags=0):
         try:

@@ -36,7 +36,7 @@ from .reload import StagedContext
 from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, KEY_STEP, META_SKIP, META_STEP,
                      OP_CREDIT, OP_ERROR, OP_EVENT, pack_meta,
                      OP_HEARTBEAT, OP_HELLO, OP_PARAMS, OP_RESULT, OP_SHM, OP_STOP, SEQ_PATH,
-                     make_socket, recv_messages, send, send_batch, unpack_meta)
+                     RejectLog, make_socket, recv_messages, send, send_batch, unpack_meta)
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class PoolWorker:
         self.forward_views = set()
         self.forward_paths = set()
         self.staged = StagedContext(ContextStage.POOL)
-        self._rejected_kinds = set()
+        self.rejected = RejectLog(log, name)
         self.slots = None        # shm.SlotReader for input slots (local workers)
         self.results_slots = None  # shm.SlotWriter for large results
         self.threshold = shmem.DEFAULT_THRESHOLD
@@ -214,13 +214,6 @@ class PoolWorker:
         else:
             log.debug("%s: ignoring opcode %r", self.name, opcode)
         return None
-
-    def rejected(self, opcode, error):
-        kind = bytes(opcode)[:32]
-        if kind not in self._rejected_kinds:
-            self._rejected_kinds.add(kind)
-            log.warning("%s: dropped a %r message that failed: %s: %s (further ones "
-                        "are not logged)", self.name, kind, type(error).__name__, error)
 
     def report(self, error):
         # The context's frames of the traceback go along: the stage logs

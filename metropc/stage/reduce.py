@@ -30,11 +30,11 @@ from ..error import ProtocolError
 from ..protocol import encode_protocol
 from ..security import secure
 from . import shm as shmem
-from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, META_EVENT, META_SKIP, META_STEP, OP_ABORT,
-                     OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED, OP_CTX_READY,
+from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, META_SKIP, META_STEP, OP_ABORT,
+                     OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED,
                      OP_ERROR, OP_HELLO, OP_INDEX,
                      OP_LOST, OP_PARAMS, OP_PROGRESS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
-                     recv, recv_messages, send, unpack_meta)
+                     RejectLog, recv, recv_messages, send, unpack_meta)
 from ..messages import (KEY_MARK, KEY_TIME, META_MARK, OP_ANNOUNCE, OP_ARESULT, OP_INPUTS,
                         OP_RESET, OP_VSTATS, OP_WANT)
 from ..timing import ReduceObserver, add_time
@@ -649,7 +649,7 @@ class _ReduceLoop:
                          OP_ACTION: stage.on_action, OP_LOST: stage.on_lost,
                          OP_STATS: stage.on_stats, OP_ANNOUNCE: stage.on_announce,
                          OP_INDEX: lambda data: stage.publish_index()}
-        self._rejected_kinds = set()
+        self.rejected = RejectLog(log, "reduce")
         self.results_polled = True
 
     def run(self):
@@ -770,9 +770,3 @@ class _ReduceLoop:
         except Exception as e:  # noqa: BLE001 - no message may end this stage
             self.rejected(opcode, e)
 
-    def rejected(self, kind, error):
-        kind = bytes(kind)[:32]
-        if kind not in self._rejected_kinds:
-            self._rejected_kinds.add(kind)
-            log.warning("reduce: dropped a %r message: %s: %s (further ones are not "
-                        "logged)", kind, type(error).__name__, error)
