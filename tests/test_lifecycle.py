@@ -175,14 +175,15 @@ def test_two_run_directories_in_a_row_reset_builtins_at_the_boundary(tmp_path):
     from extra_data.tests.mockdata.xgm import XGM
 
     dirs = []
-    for run, (first, n) in ((1, (10000, 5)), (2, (10005, 4))):
+    for run, (first, n) in ((1, (10000, 20)), (2, (10020, 4))):
         d = tmp_path / f"r{run:04d}"
         d.mkdir()
         write_file(str(d / f"RAW-R{run:04d}-DA01-S00000.h5"), [XGM("SA1_XTD2_XGM/DOOCS/MAIN")],
                    ntrains=n, firsttrain=first, chunksize=n)
         dirs.append(str(d))
     # Replays wait for the pipeline (drop policy "block"); the first run may
-    # pass before the client listens, so the second one is checked whole.
+    # pass before the client listens (it has a second, at 20 Hz, to
+    # subscribe), so the second one is checked whole.
     pipe = Pipeline(CTX, source=",".join(dirs), rate=20)
     try:
         with Client(pipe.output_addr, views=["tid_histogram"], timeout=30) as client:
@@ -194,8 +195,8 @@ def test_two_run_directories_in_a_row_reset_builtins_at_the_boundary(tmp_path):
         pipe.close()
     hist = got["view#tid_histogram"]
     second = [p for p in hist if p.get("run") == 2]
-    assert [p["event_id"] for p in second] == [10005, 10006, 10007, 10008]
+    assert [p["event_id"] for p in second] == [10020, 10021, 10022, 10023]
     assert [hist_total(p) for p in second] == [1, 2, 3, 4]
-    assert all(p.get("run") == 1 for p in hist if p["event_id"] < 10005)
+    assert all(p.get("run") == 1 for p in hist if p["event_id"] < 10020)
     kinds = [(m["kind"], m.get("run")) for m in got["mark"]]
     assert ("run_start", 2) in kinds and ("run_end", 2) in kinds

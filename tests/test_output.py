@@ -603,3 +603,34 @@ def test_batch_and_plain_clients_of_one_pipeline_get_the_same_results():
             else:
                 assert type(b["data"]) is type(p["data"]) and b["data"] == p["data"]
     assert [d["data"] for p, d in got["batched"] if p == "view#tid"] == list(range(n))
+
+
+def test_a_client_switching_to_batches_mid_stream_loses_and_repeats_nothing():
+    """Results flow while clients connect: each gets every result from its
+    first one on, exactly once, across the switch from plain to batches."""
+    import threading
+
+    from metropc.client import Client
+    from metropc.pipeline import Pipeline
+
+    stop = threading.Event()
+    with Pipeline(BATCH_CTX, source=None, pool=2, ready_timeout=60) as pipe:
+        def feed():
+            t = 0
+            while not stop.is_set():
+                pipe.send({"internal#train_id": t})
+                t += 1
+                if t % 20 == 0:
+                    stop.wait(0.01)   # about 2 kHz
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        try:
+            for _ in range(3):
+                with Client(pipe.output_addr, views=["tid"], timeout=30) as client:
+                    ids = [client.recv()[1]["event_id"] for _ in range(3000)]
+                    assert client.batching
+                    assert ids == list(range(ids[0], ids[0] + 3000))
+                    assert client.missed == 0
+        finally:
+            stop.set()
+            feeder.join(10)
