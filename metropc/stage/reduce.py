@@ -124,6 +124,7 @@ class ReduceStage:
         self.clients_until = 0.0
         self.grace = 1.0
         self._progress_sent = None
+        self._progress_next = None   # taken last time, reported next time
         self.inputs = {}           # path -> (count, rate), from the frontend
         self.slots = shmem.SlotReader(header_writable=True)
         self.leases = {}           # seq -> shm.Lease of its result's arrays
@@ -208,15 +209,26 @@ class ReduceStage:
         self._resume()
 
     def progress(self):
-        """What the frontend needs to restart this stage after a crash, if changed."""
+        """What the frontend needs to restart this stage after a crash, if changed.
+
+        Called every PROGRESS_INTERVAL; it reports the state taken at the
+        call before.  A result is published by handing it to ZeroMQ, whose
+        I/O thread writes it out a moment later: a report of the state at
+        once could name an event whose result died with this process
+        (SIGKILL) before it left, and the new REDUCE would count it
+        neither received nor lost.  One interval old, every result the
+        report covers has left; the events of the last interval are
+        counted lost after a crash, even if their results got out.
+        """
         state = (self.buffer.next_seq, self.buffer.lost, self.stale,
                  frozenset(self.output.prefixes), self.run, self.state, self.output.dropped)
-        if state == self._progress_sent:
+        report, self._progress_next = self._progress_next, state
+        if report is None or report == self._progress_sent:
             return None
-        self._progress_sent = state
-        return {"next_seq": state[0], "lost": state[1], "stale": state[2],
-                "subs": sorted(state[3]), "run": state[4], "state": state[5],
-                "output_dropped": state[6]}
+        self._progress_sent = report
+        return {"next_seq": report[0], "lost": report[1], "stale": report[2],
+                "subs": sorted(report[3]), "run": report[4], "state": report[5],
+                "output_dropped": report[6]}
 
     def _schedule(self, ctx, from_seq):
         """Use `ctx` from event `from_seq` on (now, if nothing older waits)."""
