@@ -87,7 +87,6 @@ class Output:
                  pace_burst: float = 1.0):
         self.socket = socket
         self.prefixes: set[bytes] = set()
-        self._wanted: dict[bytes, bool] = {}  # topic -> subscribed? (cache)
         self._routes: dict[bytes, tuple[bool, bool]] = {}  # topic -> (plain, batch)
         #: Open batches: view topic -> [records, bytes]; see :meth:`flush`.
         self._batches: dict[bytes, list] = {}
@@ -135,19 +134,13 @@ class Output:
                 subscribed = True
             else:
                 self.prefixes.discard(msg[1:])
-            self._wanted.clear()
             self._routes.clear()
         return subscribed
 
     def wants(self, topic: bytes) -> bool:
         """Whether a subscriber would receive a message on `topic` (or its batches)."""
-        wanted = self._wanted.get(topic)
-        if wanted is None:
-            wanted = any(self.routes(topic))
-            if len(self._wanted) > 10000:  # topics are view names: bounded, but be safe
-                self._wanted.clear()
-            self._wanted[topic] = wanted
-        return wanted
+        plain, batched = self.routes(topic)
+        return plain or batched
 
     def routes(self, topic: bytes) -> tuple[bool, bool]:
         """``(plain, batched)``: whether some client subscribed to `topic`,
