@@ -197,6 +197,19 @@ def test_a_large_result_goes_at_once_uncopied_after_the_smaller_ones(xpub):
     assert image.shape == (INLINE_MAX,) and (image == 2).all()
 
 
+def test_results_no_one_gets_after_a_restart_are_numbered_for_the_clients_coming_back(xpub):
+    """A new REDUCE numbers what it publishes on the views the old one's
+    clients took, plain or in batches, before they are back: those clients
+    count it as missed."""
+    output, _ = xpub
+    output.remembered = {b"view#plain", b"batch#view#batched"}
+    for topic in (b"view#plain", b"view#batched", b"view#other"):
+        assert not output.wants(topic)
+        output.skip(topic)
+    assert [unpack_seq(output.seq(t))[1] for t in (b"view#plain", b"view#batched",
+                                                     b"view#other")] == [1, 1, 0]
+
+
 def test_a_full_batch_is_sent_without_waiting_for_the_round(xpub):
     output, subscriber = xpub
     sub = subscriber(b"batch#view#roi")

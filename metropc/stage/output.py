@@ -165,9 +165,12 @@ class Output:
     def skip(self, topic: bytes) -> None:
         """A message on `topic` nobody would receive now: if a client of
         the REDUCE before a restart listened to it, number it anyway, so
-        that client counts it as missed when it is back."""
-        if self.remembered and any(topic.startswith(p) for p in self.remembered):
-            self._seqs[topic] = self._seqs.get(topic, 0) + 1
+        that client counts it as missed when it is back (whether it took
+        the topic's messages or its batches)."""
+        if self.remembered:
+            batched = BATCH_PREFIX + topic
+            if any(topic.startswith(p) or batched.startswith(p) for p in self.remembered):
+                self._seqs[topic] = self._seqs.get(topic, 0) + 1
 
     def seq(self, topic: bytes) -> tuple[int, int]:
         """The ``seq`` payload value of the next message on `topic`.
