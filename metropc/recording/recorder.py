@@ -89,18 +89,12 @@ class Recorder:
             name = view_topic[5:].decode("utf-8", "replace")
             if not view_topic.startswith(b"view#") or (
                     self.views is not None and name not in self.views):
-                return
+                return  # a prefix match (batch#view#a also matches batch#view#ab)
+            # All decoded first: a malformed batch records nothing of itself.
             payloads = [decode_protocol([view_topic, *record])[1] for record in records]
             for payload in payloads:
                 self.received += 1
                 self.recording.add_result(name, payload, now)
-        elif topic.startswith(b"view#"):
-            name = topic[5:].decode("utf-8", "replace")
-            if self.views is not None and name not in self.views:
-                return  # a prefix match (view#a also matches view#ab)
-            _, payload = decode_protocol(frames)
-            self.received += 1
-            self.recording.add_result(name, payload, now)
         elif topic == b"index":
             _, payload = decode_protocol(frames)
             self.recording.note_index(decode_index(payload), now)
