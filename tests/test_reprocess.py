@@ -167,9 +167,9 @@ def _no_children_left(before=frozenset()):
         time.sleep(0.05)  # polling processes that are exiting
 
 
-@pytest.fixture(scope="module")
-def client():
-    """A LocalCluster of 2 worker processes, one thread each; closed at the end."""
+def _local_cluster():
+    """A client of a LocalCluster of 2 worker processes, one thread each;
+    the cluster is closed, and no child process left, at the end."""
     from distributed import Client, LocalCluster
 
     before = _children()
@@ -181,6 +181,12 @@ def client():
     finally:
         cluster.close()
         _no_children_left(before)
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A cluster shared by the tests of this module."""
+    yield from _local_cluster()
 
 
 def expected(ctx_file, run_dirs, parameters=None):
@@ -271,17 +277,7 @@ def test_results_equal_metropc_run_over_two_runs(tmp_path, runs, ctx_file, clien
 @pytest.fixture
 def fresh_client():
     """A cluster of its own, for a test that kills one of its workers."""
-    from distributed import Client, LocalCluster
-
-    before = _children()
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=":0")
-    try:
-        with Client(cluster, direct_to_workers=True) as c:
-            yield c
-    finally:
-        cluster.close()
-        _no_children_left(before)
+    yield from _local_cluster()
 
 
 def _kill_a_busy_worker(client, killed, stop):
