@@ -130,7 +130,7 @@ OP_ERROR = Op.ERROR.value        # {"msg": str}
 OP_CTX_READY = Op.CTX_READY.value    # {"version": int}: prepared, waiting for commit
 OP_CTX_FAILED = Op.CTX_FAILED.value  # {"version": int, "msg": str}
 OP_DEBUG = Op.DEBUG.value        # {"msg": str}
-OP_PROGRESS = Op.PROGRESS.value  # {"next_seq": int, "lost": int, "stale": int}
+OP_PROGRESS = Op.PROGRESS.value  # {"next_seq": int, "done_seq": int, "lost": int, ...}
 OP_RESULT = Op.RESULT.value      # pool -> reduce: one event's results
 OP_BUSY = Op.BUSY.value          # {"busy": bool}: async stage computing (supervised)
 OP_WANT = Op.WANT.value          # {"version": int | None}
@@ -407,7 +407,8 @@ SCHEMAS: dict[bytes, Schema] = {
     OP_CTX_READY: Schema({"version": _VERSION}),
     OP_CTX_FAILED: Schema({"version": _VERSION, "msg": _MSG}),
     OP_DEBUG: Schema({"msg": _MSG}),
-    OP_PROGRESS: Schema({"next_seq": Field(_INT, True), "lost": Field(_INT, True),
+    OP_PROGRESS: Schema({"next_seq": Field(_INT, True), "done_seq": Field(_INT),
+                         "lost": Field(_INT, True),
                          "stale": Field(_INT, True), "run": Field(_INT_OR_NONE),
                          "state": Field(_STR), "output_dropped": Field(_INT),
                          "subs": Field((list, tuple), False, _bytes_list)}),

@@ -936,3 +936,36 @@ def test_max_ahead_fits_reduce_reorder_window():
     from metropc.stage.reduce import ReduceStage
     window = inspect.signature(ReduceStage).parameters["reorder_window"].default
     assert dispatcher_mod.MAX_AHEAD + dispatcher_mod.BATCH_MAX <= window
+
+
+def test_reduce_reports_its_window_progress_at_once_and_its_restart_point_one_interval_late():
+    """The dispatch window moves with REDUCE's current progress (`done_seq`);
+    the restart point (`next_seq`) lags one report, so that it never names an
+    event whose result may still sit in ZeroMQ's I/O thread.  Until that
+    lagging report is out, REDUCE must wake for it even when idle: an idle
+    REDUCE that slept on it kept the frontend waiting (throughput / 2.5)."""
+    import zmq
+
+    from metropc.stage.reduce import ReduceStage
+    zctx = zmq.Context()
+    xpub = zctx.socket(zmq.XPUB)
+    xpub.bind("inproc://progress-test")
+    try:
+        stage = ReduceStage(None, xpub)
+        assert stage.progress() is None and stage.progress_pending  # taken, not sent
+        stage.buffer.next_seq = 100
+        first = stage.progress()
+        assert (first["next_seq"], first["done_seq"]) == (0, 100)
+        assert stage.progress_pending              # 100 is taken, not reported
+        stage.buffer.next_seq = 250
+        second = stage.progress()
+        assert (second["next_seq"], second["done_seq"]) == (100, 250)
+        third = stage.progress()                   # idle since: the lag catches up
+        assert (third["next_seq"], third["done_seq"]) == (250, 250)
+        assert not stage.progress_pending and stage.progress() is None
+        d = dispatcher("a")
+        d.on_progress(third["done_seq"])
+        assert d.reduce_next == 250
+    finally:
+        xpub.close(0)
+        zctx.term()

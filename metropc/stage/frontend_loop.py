@@ -214,7 +214,7 @@ class FrontendLoop:
         self.reduce_subs = list(data.get("subs", ()))
         next_seq = self.progress.get("next_seq", 0)
         self.announced_lost = {s for s in self.announced_lost if s >= next_seq}
-        self.dispatcher.on_progress(next_seq)
+        self.dispatcher.on_progress(int(data.get("done_seq", next_seq)))
 
     # -- reloads ---------------------------------------------------------------------------
     def apply(self, outcome):

@@ -209,26 +209,38 @@ class ReduceStage:
         self._resume()
 
     def progress(self):
-        """What the frontend needs to restart this stage after a crash, if changed.
+        """What the frontend needs, if changed: how far this stage got (for
+        its dispatch window) and where to restart it after a crash.
 
-        Called every PROGRESS_INTERVAL; it reports the state taken at the
-        call before.  A result is published by handing it to ZeroMQ, whose
-        I/O thread writes it out a moment later: a report of the state at
-        once could name an event whose result died with this process
-        (SIGKILL) before it left, and the new REDUCE would count it
-        neither received nor lost.  One interval old, every result the
-        report covers has left; the events of the last interval are
-        counted lost after a crash, even if their results got out.
+        Called every PROGRESS_INTERVAL.  The restart state (``next_seq``
+        and the counters) is the one taken at the call before: a result is
+        published by handing it to ZeroMQ, whose I/O thread writes it out a
+        moment later, so a report of the state at once could name an event
+        whose result died with this process (SIGKILL) before it left, and
+        the new REDUCE would count it neither received nor lost.  One
+        interval old, every result the report covers has left; the events
+        of the last interval are counted lost after a crash, even if their
+        results got out.  ``done_seq`` is current: the frontend only paces
+        dispatching by it, and a lagging window would idle the pipeline.
         """
         state = (self.buffer.next_seq, self.buffer.lost, self.stale,
                  frozenset(self.output.prefixes), self.run, self.state, self.output.dropped)
         report, self._progress_next = self._progress_next, state
-        if report is None or report == self._progress_sent:
+        if report is None or (report, state[0]) == self._progress_sent:
             return None
-        self._progress_sent = report
-        return {"next_seq": report[0], "lost": report[1], "stale": report[2],
-                "subs": sorted(report[3]), "run": report[4], "state": report[5],
-                "output_dropped": report[6]}
+        self._progress_sent = (report, state[0])
+        return {"next_seq": report[0], "done_seq": state[0], "lost": report[1],
+                "stale": report[2], "subs": sorted(report[3]), "run": report[4],
+                "state": report[5], "output_dropped": report[6]}
+
+    @property
+    def progress_pending(self) -> bool:
+        """Whether the state taken last is not reported yet: the loop must
+        wake for the next report even if nothing else comes (an idle
+        REDUCE would otherwise keep the frontend waiting on its window)."""
+        sent = self._progress_sent
+        return self._progress_next is not None and (sent is None
+                                                    or self._progress_next != sent[0])
 
     def _schedule(self, ctx, from_seq):
         """Use `ctx` from event `from_seq` on (now, if nothing older waits)."""
@@ -688,6 +700,8 @@ class _ReduceLoop:
                     stage._resume()
             if not results_polled:
                 wait = min(wait, 0.05)
+            if stage.progress_pending:
+                wait = min(wait, next_progress - time.monotonic())
             ready = dict(poller.poll(max(0, int(wait * 1000)) + 1))
             t0 = perf_counter()
             if self.results in ready:
