@@ -124,6 +124,30 @@ def test_count_bound_block():
     assert q.dropped == 0
 
 
+def test_a_blocked_producer_is_woken_at_three_quarters_not_per_event():
+    """Waking the producer for every event taken made the source and the
+    frontend thread trade the GIL and the lock per event (lossless tiny
+    events: 20 % of the throughput).  It is woken once the queue is down
+    to three quarters; its timed wait is only a safety net."""
+    q = EventQueue(8, 1 << 30, DROP_BLOCK)
+    for i in range(8):
+        assert q.put_event(OP_EVENT, ev(i), nothing)
+    p = blocked_producer(q, ev(8))
+    notified = []
+    notify_all = q._room.notify_all
+    q._room.notify_all = lambda: (notified.append(len(q)), notify_all())
+    with q.lock:
+        q.pop_event()                        # 7 left of 8: no wake-up yet
+        assert notified == []
+        q.pop_event()                        # 6 = three quarters: wake it
+        assert notified == [6]
+    p.join(JOIN)
+    assert p.result is True and ids(q) == [2, 3, 4, 5, 6, 7, 8]
+    with q.lock:
+        q.pop_event()
+    assert notified == [6]                   # nobody waits: nobody is woken
+
+
 def test_wake_is_called_with_the_lock_held_only_for_accepted_events():
     q = EventQueue(1, 1 << 30, DROP_NEWEST)
     calls = []

@@ -68,6 +68,8 @@ class EventQueue:
         self.dropped = 0
         #: Events refused because the operator paused the pipeline.
         self.paused_events = 0
+        #: Callers waiting for room (``block``); see :meth:`pop_event`.
+        self._blocked = 0
         self.paused = False
         self.closed = False
         #: The thread that takes from the queue must never block on it.
@@ -90,8 +92,12 @@ class EventQueue:
                     return False
             if self._full(size):
                 if self.policy == DROP_BLOCK and threading.current_thread() is not self.taker:
-                    while self._full(size) and not self.closed:
-                        self._room.wait(0.1)
+                    self._blocked += 1
+                    try:
+                        while self._full(size) and not self.closed:
+                            self._room.wait(0.1)
+                    finally:
+                        self._blocked -= 1
                 elif self.policy == DROP_NEWEST:
                     self.dropped += 1
                     return False
@@ -132,9 +138,16 @@ class EventQueue:
 
     # -- the frontend thread (with the lock held) ---------------------------------
     def pop_event(self) -> tuple[int, bytes, Any, int, int | None]:
+        """Take the oldest event.  A caller blocked for room is woken only
+        once the queue is down to three quarters (or empty): waking it for
+        every event taken made the two threads trade the GIL and the lock
+        per event, which cost more than the events themselves."""
         item = self.events.popleft()
         self.nbytes -= item[3]
-        self._room.notify_all()
+        if self._blocked and (not self.events or (
+                4 * len(self.events) <= 3 * self.max_events
+                and 4 * self.nbytes <= 3 * self.max_bytes)):
+            self._room.notify_all()
         return item
 
     def requeue(self, items) -> None:
