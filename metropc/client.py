@@ -30,7 +30,8 @@ from .enums import ViewOutput, ViewStage
 from .error import ProtocolError
 from .messages import SEQ_BITS, unpack_seq
 from .protocol import decode_protocol as _decode_protocol
-from .protocol_batch import BATCH_PREFIX, batch_topic, unpack_records
+from .protocol_batch import BATCH_PREFIX, batch_topic
+from .protocol_layouts import decode_batch
 from .protocol import encode_protocol
 from .timing import pack_buckets, unpack_buckets
 
@@ -557,7 +558,7 @@ class Client:
             if "status" not in self._views:
                 return False  # kept in .status; not a result
         if topic.startswith(BATCH_PREFIX):
-            return self._handle_batch(frames)
+            return self._handle_batch(topic[len(BATCH_PREFIX):], frames)
         try:
             path = topic.decode("utf-8")
         except UnicodeDecodeError:
@@ -570,28 +571,25 @@ class Client:
         self.received += 1
         return path, data
 
-    def _handle_batch(self, frames) -> tuple[str, dict] | bool:
-        """The first result of a batch; the others wait in ``_unpacked``.
+    def _handle_batch(self, topic: bytes, frames) -> tuple[str, dict] | bool:
+        """The first result of a batch on view `topic`; the others wait in
+        ``_unpacked``.
 
         The whole batch is decoded before any result is returned, so a
         malformed one raises ProtocolError without delivering half of it.
         """
-        topic, records = unpack_records(frames)
         try:
             path = topic.decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError(f"topic {topic[:40]!r} is not UTF-8") from None
         if path not in self._views or not self.batching:
             return False
+        _, payloads = decode_batch(frames, allow_pickle=self.allow_pickle)
         if path in self._plain_too:  # plain results before this one came already
             self._plain_too.discard(path)
             self._socket.unsubscribe(path.encode("utf-8"))
-        results = []
-        for record in records:
-            record.insert(0, topic)
-            results.append((path, _decode_protocol(record, allow_pickle=self.allow_pickle)[1]))
-        results = [r for r in results
-                   if type(r[1]) is not dict or self._count_seq(path, r[1].get("seq"))]
+        results = [(path, data) for data in payloads
+                   if type(data) is not dict or self._count_seq(path, data.get("seq"))]
         self.received += len(results)
         if not results:
             return False

@@ -131,6 +131,7 @@ LAYERS = [
                   "metropc.view", "metropc.viewdef", "metropc.builtin", "metropc.core",
                   "metropc.context", "metropc.euxfel", "metropc.roi"]),
     ("protocol", ["metropc.protocol", "metropc.protocol_arrays", "metropc.protocol_batch",
+                  "metropc.protocol_layouts",
                   "metropc.transport",
                   "metropc.messages", "metropc.security", "metropc.config"]),
     ("engine", ["metropc.engine", "metropc.inprocess", "metropc.client", "metropc.timing"]),

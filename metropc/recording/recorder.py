@@ -38,7 +38,8 @@ import sys
 import time
 
 from ..protocol import decode_protocol
-from ..protocol_batch import BATCH_PREFIX, unpack_records
+from ..protocol_batch import BATCH_PREFIX
+from ..protocol_layouts import decode_batch
 
 log = logging.getLogger("metropc.recording")
 
@@ -85,13 +86,13 @@ class Recorder:
         topic = frames[0].bytes
         now = time.time()
         if topic.startswith(BATCH_PREFIX):
-            view_topic, records = unpack_records(frames)
+            view_topic = topic[len(BATCH_PREFIX):]
             name = view_topic[5:].decode("utf-8", "replace")
             if not view_topic.startswith(b"view#") or (
                     self.views is not None and name not in self.views):
                 return  # a prefix match (batch#view#a also matches batch#view#ab)
             # All decoded first: a malformed batch records nothing of itself.
-            payloads = [decode_protocol([view_topic, *record])[1] for record in records]
+            _, payloads = decode_batch(frames)
             for payload in payloads:
                 self.received += 1
                 self.recording.add_result(name, payload, now)

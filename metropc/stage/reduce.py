@@ -28,6 +28,7 @@ from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput, ViewStage
 from ..error import ProtocolError
 from ..protocol import encode_protocol
+from ..protocol_layouts import fast_record
 from ..security import secure
 from . import shm as shmem
 from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, META_SKIP, META_STEP, OP_ABORT,
@@ -532,15 +533,21 @@ class ReduceStage:
             topic = topics.get(name)
             if topic is None:
                 continue  # a COMPUTE view
-            if not output.wants(topic):
+            plain, batched = output.routes(topic)
+            if not (plain or batched):
                 output.skip(topic)  # nobody listens (now)
                 continue
+            # "seq": per-topic sequence number, for clients to count gaps.
+            payload = {"data": value, "event_id": event_id, "version": version,
+                       "seq": output.seq(topic)}
+            if self.run is not None:  # only inside runs: a frame less
+                payload["run"] = self.run
+            if not plain:  # batch clients only: a plain number needs no frames
+                record = fast_record(payload)
+                if record is not None:
+                    output.send_record(topic, record)
+                    continue
             try:
-                # "seq": per-topic sequence number, for clients to count gaps.
-                payload = {"data": value, "event_id": event_id, "version": version,
-                           "seq": output.seq(topic)}
-                if self.run is not None:  # only inside runs: a frame less
-                    payload["run"] = self.run
                 frames = encode_protocol(topic, payload)
             except KeyboardInterrupt:  # how a stage is told to stop
                 raise
