@@ -35,7 +35,7 @@ from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, META_SKIP, META_STEP, OP_A
                      OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED,
                      OP_ERROR, OP_HELLO, OP_INDEX,
                      OP_LOST, OP_PARAMS, OP_PROGRESS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
-                     RejectLog, recv, recv_messages, send, unpack_meta)
+                     RejectLog, recv, recv_messages, send)
 from ..messages import (KEY_MARK, KEY_TIME, META_MARK, OP_ANNOUNCE, OP_ARESULT, OP_INPUTS,
                         OP_RESET, OP_VSTATS, OP_WANT)
 from ..timing import ReduceObserver, add_time
@@ -400,7 +400,9 @@ class ReduceStage:
 
     # -- events -------------------------------------------------------------------
     def on_result(self, data):
-        meta = unpack_meta(data.pop(KEY_META, None))
+        """One pool result, validated already (``recv_messages`` checked its
+        meta with :func:`metropc.messages.unpack_meta`)."""
+        meta = data.pop(KEY_META)
         seq = meta[0]
         ref = data.pop(KEY_SHM, None)
         if ref is not None:
@@ -512,7 +514,8 @@ class ReduceStage:
             meter.add(name)
         meter.add("#events")
         self.publish(pool_results, event_id)
-        self.publish(results, event_id)
+        if results:
+            self.publish(results, event_id)
         if self.engine.async_inputs:
             self.feed_async(pool_results, results, event_id)
         obs = self.obs
