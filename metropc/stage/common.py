@@ -53,8 +53,6 @@ def send_batch(sock, messages, *, prefix=(), flags=0, small=None):
     messages' frames one after the other.  `small`: whether the caller
     knows that no message holds a large buffer (None: look).
     """
-    if len(messages) == 1:
-        return send(sock, *messages[0], prefix=prefix, flags=flags)
     if small is None:
         small = not any(has_large_value(data) for _, data in messages)
     if small:
@@ -68,6 +66,8 @@ def send_batch(sock, messages, *, prefix=(), flags=0, small=None):
         if payload is not None:
             send_frames(sock, [*prefix, OP_PICKLED_BATCH, payload], flags)
             return
+    if len(messages) == 1:
+        return send(sock, *messages[0], prefix=prefix, flags=flags)
     parts = [encode_protocol(opcode, data) for opcode, data in messages]
     frames = list(prefix)
     frames.append(OP_BATCH)
