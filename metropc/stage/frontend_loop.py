@@ -109,11 +109,8 @@ class FrontendLoop:
             if fe._wake_pull in ready:
                 with self.queue.lock:
                     fe._wake_pending = False
-                    while True:
-                        try:
-                            fe._wake_pull.recv(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
+                    while readable(fe._wake_pull):  # (a failed recv raises: dearer)
+                        fe._wake_pull.recv(zmq.NOBLOCK)
             if fe._router in ready:
                 self.drain_stage_messages()
             now = time.monotonic()

@@ -29,6 +29,7 @@ from ..enums import ContextStage, ViewOutput, ViewStage
 from ..error import ProtocolError
 from ..protocol import encode_protocol
 from ..protocol_layouts import fast_record
+from ..transport import readable
 from ..security import secure
 from . import shm as shmem
 from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, META_SKIP, META_STEP, OP_ABORT,
@@ -783,7 +784,7 @@ class _ReduceLoop:
                 break
             except ProtocolError as e:
                 self.rejected(b"result", e)
-            if not self.results.poll(0):
+            if not readable(self.results):  # (a third of the cost of poll(0))
                 break
 
     def on_control(self):
