@@ -136,6 +136,8 @@ class Engine:
         # Paths whose latest value step and action kernels read.
         self._latest_keys = {str(a.path) for v in order if v.trigger != "event"
                              for a in v.args}
+        #: Whether :meth:`reduce` has anything to do (REDUCE skips it if not).
+        self.reduces = bool(self.reduce_views or self._latest_keys)
         self._event_counter = 0
         #: {view name: timing record} of the calls since :meth:`take_timings`
         #: (metropc.timing): measured here, where every view runs.

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 from .protocol import decode_protocol
 from .protocol_batch import unpack_records
 
-__all__ = ["Layout", "layout_of", "fast_record", "decode_batch"]
+__all__ = ["Layout", "layout_of", "fast_record", "result_record", "decode_batch"]
 
 #: Type -> (type ID, struct code, frame size) of the values a layout holds.
 _PLAIN = {int: (ord("i"), "q", 8), float: (ord("f"), "d", 8), type(None): (ord("n"), "", 0)}
@@ -129,6 +129,41 @@ def fast_record(data: Mapping[str, Any]) -> bytes | None:
     plain numbers, or None: then take that general path."""
     layout = layout_of(data)
     return None if layout is None else layout.pack(data)
+
+
+#: The keys of a published result's payload (docs/protocol.md §7), in order.
+RESULT_KEYS = ("data", "event_id", "version", "seq")
+_result_layouts: dict[tuple, Layout | None] = {}
+
+
+def result_record(value, event_id, version, seq, run=None) -> bytes | None:
+    """:func:`fast_record` of a published result's payload, ``{"data":
+    value, "event_id": event_id, "version": version, "seq": seq}`` and
+    ``"run": run`` unless `run` is None, without building it (REDUCE's
+    path for every result of a view that batch clients take)."""
+    key = (type(value), type(event_id), type(version), type(seq), type(run))
+    layout = _result_layouts.get(key, False)
+    if layout is False:
+        names, types = (RESULT_KEYS, key[:4]) if run is None else (
+            RESULT_KEYS + ("run",), key)
+        layout = Layout(names, types) if all(t in _PLAIN for t in types) else None
+        if len(_result_layouts) >= _CACHE_LIMIT:
+            _result_layouts.clear()
+        _result_layouts[key] = layout
+    if layout is None:
+        return None
+    if layout.sparse:  # a None among them: the general way of this module
+        values = (value, event_id, version, seq) if run is None else (
+            value, event_id, version, seq, run)
+        return layout.pack(dict(zip(layout.names, values)))
+    c = layout.consts
+    try:
+        if run is None:
+            return layout.struct.pack(c[0], value, c[1], event_id, c[2], version, c[3], seq)
+        return layout.struct.pack(c[0], value, c[1], event_id, c[2], version, c[3], seq,
+                                  c[4], run)
+    except struct.error:  # an int beyond 64 bits
+        return None
 
 
 _U32 = struct.Struct("<I")

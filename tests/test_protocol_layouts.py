@@ -23,7 +23,8 @@ from metropc.error import ProtocolError
 from metropc.messages import pack_seq
 from metropc.protocol import decode_protocol, encode_protocol
 from metropc.protocol_batch import inline_record, join_records, pack_records, unpack_records
-from metropc.protocol_layouts import Layout, decode_batch, fast_record, layout_of
+from metropc.protocol_layouts import (Layout, decode_batch, fast_record, layout_of,
+                                      result_record)
 
 FUZZ = settings(max_examples=300, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -88,6 +89,18 @@ def test_fast_record_is_the_general_record_or_none(payload):
     elif all(type(v) in (int, float, type(None)) for v in payload.values()):
         assert any(type(v) is int and not -(1 << 63) <= v < 1 << 63
                    for v in payload.values())
+
+
+@FUZZ
+@given(any_value, st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=3)),
+       st.one_of(st.none(), st.integers(0, 1 << 40)), st.integers(0, (1 << 63) - 1),
+       st.one_of(st.none(), st.integers(-5, 1 << 70)))
+def test_result_record_is_fast_record_of_the_payload_reduce_publishes(value, event_id, version,
+                                                                     seq, run):
+    payload = {"data": value, "event_id": event_id, "version": version, "seq": seq}
+    if run is not None:
+        payload["run"] = run
+    assert result_record(value, event_id, version, seq, run) == fast_record(payload)
 
 
 def test_layout_constants_alternate_with_values():

@@ -45,6 +45,10 @@ class ReorderBuffer:
 
     def push(self, seq, item):
         """Add an item; returns the items now releasable, in order."""
+        if seq == self.next_seq and not self._items and not self._skipped:
+            self.next_seq = seq + 1  # the common case: the next one, nothing waiting
+            self._waiting_since = None
+            return [item]
         if seq < self.next_seq:
             self.late += 1  # already given up on it
             return []

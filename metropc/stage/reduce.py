@@ -28,7 +28,7 @@ from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput, ViewStage
 from ..error import ProtocolError
 from ..protocol import encode_protocol
-from ..protocol_layouts import fast_record
+from ..protocol_layouts import result_record
 from ..transport import readable
 from ..security import secure
 from . import shm as shmem
@@ -432,7 +432,11 @@ class ReduceStage:
 
     def _process_all(self, items):
         for item in items:
-            if self.stalled or (self.clients_back and self.awaiting_clients()) or (
+            ctx = self.ctx  # (the common case first: nothing waits, the current context)
+            if (ctx is not None and item[0][1] == ctx.version and not self.stalled
+                    and not self.clients_back):
+                self.process(*item)
+            elif self.stalled or (self.clients_back and self.awaiting_clients()) or (
                     not self._context_known(item[0])):
                 # Results can overtake their context on the way here (they
                 # come from the workers, the context from the frontend):
@@ -462,6 +466,9 @@ class ReduceStage:
             self._resume()
 
     def process(self, meta, data):
+        if not self.leases:  # no result arrays in shared memory to give back
+            self._process(meta, data)
+            return
         try:
             self._process(meta, data)
         finally:
@@ -504,20 +511,21 @@ class ReduceStage:
         if KEY_EVENT_ID in data:
             event_id = data[KEY_EVENT_ID]
         event["internal#event_id"] = event_id
-        meter = self.meter
+        counts = self.meter.counts  # (RateMeter.add, inline: this runs per event)
         for name in produced:
-            meter.add(name)
-        errors = self.engine.errors
+            counts[name] = counts.get(name, 0) + 1
+        engine = self.engine
+        errors = engine.errors
         for name in failed:
             errors[name] += 1
-        results = self.engine.reduce(event, pool_results)
+        results = engine.reduce(event, pool_results) if engine.reduces else {}
         for name in results:
-            meter.add(name)
-        meter.add("#events")
+            counts[name] = counts.get(name, 0) + 1
+        counts["#events"] = counts.get("#events", 0) + 1
         self.publish(pool_results, event_id)
         if results:
             self.publish(results, event_id)
-        if self.engine.async_inputs:
+        if engine.async_inputs:
             self.feed_async(pool_results, results, event_id)
         obs = self.obs
         obs.events += 1
@@ -542,15 +550,15 @@ class ReduceStage:
                 output.skip(topic)  # nobody listens (now)
                 continue
             # "seq": per-topic sequence number, for clients to count gaps.
-            payload = {"data": value, "event_id": event_id, "version": version,
-                       "seq": output.seq(topic)}
-            if self.run is not None:  # only inside runs: a frame less
-                payload["run"] = self.run
+            seq = output.seq(topic)
             if not plain:  # batch clients only: a plain number needs no frames
-                record = fast_record(payload)
+                record = result_record(value, event_id, version, seq, self.run)
                 if record is not None:
                     output.send_record(topic, record)
                     continue
+            payload = {"data": value, "event_id": event_id, "version": version, "seq": seq}
+            if self.run is not None:  # only inside runs: a frame less
+                payload["run"] = self.run
             try:
                 frames = encode_protocol(topic, payload)
             except KeyboardInterrupt:  # how a stage is told to stop
