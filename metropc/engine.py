@@ -114,6 +114,16 @@ def _describe(exc):
     return message
 
 
+def input_keys(view) -> tuple:
+    """``(arg, path string, view name or None)`` of each argument of `view`:
+    what :meth:`Engine._run` looks up per event, worked out once."""
+    out = []
+    for arg in view.args:
+        key = str(arg.path)
+        out.append((arg, key, key[5:] if key.startswith("view#") else None))
+    return tuple(out)
+
+
 class Engine:
     """Runs the views of one context; keeps their counts and error counts."""
 
@@ -136,6 +146,7 @@ class Engine:
         # Paths whose latest value step and action kernels read.
         self._latest_keys = {str(a.path) for v in order if v.trigger != "event"
                              for a in v.args}
+        self._inputs: dict[str, tuple] = {}  # view name -> input_keys(view)
         #: Whether :meth:`reduce` has anything to do (REDUCE skips it if not).
         self.reduces = bool(self.reduce_views or self._latest_keys)
         self._event_counter = 0
@@ -280,10 +291,11 @@ class Engine:
             if not view.args and view.trigger == "event":
                 continue  # no input can trigger it (contexts add `_: 'internal#train_id'`)
             kwargs = {}
-            for arg in view.args:
-                key = str(arg.path)
-                if key.startswith("view#"):
-                    name = key[5:]
+            inputs = self._inputs.get(view.name)
+            if inputs is None:
+                inputs = self._inputs[view.name] = input_keys(view)
+            for arg, key, name in inputs:
+                if name is not None:
                     value = results.get(name, known.get(name, _MISSING))
                     if value is _MISSING and view.trigger != "event":
                         value = data.get(key, _MISSING)
@@ -298,7 +310,13 @@ class Engine:
                 # Timed here, around the view's own code only: two clock
                 # reads, a lookup, a bisect and two increments per call.
                 t0 = perf_counter()
-                value = self._guard(view, lambda: self._call(view, kwargs), event_id)
+                try:  # (_guard, inline: this runs per view and event)
+                    raw = view.kernel(**kwargs)
+                    value = None if raw is None else view.process(raw)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - a failing view is never fatal
+                    value = self._failed(view, exc, event_id)
                 dt = perf_counter() - t0
                 record = timings.get(view.name)
                 if record is None:
@@ -309,13 +327,6 @@ class Engine:
                     results[view.name] = value
                     self.counts[view.name] += 1
         return results
-
-    @staticmethod
-    def _call(view, kwargs):
-        raw = view.kernel(**kwargs)
-        if raw is None:
-            return None
-        return view.process(raw)
 
     def _guard(self, view, fn, event_id):
         """Run `fn` for `view`; a failure is the view's, reported and counted.
@@ -330,7 +341,11 @@ class Engine:
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # noqa: BLE001 - a failing view is never fatal
-            self.errors[view.name] += 1
-            self._timing(view.name)[ERRORS] += 1
-            self.reporter.report(view, exc, event_id, self.ctx.path)
-            return None
+            return self._failed(view, exc, event_id)
+
+    def _failed(self, view, exc, event_id):
+        """Count and report a failure of `view`; its result is None."""
+        self.errors[view.name] += 1
+        self._timing(view.name)[ERRORS] += 1
+        self.reporter.report(view, exc, event_id, self.ctx.path)
+        return None
