@@ -147,6 +147,8 @@ class Engine:
         self._latest_keys = {str(a.path) for v in order if v.trigger != "event"
                              for a in v.args}
         self._inputs: dict[str, tuple] = {}  # view name -> input_keys(view)
+        #: Names of the views that failed in the last pool or reduce pass.
+        self.failed_now: list[str] = []
         #: Whether :meth:`reduce` has anything to do (REDUCE skips it if not).
         self.reduces = bool(self.reduce_views or self._latest_keys)
         self._event_counter = 0
@@ -284,6 +286,7 @@ class Engine:
     def _run(self, views, data, known, event_id=None):
         """Run `views` in order over `data`; `known` holds earlier results."""
         results = {}
+        self.failed_now = []  # views that raise in this pass (read by POOL workers)
         timings = self.timings
         if event_id is None:
             event_id = data.get("internal#event_id")
@@ -317,6 +320,7 @@ class Engine:
                     raise
                 except BaseException as exc:  # noqa: BLE001 - a failing view is never fatal
                     value = self._failed(view, exc, event_id)
+                    self.failed_now.append(view.name)
                 dt = perf_counter() - t0
                 record = timings.get(view.name)
                 if record is None:

@@ -114,7 +114,9 @@ def _drop(e):
     log.warning("rejected a malformed message: %s", e)
 
 
-_PLAIN = frozenset({int, float, bool, str, bytes, type(None)})
+#: Types that never hold a buffer (``.nbytes``): skipped without a lookup.
+#: (A tuple's items are not looked into, as before: a tuple is pickled.)
+_PLAIN = frozenset({int, float, bool, str, bytes, type(None), tuple})
 
 
 class RejectLog:

@@ -340,21 +340,22 @@ class PoolWorker:
         if engine is None:
             return {KEY_META: pack_meta(seq, kind=META_SKIP)}
         event_id = engine.prepare(event)
-        errors = engine.errors
-        before = dict(errors) if errors else None
         results = engine.pool(event)
-        failed = () if before is None and not errors else tuple(
-            n for n, c in errors.items() if (before or {}).get(n, 0) != c)
-        meta = pack_meta(seq, self.ctx.version, event_id, results, failed)
+        meta = pack_meta(seq, self.ctx.version, event_id, results, engine.failed_now)
         out = {KEY_META: meta, KEY_TIME: self.received}
         self.events += 1
-        if not isinstance(event_id, (int, str, float, type(None))):
+        if type(event_id) not in _META_EVENT_IDS:
             out[KEY_EVENT_ID] = event_id
         for name in self.forward_views.intersection(results):
             out[f"view#{name}"] = results[name]
-        for path in self.forward_paths.intersection(event):
-            out[path] = event[path]
+        if self.forward_paths:
+            for path in self.forward_paths.intersection(event):
+                out[path] = event[path]
         return out
+
+
+#: Event id types that travel in the meta tuple itself (pack_meta).
+_META_EVENT_IDS = frozenset({int, str, float, type(None)})
 
 
 def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, name=None,
