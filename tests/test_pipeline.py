@@ -415,3 +415,32 @@ def test_batches_hold_about_five_milliseconds_of_work():
     assert batch_limit(1e-3) == 5
     assert batch_limit(0.010) == 1                # a 10 ms view: one per message
     assert batch_limit(0.0) == BATCH_MAX
+
+
+GC_CTX = """
+import gc, os
+
+@View.Scalar
+def pool_frozen(t: 'internal#train_id'):
+    return (os.getpid(), gc.get_freeze_count())
+
+@View.Scalar(stage='reduce')
+def reduce_frozen(p: 'view#pool_frozen'):
+    return (os.getpid(), gc.get_freeze_count())
+"""
+
+
+def test_stage_processes_keep_their_imports_out_of_the_cyclic_collector(
+        pipeline, collector_factory):
+    """A full collection over numpy, xarray and pandas took ~40 ms here, a
+    pause every event behind it waited for; stage processes freeze what
+    they imported at start (gc.freeze), so collections see only new objects."""
+    fe = pipeline(sr_cls=ProcessRunner)
+    col = collector_factory(fe.output_addr).wait_connected(fe)
+    set_context(fe, GC_CTX)
+    for ev in events(range(20)):
+        fe.queue_to_any(b"event", ev)
+    col.poll_until(lambda m: len(col.values("reduce_frozen")) >= 20, timeout=30)
+    stages = {tuple(v) for v in col.values("pool_frozen") + col.values("reduce_frozen")}
+    assert all(pid != os.getpid() for pid, _ in stages)
+    assert all(frozen > 10_000 for _, frozen in stages), stages
