@@ -68,8 +68,9 @@ class EventQueue:
         self.dropped = 0
         #: Events refused because the operator paused the pipeline.
         self.paused_events = 0
-        #: Callers waiting for room (``block``); see :meth:`pop_event`.
-        self._blocked = 0
+        #: A caller waits for room (``block``) and was not woken since; see
+        #: :meth:`pop_event`.
+        self._blocked = False
         self.paused = False
         self.closed = False
         #: The thread that takes from the queue must never block on it.
@@ -92,12 +93,9 @@ class EventQueue:
                     return False
             if self._full(size):
                 if self.policy == DROP_BLOCK and threading.current_thread() is not self.taker:
-                    self._blocked += 1
-                    try:
-                        while self._full(size) and not self.closed:
-                            self._room.wait(0.1)
-                    finally:
-                        self._blocked -= 1
+                    while self._full(size) and not self.closed:
+                        self._blocked = True
+                        self._room.wait(0.1)
                 elif self.policy == DROP_NEWEST:
                     self.dropped += 1
                     return False
@@ -147,6 +145,7 @@ class EventQueue:
         if self._blocked and (not self.events or (
                 4 * len(self.events) <= 3 * self.max_events
                 and 4 * self.nbytes <= 3 * self.max_bytes)):
+            self._blocked = False  # once: it needs the lock we hold to wake up
             self._room.notify_all()
         return item
 
