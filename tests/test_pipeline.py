@@ -45,14 +45,21 @@ def ordered(t: 'view#jitter'):
 """
 
 
-def test_results_reach_reduce_in_event_order_through_two_worker_processes(
-        pipeline, collector_factory):
+def run_in_processes(pipeline, collector_factory, source, n, view):
+    """Run context `source` in stage processes over events 0 .. n-1; the
+    collector, once `view` has n results."""
     fe = pipeline(sr_cls=ProcessRunner)
     col = collector_factory(fe.output_addr).wait_connected(fe)
-    set_context(fe, ORDER_CTX)
-    for ev in events(range(200)):
+    set_context(fe, source)
+    for ev in events(range(n)):
         fe.queue_to_any(b"event", ev)
-    col.poll_until(lambda m: len(col.values("ordered")) >= 200, timeout=30)
+    col.poll_until(lambda m: len(col.values(view)) >= n, timeout=30)
+    return col
+
+
+def test_results_reach_reduce_in_event_order_through_two_worker_processes(
+        pipeline, collector_factory):
+    col = run_in_processes(pipeline, collector_factory, ORDER_CTX, 200, "ordered")
     assert col.values("ordered") == list(range(200))
     assert [p["event_id"] for p in col.payloads("ordered")] == list(range(200))
 
@@ -435,12 +442,7 @@ def test_stage_processes_keep_their_imports_out_of_the_cyclic_collector(
     """A full collection over numpy, xarray and pandas took ~40 ms here, a
     pause every event behind it waited for; stage processes freeze what
     they imported at start (gc.freeze), so collections see only new objects."""
-    fe = pipeline(sr_cls=ProcessRunner)
-    col = collector_factory(fe.output_addr).wait_connected(fe)
-    set_context(fe, GC_CTX)
-    for ev in events(range(20)):
-        fe.queue_to_any(b"event", ev)
-    col.poll_until(lambda m: len(col.values("reduce_frozen")) >= 20, timeout=30)
+    col = run_in_processes(pipeline, collector_factory, GC_CTX, 20, "reduce_frozen")
     stages = {tuple(v) for v in col.values("pool_frozen") + col.values("reduce_frozen")}
     assert all(pid != os.getpid() for pid, _ in stages)
     assert all(frozen > 10_000 for _, frozen in stages), stages
