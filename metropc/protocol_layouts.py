@@ -44,8 +44,8 @@ class Layout:
     type IDs, then each key followed by its value's 8 bytes (none for
     None).  As a ``struct`` they alternate between a constant field (the
     bytes up to the next value) and a value, possibly ending with a
-    constant (keys of None values after the last number); :meth:`unpack`
-    compares every constant field.
+    constant (keys of None values after the last number); a reader
+    compares every constant field (:func:`decode_batch`).
     """
 
     __slots__ = ("names", "valued", "sparse", "struct", "consts", "_template")
@@ -94,18 +94,6 @@ class Layout:
         except struct.error:
             return None
 
-    def unpack(self, blob, pos: int = 0) -> dict | None:
-        """The payload of the record at `pos`, or None if its constant bytes
-        are not this layout's."""
-        fields = self.struct.unpack_from(blob, pos)
-        if fields[0::2] != self.consts:
-            return None
-        if not self.sparse:
-            return dict(zip(self.names, fields[1::2]))
-        data = dict.fromkeys(self.names)
-        data.update(zip(self.valued, fields[1::2]))
-        return data
-
 
 _layouts: dict[tuple, Layout | None] = {}
 
@@ -117,7 +105,10 @@ def layout_of(data: Mapping[str, Any]) -> Layout | None:
     if layout is False:
         names, types = key
         ok = all(t in _PLAIN for t in types) and all(type(n) is str for n in names)
-        layout = Layout(names, types) if ok and names else None
+        try:
+            layout = Layout(names, types) if ok and names else None
+        except UnicodeEncodeError:  # a key the general path refuses as well
+            layout = None
         if len(_layouts) >= _CACHE_LIMIT:
             _layouts.clear()
         _layouts[key] = layout
