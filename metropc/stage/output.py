@@ -218,7 +218,7 @@ class Output:
 
     def send_record(self, topic: bytes, record: bytes) -> None:
         """Add a view result, already packed as a batch record (see
-        :func:`metropc.protocol_layouts.fast_record`), to `topic`'s open
+        :func:`metropc.protocol_layouts.result_record`), to `topic`'s open
         batch: for a topic only batch clients take (``routes(topic) ==
         (False, True)``).  Numbered like :meth:`send`."""
         self._seqs[topic] = self._seqs.get(topic, 0) + 1
