@@ -146,7 +146,7 @@ class Engine:
         # Paths whose latest value step and action kernels read.
         self._latest_keys = {str(a.path) for v in order if v.trigger != "event"
                              for a in v.args}
-        self._inputs: dict[str, tuple] = {}  # view name -> input_keys(view)
+        self._inputs = {v.name: input_keys(v) for v in order}  # looked up per event
         #: Names of the views that failed in the last pool or reduce pass.
         self.failed_now: list[str] = []
         #: Whether :meth:`reduce` has anything to do (REDUCE skips it if not).
@@ -294,10 +294,7 @@ class Engine:
             if not view.args and view.trigger == "event":
                 continue  # no input can trigger it (contexts add `_: 'internal#train_id'`)
             kwargs = {}
-            inputs = self._inputs.get(view.name)
-            if inputs is None:
-                inputs = self._inputs[view.name] = input_keys(view)
-            for arg, key, name in inputs:
+            for arg, key, name in self._inputs[view.name]:
                 if name is not None:
                     value = results.get(name, known.get(name, _MISSING))
                     if value is _MISSING and view.trigger != "event":

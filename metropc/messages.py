@@ -161,7 +161,8 @@ SEQ_PATH = "internal#seq"
 META_EVENT, META_SKIP, META_STEP, META_MARK = 0, 1, 2, 3
 
 _NONE = type(None)
-_EVENT_ID_TYPES = (int, str, float, _NONE)
+#: Event ids that travel in the meta tuple itself; any other goes under KEY_EVENT_ID.
+EVENT_ID_TYPES = frozenset({int, str, float, _NONE})
 
 
 #: Bits of a published ``seq`` that count messages; the bits above them are
@@ -192,7 +193,7 @@ def pack_meta(seq, version=None, event_id=None, produced=(), failed=(), kind=0):
     framed message it is one tuple value (docs/protocol.md).  An event id
     that is not a plain int, str or float travels under KEY_EVENT_ID.
     """
-    if event_id is not None and type(event_id) not in (int, str, float):
+    if type(event_id) not in EVENT_ID_TYPES:
         event_id = None
     return (seq, version, event_id, tuple(produced), tuple(failed), kind)
 
@@ -210,7 +211,7 @@ def unpack_meta(meta):
     # One test for the common case (valid), the details only on failure.
     if (type(seq) is not int or type(kind) is not int
             or (type(version) is not int and version is not None)
-            or type(event_id) not in _EVENT_ID_TYPES
+            or type(event_id) not in EVENT_ID_TYPES
             or type(produced) is not tuple or type(failed) is not tuple):
         raise ProtocolError(f"result: {KEY_META!r} {_meta_problem(meta)}")
     for name in produced:
@@ -228,7 +229,7 @@ def _meta_problem(meta):
         return "without sequence number or kind"
     if type(version) is not int and version is not None:
         return "version is not an int or None"
-    if type(event_id) not in _EVENT_ID_TYPES:
+    if type(event_id) not in EVENT_ID_TYPES:
         return "event id is not an int, str, float or None"
     return "view lists are not tuples"
 

@@ -30,7 +30,7 @@ from ..error import ProtocolError
 from ..protocol import encode_protocol
 from ..security import secure
 from . import shm as shmem
-from ..messages import KEY_MARK, KEY_TIME, META_MARK, OP_VSTATS
+from ..messages import EVENT_ID_TYPES, KEY_MARK, KEY_TIME, META_MARK, OP_VSTATS
 from ..timing import merge
 from .reload import StagedContext
 from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, KEY_STEP, META_SKIP, META_STEP,
@@ -344,7 +344,7 @@ class PoolWorker:
         meta = pack_meta(seq, self.ctx.version, event_id, results, engine.failed_now)
         out = {KEY_META: meta, KEY_TIME: self.received}
         self.events += 1
-        if type(event_id) not in _META_EVENT_IDS:
+        if type(event_id) not in EVENT_ID_TYPES:
             out[KEY_EVENT_ID] = event_id
         for name in self.forward_views.intersection(results):
             out[f"view#{name}"] = results[name]
@@ -352,10 +352,6 @@ class PoolWorker:
             for path in self.forward_paths.intersection(event):
                 out[path] = event[path]
         return out
-
-
-#: Event id types that travel in the meta tuple itself (pack_meta).
-_META_EVENT_IDS = frozenset({int, str, float, type(None)})
 
 
 def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, name=None,

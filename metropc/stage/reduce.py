@@ -511,17 +511,17 @@ class ReduceStage:
         if KEY_EVENT_ID in data:
             event_id = data[KEY_EVENT_ID]
         event["internal#event_id"] = event_id
-        counts = self.meter.counts  # (RateMeter.add, inline: this runs per event)
+        meter = self.meter
         for name in produced:
-            counts[name] = counts.get(name, 0) + 1
+            meter.add(name)
         engine = self.engine
         errors = engine.errors
         for name in failed:
             errors[name] += 1
         results = engine.reduce(event, pool_results) if engine.reduces else {}
         for name in results:
-            counts[name] = counts.get(name, 0) + 1
-        counts["#events"] = counts.get("#events", 0) + 1
+            meter.add(name)
+        meter.add("#events")
         self.publish(pool_results, event_id)
         if results:
             self.publish(results, event_id)
