@@ -27,7 +27,7 @@ import struct
 from typing import Any, Mapping
 
 from .protocol import decode_protocol
-from .protocol_batch import unpack_records
+from .protocol_batch import BATCH_PREFIX, inline_record, unpack_records
 
 __all__ = ["Layout", "layout_of", "fast_record", "result_record", "decode_batch"]
 
@@ -157,7 +157,6 @@ def result_record(value, event_id, version, seq, run=None) -> bytes | None:
         return None
 
 
-_U32 = struct.Struct("<I")
 _by_head: dict[bytes, Layout] = {}  # frame lengths and type IDs -> the layout learned
 
 
@@ -200,7 +199,7 @@ def _decode_uniform(frames) -> tuple[bytes, list[dict]] | None:
     blob = getattr(blob, "bytes", blob)
     if type(head) is not bytes or type(blob) is not bytes:
         return None
-    if not head.startswith(b"batch#") or not blob:
+    if not head.startswith(BATCH_PREFIX) or not blob:
         return None
     key = _head_key(blob)
     layout = None if key is None else _by_head.get(key)
@@ -219,7 +218,7 @@ def _decode_uniform(frames) -> tuple[bytes, list[dict]] | None:
             if fields[0::2] != consts:
                 return None
             payloads.append(dict(zip(names, fields[1::2])))
-    topic = head[6:]
+    topic = head[len(BATCH_PREFIX):]
     try:
         topic.decode("utf-8")
     except UnicodeDecodeError:
@@ -233,8 +232,7 @@ def _learn(record: list, payload) -> None:
     if layout is None:
         return
     packed = layout.pack(payload)
-    if packed is None or packed != b"".join(
-            [struct.pack(f"<I{len(record)}I", len(record), *map(len, record)), *record]):
+    if packed is None or packed != inline_record(record):
         return  # not what this layout would write: never read by it
     key = _head_key(packed)
     if key is not None:
