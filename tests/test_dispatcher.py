@@ -77,7 +77,7 @@ def measure(d, per_event, rounds=30, now=1000.0):
 # -- batch_limit -----------------------------------------------------------------------
 
 def test_batch_limit_values():
-    assert BATCH_MAX == 32 and BATCH_SECONDS == 0.005
+    assert BATCH_MAX == 128 and BATCH_SECONDS == 0.005
     assert batch_limit(0.0) == BATCH_MAX
     assert batch_limit(1e-7) == BATCH_MAX
     assert batch_limit(BATCH_SECONDS / 32) == 32
@@ -199,14 +199,14 @@ def test_tiny_measured_cost_batches_up_to_batch_max():
     assert batch_limit(d.event_cost) == BATCH_MAX
     d.add_worker("a")
     d.on_credit("a", 4, 0.0)
-    base = d.seq
-    q = make_queue(small(i) for i in range(40))
+    base, n = d.seq, BATCH_MAX + 8
+    q = make_queue(small(i) for i in range(n))
     b1 = take(d, q)
     b2 = take(d, q)
-    assert sent_values(b1) == list(range(32))
-    assert sent_values(b2) == list(range(32, 40))
-    assert b1.seqs == list(range(base, base + 32))
-    assert b2.seqs == list(range(base + 32, base + 40))
+    assert sent_values(b1) == list(range(BATCH_MAX))
+    assert sent_values(b2) == list(range(BATCH_MAX, n))
+    assert b1.seqs == list(range(base, base + BATCH_MAX))
+    assert b2.seqs == list(range(base + BATCH_MAX, base + n))
     assert b1.small and b2.small
     assert take(d, q) is None  # empty queue
     assert d.credits["a"] == 2
@@ -894,39 +894,41 @@ def test_dispatching_waits_for_reduce_within_its_reorder_window():
     """A worker's results can queue behind another's at REDUCE; REDUCE
     gives up on a missing event once 4096 later ones wait.  So new events
     go out only while fewer than MAX_AHEAD are beyond REDUCE's progress."""
+    B = dispatcher_mod.BATCH_MAX
     d = dispatcher("a", "b", credit=1000)
     d.event_cost = 1e-9  # full batches
-    d.max_ahead = 64
-    q = make_queue([small(i) for i in range(200)])
+    d.max_ahead = 2 * B
+    q = make_queue([small(i) for i in range(5 * B)])
     sent = []
     while (b := take(d, q)) is not None:
         sent += b.seqs
-    assert sent == list(range(64))           # two full batches, then it waits
+    assert sent == list(range(2 * B))        # two full batches, then it waits
     assert d.too_far_ahead() and d.held_back == 1
-    d.on_progress(40)                        # REDUCE has 0..39: 24 beyond it
-    assert take(d, q).seqs == list(range(64, 96))
-    assert take(d, q).seqs == list(range(96, 128))   # (one batch past the limit at most)
+    d.on_progress(B + B // 4)                # REDUCE has 0..1.25 B: 0.75 B beyond it
+    assert take(d, q).seqs == list(range(2 * B, 3 * B))
+    assert take(d, q).seqs == list(range(3 * B, 4 * B))   # (one batch past the limit at most)
     assert take(d, q) is None
     d.on_progress(10)                        # an older report changes nothing
-    assert d.reduce_next == 40 and len(q.events) == 200 - 128
+    assert d.reduce_next == B + B // 4 and len(q.events) == B
 
 
 def test_events_a_dead_worker_left_go_out_even_when_far_ahead():
     """Requeued events keep their (old) numbers, inside REDUCE's window:
     they go out whatever the progress, or REDUCE would wait for them."""
+    B = dispatcher_mod.BATCH_MAX
     d = dispatcher("a", "b", credit=10)
     d.event_cost = 1e-9
-    d.max_ahead = 64
+    d.max_ahead = 2 * B
     d.credits["b"] = 0
-    q = make_queue([small(i) for i in range(100)])
-    assert take(d, q).worker == "a" and take(d, q).worker == "a"   # 0..31, 32..63
+    q = make_queue([small(i) for i in range(3 * B + 4)])
+    assert take(d, q).worker == "a" and take(d, q).worker == "a"   # two full batches
     assert d.too_far_ahead() and take(d, q) is None
     lost, requeue, _ = d.remove_worker("a")
-    assert lost == list(range(32))           # the one it was working on
+    assert lost == list(range(B))            # the one it was working on
     q.requeue(requeue)                       # as the frontend does
     d.on_credit("b", 1, 1.0)
     again = take(d, q, now=1.0)
-    assert again.worker == "b" and again.seqs == list(range(32, 64))
+    assert again.worker == "b" and again.seqs == list(range(B, 2 * B))
     assert take(d, q, now=1.0) is None       # new events still wait
 
 

@@ -418,7 +418,7 @@ def test_slow_views_spread_evenly_over_the_pool(pipeline, collector_factory):
 
 def test_batches_hold_about_five_milliseconds_of_work():
     from metropc.stage.dispatcher import BATCH_MAX, batch_limit
-    assert batch_limit(5e-6) == BATCH_MAX == 32   # tiny events share a message
+    assert batch_limit(5e-6) == BATCH_MAX == 128  # tiny events share a message
     assert batch_limit(1e-3) == 5
     assert batch_limit(0.010) == 1                # a 10 ms view: one per message
     assert batch_limit(0.0) == BATCH_MAX

@@ -18,6 +18,7 @@ import zmq
 
 from conftest import wait_for
 from metropc.frontend import Context, ProcessRunner
+from metropc.stage.dispatcher import BATCH_MAX
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -85,8 +86,8 @@ def test_killed_worker_is_replaced_and_its_events_counted(pipeline, collector_fa
         feeder.close()
     assert replaced_after < 1.5
     assert any("pool-0 died" in e and "lost" in e for e in fe.errors), fe.errors
-    # At most what that worker held is lost (prefetch messages of <= 32 events).
-    assert fe.lost_events <= fe.prefetch * 32
+    # At most what that worker held is lost (prefetch messages of <= BATCH_MAX events).
+    assert fe.lost_events <= fe.prefetch * BATCH_MAX
     got = col.values("total")
     assert got == sorted(got)  # still in order
     # The replacement processes events: results from both workers keep coming.

@@ -47,7 +47,7 @@ from ..transport import ZERO_COPY_MIN
 __all__ = ["Dispatcher", "Batch", "batch_limit", "BATCH_MAX", "BATCH_SECONDS"]
 
 #: Most small events sent to a worker in one message.
-BATCH_MAX = 32
+BATCH_MAX = 128
 #: Events are batched only up to about this much measured work per message.
 BATCH_SECONDS = 0.005
 #: Most bytes of shared-memory slots referred to by one worker message.
