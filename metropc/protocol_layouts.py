@@ -26,6 +26,8 @@ from __future__ import annotations
 import struct
 from typing import Any, Mapping
 
+import numpy as np
+
 from .protocol import decode_protocol
 from .protocol_batch import BATCH_PREFIX, inline_record, unpack_records
 
@@ -48,7 +50,8 @@ class Layout:
     compares every constant field (:func:`decode_batch`).
     """
 
-    __slots__ = ("names", "valued", "sparse", "struct", "consts", "_template")
+    __slots__ = ("names", "valued", "sparse", "struct", "consts", "_codes", "_template",
+                 "_bulk")
 
     def __init__(self, names: tuple[str, ...], types: tuple[type, ...]):
         ids, lengths, body = bytearray(), [], []
@@ -62,24 +65,43 @@ class Layout:
             body.append((key, code))
         lengths.insert(0, len(ids))
         pending = struct.pack(f"<I{len(lengths)}I", len(lengths), *lengths) + bytes(ids)
-        fmt, consts, template = ["<"], [], []
+        fmt, consts, codes, template = ["<"], [], [], []
         for key, code in body:
             pending += key
             if code:  # a value: the bytes before it are one constant field
                 fmt.append(f"{len(pending)}s{code}")
                 consts.append(pending)
+                codes.append(code)
                 template += [pending, None]
                 pending = b""
         if pending:
             fmt.append(f"{len(pending)}s")
             consts.append(pending)
+            codes.append("")
             template.append(pending)
         self.names = names
         self.valued = tuple(n for n, t in zip(names, types) if t is not type(None))
         self.sparse = len(self.valued) != len(names)
         self.struct = struct.Struct("".join(fmt))
         self.consts = tuple(consts)
+        self._codes = codes  # each constant's following value ("" for none)
         self._template = template
+        self._bulk = None
+
+    def bulk(self) -> tuple[struct.Struct, np.ndarray, np.ndarray]:
+        """``(values, mask, constants)`` for reading many records at once:
+        a struct of the values alone (the constant fields skipped as pad
+        bytes), and a byte mask and pattern that every record ANDed with
+        the mask must equal (its constant fields, the values masked out)."""
+        if self._bulk is None:
+            fmt, mask, pattern = ["<"], bytearray(), bytearray()
+            for const, code in zip(self.consts, self._codes):
+                fmt.append(f"{len(const)}x{code}")
+                mask += b"\xff" * len(const) + bytes(8 if code else 0)
+                pattern += const + bytes(8 if code else 0)
+            self._bulk = (struct.Struct("".join(fmt)), np.frombuffer(bytes(mask), np.uint8),
+                          np.frombuffer(bytes(pattern), np.uint8))
+        return self._bulk
 
     def pack(self, data: Mapping[str, Any]) -> bytes | None:
         """The record of `data` (keys and types as this layout's), or None
@@ -124,6 +146,10 @@ def fast_record(data: Mapping[str, Any]) -> bytes | None:
 
 #: The keys of a published result's payload (docs/protocol.md §7), in order.
 RESULT_KEYS = ("data", "event_id", "version", "seq")
+RUN_RESULT_KEYS = RESULT_KEYS + ("run",)
+#: Batches of at least this many records of one layout are checked as a
+#: whole (numpy); fewer, record by record (numpy's fixed cost is higher).
+BULK_MIN = 8
 _result_layouts: dict[tuple, Layout | None] = {}
 
 
@@ -135,8 +161,7 @@ def result_record(value, event_id, version, seq, run=None) -> bytes | None:
     key = (type(value), type(event_id), type(version), type(seq), type(run))
     layout = _result_layouts.get(key, False)
     if layout is False:
-        names, types = (RESULT_KEYS, key[:4]) if run is None else (
-            RESULT_KEYS + ("run",), key)
+        names, types = (RESULT_KEYS, key[:4]) if run is None else (RUN_RESULT_KEYS, key)
         layout = Layout(names, types) if all(t in _PLAIN for t in types) else None
         if len(_result_layouts) >= _CACHE_LIMIT:
             _result_layouts.clear()
@@ -178,7 +203,9 @@ def decode_batch(frames, *, allow_pickle: bool = True) -> tuple[bytes, list[dict
     The same as decoding each record of :func:`unpack_records` with
     :func:`metropc.protocol.decode_protocol`, and the same ProtocolError
     for anything malformed; when every record of the batch has the layout
-    of a record seen before, one ``struct`` call per record.
+    of a record seen before, one ``struct`` call per record (and for
+    BULK_MIN records or more, one numpy comparison of all their constant
+    bytes).
     """
     if len(frames) == 2:
         fast = _decode_uniform(frames)
@@ -205,6 +232,39 @@ def _decode_uniform(frames) -> tuple[bytes, list[dict]] | None:
     layout = None if key is None else _by_head.get(key)
     if layout is None or len(blob) % layout.struct.size:
         return None
+    if not layout.sparse and len(blob) >= BULK_MIN * layout.struct.size:
+        payloads = _unpack_bulk(layout, blob)
+    else:
+        payloads = _unpack_each(layout, blob)
+    if payloads is None:
+        return None
+    topic = head[len(BATCH_PREFIX):]
+    try:
+        topic.decode("utf-8")
+    except UnicodeDecodeError:
+        return None  # the general path says what is wrong
+    return topic, payloads
+
+
+def _unpack_bulk(layout: Layout, blob: bytes) -> list[dict] | None:
+    """The payloads of a batch of `layout`'s records, checked as a whole
+    (one numpy comparison of every constant byte), or None."""
+    values, mask, pattern = layout.bulk()
+    records = np.frombuffer(blob, np.uint8).reshape(-1, layout.struct.size)
+    if not ((records & mask) == pattern).all():
+        return None
+    rows = values.iter_unpack(blob)
+    names = layout.names
+    if names == RESULT_KEYS:  # (a dict display is twice as fast as dict(zip()))
+        return [{"data": v, "event_id": e, "version": c, "seq": s} for v, e, c, s in rows]
+    if names == RUN_RESULT_KEYS:
+        return [{"data": v, "event_id": e, "version": c, "seq": s, "run": r}
+                for v, e, c, s, r in rows]
+    return [dict(zip(names, row)) for row in rows]
+
+
+def _unpack_each(layout: Layout, blob: bytes) -> list[dict] | None:
+    """The payloads of a batch of `layout`'s records, each checked, or None."""
     consts, names, payloads = layout.consts, layout.names, []
     if layout.sparse:
         for fields in layout.struct.iter_unpack(blob):
@@ -218,12 +278,7 @@ def _decode_uniform(frames) -> tuple[bytes, list[dict]] | None:
             if fields[0::2] != consts:
                 return None
             payloads.append(dict(zip(names, fields[1::2])))
-    topic = head[len(BATCH_PREFIX):]
-    try:
-        topic.decode("utf-8")
-    except UnicodeDecodeError:
-        return None  # the general path says what is wrong
-    return topic, payloads
+    return payloads
 
 
 def _learn(record: list, payload) -> None:

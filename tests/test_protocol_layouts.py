@@ -120,6 +120,20 @@ def test_a_batch_of_one_layout_decodes_by_layout_after_the_first():
     assert protocol_layouts._decode_uniform(frames) is not None
 
 
+@pytest.mark.parametrize("value", [7, 2.5])
+@pytest.mark.parametrize("run", [None, 3])
+def test_long_batches_of_each_result_shape_decode_as_the_general_decoder(value, run):
+    n = 3 * protocol_layouts.BULK_MIN
+    frames = join_records(TOPIC, [result_record(value, i, 2, pack_seq(1, i), run)
+                                  for i in range(n)])
+    decode_batch(frames)                             # learns the layout
+    assert protocol_layouts._decode_uniform(frames) is not None
+    topic, out = decode_batch(frames)
+    assert (topic, out) == general_decode(frames)
+    assert all(same(a, b) for a, b in zip(out, general_decode(frames)[1]))
+    assert [p["event_id"] for p in out] == list(range(n))
+
+
 def test_records_of_other_layouts_in_a_batch_are_decoded_whole_by_the_general_path():
     records = [fast_record(result(1.0, 0)), general_record(result("x", 1)),
                fast_record(result(2, 2, run=5)), fast_record(result(3.0, 3))]
@@ -153,7 +167,7 @@ def test_decode_batch_equals_the_general_decoder(kinds, f, i):
 @FUZZ
 @given(st.data())
 def test_a_damaged_batch_decodes_or_fails_as_the_general_decoder_does(data):
-    n = data.draw(st.integers(1, 6))
+    n = data.draw(st.integers(1, 3 * protocol_layouts.BULK_MIN))  # both ways of checking
     blob = bytearray(join_records(TOPIC, [fast_record(result(float(k), k)) for k in
                                           range(n)])[1])
     decode_batch([b"batch#" + TOPIC, bytes(blob)])   # the layout is known
