@@ -455,6 +455,23 @@ class Client:
             log.debug("%s: missed %d result(s)", path, gap)
         return True
 
+    def _count_batch(self, path: str, payloads: list) -> list[tuple[str, Any]]:
+        """``(path, payload)`` of a batch's results not seen before, their
+        gaps counted as by :meth:`_count_seq`; in one step when the batch's
+        ``seq`` numbers follow each other in one stream (the usual case)."""
+        seqs = [data.get("seq") if type(data) is dict else None for data in payloads]
+        first, last = seqs[0], seqs[-1]
+        if (type(first) is int and type(last) is int and first >= 0
+                and first >> SEQ_BITS == last >> SEQ_BITS
+                and seqs == list(range(first, last + 1))):
+            if not self._count_seq(path, first):
+                return [(path, data) for data, seq in zip(payloads, seqs)
+                        if self._count_seq(path, seq)]
+            self._last_seq[path] = unpack_seq(last)
+            return [(path, data) for data in payloads]
+        return [(path, data) for data in payloads
+                if type(data) is not dict or self._count_seq(path, data.get("seq"))]
+
     @property
     def views(self) -> frozenset[str]:
         """Paths (``view#name``) currently subscribed to."""
@@ -588,8 +605,7 @@ class Client:
         if path in self._plain_too:  # plain results before this one came already
             self._plain_too.discard(path)
             self._socket.unsubscribe(path.encode("utf-8"))
-        results = [(path, data) for data in payloads
-                   if type(data) is not dict or self._count_seq(path, data.get("seq"))]
+        results = self._count_batch(path, payloads)
         self.received += len(results)
         if not results:
             return False

@@ -451,6 +451,24 @@ def test_a_client_switches_to_batches_when_offered_and_drops_copies(zctx, xpub):
         xpub.wait_subscribed(b"batch#view#a")       # batches from then on
 
 
+def test_gaps_between_and_inside_batches_are_counted(zctx, xpub):
+    with Client(xpub.address, views=["a"], context=zctx, timeout=10) as client:
+        xpub.wait_subscribed(b"index", b"status", b"view#a")
+        xpub.send_multipart(encode_protocol(b"status", {"batch": True}))
+        xpub.send_multipart(encode_protocol(b"index", encode_index(INDEX)))
+        client.wait_index()
+        xpub.wait_subscribed(b"batch#view#a")
+        for ns in ([0, 1, 2], [5, 6, 7], [8, 10, 11], [12], [11, 12, 13]):
+            xpub.send_multipart(batch_of(b"view#a", 1, ns))
+        got = [client.recv()[1]["event_id"] for _ in range(11)]
+        assert got == [0, 1, 2, 5, 6, 7, 8, 10, 11, 12, 13]   # 11 and 12 once
+        assert client.missed_by_view == {"view#a": 2 + 1}
+        xpub.send_multipart(batch_of(b"view#a", 2, [0, 1]))  # a new stream: from 0
+        xpub.send_multipart(batch_of(b"view#a", 2, [4]))
+        assert [client.recv()[1]["event_id"] for _ in range(3)] == [0, 1, 4]
+        assert client.missed == 3 + 2 and client.received == 14
+
+
 def test_a_client_told_not_to_never_asks_for_batches(zctx, xpub):
     with Client(xpub.address, views=["a"], context=zctx, timeout=10, batch=False) as client:
         xpub.wait_subscribed(b"index", b"status", b"view#a")
