@@ -50,10 +50,10 @@ def new_record() -> list:
     return [0, 0.0] + [0] * NBUCKETS
 
 
-def add_time(record: list, seconds: float) -> None:
-    """Count one call that took `seconds`."""
-    record[SECONDS] += seconds
-    record[FIRST + bisect.bisect_left(BOUNDS, seconds)] += 1
+def add_time(record: list, seconds: float, n: int = 1) -> None:
+    """Count one call (or `n` calls) that took `seconds` (each)."""
+    record[SECONDS] += seconds * n
+    record[FIRST + bisect.bisect_left(BOUNDS, seconds)] += n
 
 
 def merge(into: list, record: Sequence) -> None:

@@ -43,6 +43,18 @@ class ReorderBuffer:
         self._items = {k: v for k, v in self._items.items() if k >= seq}
         self._skipped = {k for k in self._skipped if k >= seq}
 
+    def take_run(self, first, n):
+        """Release the `n` items from `first` on at once (the caller checked
+        that they follow each other) if `first` is the next one, none is
+        held already and none was given up; False: :meth:`push` them.
+        Items held behind the run are released by the next :meth:`pop_ready`.
+        """
+        if first != self.next_seq or self._skipped or (self._items and min(self._items) < first + n):
+            return False
+        self.next_seq = first + n
+        self._waiting_since = None
+        return True
+
     def push(self, seq, item):
         """Add an item; returns the items now releasable, in order."""
         if seq == self.next_seq and not self._items and not self._skipped:

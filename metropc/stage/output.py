@@ -162,7 +162,7 @@ class Output:
             self._routes[topic] = route
         return route
 
-    def skip(self, topic: bytes) -> None:
+    def skip(self, topic: bytes, n: int = 1) -> None:
         """A message on `topic` nobody would receive now: if a client of
         the REDUCE before a restart listened to it, number it anyway, so
         that client counts it as missed when it is back (whether it took
@@ -170,7 +170,7 @@ class Output:
         if self.remembered:
             batched = BATCH_PREFIX + topic
             if any(topic.startswith(p) or batched.startswith(p) for p in self.remembered):
-                self._seqs[topic] = self._seqs.get(topic, 0) + 1
+                self._seqs[topic] = self._seqs.get(topic, 0) + n
 
     def seq(self, topic: bytes) -> tuple[int, int]:
         """The ``seq`` payload value of the next message on `topic`.
@@ -215,6 +215,21 @@ class Output:
                     return
                 record[i] = bytes(frame)
         self._append(topic, inline_record(record))
+
+    def seq_range(self, topic: bytes, n: int) -> range | list[int]:
+        """The ``seq`` payload values of the next `n` messages on `topic`
+        (:meth:`seq` of each, as :meth:`send_records` will count them)."""
+        first = self._seqs.get(topic, 0)
+        start = pack_seq(self.stream, first)
+        if pack_seq(self.stream, first + n - 1) != start + n - 1:  # n wraps at 2**32
+            return [pack_seq(self.stream, first + i) for i in range(n)]
+        return range(start, start + n)
+
+    def send_records(self, topic: bytes, records: list[bytes]) -> None:
+        """:meth:`send_record` of each of `records`, in order."""
+        self._seqs[topic] = self._seqs.get(topic, 0) + len(records)
+        for record in records:
+            self._append(topic, record)
 
     def send_record(self, topic: bytes, record: bytes) -> None:
         """Add a view result, already packed as a batch record (see

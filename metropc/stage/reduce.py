@@ -17,6 +17,7 @@ included).
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import time
@@ -32,8 +33,8 @@ from ..protocol_layouts import result_record
 from ..transport import readable
 from ..security import secure
 from . import shm as shmem
-from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, META_SKIP, META_STEP, OP_ABORT,
-                     OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED,
+from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, META_EVENT, META_SKIP, META_STEP,
+                     OP_ABORT, OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED,
                      OP_ERROR, OP_HELLO, OP_INDEX,
                      OP_LOST, OP_PARAMS, OP_PROGRESS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
                      RejectLog, recv, recv_messages, send)
@@ -400,6 +401,95 @@ class ReduceStage:
                                  "version": self.ctx.version, "run": self.run}
 
     # -- events -------------------------------------------------------------------
+    def on_results(self, results, rejected):
+        """The results of one worker message, in its order.
+
+        The usual message -- results that follow each other from the next
+        one expected, of events of the current context, no REDUCE or ASYNC
+        views, views that only batch clients take -- is counted and
+        published as a whole (:meth:`_publish_run`), which costs a quarter
+        of taking its results one by one; so is a run of such results the
+        reorder buffer releases at once.  Anything else goes result by
+        result through :meth:`on_result`; a result that fails there is
+        passed to `rejected(exception)` and the others go on.
+        """
+        metas = [data[KEY_META] for data in results]  # (validated: a meta each)
+        routes = self._usual_run(metas, results)
+        if routes is not None and self.buffer.take_run(metas[0][0], len(metas)):
+            for data in results:
+                del data[KEY_META]
+            self._publish_run(metas, results, routes)
+            self._process_all(self.buffer.pop_ready())  # what waited behind them
+            return
+        for data in results:
+            try:
+                self.on_result(data)
+            except Exception as e:  # noqa: BLE001 - never ends the stage
+                rejected(e)
+
+    def _usual_run(self, metas, datas):
+        """The output routes of the published views if the results (`metas`
+        and the rest of each, `datas`) can be published as a whole: see
+        :meth:`on_results`.  None if not."""
+        ctx, engine = self.ctx, self.engine
+        if (ctx is None or engine is None or engine.reduces or engine.async_inputs
+                or self.pending or self.stalled or self.clients_back or self.leases
+                or not self.events_seen):
+            return None
+        first, n, version = metas[0][0], len(metas), ctx.version
+        if ([meta[0] for meta in metas] != list(range(first, first + n))
+                or any(meta[1] != version or meta[5] != META_EVENT for meta in metas)
+                or any(KEY_SHM in data or KEY_EVENT_ID in data for data in datas)):
+            return None
+        routes = [(name, topic, self.output.routes(topic)) for name, topic in self.topics.items()]
+        if any(plain for _, _, (plain, _) in routes):
+            return None
+        return routes
+
+    def _publish_run(self, metas, datas, routes):
+        """Count and publish a run of results that :meth:`_usual_run` passed."""
+        self._count_run(metas)
+        for name, topic, (_, batched) in routes:
+            key = f"view#{name}"
+            column = [(data[key], meta[2]) for data, meta in zip(datas, metas) if key in data]
+            if not column:
+                continue
+            if batched:
+                self._publish_column(name, topic, column)
+            else:
+                self.output.skip(topic, len(column))  # nobody listens (now)
+        now = time.time()  # the latency from each worker message's receipt
+        for received, count in collections.Counter(d.get(KEY_TIME) for d in datas).items():
+            if type(received) is float:
+                add_time(self.obs.latency, max(0.0, now - received), count)
+
+    def _count_run(self, metas):
+        """The counts of :meth:`_process` for a run of events' results."""
+        meter, n = self.meter, len(metas)
+        produced = collections.Counter(itertools.chain.from_iterable(m[3] for m in metas))
+        for name, count in produced.items():
+            meter.add(name, count)
+        errors = self.engine.errors
+        for meta in metas:
+            for name in meta[4]:
+                errors[name] += 1
+        meter.add("#events", n)
+        self.obs.events += n
+
+    def _publish_column(self, name, topic, column):
+        """Publish `column`, ``(value, event_id)`` results of view `name` in
+        event order, to batch clients: a record each, packed by
+        :func:`result_record`; by :meth:`publish` if one is not a plain number."""
+        version, run = self.ctx.version, self.run
+        seqs = self.output.seq_range(topic, len(column))
+        records = [result_record(value, event_id, version, seq, run)
+                   for (value, event_id), seq in zip(column, seqs)]
+        if None in records:
+            for value, event_id in column:
+                self.publish({name: value}, event_id)
+        else:
+            self.output.send_records(topic, records)
+
     def on_result(self, data):
         """One pool result, validated already (``recv_messages`` checked its
         meta with :func:`metropc.messages.unpack_meta`)."""
@@ -431,6 +521,12 @@ class ReduceStage:
         self._process_all(self.buffer.pop_ready())
 
     def _process_all(self, items):
+        if len(items) > 1:  # a run released at once: as a whole if usual
+            metas, datas = [item[0] for item in items], [item[1] for item in items]
+            routes = self._usual_run(metas, datas)
+            if routes is not None:
+                self._publish_run(metas, datas, routes)
+                return
         for item in items:
             ctx = self.ctx  # (the common case first: nothing waits, the current context)
             if (ctx is not None and item[0][1] == ctx.version and not self.stalled
@@ -779,21 +875,23 @@ class _ReduceLoop:
         """Take the results waiting (at most `limit` messages: let control in)."""
         for _ in range(limit):
             try:
-                on_result = self.stage.on_result
+                results = []
                 for opcode, data in recv_messages(self.results, zmq.NOBLOCK):
                     if opcode == OP_RESULT:
-                        try:  # (guarded, inline: this is the per-event path)
-                            on_result(data)
-                        except Exception as e:  # noqa: BLE001 - never ends the stage
-                            self.rejected(opcode, e)
+                        results.append(data)
                     elif opcode == OP_VSTATS:
                         self.guarded(opcode, self.stage.obs.on_vstats, data)
+                if results:
+                    self.stage.on_results(results, self.reject_result)
             except zmq.Again:
                 break
             except ProtocolError as e:
                 self.rejected(b"result", e)
             if not readable(self.results):  # (a third of the cost of poll(0))
                 break
+
+    def reject_result(self, error):
+        self.rejected(OP_RESULT, error)
 
     def on_control(self):
         """Handle one control message; True to stop."""

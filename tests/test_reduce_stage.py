@@ -1,0 +1,175 @@
+"""REDUCE's handling of one worker message of results (ReduceStage.on_results).
+
+The usual message (results in order, current context, no REDUCE views,
+batch clients only) is counted and published as a whole; anything else
+goes result by result through on_result.  Both must publish the same and
+count the same, so the same messages go once through on_results and once
+result by result through on_result, into two stages with real (inproc)
+ZeroMQ sockets, and what their clients receive is compared.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import zmq
+
+from metropc.frontend import Context
+from metropc.messages import KEY_TIME, META_SKIP, pack_meta, unpack_seq
+from metropc.protocol import decode_protocol
+from metropc.protocol_batch import BATCH_PREFIX
+from metropc.protocol_layouts import decode_batch
+from metropc.stage.common import KEY_EVENT_ID, KEY_META
+from metropc.stage.reduce import ReduceStage
+
+pytestmark = pytest.mark.timeout(30)
+
+POOL_ONLY = """
+@View.Scalar
+def a(t: 'internal#train_id'):
+    return t + 0.5
+
+@View.Scalar
+def b(t: 'internal#train_id'):
+    return t
+
+@View.Scalar
+def quiet(t: 'internal#train_id'):
+    return t
+"""
+
+WITH_REDUCE = POOL_ONLY + """
+@View.Scalar(stage='reduce')
+def total(x: 'view#a'):
+    return x * 2
+"""
+
+
+class Recorder(ReduceStage):
+    """A REDUCE stage that notes which results took the general path."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.general = []
+
+    def on_result(self, data):
+        self.general.append(data[KEY_META][0])
+        super().on_result(data)
+
+
+@pytest.fixture
+def zctx():
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+def make_stage(zctx, name, source, batch):
+    control = zctx.socket(zmq.DEALER)
+    control.bind(f"inproc://{name}-control")
+    output = zctx.socket(zmq.XPUB)
+    output.bind(f"inproc://{name}-output")
+    client = zctx.socket(zmq.SUB)
+    client.connect(f"inproc://{name}-output")
+    for view in ("a", "b", "total"):  # not "quiet": nobody listens to it
+        client.subscribe((BATCH_PREFIX if batch else b"") + f"view#{view}".encode())
+    stage = Recorder(control, output)
+    deadline = time.monotonic() + 10
+    while len(stage.output.prefixes) < 3:
+        assert time.monotonic() < deadline, "the client never subscribed"
+        stage.output.read_subscriptions()
+    stage.on_context({"ctx": Context(source, version=1).to_dict(), "from_seq": 0})
+    return stage, client
+
+
+def result(seq, version=1, event_id=None, failed=(), kind=0, views=("a", "b", "quiet"),
+           **extra):
+    produced = [v for v in views if v not in failed]
+    data = {KEY_META: pack_meta(seq, version, 100 + seq if event_id is None else event_id,
+                                produced, failed, kind), KEY_TIME: time.time(), **extra}
+    for view in produced:
+        data[f"view#{view}"] = seq + 0.5 if view == "a" else seq
+    return data
+
+
+def messages():
+    """Worker messages: the usual ones, and one of every other kind."""
+    return [
+        [result(0)],                                        # switches to the new context
+        [result(1), result(2, failed=("b",)), result(3)],   # usual
+        [result(5), result(4)],                             # out of order
+        [result(6, event_id=None, **{KEY_EVENT_ID: ("run", 6)})],
+        [result(7, version=0)],                             # of an older context: stale
+        [result(8, kind=META_SKIP, views=())],
+        [result(9), {**result(10), "view#b": "ten"}, result(11)],  # not a plain number
+        [result(12), result(13)],                           # usual again
+        [result(16), result(17)],                           # early: held
+        [result(14), result(15)],                           # usual, then what was held
+    ]
+
+
+def received(client):
+    out = []
+    while client.poll(200):
+        frames = client.recv_multipart()
+        if frames[0].startswith(BATCH_PREFIX):
+            topic, payloads = decode_batch(frames)
+        else:
+            topic, payload = decode_protocol(frames)
+            payloads = [payload]
+        out += [(topic, p["data"], p["event_id"], unpack_seq(p["seq"])[1]) for p in payloads]
+    return sorted(out, key=lambda r: (r[0], r[3]))  # each topic in its order
+
+
+def counters(stage):
+    return (dict(stage.meter.counts), dict(stage.engine.errors), stage.obs.events,
+            stage.stale, stage.buffer.lost, stage.buffer.next_seq,
+            sum(stage.obs.latency[2:]), stage.output._seqs)
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batch-clients", "plain-clients"])
+@pytest.mark.parametrize("source", [POOL_ONLY, WITH_REDUCE], ids=["pool-only", "with-reduce"])
+def test_a_message_of_results_publishes_and_counts_as_one_by_one(zctx, source, batch):
+    whole, whole_client = make_stage(zctx, "whole", source, batch)
+    single, single_client = make_stage(zctx, "single", source, batch)
+    for message in messages():
+        whole.on_results(message, pytest.fail)
+        whole.output.flush()
+    for message in messages():
+        for data in message:
+            single.on_result(data)
+        single.output.flush()
+
+    got = received(whole_client)
+    assert got == received(single_client)
+    assert counters(whole) == counters(single)
+    view_a = [(value, event_id) for topic, value, event_id, _ in got if topic == b"view#a"]
+    assert view_a == [(n + 0.5, ("run", 6) if n == 6 else 100 + n)
+                      for n in range(18) if n not in (7, 8)]
+    view_b = [value for topic, value, _, _ in got if topic == b"view#b"]
+    assert view_b == [0, 1, 3, 4, 5, 6, 9, "ten", 11, 12, 13, 14, 15, 16, 17]
+    counts, errors, events, stale, lost, next_seq, latencies, seqs = counters(whole)
+    assert (counts["a"], counts["b"], errors["b"], events, stale, next_seq, latencies) == (
+        16, 15, 1, 16, 1, 18, 16)
+    assert b"view#quiet" not in seqs  # nobody listened: not numbered
+    if source is WITH_REDUCE:
+        totals = [value for topic, value, _, _ in got if topic == b"view#total"]
+        assert totals == [2 * v for v, _ in view_a]
+    if source is WITH_REDUCE or not batch:
+        assert whole.general == [0, 1, 2, 3, 5, 4, *range(6, 14), 16, 17, 14, 15]  # as they came
+    else:
+        assert whole.general == [0, 5, 4, 6, 7, 8, 16, 17]     # only what is not usual
+
+
+def test_the_reorder_buffer_takes_a_run_only_from_the_next_one_with_nothing_in_it():
+    from metropc.stage.ordering import ReorderBuffer
+    buffer = ReorderBuffer()
+    assert not buffer.take_run(1, 2)                    # 0 is next
+    assert buffer.push(4, "e") == [] and buffer.push(2, "c") == []
+    assert not buffer.take_run(0, 3)                    # 2 is held already
+    assert buffer.take_run(0, 2) and buffer.next_seq == 2
+    assert buffer.pop_ready() == ["c"]                  # what waited behind the run
+    assert buffer.take_run(3, 1) and buffer.pop_ready() == ["e"]
+    buffer.skip([7])
+    assert not buffer.take_run(5, 1)                    # an announced loss: one by one
