@@ -97,15 +97,16 @@ def messages():
     """Worker messages: the usual ones, and one of every other kind."""
     return [
         [result(0)],                                        # switches to the new context
-        [result(1), result(2, failed=("b",)), result(3)],   # usual
-        [result(5), result(4)],                             # out of order
-        [result(6, event_id=None, **{KEY_EVENT_ID: ("run", 6)})],
-        [result(7, version=0)],                             # of an older context: stale
-        [result(8, kind=META_SKIP, views=())],
-        [result(9), {**result(10), "view#b": "ten"}, result(11)],  # not a plain number
-        [result(12), result(13)],                           # usual again
-        [result(16), result(17)],                           # early: held
-        [result(14), result(15)],                           # usual, then what was held
+        [result(1), result(2, failed=("b",)), result(3), result(4)],   # usual
+        [result(6), result(5)],                             # out of order
+        [result(7, event_id=None, **{KEY_EVENT_ID: ("run", 7)})],
+        [result(8, version=0)],                             # of an older context: stale
+        [result(9, kind=META_SKIP, views=())],
+        [result(10), {**result(11), "view#b": "eleven"}, result(12), result(13)],  # not a number
+        [result(n) for n in range(14, 18)],                 # usual again
+        [result(n) for n in range(22, 26)],                 # early: held
+        [result(n) for n in range(18, 22)],                 # usual, then what was held
+        [result(26), result(27)],                           # too short to be worth it
     ]
 
 
@@ -145,21 +146,22 @@ def test_a_message_of_results_publishes_and_counts_as_one_by_one(zctx, source, b
     assert got == received(single_client)
     assert counters(whole) == counters(single)
     view_a = [(value, event_id) for topic, value, event_id, _ in got if topic == b"view#a"]
-    assert view_a == [(n + 0.5, ("run", 6) if n == 6 else 100 + n)
-                      for n in range(18) if n not in (7, 8)]
+    assert view_a == [(n + 0.5, ("run", 7) if n == 7 else 100 + n)
+                      for n in range(28) if n not in (8, 9)]
     view_b = [value for topic, value, _, _ in got if topic == b"view#b"]
-    assert view_b == [0, 1, 3, 4, 5, 6, 9, "ten", 11, 12, 13, 14, 15, 16, 17]
+    assert view_b == [n if n != 11 else "eleven" for n in range(28) if n not in (2, 8, 9)]
     counts, errors, events, stale, lost, next_seq, latencies, seqs = counters(whole)
     assert (counts["a"], counts["b"], errors["b"], events, stale, next_seq, latencies) == (
-        16, 15, 1, 16, 1, 18, 16)
+        26, 25, 1, 26, 1, 28, 26)
     assert b"view#quiet" not in seqs  # nobody listened: not numbered
     if source is WITH_REDUCE:
         totals = [value for topic, value, _, _ in got if topic == b"view#total"]
         assert totals == [2 * v for v, _ in view_a]
     if source is WITH_REDUCE or not batch:
-        assert whole.general == [0, 1, 2, 3, 5, 4, *range(6, 14), 16, 17, 14, 15]  # as they came
+        assert whole.general == [0, 1, 2, 3, 4, 6, 5, *range(7, 18), *range(22, 26),
+                                 *range(18, 22), 26, 27]    # as they came
     else:
-        assert whole.general == [0, 5, 4, 6, 7, 8, 16, 17]     # only what is not usual
+        assert whole.general == [0, 6, 5, 7, 8, 9, *range(22, 26), 26, 27]  # not usual
 
 
 def test_the_reorder_buffer_takes_a_run_only_from_the_next_one_with_nothing_in_it():
