@@ -49,7 +49,8 @@ class ReorderBuffer:
         held already and none was given up; False: :meth:`push` them.
         Items held behind the run are released by the next :meth:`pop_ready`.
         """
-        if first != self.next_seq or self._skipped or (self._items and min(self._items) < first + n):
+        if first != self.next_seq or self._skipped or (
+                self._items and min(self._items) < first + n):
             return False
         self.next_seq = first + n
         self._waiting_since = None
