@@ -23,7 +23,9 @@ Measures in one run, with the targets of issue 20:
    bare message through the same hops (a thread, two processes, back):
    the wake-ups alone, the floor on this machine.
 
-Every ratio is taken within one run (this VM's speed drifts by +-35 %).
+Every ratio is taken within one run (this VM's speed drifts by +-35 %
+within minutes); the paced cases (2) alternate PAIRS short phases of the
+skeleton and of the pipeline and report the median of the pairs' ratios.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import zmq
 WINDOW = 64
 IMG_WINDOW = 16
 PHASE_S = 3.0          # seconds of sending per throughput measurement
+PAIRS = 3              # paced cases: alternating skeleton/pipeline phases of PHASE_S / PAIRS
 DRAIN_TIMEOUT = 5.0    # give up waiting for results after this much silence
 LAT_HZ = 100.0
 LAT_N = 500
@@ -550,20 +553,32 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def pipeline_throughputs(results):
+def pipeline_throughputs(mpctx, results):
+    """The paced cases, each as PAIRS alternating phases of the skeleton and
+    the pipeline (the machine drifts within a minute: each pair is measured
+    within seconds).  Stores the median rates and the median of the pairs'
+    ratios."""
     bench = Bench(2)
     try:
         for name, shape in PAYLOADS.items():
             if shape is None:
                 bench.set_context(CTX_TINY, "bench_tiny")
-                rate = bench.throughput(lambda i: {"internal#train_id": i}, WINDOW)
+                make, window = (lambda i: {"internal#train_id": i}), WINDOW
             else:
                 img = np.random.rand(*shape).astype(np.float32)
                 bench.set_context(CTX_IMG, "bench_img")
-                rate = bench.throughput(
-                    lambda i: {"internal#train_id": i, IMG_PATH: img}, IMG_WINDOW)
-            results[("pipe", name)] = rate
-            print(f"  pipeline {name:>12}: {rate:10.1f} ev/s", flush=True)
+                make, window = (lambda i, img=img: {"internal#train_id": i, IMG_PATH: img},
+                                IMG_WINDOW)
+            pairs = []
+            for _ in range(PAIRS):
+                skel = run_skeleton(mpctx, shape, PHASE_S / PAIRS)
+                pipe = bench.throughput(make, window, PHASE_S / PAIRS)
+                pairs.append((skel, pipe))
+                print(f"  {name:>12}: skeleton {skel:10.1f} ev/s, pipeline {pipe:10.1f} ev/s",
+                      flush=True)
+            results[("skel", name)] = float(np.median([a for a, _ in pairs]))
+            results[("pipe", name)] = float(np.median([b for _, b in pairs]))
+            results[("ratio", name)] = float(np.median([b / a if a else 0.0 for a, b in pairs]))
 
         bench.set_context(CTX_CPU, "bench_cpu")
         results[("cpu", 2)] = bench.throughput(lambda i: {"internal#train_id": i}, WINDOW)
@@ -611,10 +626,7 @@ def main():
     results["lat_skel"] = latency_skeleton(mpctx)
     print(f"  skeleton  latency floor: p50 {np.percentile(results['lat_skel'], 50):.2f} ms",
           flush=True)
-    for name, shape in PAYLOADS.items():
-        results[("skel", name)] = run_skeleton(mpctx, shape)
-        print(f"  skeleton {name:>12}: {results[('skel', name)]:10.1f} ev/s", flush=True)
-    pipeline_throughputs(results)
+    pipeline_throughputs(mpctx, results)
 
     checks = []
     rows = []
@@ -626,7 +638,7 @@ def main():
                    f"{ratio:.2f}x (target >= {TARGET_BULK}x)"))
     for name in PAYLOADS:
         skel, pipe = results[("skel", name)], results[("pipe", name)]
-        ratio = pipe / skel if skel else 0.0
+        ratio = results[("ratio", name)]
         target = TARGETS[name]
         window = WINDOW if PAYLOADS[name] is None else IMG_WINDOW
         rows.append((f"{name}, {window} in flight", f"{skel:,.0f} ev/s", f"{pipe:,.0f} ev/s",
