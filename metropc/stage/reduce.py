@@ -420,10 +420,11 @@ class ReduceStage:
         metas = [data[KEY_META] for data in results]  # (validated: a meta each)
         routes = self._usual_run(metas, results) if len(metas) >= RUN_MIN else None
         if routes is not None and self.buffer.take_run(metas[0][0], len(metas)):
-            for data in results:
-                del data[KEY_META]
-            self._publish_run(metas, results, routes)
-            self._process_all(self.buffer.pop_ready())  # what waited behind them
+            try:  # (guarded as each result of the general path is)
+                self._publish_run(metas, results, routes)
+                self._process_all(self.buffer.pop_ready())  # what waited behind them
+            except Exception as e:  # noqa: BLE001 - never ends the stage
+                rejected(e)
             return
         for data in results:
             try:
