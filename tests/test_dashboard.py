@@ -100,6 +100,15 @@ def wait_until(predicate, timeout=20.0, what="condition"):
         time.sleep(0.05)
 
 
+def texts(drv, selector):
+    """The text of each element `selector` finds, read in one step in the page:
+    the dashboard re-renders its lists as results come, so an element found in
+    one WebDriver call may be gone by the next (StaleElementReferenceException)."""
+    return drv.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), e => e.textContent.trim())",
+        selector)
+
+
 # -- display: pure functions ----------------------------------------------------------
 
 def test_parse_bind_and_check_bind():
@@ -821,12 +830,12 @@ def test_browser_context_errors_with_file_and_line(page, context_file):
     lineno = next(i for i, line in enumerate(
         context_file.read_text().splitlines(), 1) if "FAILING LINE" in line)
     expected = f"{context_file}:{lineno}"
-    locs = wait_until(lambda: [e.text for e in drv.find_elements(
-        "css selector", "#errors .error-item .loc")], what="errors listed")
-    assert expected in locs
+    wait_until(lambda: expected in texts(drv, "#errors .error-item .loc"),
+               what=f"error at {expected} listed")
     # the tree counts errors of the failing view
-    badge = drv.find_element("css selector", '#tree .leaf[data-view="diag/fails"] .errors')
-    assert re.fullmatch(r"\d+ err", badge.text)
+    badges = wait_until(lambda: texts(drv, '#tree .leaf[data-view="diag/fails"] .errors'),
+                        what="error badge")
+    assert len(badges) == 1 and re.fullmatch(r"\d+ err", badges[0]), badges
 
 
 def test_browser_tree_folders_and_hidden_toggle(page):
