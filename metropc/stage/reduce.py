@@ -138,6 +138,7 @@ class ReduceStage:
         # Observability (metropc.timing): view timing merged from every
         # worker and this stage, stage load, event-to-output latency.
         self.obs = ReduceObserver()
+        self.rejected = RejectLog(log, "reduce")  # what failed, logged once per kind
 
     # -- control ---------------------------------------------------------------
     def report(self, error):
@@ -415,22 +416,36 @@ class ReduceStage:
         which costs a quarter of taking its results one by one; so is such
         a run that the reorder buffer releases at once.  Anything else goes result by
         result through :meth:`on_result`; a result that fails there is
-        passed to `rejected(exception)` and the others go on.
+        passed to `rejected(exception)` and the others go on (it never
+        reached the reorder buffer, which counts it lost when it gives up
+        waiting).  A failure after the buffer released an event is counted
+        by :meth:`_failed`.
         """
         metas = [data[KEY_META] for data in results]  # (validated: a meta each)
         routes = self._usual_run(metas, results) if len(metas) >= RUN_MIN else None
         if routes is not None and self.buffer.take_run(metas[0][0], len(metas)):
-            try:  # (guarded as each result of the general path is)
-                self._publish_run(metas, results, routes)
-                self._process_all(self.buffer.pop_ready())  # what waited behind them
-            except Exception as e:  # noqa: BLE001 - never ends the stage
-                rejected(e)
+            self._publish_run_guarded(metas, results, routes)
+            self._process_all(self.buffer.pop_ready())  # what waited behind them
             return
         for data in results:
             try:
                 self.on_result(data)
             except Exception as e:  # noqa: BLE001 - never ends the stage
                 rejected(e)
+
+    def _failed(self, count, error):
+        """`count` events released by the reorder buffer whose results did
+        not all get out, because handling them raised (a bug, not bad
+        input: that is rejected before).  They are lost, and counted so
+        (``internal#lost_events``); the first failure of the stage is logged."""
+        self.buffer.lost += count
+        self.rejected(OP_RESULT, error)
+
+    def _publish_run_guarded(self, metas, datas, routes):
+        try:
+            self._publish_run(metas, datas, routes)
+        except Exception as e:  # noqa: BLE001 - never ends the stage
+            self._failed(len(metas), e)  # (which of them got out is unknown)
 
     def _usual_run(self, metas, datas):
         """The output routes of the published views if the results (`metas`
@@ -526,27 +541,35 @@ class ReduceStage:
         self._process_all(self.buffer.pop_ready())
 
     def _process_all(self, items):
+        """Handle what the reorder buffer released, in event order: each
+        item is guarded, so a failure loses that event alone (counted)."""
         if len(items) >= RUN_MIN:  # a run released at once: as a whole if usual
             metas, datas = [item[0] for item in items], [item[1] for item in items]
             routes = self._usual_run(metas, datas)
             if routes is not None:
-                self._publish_run(metas, datas, routes)
+                self._publish_run_guarded(metas, datas, routes)
                 return
         for item in items:
-            ctx = self.ctx  # (the common case first: nothing waits, the current context)
-            if (ctx is not None and item[0][1] == ctx.version and not self.stalled
-                    and not self.clients_back):
-                self.process(*item)
-            elif self.stalled or (self.clients_back and self.awaiting_clients()) or (
-                    not self._context_known(item[0])):
-                # Results can overtake their context on the way here (they
-                # come from the workers, the context from the frontend):
-                # wait for it, keeping event order.
-                if not self.stalled:
-                    self.stalled_since = time.monotonic()
-                self.stalled.append(item)
-            else:
-                self.process(*item)
+            try:
+                self._process_released(item)
+            except Exception as e:  # noqa: BLE001 - never ends the stage
+                self._failed(1 if item[0][5] == META_EVENT else 0, e)  # (a mark is no event)
+
+    def _process_released(self, item):
+        ctx = self.ctx  # (the common case first: nothing waits, the current context)
+        if (ctx is not None and item[0][1] == ctx.version and not self.stalled
+                and not self.clients_back):
+            self.process(*item)
+        elif self.stalled or (self.clients_back and self.awaiting_clients()) or (
+                not self._context_known(item[0])):
+            # Results can overtake their context on the way here (they
+            # come from the workers, the context from the frontend):
+            # wait for it, keeping event order.
+            if not self.stalled:
+                self.stalled_since = time.monotonic()
+            self.stalled.append(item)
+        else:
+            self.process(*item)
 
     def _context_known(self, meta):
         version = meta[1]
@@ -793,7 +816,7 @@ class _ReduceLoop:
                          OP_ACTION: stage.on_action, OP_LOST: stage.on_lost,
                          OP_STATS: stage.on_stats, OP_ANNOUNCE: stage.on_announce,
                          OP_INDEX: lambda data: stage.publish_index()}
-        self.rejected = RejectLog(log, "reduce")
+        self.rejected = stage.rejected
         self.results_polled = True
 
     def run(self):
