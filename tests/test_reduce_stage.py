@@ -153,6 +153,7 @@ def test_a_message_of_results_publishes_and_counts_as_one_by_one(zctx, source, b
     counts, errors, events, stale, lost, next_seq, latencies, seqs = counters(whole)
     assert (counts["a"], counts["b"], errors["b"], events, stale, next_seq, latencies) == (
         26, 25, 1, 26, 1, 28, 26)
+    assert lost == 1  # the event a worker passed on as skipped
     assert b"view#quiet" not in seqs  # nobody listened: not numbered
     if source is WITH_REDUCE:
         totals = [value for topic, value, _, _ in got if topic == b"view#total"]

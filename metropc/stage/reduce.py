@@ -606,7 +606,10 @@ class ReduceStage:
             for _, (ctx, from_seq) in sorted(self.pending.items()):
                 if seq >= from_seq:
                     self._switch(ctx)
-        if self.engine is None or kind == META_SKIP:
+        if kind == META_SKIP:  # a worker could not handle the event (it said why)
+            self.buffer.lost += 1
+            return
+        if self.engine is None:
             return
         if kind == META_STEP:
             results = self.engine.step()
