@@ -222,3 +222,27 @@ def test_a_failure_after_release_loses_only_its_events_and_counts_them(zctx, bat
     assert stage.buffer.next_seq == 16
     assert stage.index()["internal#lost_events"] == (stage.buffer.lost, 0.0)
     assert sum("bug" in r.getMessage() for r in caplog.records) == 1  # logged once
+
+
+def test_the_progress_report_keeps_out_of_a_lone_events_way_but_not_for_long():
+    from metropc.stage.progress import ProgressClock
+    clock = ProgressClock(interval=0.02, quiet=0.001, late=0.005)
+    assert clock.due(0.0)                       # the first report goes at once
+    clock.reported(0.0)
+    assert not clock.due(0.019) and clock.wait(0.019) == pytest.approx(0.001)
+    clock.published(0.0195, 1)                  # a lone event's result went out
+    assert not clock.due(0.020)                 # its report would meet the client
+    assert clock.wait(0.020) == pytest.approx(0.0005)
+    assert clock.due(0.0205)                    # idle for `quiet`: it goes
+    clock.reported(0.0205)
+    # lone events every 0.8 ms keep REDUCE from ever being idle for 1 ms:
+    # the report goes `late` after its time all the same
+    t = 0.0205
+    while not clock.due(t):
+        clock.published(t, 1)
+        t = round(t + 0.0008, 6)
+    assert 0.0405 + 0.005 <= t < 0.0405 + 0.005 + 0.0008
+    clock.reported(t)
+    # a round of many results (a fast source) does not hold the report back
+    clock.published(t + 0.0199, 128)
+    assert clock.due(t + 0.02)

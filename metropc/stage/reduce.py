@@ -42,6 +42,7 @@ from ..messages import (KEY_MARK, KEY_TIME, META_MARK, OP_ANNOUNCE, OP_ARESULT, 
                         OP_RESET, OP_VSTATS, OP_WANT)
 from ..timing import ReduceObserver, add_time
 from .ordering import ReorderBuffer
+from .progress import ProgressClock
 from .reload import StagedContext
 from .output import Output
 
@@ -58,9 +59,6 @@ TOPIC_MARK = b"mark"
 TOPIC_STATUS = b"status"
 #: Codes of the states in the index entry ``internal#state``.
 STATE_CODES = {"READY": 0, "RUN": 1, "STOP": 2}
-#: How often REDUCE tells the frontend how far it got (if it moved): what a
-#: replacement would miss if REDUCE died now is at most this much of events.
-PROGRESS_INTERVAL = 0.02
 #: Results of a worker message (or released at once) counted and published
 #: as a whole if usual (ReduceStage.on_results): from 4 on, that is cheaper
 #: than one by one (a single result: 4 us one by one, 10 us as a whole).
@@ -830,7 +828,7 @@ class _ReduceLoop:
         if self.link is not None:
             poller.register(self.link, zmq.POLLIN)
         next_index = time.monotonic() + INDEX_INTERVAL
-        next_progress = 0.0
+        progress_clock = ProgressClock()
         while True:
             wait = next_index - time.monotonic()
             deadline = stage.buffer.deadline()
@@ -847,12 +845,13 @@ class _ReduceLoop:
             if not results_polled:
                 wait = min(wait, 0.05)
             if stage.progress_pending:
-                wait = min(wait, next_progress - time.monotonic())
+                wait = min(wait, progress_clock.wait(time.monotonic()))
             ready = dict(poller.poll(max(0, int(wait * 1000)) + 1))
             t0 = perf_counter()
             if self.results in ready:
-                self.drain_results()
+                count = self.drain_results()
                 stage.output.flush()  # out before the bookkeeping below (72 us cold)
+                progress_clock.published(time.monotonic(), count)
             if self.output in ready and stage.output.read_subscriptions():
                 stage.publish_status()  # a new client learns at once what we offer
             if self.control in ready and self.on_control():
@@ -868,11 +867,11 @@ class _ReduceLoop:
             stage.output.flush()  # the batches this round filled
             stage.obs.busy += perf_counter() - t0
             now = time.monotonic()
-            if now >= next_progress:
+            if progress_clock.due(now):
                 progress = stage.progress()
                 if progress is not None:
                     send(self.control, OP_PROGRESS, progress)
-                next_progress = now + PROGRESS_INTERVAL
+                progress_clock.reported(now)
             if now >= next_index:
                 stage.publish_index()
                 stage.slots.prune()
@@ -903,8 +902,10 @@ class _ReduceLoop:
             except Exception as e:  # noqa: BLE001 - an input that cannot be sent
                 self.rejected(b"inputs", e)
 
-    def drain_results(self, limit=256):
-        """Take the results waiting (at most `limit` messages: let control in)."""
+    def drain_results(self, limit=256) -> int:
+        """Take the results waiting (at most `limit` messages: let control in);
+        returns how many results there were."""
+        count = 0
         for _ in range(limit):
             try:
                 results = []
@@ -914,6 +915,7 @@ class _ReduceLoop:
                     elif opcode == OP_VSTATS:
                         self.guarded(opcode, self.stage.obs.on_vstats, data)
                 if results:
+                    count += len(results)
                     self.stage.on_results(results, self.reject_result)
             except zmq.Again:
                 break
@@ -921,6 +923,7 @@ class _ReduceLoop:
                 self.rejected(b"result", e)
             if not readable(self.results):  # (a third of the cost of poll(0))
                 break
+        return count
 
     def reject_result(self, error):
         self.rejected(OP_RESULT, error)
