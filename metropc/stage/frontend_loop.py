@@ -21,6 +21,7 @@ the old process (it is reaped later), so dispatching goes on meanwhile.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import zmq
@@ -101,16 +102,19 @@ class FrontendLoop:
         fe = self.fe
         poller = zmq.Poller()
         poller.register(fe._router, zmq.POLLIN)
+        poller.register(fe._wake_r, zmq.POLLIN)
         poller.register(fe._wake_pull, zmq.POLLIN)
         next_stats = time.monotonic() + fe.config.stats_interval
         next_check = 0.0
         while not fe._stopping:
             ready = dict(poller.poll(100))
-            if fe._wake_pull in ready:
+            if fe._wake_r in ready:
                 with self.queue.lock:
                     fe._wake_pending = False
-                    while readable(fe._wake_pull):  # (a failed recv raises: dearer)
-                        fe._wake_pull.recv(zmq.NOBLOCK)
+                    os.read(fe._wake_r, 4096)
+            if fe._wake_pull in ready:  # a wake-up sent to queue_addr
+                while readable(fe._wake_pull):  # (a failed recv raises: dearer)
+                    fe._wake_pull.recv(zmq.NOBLOCK)
             if fe._router in ready:
                 self.drain_stage_messages()
             if fe.ready.is_set():
