@@ -286,6 +286,9 @@ def test_garbage_on_the_reduce_pull(pipe):
             assert time.monotonic() < deadline, f"REDUCE never got the sentinel: {index}"
             assert_alive(pipe)
         assert_alive(pipe)
+        # what REDUCE rejected is counted where users see it (the frontend
+        # rejected nothing here: the sum is REDUCE's)
+        assert index["internal#rejected_messages"].counts >= len(garbage)
         assert_results(pipe, [-1, *range(30)], lost=[-1])
         raw_garbage(fe.reduce_addr)
         for frames in garbage:  # once more, between events

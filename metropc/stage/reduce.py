@@ -32,7 +32,7 @@ from ..protocol import encode_protocol
 from ..protocol_layouts import result_record
 from ..transport import readable
 from ..security import secure
-from . import shm as shmem
+from . import common, shm as shmem
 from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, META_EVENT, META_SKIP, META_STEP,
                      OP_ABORT, OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED,
                      OP_ERROR, OP_HELLO, OP_INDEX,
@@ -704,6 +704,10 @@ class ReduceStage:
         entries = {}
         for path, (count, rate) in self.inputs.items():
             entries[path] = (int(count), float(rate))
+        # Garbage on the results port, counted by this process's recv: with
+        # the frontend's own count (its stats), what every stage rejected.
+        count, rate = entries.get("internal#rejected_messages", (0, 0.0))
+        entries["internal#rejected_messages"] = (count + common.rejected, rate)
         if self.ctx is not None:
             alias = f"internal#{self.ctx.event_alias}"
             entries[alias] = (int(meter.counts.get("#events", 0)),
