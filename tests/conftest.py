@@ -81,6 +81,32 @@ def collector_factory():
         c.close()
 
 
+def running(process: psutil.Process) -> bool:
+    """Whether `process` runs: not ended, not a zombie.  A process that is
+    reaped between two looks (by the pipeline that supervises it) is not
+    running either, rather than an error (psutil.NoSuchProcess)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def pid_running(pid: int) -> bool:
+    """:func:`running` for a process id."""
+    try:
+        return running(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return False
+
+
+def cmdline(process: psutil.Process) -> str:
+    """`process`'s command line, or "" if it is gone meanwhile."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def wait_for(predicate, timeout=10.0, interval=0.02):
     """Poll `predicate` until true or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -125,10 +151,9 @@ def pipeline():
     yield start
     for fe in made:
         fe.close(timeout=5)
-    leftover = [p for p in psutil.Process().children(recursive=True) if p.is_running()
-                and p.status() != psutil.STATUS_ZOMBIE
+    leftover = [p for p in psutil.Process().children(recursive=True) if running(p)
                 # multiprocessing's shared resource tracker lives on by design
-                and "resource_tracker" not in " ".join(p.cmdline())]
+                and "resource_tracker" not in cmdline(p)]
     assert not leftover, f"child processes left behind: {leftover}"
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import metropc
 
 PACKAGE_DIR = Path(metropc.__file__).resolve().parent

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import wait_for
+from conftest import running, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -92,7 +92,7 @@ def test_run_serves_views_reloads_on_save_and_stops_cleanly(tmp_path, collector_
     assert f"{ctx_file}:" in err and "view#nothing" in err  # file:line of the bad edit
     assert "previous one keeps running" in err
     for child in children:
-        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+        assert not running(child)
 
 
 def test_run_reports_a_broken_context_and_exits(tmp_path):
@@ -150,8 +150,7 @@ def test_run_stops_on_sigterm_and_at_once_on_a_second_ctrl_c(tmp_path, how):
     assert time.monotonic() - t0 < 5
     proc.reader.join(5)
     # Stage processes end with their parent, cleanly or not (PR_SET_PDEATHSIG).
-    wait_for(lambda: all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE
-                         for c in children), timeout=10)
+    wait_for(lambda: not any(running(c) for c in children), timeout=10)
     # No socket directory left behind.
     assert glob.glob(os.path.join(tmp, "metropc-*")) == []
 

@@ -48,9 +48,9 @@ import psutil
 import pytest
 import zmq
 
-from conftest import wait_for
+from conftest import cmdline, running, wait_for
 from metropc.client import decode_protocol
-from metropc.frontend import Context, PipelineConfig, ProcessRunner, ThreadedFrontend
+from metropc.frontend import Context, PipelineConfig, ProcessRunner
 
 MB = 1e6
 
@@ -576,5 +576,4 @@ def test_soak_60s():
     assert result.received.get("view#mean_image", 0) >= 1
     assert result.received.get("view#energy", 0) >= 0.5 * result.view_counts["energy"]
     wait_for(lambda: not [p for p in psutil.Process().children(recursive=True)
-                          if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-                          and "resource_tracker" not in " ".join(p.cmdline())], timeout=10)
+                          if running(p) and "resource_tracker" not in cmdline(p)], timeout=10)

@@ -12,11 +12,10 @@ import signal
 import threading
 import time
 
-import psutil
 import pytest
 import zmq
 
-from conftest import wait_for
+from conftest import pid_running, wait_for
 from metropc.frontend import Context, ProcessRunner
 from metropc.stage.dispatcher import BATCH_MAX
 
@@ -238,7 +237,7 @@ def test_close_stops_every_process_and_leaves_no_socket_files(collector_factory)
     assert time.monotonic() - t0 < 5
     assert not os.path.exists(tmpdir)
     for pid in pids:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert not pid_running(pid)
 
 
 def _die_at_start(**kwargs):

@@ -27,6 +27,7 @@ import h5py  # noqa: E402
 import psutil  # noqa: E402
 
 import metropc  # noqa: E402
+from conftest import cmdline, pid_running, running  # noqa: E402
 from metropc.reprocess.plan import Chunk, default_chunk_trains, plan_runs, run_trains  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -140,13 +141,6 @@ def ctx_file(tmp_path_factory):
     return path
 
 
-def _cmdline(process: psutil.Process) -> str:
-    try:
-        return " ".join(process.cmdline())
-    except psutil.Error:  # gone meanwhile
-        return ""
-
-
 def _children():
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
@@ -157,9 +151,8 @@ def _no_children_left(before=frozenset()):
     deadline = time.monotonic() + 20
     while True:
         left = [p for p in psutil.Process().children(recursive=True)
-                if p.pid not in before and p.is_running()
-                and p.status() != psutil.STATUS_ZOMBIE
-                and "resource_tracker" not in _cmdline(p)]
+                if p.pid not in before and running(p)
+                and "resource_tracker" not in cmdline(p)]
         if not left:
             return
         if time.monotonic() > deadline:
@@ -312,7 +305,7 @@ def test_a_worker_killed_mid_run_loses_no_train(tmp_path, runs, ctx_file, fresh_
         killer.join()
     assert killed, "no worker was busy with a chunk"
     pid, keys = killed[0]
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not pid_running(pid)
     assert ds.attrs["trains_lost"] == 0 and ds.attrs["trains"] == 35
     assert_equal_to(ds, expected(ctx_file, runs, params), list(range(10000, 10035)))
     # the chunks the killed worker held were done (again) by another process
@@ -548,7 +541,7 @@ def test_ctrl_c_stops_closes_the_cluster_and_keeps_what_was_done(tmp_path, runs,
             assert time.monotonic() < deadline, "no results recorded in time"
             time.sleep(0.1)  # polling a file another process writes
         workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                   if "resource_tracker" not in _cmdline(p)]
+                   if "resource_tracker" not in cmdline(p)]
         assert len(workers) >= 2
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)

@@ -13,7 +13,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -21,7 +20,7 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import recording_frontend, wait_for
+from conftest import wait_for
 from metropc.client import IndexEntry
 from metropc.error import ProtocolError
 from metropc.frontend import Context, ProcessRunner
