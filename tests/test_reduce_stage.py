@@ -244,5 +244,11 @@ def test_the_progress_report_keeps_out_of_a_lone_events_way_but_not_for_long():
     assert 0.0405 + 0.005 <= t < 0.0405 + 0.005 + 0.0008
     clock.reported(t)
     # a round of many results (a fast source) does not hold the report back
+    assert not clock.pending
     clock.published(t + 0.0199, 128)
-    assert clock.due(t + 0.02)
+    assert clock.pending and clock.due(t + 0.02)
+    clock.reported(t + 0.02)
+    # a lone event after a long silence: the loop is told to wake for its
+    # report (pending), which goes once REDUCE was idle for `quiet`
+    clock.published(t + 5.0, 1)
+    assert clock.pending and clock.wait(t + 5.0) == pytest.approx(0.001)

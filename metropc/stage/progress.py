@@ -9,7 +9,9 @@ measured at 100 Hz on two cores, the last hop took 160 us instead of 103 us
 (medians) for the one event in five whose result met such a report.  So
 after a round that published a lone event the report waits until REDUCE
 has been idle for `quiet` seconds, but never more than `late` seconds past
-its time, so that a steady stream of lone events still gets its reports.
+its time (or past the first result after a silence), so that a steady
+stream of lone events still gets its reports.  The loop wakes for a report
+while one is :attr:`ProgressClock.pending`, even if nothing else comes.
 A round of several results (events arriving faster than REDUCE wakes) is
 throughput, not latency: its report goes on time.
 """
@@ -37,9 +39,17 @@ class ProgressClock:
         self.interval, self.quiet, self.late = interval, quiet, late
         self.next = 0.0          # when the next report is due
         self.quiet_until = 0.0   # not before this, unless `late` past `next`
+        #: Results were published since the last report: the loop must wake
+        #: for the next one even if nothing else comes.
+        self.pending = False
 
     def published(self, now: float, count: int) -> None:
         """A round published `count` results at `now`."""
+        if count > 0 and not self.pending:
+            # The first results since the last report: the report may be
+            # late from now on, not from when it fell due with nothing new.
+            self.pending = True
+            self.next = max(self.next, now)
         if 0 < count <= LONE_MAX:
             self.quiet_until = now + self.quiet
 
@@ -50,6 +60,7 @@ class ProgressClock:
     def reported(self, now: float) -> None:
         """The loop reported (or had nothing new) at `now`."""
         self.next = now + self.interval
+        self.pending = False
 
     def wait(self, now: float) -> float:
         """Seconds until :meth:`due` turns true, if nothing else happens."""

@@ -848,7 +848,7 @@ class _ReduceLoop:
                     stage._resume()
             if not results_polled:
                 wait = min(wait, 0.05)
-            if stage.progress_pending:
+            if stage.progress_pending or progress_clock.pending:
                 wait = min(wait, progress_clock.wait(time.monotonic()))
             ready = dict(poller.poll(max(0, int(wait * 1000)) + 1))
             t0 = perf_counter()
