@@ -382,8 +382,8 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, n
         send(control, OP_HELLO, hello)
         send(control, OP_CREDIT, {"n": prefetch})
         heartbeat = _Heartbeat(zctx, control_addr, name, secure_client)
-        control.rcvtimeo = int(STATS_INTERVAL * 1000)
         next_stats = time.monotonic() + STATS_INTERVAL
+        rcvtimeo = None  # the control socket's, as set last
         while True:
             now = time.monotonic()
             if now >= next_stats:
@@ -397,10 +397,13 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, n
                     if free:
                         send(control, OP_CREDIT, {"n": 0, "free": free})
                     continue
+            wait_ms = int((next_stats - now) * 1000) + 1
+            if wait_ms != rcvtimeo:  # (set before waiting: off a lone event's path)
+                control.rcvtimeo = rcvtimeo = wait_ms
             try:
                 # A blocking receive, not a poll and then a receive: a lone
                 # event's worker is up 20-50 us sooner (cold code, measured).
-                # It gives up after STATS_INTERVAL (rcvtimeo): stats are due.
+                # It gives up when the stats are due (rcvtimeo).
                 messages = recv_messages(control)
             except zmq.Again:
                 continue

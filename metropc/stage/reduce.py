@@ -704,8 +704,8 @@ class ReduceStage:
         entries = {}
         for path, (count, rate) in self.inputs.items():
             entries[path] = (int(count), float(rate))
-        # Garbage on the results port, counted by this process's recv: with
-        # the frontend's own count (its stats), what every stage rejected.
+        # What this process's recv rejected (garbage on the results port,
+        # above all), with the frontend's own count (its stats).
         count, rate = entries.get("internal#rejected_messages", (0, 0.0))
         entries["internal#rejected_messages"] = (count + common.rejected, rate)
         if self.ctx is not None:
