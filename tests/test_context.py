@@ -310,6 +310,24 @@ def test_require_feature_and_version_errors_name_line():
     make(f"require_version({metropc.__version__!r})\n")
 
 
+def test_contexts_written_for_the_original_metropc_load():
+    """Version 2 continues the original's numbering (docs/contexts.md,
+    Versions): its contexts' version checks pass, and scipy, which the
+    original ran with, is there for their kernels."""
+    ctx = make("""
+        require_version('1.4.1')
+        from scipy.interpolate import interp1d
+
+        @View.Vector
+        def resampled(t: 'internal#train_id'):
+            f = interp1d([0.0, 1.0, 2.0], [0.0, 10.0 * t, 40.0])
+            return f([0.5, 1.5])
+    """)
+    np.testing.assert_allclose(run_one(ctx, tid(2))["resampled"], [10.0, 30.0])
+    with pytest.raises(ContextError, match=r"requires metropc >= 3\.0"):
+        make("require_version('3.0')\n")
+
+
 def test_set_view_docs_on_real_view():
     ctx = make("""
         @View.Scalar
