@@ -24,6 +24,7 @@ def peak_fit(hist: 'view#position_histogram'):
     counts = np.asarray(hist, dtype=float)
     if not counts.sum():
         return None
+    increase_view_counts('fits_done', 1)  # a pure counter, in the index
     return float((counts * np.arange(len(counts))).sum() / counts.sum())
 
 

@@ -308,6 +308,15 @@ def _str_list(v):
     return None
 
 
+def _view_counts(v):
+    for entry in v:
+        if (type(entry) not in (list, tuple) or len(entry) != 3
+                or type(entry[0]) not in (int, type(None)) or type(entry[1]) is not str
+                or type(entry[2]) is not int):
+            return "holds an entry that is not (version, view name, delta)"
+    return None
+
+
 def _run_kind(v):
     return None if v in ("run_start", "run_end") else "is not 'run_start' or 'run_end'"
 
@@ -421,11 +430,13 @@ SCHEMAS: dict[bytes, Schema] = {
     OP_INPUTS: Schema({"inputs": Field(_DICT, True), "version": Field(_INT_OR_NONE),
                        "run": Field(_INT_OR_NONE)}),
     OP_ARESULT: Schema({"results": Field(_DICT, True), "version": Field(_INT_OR_NONE),
-                        "failed": Field((list, tuple), False, _str_list)}),
+                        "failed": Field((list, tuple), False, _str_list),
+                        "counts": Field((list, tuple), False, _view_counts)}),
     OP_VSTATS: Schema({"stage": Field(_STR, True), "pid": Field(_INT),
                        "events": Field(_INT, True, _nonneg),
                        "busy": Field((float, int), True, _nonneg),
-                       "interval": Field((float, int), True, _nonneg)},
+                       "interval": Field((float, int), True, _nonneg),
+                       "counts": Field((list, tuple), False, _view_counts)},
                       values=Field((tuple,), check=_timing_record)),
 }
 

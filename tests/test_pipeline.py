@@ -224,6 +224,56 @@ def test_index_lists_views_and_inputs_with_counts(pipeline, collector_factory):
     np.testing.assert_array_equal(col.values("spectrum")[0], np.arange(4.0))
 
 
+COUNTS_CTX = """
+set_view_docs('det', 'Detector', 'Hit finding on the detector')
+
+@View.Scalar
+def hits(t: 'internal#train_id'):
+    increase_view_counts('hits_total', 2)   # a pure counter, counted in POOL
+    increase_view_counts('hits', 10)        # adds to a view's own count
+    return t
+
+@View.Scalar(stage='reduce')
+def summed(h: 'view#hits'):
+    ctx.increase_view_counts('reduce_total', 1)
+    return h
+"""
+
+
+def test_view_counts_of_every_stage_reach_the_index_as_in_process(pipeline, collector_factory):
+    """increase_view_counts() in POOL kernels counts as it does in-process;
+    a pure counter is a plain entry, which EXtra-foam's loop does not take
+    for a view; set_view_docs() of a name that is no view comes with the
+    context topic."""
+    import metropc
+    n = 30
+    local = Context(COUNTS_CTX)
+    list(metropc.run(local, events(range(n))))
+    assert dict(local.view_counts) == {"hits_total": 2 * n, "hits": 10 * n, "reduce_total": n}
+
+    fe = pipeline(sr_cls=ProcessRunner)
+    col = collector_factory(fe.output_addr).wait_connected(fe)
+    set_context(fe, COUNTS_CTX)
+    for ev in events(range(n)):
+        fe.queue_to_any(b"event", ev)
+
+    def counted(m):
+        idx = col.indexes()
+        return idx and "view#hits_total" in idx[-1] and idx[-1]["view#hits_total"].counts == 2 * n
+
+    col.poll_until(counted, timeout=20)  # workers send their counts about once a second
+    idx = col.indexes()[-1]
+    assert idx["view#hits"].counts == n + 10 * n  # results, and what the kernel added
+    assert idx["view#summed"].counts == n
+    assert idx["view#reduce_total"].counts == n
+    for name in ("hits_total", "reduce_total"):
+        assert type(idx[f"view#{name}"]) is IndexEntry
+    assert {p for p, e in idx.items() if isinstance(e, IndexViewEntry)} == {
+        "view#hits", "view#summed"}
+    (context,) = [d for p, d in col.messages if p == "context"]
+    assert context["docs"] == {"det": ["Detector", "Hit finding on the detector"]}
+
+
 SLOW_CTX = """
 import time
 @View.Scalar

@@ -113,8 +113,12 @@ class AsyncStage:
             self.last_call[view.name] = now
         self.results.update(results)
         failed = [n for n, c in self.engine.errors.items() if errors_before.get(n, 0) != c]
+        counts = [(self.ctx.version, name, delta)  # increase_view_counts() of the kernels
+                  for name, delta in self.ctx.view_counts.items()]
+        self.ctx.view_counts.clear()
         send(self.link, OP_ARESULT, {"results": results, "event_id": data.get("event_id"),
-                                     "version": self.ctx.version, "failed": failed})
+                                     "version": self.ctx.version, "failed": failed,
+                                     "counts": counts})
 
 
 def run_async(control_addr, async_addr, keys=None, zmq_context=None):

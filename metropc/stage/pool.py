@@ -15,6 +15,7 @@ nothing refers to it any more.  Large results go to REDUCE the same way.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -127,6 +128,8 @@ class PoolWorker:
         self.events = 0          # events whose views ran
         self.busy = 0.0          # seconds spent on messages
         self.stats_t = time.monotonic()
+        # increase_view_counts() calls of kernels, {(ctx version, name): delta}
+        self.counts = collections.Counter()
         self.received = 0.0      # time.time() the message being handled arrived
 
     def open_slots(self, shm):
@@ -275,11 +278,15 @@ class PoolWorker:
                 "busy": self.busy, "interval": max(0.0, now - self.stats_t)}
         for name, record in records.items():
             data[f"view#{name}"] = tuple(record)
+        counts = self.collect_counts()
+        if counts:
+            data["counts"] = [(version, name, delta) for (version, name), delta in counts.items()]
         try:
             send(self.results, OP_VSTATS, data, flags=zmq.NOBLOCK)
         except zmq.Again:
             return
         self.timings, self.events, self.busy, self.stats_t = {}, 0, 0.0, now
+        counts.clear()
 
     def collect_timings(self):
         """The engine's timing records added to those not sent yet."""
@@ -292,8 +299,19 @@ class PoolWorker:
                     records[name] = record
         return records
 
+    def collect_counts(self):
+        """What kernels added with ``increase_view_counts`` (it counts in the
+        context, which here nobody reads) added to what is not sent yet."""
+        ctx = self.ctx
+        if ctx is not None and ctx.view_counts:
+            for name, delta in ctx.view_counts.items():
+                self.counts[(ctx.version, name)] += delta
+            ctx.view_counts.clear()
+        return self.counts
+
     def activate(self, ctx):
         self.collect_timings()  # the old engine's calls are still to be sent
+        self.collect_counts()  # and the old context's counts
         self.ctx = ctx
         self.engine = Engine(ctx, ErrorReporter(sink=self.report))
         self.forward_views, self.forward_paths = reduce_inputs(ctx)

@@ -107,6 +107,9 @@ class ReduceStage:
         self.pending = {}          # version -> (Context, from_seq)
         self.buffer = ReorderBuffer(reorder_window, reorder_timeout)
         self.meter = RateMeter()
+        # increase_view_counts() of POOL kernels, from the workers' vstats:
+        # {context version: Counter}; REDUCE's own are in its context's.
+        self.worker_counts = {}
         self.stale = 0
         self.stalled = collections.deque()  # results waiting for their context
         self.stalled_since = None
@@ -274,6 +277,8 @@ class ReduceStage:
                        if view.output != ViewOutput.COMPUTE}
         self.pending = {v: p for v, p in self.pending.items() if v > ctx.version}
         self.meter = RateMeter()
+        self.worker_counts = {v: c for v, c in self.worker_counts.items()
+                              if v is None or ctx.version is None or v >= ctx.version}
         self.publish_context()
         self.publish_index()
 
@@ -323,14 +328,33 @@ class ReduceStage:
         """The context now in use, for recorders and displays (topic ``context``)."""
         ctx = self.ctx
         if self.output.wants(TOPIC_CONTEXT):
+            # set_view_docs() of names that are no views (a group's prefix):
+            # displays label those here; a view's label is in the index.
+            docs = {name: [str(label), "" if doc is None else str(doc)]
+                    for name, (label, doc) in ctx.view_docs.items()
+                    if name not in ctx.views}
             self.output.send(encode_protocol(TOPIC_CONTEXT, {
                 "version": ctx.version, "path": ctx.path, "source": ctx.source,
-                "parameters": dict(ctx.parameters)}))
+                "parameters": dict(ctx.parameters), "docs": docs}))
 
     def publish_params(self):
         if self.ctx is not None and self.output.wants(TOPIC_PARAMS):
             self.output.send(encode_protocol(TOPIC_PARAMS, {
                 "version": self.ctx.version, "parameters": dict(self.ctx.parameters)}))
+
+    def on_vstats(self, data):
+        """A worker's statistics: timing and load (metropc.timing), and what
+        its kernels added with ``increase_view_counts`` since the last ones."""
+        self.obs.on_vstats(data)
+        self.add_worker_counts(data.get("counts", ()))
+
+    def add_worker_counts(self, counts):
+        """``(context version, name, delta)`` of another process's kernels;
+        those of a context no longer in use are dropped, as its index is."""
+        current = self.ctx.version if self.ctx is not None else None
+        for version, name, delta in counts:
+            if version is None or current is None or version >= current:
+                self.worker_counts.setdefault(version, collections.Counter())[name] += delta
 
     def on_announce(self, data):
         """Addresses the frontend's process offers (its control endpoint)."""
@@ -391,6 +415,7 @@ class ReduceStage:
             results = {k: v for k, v in data["results"].items() if k in self.ctx.views}
             for name in results:
                 self.meter.add(name)
+            self.add_worker_counts(data.get("counts", ()))
             self.publish(results, data.get("event_id"))
 
     def async_inputs_message(self):
@@ -712,16 +737,18 @@ class ReduceStage:
             alias = f"internal#{self.ctx.event_alias}"
             entries[alias] = (int(meter.counts.get("#events", 0)),
                               float(meter.rates.get("#events", 0.0)))
-            counts = dict(self.ctx.view_counts)
+            counts = collections.Counter(self.ctx.view_counts)
+            counts.update(self.worker_counts.get(self.ctx.version, {}))
             for name, view in self.ctx.views.items():
                 entries[f"view#{name}"] = (
                     int(meter.counts.get(name, 0) + counts.pop(name, 0)),
                     float(meter.rates.get(name, 0.0)), view.output.value,
                     view.stage.value, int(self.engine.errors.get(name, 0)),
                     bool(view.hidden), view.label or "")
-            for name, count in counts.items():  # pure counters
-                entries[f"view#{name}"] = (int(count), 0.0, ViewOutput.COMPUTE.value,
-                                           0, 0, True, "")
+            for name, count in counts.items():
+                # A pure counter (a name that is no view): a plain entry,
+                # which clients do not take for a view to subscribe to.
+                entries[f"view#{name}"] = (int(count), 0.0)
         entries["internal#state"] = (STATE_CODES[self.state], 0.0)
         entries["internal#run"] = (self.run or 0, 0.0)
         entries["internal#lost_events"] = (self.buffer.lost, 0.0)
@@ -917,7 +944,7 @@ class _ReduceLoop:
                     if opcode == OP_RESULT:
                         results.append(data)
                     elif opcode == OP_VSTATS:
-                        self.guarded(opcode, self.stage.obs.on_vstats, data)
+                        self.guarded(opcode, self.stage.on_vstats, data)
                 if results:
                     count += len(results)
                     self.stage.on_results(results, self.reject_result)
