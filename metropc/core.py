@@ -374,9 +374,9 @@ class Context:
         :class:`UnknownParameterError` lists the declared names with a
         did-you-mean.  Each value must fit the type of the declared value:
         a float takes ints, floats and strings such as ``"0.5"``; an int
-        takes integers and strings of them (not 1.5); a bool takes
-        booleans, 0/1 and the strings true/false/yes/no/on/off/1/0; a str
-        takes anything (as ``str(value)``).  Parameters declared with None
+        takes integers, whole floats (3.0) and strings of integers (not 1.5);
+        a bool takes booleans, 0/1 and the strings true/false/yes/no/on/off/1/0;
+        a str takes strings and numbers (as ``str(value)``), not lists.  Parameters declared with None
         or a non-scalar value (an ROI object, a list) take any value.  A
         value that does not fit raises :class:`ParameterError`, naming the
         parameter, its type, the value and the declaring line.
@@ -406,15 +406,17 @@ class Context:
             f"unknown parameter '{name}'{extra} (this context declares: {known})",
             self.path, None, name=name, declared=declared)
 
-    def update_parameters(self, values: Mapping[str, Any]) -> list[str]:
+    def update_parameters(self, values: Mapping[str, Any],
+                          refused: list | None = None) -> list[str]:
         """Change parameters at run time; returns the names that are unknown.
 
         Context parameters are globals of the context code, so the next
         kernel call sees the new value.  Group parameters (``grp.name``) are
         set on the group instance.  Values are coerced as
         :meth:`check_parameters` does; one that does not fit its declaration
-        is logged and not applied (this runs in the stages, which must not
-        fail on a message: check values with check_parameters first).
+        is not applied: its ParameterError is appended to `refused`, or
+        logged if that is None (this runs in the stages, which must not fail
+        on a message: check values with check_parameters first).
         """
         unknown = []
         for name, value in values.items():
@@ -422,7 +424,10 @@ class Context:
                 try:
                     value = self._checked(name, value)
                 except ParameterError as e:
-                    log.error("%s; keeping %r", e, self.parameters.get(name))
+                    if refused is None:
+                        log.error("%s; keeping %r", e, self.parameters.get(name))
+                    else:
+                        refused.append(e)
                     continue
             if name in self._group_params:
                 group, attr = self._group_params[name]
@@ -557,7 +562,11 @@ def coerce_parameter(value: Any, declared: Any) -> Any:
     if kind is None:
         return value
     if kind == "str":
-        return value if isinstance(value, str) else str(value)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, numbers.Number):  # a number typed into a text field
+            return str(value)
+        raise TypeError(f"got {type(value).__name__}, not a string")
     if isinstance(value, str):
         text = value.strip()
         if kind == "bool":
@@ -581,6 +590,10 @@ def coerce_parameter(value: Any, declared: Any) -> Any:
     if kind == "int":
         if isinstance(value, numbers.Integral):
             return int(value)
+        if isinstance(value, numbers.Real) and float(value).is_integer():
+            return int(value)  # 3.0, as a slider or JSON sends a whole number
+        if isinstance(value, numbers.Real):
+            raise ValueError("not a whole number")
         raise TypeError(f"got {type(value).__name__}, not an integer")
     if isinstance(value, numbers.Real):
         return float(value)

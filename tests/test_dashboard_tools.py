@@ -350,6 +350,8 @@ def test_log_colour_scale_and_colour_ranges(page):
         box.send_keys(value + "\n")
     wait_until(lambda: panel_data(drv, "detector")["levels"] == "0.00000,100.000",
                what="fixed range applied")
+    # frames drawn with that range (under load, the canvas may still show an older one)
+    wait_panels(drv, ["detector"], panel_data(drv, "detector")["frames"] + 2)
     canvas = panel.find_element("css selector", "canvas.plot")
     linear = mean_grey(canvas)
     panel.find_element("css selector", 'input[data-opt="log"]').click()

@@ -44,10 +44,11 @@ def ctx():
     ("threshold", 1, 1.0), ("threshold", 0.25, 0.25), ("threshold", "0.5", 0.5),
     ("threshold", " 2 ", 2.0), ("threshold", np.float32(1.5), 1.5), ("threshold", np.int64(4), 4.0),
     ("count", 7, 7), ("count", "12", 12), ("count", np.int16(2), 2),
+    ("count", 3.0, 3), ("count", np.float64(-2.0), -2),  # whole floats: sliders, JSON
     ("enabled", False, False), ("enabled", "false", False), ("enabled", "TRUE", True),
     ("enabled", "1", True), ("enabled", "0", False), ("enabled", 0, False),
     ("enabled", np.bool_(True), True),
-    ("label", "other", "other"), ("label", 5, "5"),
+    ("label", "other", "other"), ("label", 5, "5"), ("label", 0.5, "0.5"),
     ("roi", (1, 2, 3, 4), (1, 2, 3, 4)), ("roi", None, None),
     ("bins", "anything", "anything"),
     ("cam.gain", 2, 2.0), ("cam.gain", "0.1", 0.1), ("cam.rot90", "-1", -1),
@@ -69,7 +70,8 @@ def test_check_changes_nothing(ctx):
     ("threshold", [1.0], "float"),
     ("count", 1.5, "int"), ("count", "1.5", "int"), ("count", False, "int"),
     ("enabled", "maybe", "bool"), ("enabled", 2, "bool"), ("enabled", 0.0, "bool"),
-    ("cam.rot90", 0.5, "int"),
+    ("cam.rot90", 0.5, "int"), ("count", float("nan"), "int"), ("count", [3], "int"),
+    ("label", ["x", "y"], "str"), ("label", {"a": 1}, "str"), ("label", b"run", "str"),
 ])
 def test_bad_values_name_parameter_type_and_value(ctx, name, value, kind):
     with pytest.raises(ParameterError) as info:
@@ -145,6 +147,12 @@ def test_update_parameters_coerces_and_keeps_its_contract(ctx, caplog):
     assert ctx.update_parameters({"threshold": "lots", "label": 7}) == []
     assert ctx.parameters["threshold"] == 3.0 and ctx.parameters["label"] == "7"
     assert "parameter 'threshold' is a float" in caplog.text
+    # or handed to the caller (the stages: REDUCE reports them)
+    caplog.clear()
+    refused = []
+    assert ctx.update_parameters({"count": 2.5, "threshold": 1}, refused) == []
+    assert [e.name for e in refused] == ["count"] and ctx.parameters["count"] == 4
+    assert ctx.parameters["threshold"] == 1.0 and not caplog.text
 
 
 def test_run_checks_parameters_of_a_context_object(ctx):

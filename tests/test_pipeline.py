@@ -14,6 +14,7 @@ import string
 import threading
 
 import pytest
+from conftest import wait_for
 
 from metropc.client import IndexEntry, IndexViewEntry, ViewOutput, decode_protocol
 from metropc.enums import ViewStage
@@ -85,6 +86,28 @@ def test_params_reach_every_stage_and_apply_to_the_next_events(pipeline, collect
     col.poll_until(lambda m: len(col.values("scaled")) >= 100)
     by_id = {p["event_id"]: p["data"] for p in col.payloads("scaled")}
     assert by_id == {i: i * (1 if i < 50 else 10) for i in range(100)}
+
+
+def test_params_the_context_cannot_take_are_reported_once_and_not_applied(
+        pipeline, collector_factory):
+    """Values sent straight to the stages (as EXtra-foam does) are checked
+    there: a whole float is taken by an int parameter, a wrong value or an
+    unknown name is reported through on_pipeline_error, once, by REDUCE."""
+    fe = pipeline(sr_cls=ProcessRunner)
+    col = collector_factory(fe.output_addr).wait_connected(fe)
+    set_context(fe, PARAM_CTX, path="param_ctx.py")
+    fe.queue_to_all(b"params", {"scale": 3.0})        # a slider's whole number
+    fe.queue_to_all(b"params", {"scale": 2.5, "scael": 4})
+    for ev in events(range(20)):
+        fe.queue_to_any(b"event", ev)
+    col.poll_until(lambda m: len(col.values("scaled")) >= 20, timeout=30)
+    assert col.values("scaled") == [i * 3 for i in range(20)]
+    wait_for(lambda: len(fe.errors) >= 2, timeout=10)
+    assert sorted(fe.errors) == [
+        "[reduce] parameters: param_ctx.py: unknown parameter 'scael'; did you mean "
+        "'scale'? (this context declares: scale); not applied",
+        "[reduce] parameters: param_ctx.py:2: parameter 'scale' is an int (declared as 1) "
+        "and cannot take 2.5 (not a whole number); not applied"]
 
 
 def test_reload_under_load_never_mixes_versions(pipeline, collector_factory):

@@ -63,7 +63,7 @@ class AsyncStage:
             if ctx is not None:
                 self.activate(ctx)
         elif opcode == OP_PARAMS and self.ctx is not None:
-            self.ctx.update_parameters(data)
+            self.ctx.update_parameters(data, [])  # (REDUCE reports what is refused)
         elif opcode == OP_RESET and self.engine is not None:
             self.engine.reset(data.get("views") or None)
 

@@ -209,9 +209,11 @@ class PoolWorker:
                 self.activate(ctx)
         elif opcode == OP_PARAMS:
             if self.ctx is not None:
-                unknown = self.ctx.update_parameters(data)
-                if unknown:
-                    log.debug("%s: unknown parameters %s", self.name, unknown)
+                refused = []  # (REDUCE reports them, once for the pipeline)
+                unknown = self.ctx.update_parameters(data, refused)
+                if unknown or refused:
+                    log.debug("%s: unknown parameters %s, refused %s", self.name, unknown,
+                              [str(e) for e in refused])
         elif opcode == OP_SHM:
             self.on_shm(data)
         else:

@@ -27,7 +27,7 @@ import zmq
 
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput, ViewStage
-from ..error import ProtocolError
+from ..error import ParameterError, ProtocolError
 from ..protocol import encode_protocol
 from ..protocol_layouts import result_record
 from ..transport import readable
@@ -365,10 +365,21 @@ class ReduceStage:
         self._process_all(self.buffer.skip(int(s) for s in data.get("seqs", ())))
 
     def on_params(self, data):
+        """New parameter values. What the context in use cannot take (an
+        unknown name, a value of the wrong type) is reported here, once for
+        the pipeline, as the workers refuse it too."""
         if self.ctx is not None:
-            self.ctx.update_parameters(data)
+            refused = []
+            for name in self.ctx.update_parameters(data, refused):  # the unknown ones
+                try:
+                    self.ctx.check_parameters({name: data[name]})
+                except ParameterError as e:  # (an UnknownParameterError, with a hint)
+                    refused.append(e)
+            for error in refused:
+                send(self.control, OP_ERROR, {"msg": f"[reduce] parameters: {error}; "
+                                                     "not applied"})
         for ctx, _ in self.pending.values():
-            ctx.update_parameters(data)
+            ctx.update_parameters(data, [])
         self.publish_params()
 
     def on_action(self, data):
