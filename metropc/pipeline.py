@@ -295,7 +295,14 @@ class Pipeline:
         self._frontend.end_run()
 
     def action(self, view_name):
-        """Run the ACTION view `view_name` in REDUCE."""
+        """Run the ACTION view `view_name` in REDUCE; a name that is no
+        ACTION view raises ValueError."""
+        if self.ctx is not None:
+            view = self.ctx.views.get(view_name)
+            if view is None or view.stage is not ViewStage.ACTION:
+                actions = [n for n, v in self.ctx.views.items() if v.stage is ViewStage.ACTION]
+                raise ValueError(f"no ACTION view named {view_name!r} in {self.ctx.path} "
+                                 f"(actions: {', '.join(actions) or 'none'})")
         self._frontend.queue_to("reduce", OP_ACTION, {"view_name": view_name})
 
     def request_index(self):

@@ -142,6 +142,8 @@ def test_clients_control_the_pipeline_through_its_endpoint():
             control.reset("nope")
         with pytest.raises(ControlError, match="unknown parameter"):
             control.set_parameters(nope=1)
+        with pytest.raises(ControlError, match=r"no ACTION view named 'tid' .*actions: none"):
+            control.action("tid")
         control.pause()
         while client.status.get("state") != "STOP":
             client.wait_index(timeout=10)
