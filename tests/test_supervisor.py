@@ -72,9 +72,10 @@ def test_crash_before_ready_gives_up():
     sup = Supervisor(30.0)
     sup.on_hello("reduce", 0.0)  # reduce said hello, pool-0 never did
     out = sup.check(2.0, [dead("pool-0", 3), proc("reduce")], idle)
-    assert out == [GiveUp("pool-0", "stage pool-0 died (exit code 3); it died 1 times within "
-                                    "60 s (or before starting up), so it is not restarted "
-                                    "again")]
+    assert out == [GiveUp("pool-0", "stage pool-0 died (exit code 3) before it started up, "
+                                    "so it is not restarted; its output above says why (a "
+                                    "script that starts a pipeline of processes needs 'if "
+                                    "__name__ == \"__main__\":' around that code)")]
     assert sup.given_up == {"pool-0"}
     assert sup.restart_times == {}
 
@@ -102,8 +103,7 @@ def test_restart_limit_within_the_window():
         outs += sup.check(10.0 + i, [dead("pool-0")], idle)
     assert [type(o) for o in outs] == [Replace] * 5 + [GiveUp]
     assert outs[-1] == GiveUp("pool-0", "stage pool-0 died (exit code 1); it died 6 times "
-                                        "within 60 s (or before starting up), so it is not "
-                                        "restarted again")
+                                        "within 60 s, so it is not restarted again")
     assert sup.given_up == {"pool-0"}
     # given up: never reported again, dead or alive, stuck or not
     assert sup.check(20.0, [dead("pool-0")], idle) == []
@@ -147,8 +147,7 @@ def test_custom_restart_limit_and_window():
     assert isinstance(sup.check(1.0, [dead("pool-0")], idle)[0], Replace)
     out = sup.check(2.0, [dead("pool-0")], idle)
     assert out == [GiveUp("pool-0", "stage pool-0 died (exit code 1); it died 3 times within "
-                                    "10 s (or before starting up), so it is not restarted "
-                                    "again")]
+                                    "10 s, so it is not restarted again")]
 
 
 # -- stuck workers ------------------------------------------------------------------------

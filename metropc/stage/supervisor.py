@@ -141,11 +141,17 @@ class Supervisor:
             return Panic(name, reason)
         recent = [t for t in self.restart_times.get(name, ())
                   if now - t < self.restart_window]
-        if len(recent) >= self.restart_limit or (
-                name not in self.ever_ready and not self.pipeline_ready):
+        if name not in self.ever_ready and not self.pipeline_ready:
+            # A new one would die the same way; the usual cause is a script
+            # without a main guard (the spawned stage imports it first).
+            self.given_up.add(name)
+            return GiveUp(name, f"{reason} before it started up, so it is not restarted; "
+                                "its output above says why (a script that starts a "
+                                "pipeline of processes needs "
+                                "'if __name__ == \"__main__\":' around that code)")
+        if len(recent) >= self.restart_limit:
             self.given_up.add(name)
             return GiveUp(name, f"{reason}; it died {len(recent) + 1} times within "
-                                f"{self.restart_window:g} s (or before starting up), so it "
-                                "is not restarted again")
+                                f"{self.restart_window:g} s, so it is not restarted again")
         self.restart_times[name] = recent + [now]
         return Replace(name, reason, stop=stop)
