@@ -230,6 +230,28 @@ def test_ctrl_c_while_running_is_one_line_and_130(tmp_path):
     assert len(after) == before + 1, after
 
 
+def test_stopped_and_continued_it_goes_on_running(tmp_path):
+    """Stopped and continued (SIGSTOP and SIGCONT, as a debugger or a job
+    control does), the pipeline goes on: a stop is no Ctrl-C."""
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(CTX)
+    term = Terminal(ctx, "--pool", "1", "--rate", "20")
+    try:
+        term.wait_for(lambda t: "metropc: out" in t and "train" in t, what="the status")
+        for _ in range(3):
+            os.kill(term.proc.pid, signal.SIGSTOP)
+            time.sleep(0.6)  # stopped for longer than the signal thread's wait
+            os.kill(term.proc.pid, signal.SIGCONT)
+        count = int(term.text().split("metropc: out ")[-1].split()[0])
+        term.wait_for(lambda t: int(t.split("metropc: out ")[-1].split()[0]) > count + 20,
+                      what="more events after the stops")
+        assert term.proc.poll() is None and "stopping" not in term.all_output()
+        term.ctrl_c()
+        assert term.wait() == 130
+    finally:
+        term.close()
+
+
 def test_a_context_print_in_a_worker_scrolls_above_the_status(tmp_path):
     ctx = tmp_path / "ctx.py"
     ctx.write_text(CTX + "\n@View.Scalar\ndef talk(t: 'internal#train_id'):\n"

@@ -429,7 +429,10 @@ class Interrupts:
 
     def _wait(self):
         while not self._done.is_set():
-            if signal.sigtimedwait({signal.SIGINT}, 0.2) is not None:
+            info = signal.sigtimedwait({signal.SIGINT}, 0.2)
+            # A stop and continue (Ctrl-Z, fg) during the wait can make it
+            # return a record of no signal at all (CPython 3.11): not a Ctrl-C.
+            if info is not None and info.si_signo == signal.SIGINT:
                 self.request(signal.SIGINT)
 
     def request(self, signum):
