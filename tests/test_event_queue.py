@@ -391,9 +391,23 @@ def test_requeue_puts_items_back_in_front_in_order():
     assert len(q) == 5 > q.max_events
     assert q.dropped == 0
     assert q.nbytes == 3 * 356 + 2 * 256
-    # the next new event must make room: oldest goes (the count is over by 2)
+    # the next new event must make room: the oldest new ones go (the count is
+    # over by 2); the requeued ones stay, REDUCE waits for them in order
     q.put_event(OP_EVENT, ev(5), nothing)
-    assert ids(q) == [3, 4, 5] and q.dropped == 3
+    assert ids(q) == [0, 1, 5] and q.dropped == 3
+    assert [item[4] for item in q.events] == [10, 11, None]
+    assert q.nbytes == 2 * 356 + 256
+
+
+def test_oldest_refuses_the_new_event_when_only_requeued_ones_wait():
+    q = EventQueue(2, 1 << 30, DROP_OLDEST)
+    for i in range(2):
+        q.put_event(OP_EVENT, ev(i), nothing)
+    with q.lock:
+        taken = [q.pop_event() for _ in range(2)]
+        q.requeue([(*item[:4], seq) for item, seq in zip(taken, (7, 8))])
+    assert q.put_event(OP_EVENT, ev(9), nothing) is False
+    assert ids(q) == [0, 1] and q.dropped == 1 and q.nbytes == 2 * 256
 
 
 def test_requeue_nothing():

@@ -4,7 +4,8 @@ Any thread may queue; the frontend thread takes.  Events are bounded by
 count *and* by bytes (the arrays they carry), and the drop policy decides
 what happens when the bound is reached:
 
-- ``oldest``: the oldest waiting event is dropped (a live display stays current);
+- ``oldest``: the oldest waiting event is dropped (a live display stays current),
+  but never one a worker gave back (it has its place in the sequence already);
 - ``newest``: the new event is refused;
 - ``block``: the caller waits until there is room (nothing is lost; the
   source is slowed down, as a ZeroMQ PUSH socket at its high-water mark).
@@ -101,8 +102,9 @@ class EventQueue:
                     return False
                 else:
                     while self._full(size):
-                        self._pop_oldest()
                         self.dropped += 1
+                        if not self._pop_oldest():
+                            return False  # only requeued events wait: they go first
             if self.closed:
                 self.dropped += 1
                 return False
@@ -162,9 +164,18 @@ class EventQueue:
         return (len(self.events) >= self.max_events
                 or self.nbytes + size > self.max_bytes)
 
-    def _pop_oldest(self) -> None:
-        item = self.events.popleft()
-        self.nbytes -= item[3]
+    def _pop_oldest(self) -> bool:
+        """Drop the oldest event that has no sequence number yet; False if
+        there is none.  Requeued events keep theirs, and REDUCE waits for
+        them in that order: dropping one would stall its output until the
+        reorder buffer gave up (10 s), and count the event twice."""
+        events = self.events
+        for i, item in enumerate(events):  # (requeued ones are few, in front)
+            if item[4] is None:
+                del events[i]
+                self.nbytes -= item[3]
+                return True
+        return False
 
     def __len__(self) -> int:
         return len(self.events)
