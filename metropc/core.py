@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import collections
 import difflib
+import io
 import linecache
 import logging
 import numbers
 import sys
+import tokenize
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -32,7 +34,7 @@ from .roi import ROI_TYPES, LineROI, RectROI
 from .view import View
 from .viewdef import Parameter, ViewDecorator, ViewGroup, ViewPrototype, _loading
 
-__all__ = ["Context", "View", "Path"]
+__all__ = ["Context", "View", "Path", "read_context_file"]
 
 log = logging.getLogger(__name__)
 
@@ -515,9 +517,7 @@ class Context:
     @classmethod
     def from_file(cls, filename, **kwargs):
         """Load a context file; its name appears in every error message."""
-        with open(filename, encoding="utf-8") as f:
-            source = f.read()
-        return cls(source, path=str(filename), **kwargs)
+        return cls(read_context_file(filename), path=str(filename), **kwargs)
 
     def views_in(self, *stages):
         """Views of the given stages, in dependency order."""
@@ -546,6 +546,31 @@ def _scalar_kind(declared):
     if isinstance(declared, str):
         return "str"
     return None
+
+
+def read_context_file(filename) -> str:
+    """The text of a context file, decoded as Python decodes source (UTF-8,
+    or the encoding its coding comment names).
+
+    A file that is not text in that encoding (an editor saved it as
+    Latin-1, or it is binary) raises ContextError at the line of the first
+    bad byte, so that a reload refuses it like any broken edit.  OSError
+    if it cannot be read.
+    """
+    with open(filename, "rb") as f:
+        data = f.read()
+    path = str(filename)
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    except SyntaxError as e:  # an unknown coding comment
+        raise ContextError(f"not Python source text ({e.msg})", path, None) from None
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ContextError(f"not {encoding} text: byte 0x{data[e.start]:02x} at column "
+                           f"{column}; save the file as UTF-8", path, line) from None
 
 
 def coerce_parameter(value: Any, declared: Any) -> Any:

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 
-from .core import Context
+from .core import Context, read_context_file
 from .error import ContextError, SourceError, UnknownParameterError
 from .config import DROP_BLOCK, PipelineConfig
 from .enums import ViewStage
@@ -134,8 +134,7 @@ class Pipeline:
                 isinstance(context, str) and "\n" not in context
                 and os.path.isfile(context)):
             self.context_path = os.fspath(context)
-            with open(self.context_path, encoding="utf-8") as f:
-                text, path = f.read(), self.context_path
+            text, path = read_context_file(self.context_path), self.context_path
         else:
             text, path = context, "<ctx>"
         # A broken context is refused before any process starts.
@@ -241,9 +240,7 @@ class Pipeline:
         """Read the context file again and load it (see :meth:`load`)."""
         if self.context_path is None:
             raise ValueError("this pipeline was not started from a context file")
-        with open(self.context_path, encoding="utf-8") as f:
-            source = f.read()
-        return self.load(source, path=self.context_path)
+        return self.load(read_context_file(self.context_path), path=self.context_path)
 
     def set_parameters(self, **values):
         """Change parameters in every stage from the next event on.

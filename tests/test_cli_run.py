@@ -80,6 +80,13 @@ def test_run_serves_views_reloads_on_save_and_stops_cleanly(tmp_path, collector_
         n = len(col.values("train"))
         col.poll_until(lambda m: len(col.values("train")) > n + 20, timeout=30)
 
+        # So is a save in another encoding than UTF-8 (an editor's Latin-1).
+        ctx_file.write_bytes(CTX.encode() + "# café\n".encode("latin-1"))
+        latin1 = f"{ctx_file}:{CTX.count(chr(10)) + 1}: not utf-8 text: byte 0xe9 at column 6"
+        wait_for(lambda: any(latin1 in line for line in proc.err_lines), 30)
+        n = len(col.values("train"))
+        col.poll_until(lambda m: len(col.values("train")) > n + 20, timeout=30)
+
         # A good edit is picked up: a new view appears, old results stop.
         ctx_file.write_text(CTX + "\n@View.Scalar\ndef doubled(t: 'internal#train_id'):\n"
                             "    return 2 * t\n")
@@ -90,7 +97,7 @@ def test_run_serves_views_reloads_on_save_and_stops_cleanly(tmp_path, collector_
     assert proc.returncode == 130, err  # stopped by Ctrl-C (SIGINT)
     assert elapsed < 5
     assert f"{ctx_file}:" in err and "view#nothing" in err  # file:line of the bad edit
-    assert "previous one keeps running" in err
+    assert "previous one keeps running" in err and "Traceback" not in err
     for child in children:
         assert not running(child)
 
@@ -102,6 +109,16 @@ def test_run_reports_a_broken_context_and_exits(tmp_path):
                            "--status", "off"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert f"{ctx_file}:1" in proc.stderr and "view#missing" in proc.stderr
+
+
+def test_run_reports_a_context_that_is_no_text_and_exits(tmp_path):
+    ctx_file = tmp_path / "binary.py"
+    ctx_file.write_bytes(bytes(range(256)) * 8)
+    proc = subprocess.run([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
+                           "--status", "off"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert f"{ctx_file}:2: not utf-8 text: byte 0x80 at column 118" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_run_refuses_a_public_output_without_allow_remote(tmp_path):

@@ -310,6 +310,19 @@ def test_require_feature_and_version_errors_name_line():
     make(f"require_version({metropc.__version__!r})\n")
 
 
+def test_context_files_are_read_as_python_reads_source(tmp_path):
+    from metropc.core import read_context_file
+    latin = tmp_path / "latin.py"
+    latin.write_bytes(b"# -*- coding: latin-1 -*-\nlabel = 'caf\xe9'\n")
+    assert read_context_file(latin).endswith("label = 'café'\n")
+    saved = tmp_path / "saved.py"
+    saved.write_bytes(b"x = 1\n\n# caf\xe9\n")
+    with pytest.raises(ContextError) as info:
+        Context.from_file(saved)
+    assert str(info.value) == (f"{saved}:3: not utf-8 text: byte 0xe9 at column 6; "
+                               "save the file as UTF-8")
+
+
 def test_contexts_written_for_the_original_metropc_load():
     """Version 2 continues the original's numbering (docs/contexts.md,
     Versions): its contexts' version checks pass, and scipy, which the

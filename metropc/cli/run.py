@@ -378,10 +378,11 @@ class ContextWatcher:
 
 
 def _read(path):
+    """The context's text to quote in an error report; None if unreadable."""
+    from ..core import read_context_file  # (numpy and xarray: not for --help)
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except OSError:
+        return read_context_file(path)
+    except (OSError, ContextError):
         return None
 
 
@@ -734,7 +735,7 @@ def _main(args, dashboard_bind, old_mask):
 
 
 def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
-    from ..core import Context
+    from ..core import Context, read_context_file
     from ..pipeline import Pipeline
     from .status import ContextState, StatusDisplay
 
@@ -745,10 +746,15 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
 
     if stop.is_set():  # Ctrl-C before anything started
         return exit_code()
-    source = _read(args.context)
-    if source is None:
-        say(f"{PROG}: error: cannot read the context file {args.context}")
+    try:
+        source = read_context_file(args.context)
+    except OSError as e:
+        say(f"{PROG}: error: cannot read the context file {args.context}: "
+            f"{e.strerror or e}")
         return 2
+    except ContextError as e:  # not text
+        log.error("context refused, nothing runs\n%s", e)
+        return 1
     try:
         ctx = Context(source, path=args.context)
         parameters = check_parameters(ctx, args.param)
