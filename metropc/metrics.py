@@ -196,7 +196,7 @@ class PipelineMetrics:
         return {
             "state": status.get("state"), "run": status.get("run"),
             "version": status.get("version"), "context": status.get("path"),
-            "loaded_version": getattr(pipeline, "version", None),
+            "loaded_version": getattr(getattr(pipeline, "ctx", None), "version", None),
             "output_addr": self.output_addr, "index_age": age,
             "stages": self.stages(index), "queues": self.queues(index),
             "counters": counters,

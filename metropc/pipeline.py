@@ -49,6 +49,13 @@ class _Frontend(ThreadedFrontend):
     def on_pipeline_panic(self, msg):
         self._owner.on_panic(msg)
 
+    def on_context_committed(self, version):
+        self._owner.on_committed(version)
+
+    def on_context_refused(self, version, why):
+        self._owner.on_refused(version)
+        super().on_context_refused(version, why)
+
 
 class Pipeline:
     """Frontend + POOL workers + REDUCE, fed from a source, with a context.
@@ -123,6 +130,8 @@ class Pipeline:
         self.parameters = dict(parameters or {})
         self.version = 0
         self.ctx = None
+        self._previous = {}  # version being voted on -> the context running before it
+        self._ctx_lock = threading.Lock()
         self.context_path = None
         self.finished = threading.Event()
         self._stop = threading.Event()
@@ -224,17 +233,47 @@ class Pipeline:
             raise
 
     def _use(self, ctx, path):
-        """Send a built context to the stages."""
-        self.version = ctx.version
-        self.ctx = ctx
-        if any(v.stage is ViewStage.ASYNC for v in ctx.views.values()):
-            self._frontend.enable_async()  # its own process, started once
-        self._frontend.queue_to_all(OP_CONTEXT, ctx.to_dict())
-        if self._source is not None:
-            self._source.set_paths(ctx.get_paths())
-        log.info("context %s loaded (version %d, %d views)", path, ctx.version,
-                 len(ctx.views))
+        """Send a built context to the stages, which vote on it (two-phase
+        reload): until they took it, the source reads what the running
+        context needs as well, and if they refuse it, that one goes on
+        (:meth:`on_refused`)."""
+        with self._ctx_lock:
+            self._previous[ctx.version] = self.ctx
+            self.version = ctx.version
+            self.ctx = ctx
+            if any(v.stage is ViewStage.ASYNC for v in ctx.views.values()):
+                self._frontend.enable_async()  # its own process, started once
+            self._frontend.queue_to_all(OP_CONTEXT, ctx.to_dict())
+            self._select_paths()
+        log.debug("context %s sent to the stages (version %d)", path, ctx.version)
         return ctx
+
+    def _select_paths(self):
+        """The source reads what the contexts in use or voted on need."""
+        if self._source is not None:
+            paths = set(self.ctx.get_paths())
+            for previous in self._previous.values():
+                if previous is not None:
+                    paths.update(previous.get_paths())
+            self._source.set_paths(list(paths))
+
+    def on_committed(self, version):
+        """Every stage took context `version` (the frontend thread)."""
+        with self._ctx_lock:
+            self._previous.pop(version, None)
+            ctx = self.ctx if self.ctx is not None and self.ctx.version == version else None
+            self._select_paths()
+        if ctx is not None:
+            log.info("context %s loaded (version %d, %d views)", ctx.path, version,
+                     len(ctx.views))
+
+    def on_refused(self, version):
+        """A stage refused context `version`: the one before goes on."""
+        with self._ctx_lock:
+            previous = self._previous.pop(version, None)
+            if previous is not None and self.ctx is not None and self.ctx.version == version:
+                self.ctx = previous  # (self.version stays: numbers are never reused)
+            self._select_paths()
 
     def reload(self):
         """Read the context file again and load it (see :meth:`load`)."""

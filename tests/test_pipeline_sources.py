@@ -3,6 +3,8 @@ EXtra-data run directory, as ``metropc-run --source ...`` uses them."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -106,3 +108,47 @@ def test_pipeline_replays_a_run_directory(tmp_path):
     first = trains[0]
     assert trains == list(range(first, 10012))
     assert values["view#first_pulse"][-len(trains):] == [float(t - 10000) for t in trains]
+
+
+SIM_FLUX_CTX = """
+@View.Scalar
+def flux(x: 'karabo#SIM_XGM/XGM/XGM1.pulseEnergy.photonFlux'):
+    return x
+"""
+
+# Builds in this process, but not in the stage processes (as a library that
+# only the frontend's host has), and reads another path than the old one.
+STAGES_REFUSE_CTX = """
+import multiprocessing
+if multiprocessing.parent_process() is not None:
+    raise ImportError("no module named 'only_on_the_frontend_host'")
+
+@View.Scalar
+def shutter(s: 'karabo#SIM_SHUTTER/SHUTTER/S1.isOpen'):
+    return s
+"""
+
+
+def test_an_edit_the_stages_refuse_leaves_the_running_context_its_data(tmp_path):
+    """The reload is two-phase: until the stages took an edit, the source
+    reads what the running context needs too; when they refuse it, the
+    pipeline goes back to the running context, which goes on with its data."""
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(SIM_FLUX_CTX)
+    with Pipeline(str(ctx_file), source="sim", rate=50, pool=1) as pipe, \
+            Client(pipe.output_addr, views=["flux"], timeout=30) as client:
+        client.recv()
+        ctx_file.write_text(STAGES_REFUSE_CTX)
+        assert pipe.reload().version == 2  # it builds here
+        deadline = time.monotonic() + 30
+        while not any("version 2 refused" in e for e in pipe.errors):
+            assert time.monotonic() < deadline, pipe.errors
+            client.recv()
+        assert pipe.ctx.version == 1 and "flux" in pipe.ctx.views
+        got = [client.recv()[1]["version"] for _ in range(20)]  # still coming
+        assert got == [1] * 20
+        ctx_file.write_text(SIM_FLUX_CTX + "\n# edited again\n")
+        assert pipe.reload().version == 3
+        while client.recv()[1]["version"] != 3:
+            pass
+        assert pipe.ctx.version == 3

@@ -222,6 +222,17 @@ class ThreadedFrontend:
         """Chatty diagnostics."""
         log.debug("%s", msg)
 
+    def on_context_committed(self, version):
+        """Every stage took context `version`: it runs from the next event
+        queued after it.  Called in the frontend thread: return quickly."""
+
+    def on_context_refused(self, version, why):
+        """A stage refused context `version` (two-phase reload): nothing
+        changed, the previous context goes on.  By default an error
+        (:meth:`on_pipeline_error`).  Called in the frontend thread."""
+        self.on_pipeline_error(f"context version {version} refused, the previous one "
+                               f"keeps running: {why}")
+
     # -- API (any thread) --------------------------------------------------------------
     def queue_to_any(self, opcode, data=None):
         """Send one message (an event) to whichever POOL worker is free.

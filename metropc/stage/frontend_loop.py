@@ -228,8 +228,7 @@ class FrontendLoop:
         if isinstance(outcome, Aborted):
             for name in self.stage_names():
                 self.send_to(name, OP_ABORT, {"version": outcome.version})
-            fe.on_pipeline_error(f"context version {outcome.version} refused, the "
-                                 f"previous one keeps running: {outcome.why}")
+            fe.on_context_refused(outcome.version, outcome.why)
             return
         assert isinstance(outcome, Committed)
         self.last_context = outcome.data
@@ -242,6 +241,7 @@ class FrontendLoop:
                                                "from_seq": from_seq})
             else:  # a replacement started meanwhile: give it the context whole
                 self.send_to(name, OP_CONTEXT, {"ctx": outcome.data, "from_seq": from_seq})
+        fe.on_context_committed(outcome.version)
 
     def bring_up_to_date(self, name):
         """A replacement stage gets the running context and parameters."""
