@@ -16,6 +16,7 @@ For in-process runs over recorded events without any processes, use
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -29,6 +30,7 @@ from .sources.base import RUN_PATH
 from .stage.common import OP_ACTION, OP_CONTEXT, OP_EVENT, OP_INDEX, OP_PARAMS
 from .messages import OP_ANNOUNCE
 from .stage.frontend import ProcessRunner, ThreadedFrontend
+from .stage.reload import RELOAD_TIMEOUT
 from .stage.remote import ControlServer
 
 __all__ = ["Pipeline"]
@@ -55,6 +57,11 @@ class _Frontend(ThreadedFrontend):
     def on_context_refused(self, version, why):
         self._owner.on_refused(version)
         super().on_context_refused(version, why)
+
+
+class _LoadAbandoned(BaseException):
+    """Raised in a context's loading thread that took too long (not an
+    Exception: the context's own ``except Exception`` does not catch it)."""
 
 
 class Pipeline:
@@ -205,6 +212,44 @@ class Pipeline:
         return self._use(self._build(source, path), path)
 
     def _build(self, source, path):
+        """Build a context (:meth:`_build_now`), giving up after
+        RELOAD_TIMEOUT seconds, as the stages do.
+
+        The context's top-level code runs in a thread of its own, so that
+        code that never ends (a loop, a blocking call) cannot hang the
+        caller (metropc-run's main loop): it is refused with a ContextError,
+        and the thread is told to stop (an exception raised in it, which a
+        loop of Python code gets at once and a blocking call when it returns).
+        """
+        outcome = {}
+
+        def build():
+            try:
+                outcome["ctx"] = self._build_now(source, path)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                outcome["error"] = e
+
+        thread = threading.Thread(target=build, name="metropc-context-load", daemon=True)
+        thread.start()
+        thread.join(RELOAD_TIMEOUT)
+        if thread.is_alive():
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                                       ctypes.py_object(_LoadAbandoned))
+            error = ContextError(f"its top-level code did not finish within "
+                                 f"{RELOAD_TIMEOUT:g} s (a loop or a call that never "
+                                 "ends?), so it is refused", path, None)
+            self._refused(error)
+            raise error
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["ctx"]
+
+    def _refused(self, error):
+        # Kept with the stages' errors, so dashboards show it too.
+        self.errors.append(f"context refused: {error}")
+        del self.errors[:-100]
+
+    def _build_now(self, source, path):
         """Build a context with the parameter overrides it still declares.
 
         An override of a parameter the edited file no longer declares is
@@ -227,9 +272,7 @@ class Pipeline:
                 return Context(source, path=path, version=self.version + 1,
                                parameters=kept)
         except ContextError as e:
-            # Kept with the stages' errors, so dashboards show it too.
-            self.errors.append(f"context refused: {e}")
-            del self.errors[:-100]
+            self._refused(e)
             raise
 
     def _use(self, ctx, path):

@@ -223,3 +223,20 @@ def test_status_context_line_follows_a_version_a_stage_refused():
     assert "version 1 running" in state.line().plain  # other errors change nothing
     state.loaded(3, 4)
     assert state.line().plain == "ctx.py: version 3 running (4 views)"
+
+
+def test_ctrl_c_stops_at_once_while_an_edit_never_finishes_loading(tmp_path):
+    """An edit whose top level never ends does not hold up metropc-run: the
+    reload runs beside the main loop, which still stops at Ctrl-C."""
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(CTX)
+    proc, addr = start(ctx_file)
+    try:
+        ctx_file.write_text("import time\nwhile True:\n    time.sleep(0.01)\n" + CTX)
+        wait_for(lambda: sum("metropc: out" in line for line in proc.err_lines) >= 2, 30)
+        seen = sum("metropc: out" in line for line in proc.err_lines)
+        wait_for(lambda: sum("metropc: out" in line for line in proc.err_lines) > seen, 30)
+    finally:
+        elapsed, err = stop(proc)
+    assert proc.returncode == 130 and elapsed < 5, err
+    assert "Traceback" not in err

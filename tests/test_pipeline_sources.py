@@ -152,3 +152,28 @@ def test_an_edit_the_stages_refuse_leaves_the_running_context_its_data(tmp_path)
         while client.recv()[1]["version"] != 3:
             pass
         assert pipe.ctx.version == 3
+
+
+def test_a_context_whose_top_level_never_ends_is_refused_in_time(tmp_path, monkeypatch):
+    """Top-level code that never ends cannot hang a reload: it is refused
+    after RELOAD_TIMEOUT (shortened here), its thread is stopped, and the
+    running context goes on."""
+    import threading
+
+    import metropc.pipeline
+    from metropc.error import ContextError
+    monkeypatch.setattr(metropc.pipeline, "RELOAD_TIMEOUT", 1.0)
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(SIM_FLUX_CTX)
+    with Pipeline(str(ctx_file), source="sim", rate=50, pool=1) as pipe, \
+            Client(pipe.output_addr, views=["flux"], timeout=30) as client:
+        client.recv()
+        ctx_file.write_text("while True:\n    pass\n" + SIM_FLUX_CTX)
+        with pytest.raises(ContextError, match=r"did not finish within 1 s"):
+            pipe.reload()
+        deadline = time.monotonic() + 10
+        while any(t.name == "metropc-context-load" for t in threading.enumerate()):
+            assert time.monotonic() < deadline, "the loading thread still runs"
+            time.sleep(0.05)
+        assert pipe.ctx.version == 1
+        assert [client.recv()[1]["version"] for _ in range(10)] == [1] * 10

@@ -341,13 +341,20 @@ def _parse_literal(text):
 
 
 class ContextWatcher:
-    """Reloads the context file when it changes; keeps the old one on error."""
+    """Reloads the context file when it changes; keeps the old one on error.
+
+    A reload runs in a thread of its own, so that the main loop (status,
+    keys, Ctrl-C) goes on while the context's top-level code runs, however
+    long it takes (Pipeline refuses it after RELOAD_TIMEOUT).  A change
+    saved meanwhile is loaded after it.
+    """
 
     def __init__(self, pipeline, state=None):
         self.pipeline = pipeline
         self.path = pipeline.context_path
         self.state = state
         self._stamp = self._read_stamp()
+        self._loading = None
 
     def _read_stamp(self):
         try:
@@ -357,10 +364,17 @@ class ContextWatcher:
         return (st.st_mtime_ns, st.st_size)
 
     def poll(self):
+        if self._loading is not None and self._loading.is_alive():
+            return
         stamp = self._read_stamp()
         if stamp is None or stamp == self._stamp:
             return
         self._stamp = stamp
+        self._loading = threading.Thread(target=self.reload, name="metropc-reload",
+                                         daemon=True)
+        self._loading.start()
+
+    def reload(self):
         try:
             ctx = self.pipeline.reload()
         except ContextError as e:
