@@ -11,6 +11,13 @@ A key directory holds two key pairs made by ``metropc-keys DIR``:
 ``server.key`` / ``server.key_secret`` and ``client.key`` /
 ``client.key_secret``; secret files are mode 0600 and the directory 0700.
 Copy the directory to the hosts of remote workers and clients.
+
+``metropc-keys`` exits with 0 once the keys are written; 2 (one line naming
+the directory) when the directory can never hold keys: empty, an existing
+file, or a path through a file (``/dev/null/x``); 1 when the system refused
+to create or write it (permissions, a read-only or special file system such
+as ``/proc``), when it has keys already (``--force`` replaces them), or when
+libzmq has no CURVE.
 """
 
 from __future__ import annotations
@@ -54,6 +61,10 @@ class Keys:
     def load(cls, directory):
         """Load a key directory; refuses secret files others can read."""
         directory = os.fspath(directory)
+        if not os.path.isdir(directory):
+            what = "is not a directory" if os.path.exists(directory) else "does not exist"
+            raise FileNotFoundError(f"the key directory {directory!r} {what}; make keys "
+                                    f"with: metropc-keys DIR")
         files = {}
         for name in ("server", "client"):
             secret_file = os.path.join(directory, f"{name}.key_secret")
@@ -117,22 +128,64 @@ def secure(zctx, keys):
     return keys.server, keys.client, Authenticator(zctx, keys)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, as metropc-run's: the user sees what is wrong at once.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _refuse(directory):
+    """Why `directory` can never be a key directory (exit 2), or None."""
+    if not directory.strip():
+        return "the key directory is empty: give the path of a directory"
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        return f"{directory!r} exists and is not a directory"
+    return None
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="metropc-keys",
+    """``metropc-keys DIR``.  Exit codes: 0 keys written; 2 DIR can never be a
+    key directory (empty, an existing file, or a path through a file); 1 the
+    system refused to create or write it (permissions, a read-only or special
+    file system, a full disk), DIR already has keys (without ``--force``), or
+    this libzmq has no CURVE."""
+    prog = "metropc-keys"
+    parser = _Parser(
+        prog=prog,
         description="Make the CURVE keys that protect a pipeline reachable from other "
-                    "hosts (server and client key pairs, secret files mode 0600).")
+                    "hosts (server and client key pairs, secret files mode 0600).",
+        epilog="Exit codes: 0 keys written; 2 DIRECTORY can never hold keys (empty, "
+               "an existing file, a path through a file); 1 it could not be created or "
+               "written (permissions, a read-only or special file system), it has keys "
+               "already (see --force), or libzmq has no CURVE.")
     parser.add_argument("directory", help="where to put the keys (created, mode 0700)")
     parser.add_argument("--force", action="store_true", help="replace existing keys")
     args = parser.parse_args(argv)
+    directory = args.directory
+    reason = _refuse(directory)
+    if reason is not None:
+        print(f"{prog}: error: {reason}", file=sys.stderr)
+        return 2
     existing = [f for f in ("server.key_secret", "client.key_secret")
-                if os.path.exists(os.path.join(args.directory, f))]
+                if os.path.exists(os.path.join(directory, f))]
     if existing and not args.force:
-        print(f"metropc-keys: {args.directory} already has keys ({', '.join(existing)}); "
+        print(f"{prog}: {directory} already has keys ({', '.join(existing)}); "
               "pass --force to replace them", file=sys.stderr)
         return 1
-    keys = generate_keys(args.directory)
-    print(f"metropc-keys: keys written to {keys.directory}")
+    try:
+        keys = generate_keys(directory)
+    except NotADirectoryError as e:  # a parent is a file: /dev/null/x
+        print(f"{prog}: error: cannot create the key directory {directory!r}: "
+              f"{e.strerror or e} (a part of the path is a file)", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"{prog}: error: cannot create the key directory {directory!r}: "
+              f"{e.strerror or e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{prog}: keys written to {keys.directory}")
     return 0
 
 
