@@ -78,3 +78,39 @@ def test_keys_where_the_system_refuses_exit_1():
     proc = cli("metropc.security", "/proc/nokeys")
     assert_one_line_error(proc, "metropc-keys", "'/proc/nokeys'", code=1)
     assert not os.path.exists("/proc/nokeys")
+
+
+# -- metropc-client --------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--once", "--timeout", "inf"], ["--timeout", "'inf'"]),
+    (["--once", "--timeout", "1e300"], ["--timeout", "'1e300'"]),
+    (["--once", "--timeout", "nan"], ["--timeout", "'nan'"]),
+    (["--once", "--timeout", "0"], ["--timeout", "'0'"]),
+    (["--once", "--timeout", "soon"], ["--timeout", "'soon'"]),
+    (["--interval", "inf"], ["--interval", "'inf'"]),
+    (["--interval", "-1"], ["--interval", "'-1'"]),
+    (["--set", "x"], ["--set", "NAME=VALUE", "'x'"]),
+    (["--set", "=1"], ["--set", "'=1'"]),
+    (["--start-run", "-3"], ["--start-run", "'-3'"]),
+    (["--keys", "/nonexistent"], ["--keys /nonexistent"]),
+])
+def test_client_refuses_bad_values(args, fragments):
+    # port 1: nothing answers, so anything but a usage error would wait
+    proc = cli("metropc.cli.client", "tcp://127.0.0.1:1", *args)
+    assert_one_line_error(proc, "metropc-client", *fragments)
+    assert "no index" not in proc.stderr
+    assert proc.elapsed < 20
+
+
+@pytest.mark.parametrize("addr, fragment", [
+    ("tcp://127.0.0.1:70000", "out of range"),
+    ("tcp://127.0.0.1:0", "out of range"),
+    ("tcp://*:5555", "not a host"),
+    ("garbage", "tcp://HOST:PORT"),
+    ("", "empty"),
+    ("inproc://", "needs a name"),
+])
+def test_client_refuses_bad_addresses(addr, fragment):
+    proc = cli("metropc.cli.client", addr, "--once", "--timeout", "1")
+    assert_one_line_error(proc, "metropc-client", repr(addr), fragment)

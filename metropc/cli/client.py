@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
+import math
+import re
 import sys
 import time
 import warnings
@@ -37,6 +39,7 @@ from ..client import (Client, IndexEntry, IndexStageEntry, IndexTimingEntry, Ind
                       ViewOutput, slowest_views, view_path)
 from ..error import ProtocolError
 from ..timing import format_seconds
+from .run import UsageError, _Parser
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +54,93 @@ STALE_AFTER = 3.0
 RATE_WINDOW = 3.0
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+#: Longest --timeout / --interval taken (about 11.6 days): more is a typo, and
+#: ZeroMQ's poll counts milliseconds in a C int.
+MAX_SECONDS = 1e6
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds in (0, MAX_SECONDS] (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"must be more than 0 and at most {MAX_SECONDS:.0f} seconds, got {text!r}")
     return value
 
 
+def _run_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants a run number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a run number 0 or more, got {text!r}")
+    return value
+
+
+def _parse_set(text: str):
+    """``NAME=VALUE`` (argparse type); the pipeline checks VALUE against the
+    parameter's type."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"wants NAME=VALUE, got {text!r}")
+    return name.strip(), value
+
+
+_HOST = re.compile(r"^(\[[^\]\s]+\]|[^:/\[\]\s*]+)$")
+
+
+def check_connect_address(what: str, addr: str) -> None:
+    """Refuse (UsageError ``WHAT 'ADDR': reason``) what a client cannot
+    connect to; it takes ``tcp://HOST:PORT`` (port 1..65535), ``ipc://PATH``
+    and ``inproc://NAME``.  ZeroMQ itself would fail later with "Invalid
+    argument", or take port 70000 for 4464 without a word."""
+    usage = "use tcp://HOST:PORT, ipc://PATH or inproc://NAME"
+
+    def refuse(reason):
+        raise UsageError(f"{what} {addr!r}: {reason}")
+
+    if not isinstance(addr, str) or not addr.strip():
+        refuse(f"empty; {usage}")
+    if any(c.isspace() for c in addr):
+        refuse(f"contains white space; {usage}")
+    for scheme in ("ipc://", "inproc://"):
+        if addr.startswith(scheme):
+            if not addr[len(scheme):] or addr.endswith("/"):
+                refuse(f"{scheme} needs a {'path' if scheme == 'ipc://' else 'name'}")
+            return
+    if not addr.startswith("tcp://"):
+        refuse(f"not a ZeroMQ address; {usage}")
+    host, sep, port = addr[len("tcp://"):].rpartition(":")
+    if not sep or not port:
+        refuse("no port; use tcp://HOST:PORT")
+    if not host:
+        refuse("no host; use tcp://HOST:PORT")
+    if not _HOST.match(host):
+        refuse(f"{host!r} is not a host to connect to (a name, an IPv4 address or "
+               "[IPv6])")
+    if not port.isdigit():
+        refuse(f"port {port!r} is not a number")
+    if not 1 <= int(port) <= 65535:
+        refuse(f"port {port} is out of range (1-65535)")
+
+
+def check_keys(keys: str | None) -> None:
+    """Load the key directory now, so that a bad one is one line (UsageError)."""
+    if keys is None:
+        return
+    from ..security import Keys
+    try:
+        Keys.load(keys)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--keys {keys}: {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="metropc-client",
         description="Show the live index and view results of a metropc pipeline.")
     parser.add_argument("address", metavar="ADDR",
@@ -67,14 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--view", dest="views", metavar="NAME", action="append",
                         default=[], help="show the latest value of this view only "
                         "(name or view#name; repeatable); default: every view")
-    parser.add_argument("--interval", type=_positive, default=1.0, metavar="S",
-                        help="refresh interval in seconds (default: 1)")
+    parser.add_argument("--interval", type=_seconds, default=1.0, metavar="S",
+                        help="refresh interval in seconds, more than 0 and at most "
+                        "1e6 (default: 1)")
     parser.add_argument("--once", action="store_true",
                         help="print one snapshot after the first index and the "
                         "first value of each chosen view, then exit")
-    parser.add_argument("--timeout", type=_positive, default=10.0, metavar="S",
+    parser.add_argument("--timeout", type=_seconds, default=10.0, metavar="S",
                         help="how long to wait for the first index (and, with "
-                        "--once, for the first values) (default: 10)")
+                        "--once, for the first values), more than 0 and at most "
+                        "1e6 seconds (default: 10)")
     parser.add_argument("--no-pickle", dest="allow_pickle", action="store_false",
                         help="refuse pickled values (pickle runs code chosen by "
                         "the sender)")
@@ -89,11 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="clear the accumulated state of these views (none: all)")
     acts.add_argument("--pause", action="store_true", help="stop computing new events")
     acts.add_argument("--resume", action="store_true", help="go on after --pause")
-    acts.add_argument("--start-run", nargs="?", type=int, const=-1, metavar="N",
-                      help="start a run (number N, default the next)")
+    acts.add_argument("--start-run", nargs="?", type=_run_number, const=-1, metavar="N",
+                      help="start a run (number N >= 0, default the next)")
     acts.add_argument("--end-run", action="store_true", help="end the current run")
     acts.add_argument("--set", dest="params", action="append", default=None,
-                      metavar="NAME=VALUE", help="set a parameter (repeatable)")
+                      type=_parse_set, metavar="NAME=VALUE",
+                      help="set a parameter (repeatable)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -120,7 +204,7 @@ def _control(client: Client, args, timeout: float) -> int:
                 control.end_run()
                 done = "run ended"
             else:
-                values = dict(_parse_set(text) for text in args.params)
+                values = dict(args.params)
                 control.set_parameters(**values)
                 done = "set " + ", ".join(f"{k}={v!r}" for k, v in values.items())
     except ControlError as e:
@@ -128,14 +212,6 @@ def _control(client: Client, args, timeout: float) -> int:
         return 1
     print(f"{args.address}: {done}")
     return 0
-
-
-def _parse_set(text: str):
-    """``NAME=VALUE``; the pipeline checks VALUE against the parameter's type."""
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip():
-        raise SystemExit(f"metropc-client: --set wants NAME=VALUE, not {text!r}")
-    return name.strip(), value
 
 
 # -- formatting (pure, so that tests can check it without sockets) ---------
@@ -443,6 +519,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        check_connect_address("cannot connect to", args.address)
+        check_keys(args.keys)
+    except UsageError as e:
+        print(f"metropc-client: error: {e}", file=sys.stderr)
+        return 2
     try:
         wanted = [view_path(v) for v in args.views]
         client = Client(args.address, views=wanted, allow_pickle=args.allow_pickle,
