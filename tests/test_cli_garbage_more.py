@@ -80,6 +80,26 @@ def test_keys_where_the_system_refuses_exit_1():
     assert not os.path.exists("/proc/nokeys")
 
 
+# -- metropc-worker --------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--control", "garbage", "--reduce", "garbage"], ["--control", "'garbage'"]),
+    (["--control", "", "--reduce", ""], ["--control", "''"]),
+    (["--control", GOOD, "--reduce", "garbage"], ["--reduce", "'garbage'"]),
+    (["--control", GOOD, "--reduce", "tcp://127.0.0.1:99999"], ["--reduce", "99999"]),
+    (["--control", "ipc://", "--reduce", GOOD], ["--control", "'ipc://'"]),
+    (["--control", GOOD, "--reduce", GOOD, "--keys", "/nonexistent"],
+     ["--keys /nonexistent"]),
+    (["--control", GOOD, "--reduce", GOOD, "--prefetch", "0"], ["--prefetch", "'0'"]),
+    (["--control", GOOD, "--reduce", GOOD, "--prefetch", "-1"], ["--prefetch", "'-1'"]),
+    (["--control", GOOD, "--reduce", GOOD, "--prefetch", "x"], ["--prefetch", "'x'"]),
+])
+def test_worker_refuses_bad_values(args, fragments):
+    proc = cli("metropc.cli.worker", *args)
+    assert_one_line_error(proc, "metropc-worker", *fragments)
+    assert "joining" not in proc.stderr
+
+
 # -- metropc-client --------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, fragments", [

@@ -12,24 +12,28 @@ directory.  The worker receives the running context and parameters when it
 joins, takes events like the local workers, and leaves with Ctrl-C; if it
 dies or loses the network, the frontend notices its silence and counts the
 events it held as lost.
+
+Exit codes: 2 for a bad argument (an address that is not
+``tcp://HOST:PORT``, ``ipc://PATH`` or ``inproc://NAME``, a key directory
+that cannot be loaded, ``--prefetch`` below 1), one line naming it.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import socket
 import sys
 
-from ..stage.pool import run_pool
+from .client import check_connect_address, check_keys
+from .run import UsageError, _Parser, positive_int
+
+PROG = "metropc-worker"
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="metropc-worker",
-                                description="Join a running metropc pipeline as a POOL "
-                                            "worker.")
+    p = _Parser(prog=PROG, description="Join a running metropc pipeline as a POOL worker.")
     p.add_argument("--control", required=True, metavar="ADDR",
                    help="the pipeline's control address")
     p.add_argument("--reduce", required=True, metavar="ADDR",
@@ -38,14 +42,23 @@ def build_parser():
                    help="key directory of a pipeline secured with CURVE")
     p.add_argument("--name", default=None,
                    help="worker name, unique in the pipeline (default pool-HOST-PID)")
-    p.add_argument("--prefetch", type=int, default=4,
-                   help="messages this worker may hold at once (default 4)")
+    p.add_argument("--prefetch", type=positive_int, default=4, metavar="N",
+                   help="messages this worker may hold at once, 1 or more (default 4)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    try:
+        check_connect_address("--control", args.control)
+        check_connect_address("--reduce", args.reduce)
+        check_keys(args.keys)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    from ..stage.pool import run_pool
+
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     name = args.name or f"pool-{socket.gethostname()}-{os.getpid()}"
