@@ -49,6 +49,42 @@ def assert_one_line_error(proc, prog, *fragments, code=2):
     assert "output on" not in proc.stdout and "http://" not in proc.stdout
 
 
+# -- metropc-dashboard -----------------------------------------------------------------
+
+@pytest.mark.parametrize("args, fragments", [
+    ([GOOD, "--history", "0"], ["--history", "'0'"]),
+    ([GOOD, "--history", "-1"], ["--history", "'-1'"]),
+    ([GOOD, "--history", "many"], ["--history", "'many'"]),
+    ([GOOD, "--history", "100000000"], ["--history", "at most 1000000"]),
+    ([GOOD, "--max-side", "0"], ["--max-side", "'0'"]),
+    ([GOOD, "--max-side", "-1"], ["--max-side", "'-1'"]),
+    ([GOOD, "--duration", "nan"], ["--duration", "'nan'"]),
+    ([GOOD, "--duration", "inf"], ["--duration", "'inf'"]),
+    ([GOOD, "--duration", "-5"], ["--duration", "'-5'"]),
+    (["garbage"], ["'garbage'", "tcp://HOST:PORT"]),
+    ([""], ["''", "empty"]),
+    (["tcp://127.0.0.1:70000"], ["70000", "out of range"]),
+    (["tcp://127.0.0.1"], ["'tcp://127.0.0.1'", "port"]),
+    (["tcp://:5555"], ["'tcp://:5555'", "no host"]),
+    (["udp://127.0.0.1:5"], ["'udp://127.0.0.1:5'"]),
+    ([GOOD, "--keys", "/nonexistent"], ["--keys /nonexistent", "does not exist"]),
+    ([GOOD, "--bind", "99999"], ["--bind 99999", "out of range"]),
+])
+def test_dashboard_refuses_bad_values(args, fragments):
+    proc = cli("metropc.cli.dashboard", *args)
+    assert_one_line_error(proc, "metropc-dashboard", *fragments)
+    assert proc.elapsed < 30
+
+
+def test_dashboard_takes_the_smallest_good_values():
+    pytest.importorskip("tornado")
+    proc = cli("metropc.cli.dashboard", GOOD, "--bind", "127.0.0.1:0", "--history", "1",
+               "--max-side", "1", "--duration", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    assert "http://127.0.0.1:" in proc.stdout
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr
+
+
 # -- metropc-keys ----------------------------------------------------------------------
 
 def test_keys_refuse_an_empty_directory_name(tmp_path):
@@ -134,3 +170,130 @@ def test_client_refuses_bad_values(args, fragments):
 def test_client_refuses_bad_addresses(addr, fragment):
     proc = cli("metropc.cli.client", addr, "--once", "--timeout", "1")
     assert_one_line_error(proc, "metropc-client", repr(addr), fragment)
+
+
+# -- the dashboard's websocket ---------------------------------------------------------
+
+class WsClient:
+    """A websocket client on its own event loop, used synchronously."""
+
+    def __init__(self, url):
+        from tornado.websocket import websocket_connect
+
+        async def connect():
+            return await websocket_connect(url)
+
+        self.loop = asyncio.new_event_loop()
+        self.conn = self.loop.run_until_complete(asyncio.wait_for(connect(), 10))
+
+    def recv(self, timeout):
+        async def read():
+            return await self.conn.read_message()
+
+        msg = self.loop.run_until_complete(asyncio.wait_for(read(), timeout))
+        if msg is None:
+            raise ConnectionError("the dashboard closed the websocket")
+        if isinstance(msg, bytes):
+            from metropc.dashboard import display
+            return display.unpack_frame(msg)[0]
+        return json.loads(msg)
+
+    def send(self, message, binary=False):
+        async def write():
+            await self.conn.write_message(message, binary=binary)
+
+        self.loop.run_until_complete(write())
+
+    def until(self, predicate, timeout=30.0):
+        """Receive (acknowledging each message) until predicate(header) holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, "expected message not received in time"
+            header = self.recv(left)
+            self.send(json.dumps({"op": "ack", "n": 1}))
+            if predicate(header):
+                return header
+
+    def close(self):
+        self.conn.close()
+        self.loop.run_until_complete(asyncio.sleep(0))
+        self.loop.close()
+
+
+def read_line_matching(proc, pattern, timeout=90.0):
+    """The first match of `pattern` in `proc`'s stdout lines, within `timeout`."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no line matching {pattern!r} in time: {seen}"
+        ready, _, _ = select.select([proc.stdout], [], [], min(left, 1.0))
+        if not ready:
+            assert proc.poll() is None, f"exited {proc.returncode}: {seen}"
+            continue
+        line = proc.stdout.readline()
+        assert line, f"stdout ended: {seen}"
+        seen.append(line)
+        m = re.search(pattern, line)
+        if m:
+            return m
+
+
+MALFORMED = [
+    json.dumps({"op": "watch", "views": ["a", "b"]}),
+    json.dumps({"op": "watch", "views": "abc"}),
+    json.dumps({"op": "watch", "views": 5}),
+    json.dumps({"op": "ack", "n": "x"}),
+    json.dumps({"op": "nosuch"}),
+    json.dumps([1, 2]),
+    "not json {",
+]
+
+
+def test_malformed_websocket_messages_are_refused_and_watch_still_works(tmp_path):
+    pytest.importorskip("tornado")
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "metropc.cli.run", "contexts/sim_example.py",
+             "--dashboard", "127.0.0.1:0", "--status", "off", "--pool", "1",
+             "--rate", "20", "--duration", "100"],
+            stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO)
+    ws = None
+    try:
+        port = int(read_line_matching(proc, r"dashboard on http://127\.0\.0\.1:(\d+)/")[1])
+        ws = WsClient(f"ws://127.0.0.1:{port}/ws")
+        assert ws.recv(10)["op"] == "hello"
+        for message in MALFORMED:
+            ws.send(message)
+        ws.send(b"\x00\x01binary", binary=True)
+        refused = []
+
+        def all_refused(header):
+            if header.get("op") == "error":
+                refused.append(header["message"])
+            return len(refused) == len(MALFORMED) + 1
+        ws.until(all_refused)
+        assert any("views must be an object" in m for m in refused), refused
+        assert any("unknown op 'nosuch'" in m for m in refused), refused
+        # the same connection still works: a well-formed watch gets data
+        ws.send(json.dumps({"op": "watch", "views": {"ring_radius": {}}}))
+        data = ws.until(lambda h: h.get("op") == "data")
+        assert data["view"] == "ring_radius"
+    finally:
+        if ws is not None:
+            ws.close()
+        proc.send_signal(signal.SIGINT)
+        try:
+            assert proc.wait(30) == 130
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+    text = errors.read_text()
+    assert "Traceback" not in text and "Uncaught exception" not in text, text
+    assert "AttributeError" not in text, text
+    # one warning for the browser, not one per message
+    assert text.count("refused a message from a browser") == 1, text

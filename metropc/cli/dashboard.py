@@ -11,7 +11,11 @@ parameters or run actions; ``metropc-run CONTEXT --dashboard PORT`` serves
 the same page with those enabled.  Ctrl-C or SIGTERM stops it.
 
 Exit codes: 0 after Ctrl-C/SIGTERM (or ``--duration``), 2 for bad arguments
-or an address that cannot be served, 1 if the dashboard extra is missing.
+(one line naming the value: an output address that is not ``tcp://HOST:PORT``,
+``ipc://PATH`` or ``inproc://NAME``, ``--history`` outside 1..1000000,
+``--max-side`` below 1, a ``--duration`` that is not a positive number, a key
+directory that cannot be loaded) or an address that cannot be served, 1 if
+the dashboard extra is missing.
 """
 
 from __future__ import annotations
@@ -24,13 +28,30 @@ import threading
 import time
 
 from ..dashboard import DEFAULT_PORT, check_bind, parse_bind
+from .client import check_connect_address, check_keys
+from .run import UsageError, _Parser, positive_float, positive_int
 
 log = logging.getLogger("metropc.dashboard")
+PROG = "metropc-dashboard"
+
+#: Most points kept per SCALAR / POINTS view (24 bytes each; a panel shows
+#: at most metropc.dashboard.server.MAX_WINDOW of them).
+MAX_HISTORY = 1_000_000
+
+
+def _history(text):
+    value = positive_int(text)
+    if value > MAX_HISTORY:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_HISTORY}, got {text!r}")
+    return value
+
+
+_history.__name__ = "int"
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        prog="metropc-dashboard",
+    p = _Parser(
+        prog=PROG,
         description="Serve a live web dashboard of a metropc pipeline's output.")
     p.add_argument("address", metavar="ADDR",
                    help="output address of the pipeline, e.g. tcp://127.0.0.1:5555")
@@ -46,13 +67,15 @@ def build_parser():
                    help="key directory of a pipeline secured with CURVE (metropc-keys)")
     p.add_argument("--no-pickle", action="store_true",
                    help="refuse pickled results (unpickling runs code chosen by the sender)")
-    p.add_argument("--history", type=int, default=10_000, metavar="N",
-                   help="points kept per scalar / points view (default 10000)")
-    p.add_argument("--max-side", type=int, default=256, metavar="PX",
-                   help="largest image side sent to the browser (default 256)")
+    p.add_argument("--history", type=_history, default=10_000, metavar="N",
+                   help="points kept per scalar / points view, 1 to "
+                        f"{MAX_HISTORY} (default 10000)")
+    p.add_argument("--max-side", type=positive_int, default=256, metavar="PX",
+                   help="largest image side sent to the browser, 1 or more "
+                        "(default 256)")
     p.add_argument("--title", default=None, help="title shown on the page")
-    p.add_argument("--duration", type=float, default=None, metavar="S",
-                   help="stop after S seconds")
+    p.add_argument("--duration", type=positive_float, default=None, metavar="S",
+                   help="stop after S seconds (a positive number)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
 
@@ -63,15 +86,20 @@ def main(argv=None):
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
                         datefmt="%H:%M:%S")
     try:
-        host, port = parse_bind(args.bind) if args.bind else ("127.0.0.1", DEFAULT_PORT)
-        check_bind(host, args.allow_remote)
-    except ValueError as e:
-        print(f"metropc-dashboard: {e}", file=sys.stderr)
+        check_connect_address("output address", args.address)
+        try:
+            host, port = parse_bind(args.bind) if args.bind else ("127.0.0.1", DEFAULT_PORT)
+            check_bind(host, args.allow_remote)
+        except ValueError as e:
+            raise UsageError(f"--bind {args.bind}: {e}" if args.bind else str(e)) from None
+        check_keys(args.keys)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     try:
         from ..dashboard import Dashboard
     except ImportError as e:
-        print(f"metropc-dashboard: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
 
     def make(port):
@@ -89,10 +117,11 @@ def main(argv=None):
             log.warning("port %d is taken (%s); using a free one", port, e.strerror)
             dash = make(0)
     except OSError as e:
-        print(f"metropc-dashboard: cannot serve on {host}:{port}: {e}", file=sys.stderr)
+        print(f"{PROG}: error: cannot serve on {host}:{port}: {e.strerror or e}",
+              file=sys.stderr)
         return 2
     except (ValueError, RuntimeError) as e:
-        print(f"metropc-dashboard: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
 
     stop = threading.Event()
@@ -103,7 +132,7 @@ def main(argv=None):
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        print(f"metropc-dashboard: {dash.url}  (pipeline output {args.address})", flush=True)
+        print(f"{PROG}: {dash.url}  (pipeline output {args.address})", flush=True)
         deadline = None if args.duration is None else time.monotonic() + args.duration
         while not stop.wait(0.5):
             if deadline is not None and time.monotonic() >= deadline:

@@ -98,6 +98,13 @@ class Hub:
             keys = keys if isinstance(keys, Keys) else Keys.load(keys)
         self.keys = keys
         self.allow_pickle = allow_pickle
+        # Refused here, in the caller: in the thread they fail every result
+        # (a ring buffer of 0 rows, an image of no pixels) and nothing shows.
+        for what, value in (("history", history), ("max_side", max_side),
+                            ("max_points", max_points)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                    or value < 1:
+                raise ValueError(f"{what} must be an integer of 1 or more, got {value!r}")
         self.history_length = int(history)
         self.max_side = int(max_side)
         self.max_points = int(max_points)
@@ -110,6 +117,7 @@ class Hub:
         self._stop = threading.Event()
         self._thread = None
         self._ready = threading.Event()
+        self._connect_error = None
         #: Latest index ``{path: IndexEntry}`` and its bookkeeping.
         self.index = None
         self.index_seq = 0
@@ -126,6 +134,10 @@ class Hub:
                                         daemon=True)
         self._thread.start()
         self._ready.wait(10)
+        if self._connect_error is not None:  # e.g. not a ZeroMQ address
+            self._thread.join(5)
+            raise ValueError(f"cannot connect to {self.address!r}: "
+                             f"{self._connect_error}")
         return self
 
     def stop(self, timeout=5.0):
@@ -242,8 +254,12 @@ class Hub:
         zctx.setsockopt(zmq.RCVHWM, 50)
         client = None
         try:
-            client = Client(self.address, keys=self.keys, allow_pickle=self.allow_pickle,
-                            context=zctx)
+            try:
+                client = Client(self.address, keys=self.keys,
+                                allow_pickle=self.allow_pickle, context=zctx)
+            except Exception as e:  # noqa: BLE001 - start() raises it in the caller
+                self._connect_error = e
+                return
             self._ready.set()
             index = None
             while not self._stop.is_set():

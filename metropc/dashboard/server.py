@@ -361,7 +361,13 @@ class Dashboard:
         self._sockets = tornado.netutil.bind_sockets(self.requested_port,
                                                      self.host.strip("[]"))
         self.port = self._sockets[0].getsockname()[1]
-        self.hub.start()
+        try:
+            self.hub.start()
+        except BaseException:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets = None
+            raise
         self._thread = threading.Thread(target=self._run, name="metropc-dashboard-web",
                                         daemon=True)
         self._thread.start()
