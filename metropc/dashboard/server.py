@@ -13,7 +13,10 @@ the pipeline.
 Messages to the browser: JSON text for ``hello``, ``index``, ``control`` and
 ``reply``; binary frames (:func:`metropc.dashboard.display.pack_frame`) for
 view data.  From the browser (JSON): ``watch``, ``ack``, ``params``,
-``action``, ``reset`` (``{"views": [...]}``, empty for all).
+``action``, ``reset`` (``{"views": [...]}``, empty for all).  A malformed
+message (not a JSON object, an unknown ``op``, a ``watch`` whose ``views``
+is no object) changes nothing and is answered with ``{"op": "error",
+"message": ...}``.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class Session:
         self.control_sent = -1
         self.messages = 0
         self.skipped_ticks = 0
+        self.rejected = 0       # malformed messages from the browser
         self.closed = False
 
     def send_text(self, obj):
@@ -93,9 +97,15 @@ class Session:
         self.messages += 1
 
     def set_watched(self, views):
+        """Show `views`, ``{name: {"window": N}}``; ValueError for anything else."""
+        if views is None:
+            views = {}
+        if not isinstance(views, dict):
+            raise ValueError("views must be an object {name: {options}}, got "
+                             f"{type(views).__name__}")
         hub = self.dashboard.hub
         new = {}
-        for name, opts in (views or {}).items():
+        for name, opts in views.items():
             if not isinstance(name, str) or not name:
                 continue
             window = opts.get("window") if isinstance(opts, dict) else None
@@ -149,20 +159,33 @@ class Session:
             self._write(packed, binary=True)
 
     def on_message(self, message):
+        """One message from the browser; a malformed one is answered with an
+        ``error`` message (and logged) and changes nothing."""
+        if not isinstance(message, str):
+            self.reject("binary messages are not understood")
+            return
         try:
             msg = json.loads(message)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError) as e:
+            self.reject(f"not JSON: {e}")
             return
         if not isinstance(msg, dict):
+            self.reject(f"a message must be a JSON object, got {type(msg).__name__}")
             return
         op = msg.get("op")
         if op == "ack":
             n = msg.get("n", 1)
-            if isinstance(n, int) and n > 0:
-                self.in_flight = max(0, self.in_flight - n)
-                self.pump()   # the browser is ready for more: don't wait for the timer
+            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+                self.reject(f"ack: n must be a positive integer, got {n!r}"[:200])
+                return
+            self.in_flight = max(0, self.in_flight - n)
+            self.pump()   # the browser is ready for more: don't wait for the timer
         elif op == "watch":
-            self.set_watched(msg.get("views"))
+            try:
+                self.set_watched(msg.get("views"))
+            except ValueError as e:
+                self.reject(f"watch: {e}")
+                return
             self.pump()
         elif op == "params":
             self._reply(msg, self.dashboard.set_parameters, msg.get("values"))
@@ -170,6 +193,18 @@ class Session:
             self._reply(msg, self.dashboard.run_action, msg.get("view"))
         elif op == "reset":
             self._reply(msg, self.dashboard.reset_views, msg.get("views"))
+        else:
+            self.reject(f"unknown op {op!r}"[:200])
+
+    def reject(self, reason):
+        """Refuse a malformed message: a warning the first time (debug after),
+        and an ``error`` message to the browser while it reads what it gets."""
+        self.rejected += 1
+        level = logging.WARNING if self.rejected == 1 else logging.DEBUG
+        log.log(level, "dashboard: refused a message from a browser: %s%s", reason,
+                " (further ones are logged at debug level)" if self.rejected == 1 else "")
+        if self.in_flight < 4 * WINDOW:  # a client that reads nothing gets no more answers
+            self.send_text({"op": "error", "message": reason})
 
     def _reply(self, msg, func, arg):
         try:
@@ -263,8 +298,13 @@ class _SocketHandler(tornado.websocket.WebSocketHandler):
         self.session.pump()
 
     def on_message(self, message):
-        if self.session is not None and isinstance(message, str):
+        if self.session is None:
+            return
+        try:
             self.session.on_message(message)
+        except Exception as e:  # noqa: BLE001 - a bug here must not drop the browser
+            log.exception("dashboard: a browser message failed")
+            self.session.reject(f"{type(e).__name__}: {e}"[:200])
 
     def on_close(self):
         if self.session is not None:
