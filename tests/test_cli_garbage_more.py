@@ -172,6 +172,72 @@ def test_client_refuses_bad_addresses(addr, fragment):
     assert_one_line_error(proc, "metropc-client", repr(addr), fragment)
 
 
+# -- metropc-replay --------------------------------------------------------------------
+
+@pytest.fixture
+def recording(tmp_path):
+    """A small recording of views alpha and beta, made by the recorder's writer."""
+    pytest.importorskip("h5py")
+    from metropc.recording.writer import Recording
+
+    path = tmp_path / "rec.h5"
+    rec = Recording(str(path))
+    for i in range(5):
+        rec.add_result("alpha", {"data": float(i), "event_id": 1000 + i}, time.time())
+        rec.add_result("beta", {"data": np.arange(3.0) * i, "event_id": 1000 + i},
+                       time.time())
+    rec.close()
+    return path
+
+
+def test_replay_refuses_a_file_that_is_no_hdf5(tmp_path):
+    pytest.importorskip("h5py")
+    notes = tmp_path / "notes.h5"
+    notes.write_text("not HDF5")
+    assert_one_line_error(cli("metropc.cli.replay", notes), "metropc-replay",
+                          str(notes), "not an HDF5 file")
+
+
+def test_replay_refuses_hdf5_that_is_no_recording(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = np.arange(3)
+    assert_one_line_error(cli("metropc.cli.replay", other), "metropc-replay",
+                          str(other), "no metropc recording")
+
+
+def test_replay_refuses_unknown_views_naming_the_recorded_ones(recording):
+    proc = cli("metropc.cli.replay", recording, "--views", "alpha,nosuch", "--no-wait")
+    assert_one_line_error(proc, "metropc-replay", "'nosuch'", "alpha, beta")
+    assert "'alpha'" not in proc.stderr.split("it has")[0]
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--keys", "/nonexistent"], ["--keys /nonexistent"]),
+    (["--output", "tcp://127.0.0.1:70000"], ["--output", "70000", "out of range"]),
+    (["--output", "tcp://0.0.0.0:0"], ["--output", "'0.0.0.0'", "--allow-remote"]),
+    (["--output", "tcp://0.0.0.0:0", "--allow-remote"], ["--output", "--keys DIR"]),
+    (["--output", "garbage"], ["--output", "'garbage'"]),
+    (["--views", ","], ["--views"]),
+])
+def test_replay_refuses_bad_options(recording, args, fragments):
+    proc = cli("metropc.cli.replay", recording, *args, "--no-wait")
+    assert_one_line_error(proc, "metropc-replay", *fragments)
+
+
+def test_replay_of_a_known_view_runs(recording):
+    tmp = tempfile.mkdtemp(prefix="mpc-replay-")  # ipc paths must stay short
+    try:
+        proc = cli("metropc.cli.replay", recording, "--views", "beta", "--no-wait",
+                   "--rate", "max", "--output", f"ipc://{tmp}/out")
+        assert proc.returncode == 0, proc.stderr
+        assert "output on ipc://" in proc.stdout
+        assert "Traceback" not in proc.stderr
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # -- the dashboard's websocket ---------------------------------------------------------
 
 class WsClient:

@@ -10,16 +10,26 @@ printed address exactly as to ``metropc-run``'s output.  Results start
 when a client subscribes to a view (``--no-wait`` starts at once); the
 program ends when the recording has been sent (``--loop`` starts over).
 See docs/recording.md.
+
+Exit codes: 0 when the recording was sent, 130 after Ctrl-C/SIGTERM, 2 for
+bad arguments (one line naming the value, before anything is sent): a path
+that is no recording, ``--views`` it does not have, an output address that
+cannot be bound (a tcp port outside 0..65535; a non-loopback interface
+without ``--allow-remote`` and ``--keys``, the rule of ``metropc-run``), a
+key directory that cannot be loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
+from types import SimpleNamespace
+
+from .client import check_keys
+from .run import UsageError, _Parser, check_addresses, check_port_free, parse_address
 
 log = logging.getLogger("metropc.replay")
 PROG = "metropc-replay"
@@ -38,14 +48,19 @@ def _rate(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Publish a metropc recording "
+    p = _Parser(prog=PROG, description="Publish a metropc recording "
                                 "with the protocol of a live pipeline.")
     p.add_argument("path", help="a recording file, or a directory of them")
     p.add_argument("--rate", type=_rate, default=None, metavar="HZ",
                    help="events per second, or 'max' (default: the recorded pace)")
     p.add_argument("--output", default="tcp://127.0.0.1:0", metavar="ADDR",
-                   help="address to publish on (default: a free loopback TCP port)")
-    p.add_argument("--views", default=None, help="comma-separated views to replay")
+                   help="address to publish on: tcp://HOST:PORT (port 0..65535, 0 "
+                        "picks a free one) or ipc://PATH (default: a free loopback "
+                        "TCP port)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow publishing on a non-loopback interface (needs --keys)")
+    p.add_argument("--views", default=None, metavar="A,B",
+                   help="comma-separated views to replay (names the recording has)")
     p.add_argument("--no-wait", action="store_true",
                    help="start at once instead of when a client subscribes to a view")
     p.add_argument("--loop", action="store_true", help="start over at the end")
@@ -59,12 +74,30 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from ..recording.reader import recording_files
-    from ..recording.replay import replay
+    try:
+        from ..recording.replay import RecordingError, check_views, recorded_views, replay
+    except ImportError as e:
+        print(f"{PROG}: error: {e} (pip install 'metropc[record]')", file=sys.stderr)
+        return 1
 
-    files = recording_files(args.path)
-    if not files or not all(os.path.isfile(f) for f in files):
-        print(f"{PROG}: error: no recording at {args.path}", file=sys.stderr)
+    views = None if args.views is None else [v.strip() for v in args.views.split(",")
+                                             if v.strip()]
+    try:
+        host, port = parse_address("--output", args.output)
+        check_addresses(SimpleNamespace(output=args.output, control=None, reduce=None,
+                                        allow_remote=args.allow_remote, keys=args.keys))
+        check_keys(args.keys)
+        try:
+            known = recorded_views(args.path)
+            if views is not None:
+                if not views:
+                    raise RecordingError("--views names no view")
+                check_views(views, known)
+        except RecordingError as e:
+            raise UsageError(str(e)) from None
+        check_port_free("--output", args.output, host, port)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     import zmq
 
@@ -78,7 +111,11 @@ def main(argv=None) -> int:
     try:
         if args.keys is not None:
             from ..security import Keys
-            Keys.load(args.keys).server(socket)
+            try:
+                Keys.load(args.keys).server(socket)
+            except (OSError, ValueError) as e:  # no server secret: cannot bind
+                print(f"{PROG}: error: --keys {args.keys}: {e}", file=sys.stderr)
+                return 2
         output = args.output
         if output.startswith("tcp://") and output.endswith(":0"):
             output = output[:-2] + ":*"
@@ -90,7 +127,6 @@ def main(argv=None) -> int:
         addr = socket.last_endpoint.decode()
         print(f"{PROG}: output on {addr}  (watch it with: metropc-client {addr})",
               flush=True)
-        views = None if args.views is None else [v for v in args.views.split(",") if v]
         while True:
             sent = replay(args.path, socket, rate=args.rate, views=views,
                           wait=not args.no_wait, stop=stop)

@@ -13,19 +13,22 @@ pace slow clients, number each topic's messages).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 
+import h5py
 import zmq
 
 from ..client import IndexEntry, IndexViewEntry, encode_index
 from ..enums import ViewOutput, ViewStage
 from ..protocol import encode_protocol
 from ..stage.output import Output
+from .layout import FORMAT, META, VIEWS
 from .reader import iter_messages, open_file, recording_files, view_info
 
-__all__ = ["replay", "INDEX_INTERVAL"]
+__all__ = ["replay", "recorded_views", "INDEX_INTERVAL", "RecordingError"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,54 @@ def _index(counts: _Counts, info: dict[str, tuple], output: Output) -> dict:
     return encode_index(entries)
 
 
+class RecordingError(ValueError):
+    """A path that is no metropc recording, or views it does not have."""
+
+
+def recorded_views(path, timeout: float = 5.0) -> list[str]:
+    """Names of the views recorded at `path` (a file, or a directory of them).
+
+    RecordingError (one line naming the file) when a file cannot be opened,
+    is no HDF5 file, or is HDF5 but no metropc recording.  `timeout`: how long
+    to retry opening a file that is being written (see ``open_file``).
+    """
+    files = recording_files(path)
+    if not files:
+        raise RecordingError(f"no recording (*.h5) in {os.fspath(path)}")
+    names: set[str] = set()
+    for file_path in files:
+        if not os.path.isfile(file_path):
+            raise RecordingError(f"no recording at {file_path}")
+        try:
+            if not h5py.is_hdf5(file_path):
+                raise RecordingError(f"{file_path} is not a recording (not an HDF5 "
+                                     "file)")
+            f = open_file(file_path, timeout)
+        except OSError as e:
+            raise RecordingError(f"{file_path}: cannot read it: "
+                                 f"{e.strerror or str(e).splitlines()[0]}") from None
+        with f:
+            if f.attrs.get("format") != FORMAT or META not in f:
+                raise RecordingError(f"{file_path} is an HDF5 file but no metropc "
+                                     "recording")
+            try:
+                names.update(view_info(f))
+                names.update(f.get(VIEWS, {}))
+            except (KeyError, ValueError, OSError) as e:
+                raise RecordingError(f"{file_path}: its table of views cannot be "
+                                     f"read ({type(e).__name__}: {e})") from None
+    return sorted(names)
+
+
+def check_views(views, known) -> None:
+    """RecordingError naming the `views` that are not among `known`."""
+    unknown = sorted(set(views) - set(known))
+    if unknown:
+        raise RecordingError(
+            f"no view {', '.join(map(repr, unknown))} in the recording; it has: "
+            + (", ".join(known) if known else "no views"))
+
+
 def _guess_info(view: str, payload: dict) -> tuple:
     """(output, stage, hidden, label) of a view the recording has no index for."""
     ndim = getattr(payload.get("data"), "ndim", 0)
@@ -84,16 +135,22 @@ def replay(path: str, socket: zmq.Socket, *, rate: float | str | None = None,
     as clients take them, or None for the pace at which they were
     recorded.  With `wait`, results start once a client subscribed to a
     view (the index is published meanwhile), so that nothing is sent to
-    nobody.  `stop` ends it early.
+    nobody.  `stop` ends it early.  `views` (names) not in the recording
+    raise RecordingError, which lists those it has.
     """
     stop = stop or threading.Event()
     output = Output(socket)
     counts = _Counts()
     info: dict[str, tuple] = {}
     files = recording_files(path)
+    recorded: set[str] = set()
     for file_path in files:
         with open_file(file_path) as f:
             info.update(view_info(f))
+            recorded.update(f.get(VIEWS, {}))
+    if views is not None:
+        views = list(views)
+        check_views(views, sorted(recorded | set(info)))
     next_index = 0.0
 
     def tick():
