@@ -363,3 +363,52 @@ def test_malformed_websocket_messages_are_refused_and_watch_still_works(tmp_path
     assert "AttributeError" not in text, text
     # one warning for the browser, not one per message
     assert text.count("refused a message from a browser") == 1, text
+
+
+# -- the recorder when metropc-run is killed -------------------------------------------
+
+def _recorder_of(session):
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if (os.getsid(p.pid) == session
+                    and "metropc.recording.recorder" in " ".join(p.info["cmdline"] or [])):
+                found.append(p)
+        except (OSError, psutil.Error):
+            pass
+    return found
+
+
+def test_recorder_ends_quietly_when_metropc_run_is_killed(tmp_path):
+    pytest.importorskip("h5py")
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text("@View.Scalar\ndef tid(x: 'internal#train_id'):\n    return x\n")
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "metropc.cli.run", str(ctx_file), "--rate", "50",
+             "--status", "off", "--pool", "1", "--record", str(tmp_path / "rec.h5"),
+             "--duration", "100"],
+            stdout=subprocess.PIPE, stderr=err, text=True, cwd=tmp_path,
+            start_new_session=True)
+    try:
+        read_line_matching(proc, r"recording to")
+        recorder = _recorder_of(proc.pid)
+        assert len(recorder) == 1, "no recorder process"
+        proc.kill()
+        proc.wait(10)
+        # its stdin ends: it writes what it has and says "stopped" to nobody
+        recorder[0].wait(30)  # (not our child: psutil gives no exit code)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        try:  # the stages and the recorder are in its session
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.stdout.close()
+    text = errors.read_text()
+    assert "Traceback" not in text and "BrokenPipeError" not in text, text
