@@ -217,3 +217,36 @@ def test_burst_from_a_script_is_never_dropped(tmp_path):
         values = [client.recv()[1]["data"] for _ in range(n)]
         assert sorted(values) == list(range(n))
         assert pipe.dropped == 0
+
+
+SLOW_REDUCE_CTX = """
+import time
+
+@View.Scalar
+def tid(t: 'internal#train_id'):
+    return t
+
+@View.Scalar(stage='reduce')
+def total(t: 'view#tid'):
+    if t == 5:
+        time.sleep(3)   # a REDUCE view that takes far too long, once
+    return t
+"""
+
+
+def test_a_stalled_reduce_is_reported_and_so_is_its_recovery(
+        pipeline, collector_factory, monkeypatch):
+    """No result comes out while REDUCE is stuck: the frontend says so
+    (after STALL_AFTER, shortened here), and says when it goes on."""
+    import metropc.stage.supervisor
+    monkeypatch.setattr(metropc.stage.supervisor, "STALL_AFTER", 1.0)
+    fe, col = start(pipeline, collector_factory, ctx=SLOW_REDUCE_CTX)
+    feed(fe, range(20))
+    col.poll_until(lambda m: len(col.values("total")) == 20, timeout=30)
+    wait_for(lambda: any(e.startswith("REDUCE goes on") for e in fe.errors), timeout=10)
+    stalls = [e for e in fe.errors if e.startswith("REDUCE")]
+    assert len(stalls) == 2, fe.errors
+    assert stalls[0].startswith("REDUCE has finished no event for 1 s while ")
+    assert "nothing is lost by this" in stalls[0]
+    assert stalls[1].startswith("REDUCE goes on after a stall of ")
+    assert col.values("total") == list(range(20))

@@ -252,3 +252,31 @@ def test_the_progress_report_keeps_out_of_a_lone_events_way_but_not_for_long():
     # report (pending), which goes once REDUCE was idle for `quiet`
     clock.published(t + 5.0, 1)
     assert clock.pending and clock.wait(t + 5.0) == pytest.approx(0.001)
+
+
+def test_giving_up_on_an_event_is_counted_and_said_once(zctx):
+    """A result that never comes holds the output back until the reorder
+    buffer gives up on it (a fake clock here): then it is counted lost and
+    REDUCE tells the frontend, once."""
+    from metropc.stage.common import recv
+    from metropc.stage.ordering import ReorderBuffer
+    stage, client = make_stage(zctx, "giving-up", POOL_ONLY, False)
+    frontend = zctx.socket(zmq.DEALER)
+    frontend.connect("inproc://giving-up-control")
+    now = [100.0]
+    stage.buffer = ReorderBuffer(timeout=10.0, clock=lambda: now[0])
+    stage.on_results([result(0)], print)
+    stage.on_results([result(2), result(3)], print)    # 1 never comes
+    stage.publish_index()
+    assert stage.buffer.next_seq == 1 and not frontend.poll(100)
+    now[0] += 10.0
+    stage.on_results([result(4)], print)               # the buffer looks again
+    assert stage.buffer.next_seq == 5 and stage.buffer.lost == 1
+    stage.publish_index()
+    stage.publish_index()
+    opcode, data = recv(frontend)
+    assert opcode == b"error" and data["msg"] == (
+        "[reduce] gave up waiting for 1 event(s) whose results did not come within 10 s "
+        "(a worker that stalled or was lost); they are counted in internal#lost_events")
+    assert not frontend.poll(100)  # said once
+    frontend.close(0)

@@ -99,10 +99,10 @@ def test_after_the_pipeline_was_ready_a_new_stage_crashing_is_replaced():
 def test_restart_limit_within_the_window():
     sup = ready_supervisor("pool-0")
     outs = []
-    for i in range(6):
+    for i in range(5):  # the 5th death within the window is the last (RESTART_LIMIT)
         outs += sup.check(10.0 + i, [dead("pool-0")], idle)
-    assert [type(o) for o in outs] == [Replace] * 5 + [GiveUp]
-    assert outs[-1] == GiveUp("pool-0", "stage pool-0 died (exit code 1); it died 6 times "
+    assert [type(o) for o in outs] == [Replace] * 4 + [GiveUp]
+    assert outs[-1] == GiveUp("pool-0", "stage pool-0 died (exit code 1); it died 5 times "
                                         "within 60 s, so it is not restarted again")
     assert sup.given_up == {"pool-0"}
     # given up: never reported again, dead or alive, stuck or not
@@ -122,20 +122,20 @@ def test_restarts_spaced_out_are_allowed():
 
 def test_restart_window_slides():
     sup = ready_supervisor("pool-0")
-    for t in (0.0, 1.0, 2.0, 3.0, 4.0):
+    for t in (0.0, 1.0, 2.0, 3.0):
         assert isinstance(sup.check(t, [dead("pool-0")], idle)[0], Replace)
-    # 60 s after the first restart it has left the window: 4 recent, allowed
+    # 60 s after the first restart it has left the window: the 4th death within it
     out = sup.check(60.0, [dead("pool-0")], idle)
     assert out == [Replace("pool-0", "stage pool-0 died (exit code 1)")]
-    assert sup.restart_times["pool-0"] == [1.0, 2.0, 3.0, 4.0, 60.0]
-    # at 60.5 the restart at 1.0 is still within the window: 5 recent
+    assert sup.restart_times["pool-0"] == [1.0, 2.0, 3.0, 60.0]
+    # at 60.5 the restart at 1.0 is still within the window: the 5th death
     out = sup.check(60.5, [dead("pool-0")], idle)
     assert [type(o) for o in out] == [GiveUp]
 
 
 def test_restart_limits_are_per_stage():
     sup = ready_supervisor("pool-0", "pool-1")
-    for t in range(5):
+    for t in range(4):
         sup.check(float(t), [dead("pool-0")], idle)
     out = sup.check(5.0, [dead("pool-0"), dead("pool-1")], idle)
     assert [(type(o), o.name) for o in out] == [(GiveUp, "pool-0"), (Replace, "pool-1")]
@@ -144,10 +144,12 @@ def test_restart_limits_are_per_stage():
 def test_custom_restart_limit_and_window():
     sup = ready_supervisor("pool-0", restart_limit=2, restart_window=10.0)
     assert isinstance(sup.check(0.0, [dead("pool-0")], idle)[0], Replace)
-    assert isinstance(sup.check(1.0, [dead("pool-0")], idle)[0], Replace)
-    out = sup.check(2.0, [dead("pool-0")], idle)
-    assert out == [GiveUp("pool-0", "stage pool-0 died (exit code 1); it died 3 times within "
+    out = sup.check(1.0, [dead("pool-0")], idle)
+    assert out == [GiveUp("pool-0", "stage pool-0 died (exit code 1); it died 2 times within "
                                     "10 s, so it is not restarted again")]
+    sup = ready_supervisor("pool-0", restart_limit=2, restart_window=10.0)
+    assert isinstance(sup.check(0.0, [dead("pool-0")], idle)[0], Replace)
+    assert isinstance(sup.check(10.5, [dead("pool-0")], idle)[0], Replace)  # window passed
 
 
 # -- stuck workers ------------------------------------------------------------------------
@@ -178,10 +180,10 @@ def test_stuck_report_lists_at_most_five_events():
 def test_stuck_counts_toward_the_restart_limit():
     sup = ready_supervisor("pool-0", event_timeout=1.0)
     outs = []
-    for i in range(6):
+    for i in range(5):
         outs += sup.check(100.0 + i, [proc("pool-0")], lambda name: (0.0, [i]))
-    assert [type(o) for o in outs] == [Replace] * 5 + [GiveUp]
-    assert all(o.stop for o in outs[:5])
+    assert [type(o) for o in outs] == [Replace] * 4 + [GiveUp]
+    assert all(o.stop for o in outs[:4])
 
 
 def test_message_without_events_is_not_stuck_at_once():
@@ -294,3 +296,33 @@ def test_instructions_are_frozen(cls):
     inst = cls("x", "why")
     with pytest.raises(AttributeError):
         inst.name = "y"
+
+
+# -- a stalled REDUCE ----------------------------------------------------------------------
+
+def test_reduce_stall_is_reported_once_and_its_end_too():
+    from metropc.stage.supervisor import ReduceWatch
+    watch = ReduceWatch(after=10.0)
+    assert watch.check(0.0, 100, 140) is None      # 40 finished by workers wait
+    assert watch.check(5.0, 120, 160) is None      # REDUCE moves: fine
+    assert watch.check(14.9, 120, 170) is None     # no move for 9.9 s
+    msg = watch.check(15.0, 120, 170)
+    assert msg.startswith("REDUCE has finished no event for 10 s while 50 that the workers "
+                          "finished wait for it")
+    assert watch.check(30.0, 120, 400) is None     # said once
+    assert watch.check(31.0, 121, 400) == "REDUCE goes on after a stall of 26 s"
+    assert watch.check(60.0, 121, 400) is not None  # and a new stall is new
+
+
+def test_reduce_waiting_for_a_worker_or_idle_is_no_stall():
+    from metropc.stage.supervisor import ReduceWatch
+    watch = ReduceWatch(after=10.0)
+    # a worker holds event 100: REDUCE waits for it (the worker's timeout applies)
+    for t in range(0, 100, 5):
+        assert watch.check(float(t), 100, 100) is None
+    # idle: nothing dispatched since
+    assert watch.check(200.0, 300, 300) is None
+    assert watch.check(205.0, 300, 300) is None
+    assert watch.check(205.1, 300, 301) is None      # one event comes
+    assert watch.check(214.9, 300, 301) is None
+    assert watch.check(215.1, 300, 301) is not None  # 10 s since it last had nothing to do

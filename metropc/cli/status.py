@@ -115,6 +115,7 @@ class StatusDisplay:
         self.live = live
         self.client = Client(output_addr, keys=keys, timeout=0)
         self._last_line = time.monotonic()
+        self._last_index = None  # when the latest index came (monotonic)
 
     @property
     def index(self):
@@ -131,6 +132,8 @@ class StatusDisplay:
             pass
         except ProtocolError as e:
             log.warning("status: malformed index message: %s", e)
+        if changed:
+            self._last_index = time.monotonic()
         return changed
 
     def update(self, final=False):
@@ -168,7 +171,18 @@ class StatusDisplay:
                    if slowest else "")
         return (f"metropc: {out}, dropped {count('internal#dropped_events')}, "
                 f"lost {count('internal#lost_events')}, view errors {errors}"
-                + (f", refused while paused {paused}" if paused else "") + where + slowest)
+                + (f", refused while paused {paused}" if paused else "") + where + slowest
+                + self._staleness())
+
+    #: The index comes about once a second; this much later, the numbers are old.
+    STALE_AFTER = 3.0
+
+    def _staleness(self):
+        age = None if self._last_index is None else time.monotonic() - self._last_index
+        if age is None or age < self.STALE_AFTER:
+            return ""
+        return (f"; NO INDEX FOR {age:.0f} s: these numbers are old (REDUCE busy or "
+                "stopped?)")
 
     def render(self):
         """The live region: summary, context line, one row per view."""

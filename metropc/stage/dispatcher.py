@@ -177,6 +177,17 @@ class Dispatcher:
             return None
         return max(batches[0][0], self.busy_since.get(name, 0.0)), batches[0][1].seqs
 
+    def finished_up_to(self) -> int:
+        """The first event some worker still holds (the next to dispatch if
+        none): the workers finished every event before it."""
+        first = self.seq
+        for batches in self.outstanding.values():
+            for _, batch in batches:
+                if batch.seqs:
+                    first = min(first, batch.seqs[0])
+                    break
+        return first
+
     def held(self) -> list[int]:
         """Sequence numbers of every event some worker holds."""
         return [seq for batches in self.outstanding.values()

@@ -34,7 +34,7 @@ from .common import (OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_CTX_FAILED,
 from ..messages import MARK_OPS, OP_ANNOUNCE, OP_BUSY, OP_PAUSE, OP_RESET, OP_RESUME, OP_RUN
 from .dispatcher import Dispatcher
 from .reload import Aborted, Committed, ReloadCoordinator
-from .supervisor import GiveUp, Gone, Panic, Replace, StageState, Supervisor
+from .supervisor import GiveUp, Gone, Panic, ReduceWatch, Replace, StageState, Supervisor
 from ..transport import readable
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class FrontendLoop:
         self.queue = fe._queue
         self.dispatcher = Dispatcher(fe.shm)
         self.supervisor = Supervisor(fe.config.event_timeout)
+        self.reduce_watch = ReduceWatch()
         self.reload = ReloadCoordinator()
         self.hello: set[str] = set()
         self.last_context = None
@@ -290,6 +291,12 @@ class FrontendLoop:
                   for name, r in fe._runners.items() if r.started]
         for instruction in self.supervisor.check(now, stages, self.oldest):
             self.apply_supervision(instruction, now)
+        if fe.ready.is_set():
+            dispatcher = self.dispatcher
+            news = self.reduce_watch.check(now, dispatcher.reduce_next,
+                                           dispatcher.finished_up_to())
+            if news is not None:
+                fe.on_pipeline_error(news)
 
     def oldest(self, name):
         """What `name` works on since when (for stuck detection)."""

@@ -24,6 +24,7 @@ class ReorderBuffer:
         self.clock = clock
         self.next_seq = 0
         self.lost = 0
+        self.given_up = 0  # of those lost: waited for in vain (timeout, window)
         self.late = 0
         self._items = {}
         self._skipped = set()
@@ -94,6 +95,7 @@ class ReorderBuffer:
                 # Give up on the missing ones up to the oldest we hold.
                 first = min(items)
                 self.lost += first - self.next_seq
+                self.given_up += first - self.next_seq
                 self.next_seq = first
                 continue
             return out

@@ -778,9 +778,23 @@ class ReduceStage:
     def publish_index(self):
         """Send the index (no ``seq``: its keys are paths, and it is sent
         again) and the status."""
+        self.report_given_up()
         if self.output.wants(OP_INDEX):
             self.output.send(encode_protocol(OP_INDEX, self.index()))
         self.publish_status()
+
+    _given_up_reported = 0
+
+    def report_given_up(self):
+        """Say (once a second at most) that the reorder buffer gave up
+        waiting for events: counted lost, and the reason output stalled."""
+        n = self.buffer.given_up - self._given_up_reported
+        if n > 0:
+            self._given_up_reported = self.buffer.given_up
+            send(self.control, OP_ERROR, {"msg": (
+                f"[reduce] gave up waiting for {n} event(s) whose results did not come "
+                f"within {self.buffer.timeout:g} s (a worker that stalled or was lost); "
+                "they are counted in internal#lost_events")})
 
     def publish_status(self):
         if self.output.wants(TOPIC_STATUS):

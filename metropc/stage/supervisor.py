@@ -17,21 +17,26 @@ The policy:
   before the pipeline was ever ready, is given up (restarting it again
   would not help: it crashes at start or in a loop);
 - a remote worker (``metropc-worker`` on another host) silent for
-  REMOTE_SILENCE seconds is gone.
+  REMOTE_SILENCE seconds is gone;
+- REDUCE that finishes none of the events the workers finished for
+  STALL_AFTER seconds is reported (:class:`ReduceWatch`), and again when it
+  goes on: a REDUCE view that takes that long, or a stopped process.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Supervisor", "Replace", "GiveUp", "Panic", "Gone", "StageState",
-           "RESTART_LIMIT", "RESTART_WINDOW", "REMOTE_SILENCE"]
+__all__ = ["Supervisor", "ReduceWatch", "Replace", "GiveUp", "Panic", "Gone", "StageState",
+           "RESTART_LIMIT", "RESTART_WINDOW", "REMOTE_SILENCE", "STALL_AFTER"]
 
 #: A stage that dies this often within RESTART_WINDOW seconds is not restarted.
 RESTART_LIMIT = 5
 RESTART_WINDOW = 60.0
 #: Seconds without a heartbeat after which a remote worker is gone.
 REMOTE_SILENCE = 5.0
+#: Seconds REDUCE may finish nothing while events wait for it before that is said.
+STALL_AFTER = 10.0
 
 
 @dataclass(frozen=True)
@@ -149,9 +154,48 @@ class Supervisor:
                                 "its output above says why (a script that starts a "
                                 "pipeline of processes needs "
                                 "'if __name__ == \"__main__\":' around that code)")
-        if len(recent) >= self.restart_limit:
+        if len(recent) + 1 >= self.restart_limit:  # (this death is one of them)
             self.given_up.add(name)
             return GiveUp(name, f"{reason}; it died {len(recent) + 1} times within "
                                 f"{self.restart_window:g} s, so it is not restarted again")
         self.restart_times[name] = recent + [now]
         return Replace(name, reason, stop=stop)
+
+
+class ReduceWatch:
+    """Notices a REDUCE that stalls, and when it goes on again.
+
+    REDUCE reports how far it got (``next_seq``); the workers' credits say
+    how far they got.  Events the workers finished but REDUCE did not,
+    with no progress for `after` seconds, mean REDUCE itself is stuck: a
+    REDUCE view that takes that long, or a stopped process.  Nothing is
+    lost by it, but no result comes out meanwhile, so people must be told.
+    Sans I/O: :meth:`check` takes the clock.
+    """
+
+    def __init__(self, after: float | None = None):
+        self.after = STALL_AFTER if after is None else after
+        self.progress = None   # REDUCE's next_seq as last seen
+        self.since = None      # when it last moved (or nothing waited)
+        self.stalled_at = None  # when the reported stall began
+        self.progress_at_stall = None
+
+    def check(self, now: float, reduce_next: int, finished: int) -> str | None:
+        """A message when REDUCE starts to stall or goes on again, else None.
+
+        `reduce_next`: the first event REDUCE has not finished; `finished`:
+        the first event some worker still holds (or the next to dispatch).
+        """
+        if reduce_next != self.progress or finished <= reduce_next:
+            self.progress, self.since = reduce_next, now
+            if self.stalled_at is not None and reduce_next != self.progress_at_stall:
+                stalled, self.stalled_at = now - self.stalled_at, None
+                return f"REDUCE goes on after a stall of {stalled:.0f} s"
+            return None
+        if self.stalled_at is None and now - self.since >= self.after:
+            self.stalled_at, self.progress_at_stall = self.since, reduce_next
+            return (f"REDUCE has finished no event for {now - self.since:.0f} s while "
+                    f"{finished - reduce_next} that the workers finished wait for it "
+                    "(a REDUCE view that takes that long, or a stopped process); "
+                    "nothing is lost by this, but no results come out")
+        return None
