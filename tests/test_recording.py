@@ -582,3 +582,41 @@ def test_full_disk_stops_recording_not_the_pipeline(tmp_path):
             np.testing.assert_array_equal(data[len(tid) - 1], np.full(20000, tid[-1]))
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+def test_metropc_run_says_when_its_recorder_dies(tmp_path):
+    """A recorder killed under a running metropc-run: one error line, the
+    pipeline goes on, the exit is clean."""
+    import threading
+
+    import psutil
+
+    from conftest import cmdline
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text("@View.Scalar\ndef tid(x: 'internal#train_id'):\n    return x\n")
+    path = tmp_path / "rec.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
+                             "--rate", "50", "--status", "off", "--pool", "1",
+                             "--record", str(path), "--duration", "60"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")),
+                              daemon=True)
+    reader.start()
+    try:
+        deadline_poll(lambda: _count(path, "tid") >= 10, 60, "10 results recorded")
+        (recorder,) = [p for p in psutil.Process(proc.pid).children()
+                       if "metropc.recording.recorder" in cmdline(p)]
+        recorder.kill()
+        deadline_poll(lambda: any("the recorder died" in line for line in lines), 30,
+                      "the report")
+        assert proc.poll() is None  # the pipeline goes on
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        reader.join(5)
+    err = "".join(lines)
+    assert proc.returncode == 130, err
+    assert "the recorder died (exit code -9): nothing more is recorded to" in err, err
+    assert "Traceback" not in err

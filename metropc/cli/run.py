@@ -896,6 +896,12 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
                 break
             if watcher is not None:
                 watcher.poll()
+            if recorder is not None and not recorder.alive:
+                log.error("the recorder died (exit code %s): nothing more is recorded to "
+                          "%s (it keeps what was flushed); the pipeline goes on",
+                          recorder.proc.returncode, args.record)
+                recorder.stop(1.0)  # (reaped)
+                recorder = None
             if status is not None:
                 status.update()
             if t_end is not None and time.monotonic() >= t_end:
