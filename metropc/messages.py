@@ -317,6 +317,21 @@ def _view_counts(v):
     return None
 
 
+#: Run numbers are int64 where they are stored (recordings, the index).
+RUN_MAX = 2**63 - 1
+
+
+def run_number_problem(run) -> str | None:
+    """Why `run` is no run number (None is: the next one), or None."""
+    if run is None:
+        return None
+    if type(run) is not int:
+        return f"is {type(run).__name__}, not an int"
+    if not 0 <= run <= RUN_MAX:
+        return f"{run} is out of range (0 to 2**63-1)"
+    return None
+
+
 def _run_kind(v):
     return None if v in ("run_start", "run_end") else "is not 'run_start' or 'run_end'"
 
@@ -403,7 +418,8 @@ SCHEMAS: dict[bytes, Schema] = {
     OP_SHM: Schema({"out": Field((str, _NONE))}),
     OP_STOP: Schema({}),
     OP_RESET: Schema({"views": Field((list, tuple), False, _str_list)}),
-    OP_RUN: Schema({"kind": Field(_STR, True, _run_kind), "run": Field(_INT_OR_NONE)}),
+    OP_RUN: Schema({"kind": Field(_STR, True, _run_kind),
+                    "run": Field(_INT_OR_NONE, check=run_number_problem)}),
     OP_PAUSE: Schema({}),
     OP_ANNOUNCE: Schema({}, values=Field(_STR)),
     OP_RESUME: Schema({}),

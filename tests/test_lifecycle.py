@@ -126,6 +126,12 @@ def test_operator_runs_are_numbered_and_marked():
         ("run_start", 1), ("run_end", 1), ("run_start", 7)]
 
 
+def test_run_numbers_out_of_int64_are_refused():
+    from metropc.frontend import ThreadedFrontend
+    with pytest.raises(ValueError, match=r"run number 18446744073709551616 is out of range"):
+        ThreadedFrontend.start_run(None, 2**64)  # checked before anything is queued
+
+
 def test_clients_control_the_pipeline_through_its_endpoint():
     from metropc.client import ControlError, Controller
     with Pipeline(CTX, source=None) as pipe, \
@@ -144,6 +150,9 @@ def test_clients_control_the_pipeline_through_its_endpoint():
             control.set_parameters(nope=1)
         with pytest.raises(ControlError, match=r"no ACTION view named 'tid' .*actions: none"):
             control.action("tid")
+        for bad in (2**70, -2):  # run numbers are int64 where they are stored
+            with pytest.raises(ControlError, match=r"out of range \(0 to 2\*\*63-1\)"):
+                control.start_run(bad)
         control.pause()
         while client.status.get("state") != "STOP":
             client.wait_index(timeout=10)

@@ -69,7 +69,13 @@ def parse_rate(text):
         raise argparse.ArgumentTypeError(f"--rate wants a number or 'max', got {text!r}")
     if not rate > 0 or rate == float("inf"):
         raise argparse.ArgumentTypeError(f"--rate must be a positive number, got {text!r}")
+    from ..sources.base import MIN_RATE
+    if rate < MIN_RATE:
+        raise argparse.ArgumentTypeError(
+            f"--rate must be at least {MIN_RATE:g} (one event per {1 / MIN_RATE:g} s), "
+            f"got {text!r}")
     return rate
+
 
 
 def _number(kind, minimum, what):
@@ -87,6 +93,7 @@ def _number(kind, minimum, what):
 
 
 positive_int = _number(int, 1, "at least 1")
+non_negative_int = _number(int, 0, "0 or more")
 non_negative_float = _number(float, 0, "0 or more")
 positive_float = _number(float, 1e-9, "positive")
 
@@ -145,7 +152,7 @@ def build_parser():
                         "type of the declared default")
     p.add_argument("--rate", type=parse_rate, default=None,
                    help="trains/s of the simulator or file replay, or 'max'")
-    p.add_argument("--seed", type=int, default=0, help="simulator seed")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="simulator seed")
     p.add_argument("--bridge-socket", choices=("REQ", "SUB", "PULL"), default=None,
                    help="socket type for a Karabo bridge (default REQ)")
     p.add_argument("--queue-size", type=positive_int, default=16,
@@ -606,13 +613,15 @@ def setup_logging(verbose, console=None):
 def check_arguments(args):
     """Everything that can be checked before any process starts (UsageError)."""
     check_context_path(args.context)
+    bound = []
     for option in ("--control", "--reduce"):
         addr = getattr(args, option[2:])
         if addr is not None:
-            parse_address(option, addr)
-    host, port = parse_address("--output", args.output)
+            bound.append((option, addr, *parse_address(option, addr)))
+    bound.append(("--output", args.output, *parse_address("--output", args.output)))
     check_addresses(args)
-    check_port_free("--output", args.output, host, port)
+    for option, addr, host, port in bound:
+        check_port_free(option, addr, host, port)
     dashboard_bind = None
     if args.dashboard is not None:
         from ..dashboard import check_bind, parse_bind

@@ -130,7 +130,14 @@ def resolve_rate(rate, default):
         raise SourceError(f"rate must be positive, not {rate}")
     if rate == 0 or math.isinf(rate):
         return None
+    if rate < MIN_RATE:  # (the pacing would overflow the clock's range)
+        raise SourceError(f"rate must be at least {MIN_RATE:g} trains/s (one per "
+                          f"{1 / MIN_RATE:g} s), not {rate:g}")
     return rate
+
+
+#: The slowest rate a source paces to (trains/s).
+MIN_RATE = 0.001
 
 
 class Pacer:

@@ -44,7 +44,7 @@ from ..error import ContextError
 from ..protocol import decode_protocol, encode_protocol
 from ..security import secure
 from . import shm as shmem
-from ..messages import OP_PAUSE, OP_RESET, OP_RESUME, OP_RUN, SCHEMAS, validate
+from ..messages import OP_PAUSE, OP_RESET, OP_RESUME, OP_RUN, SCHEMAS, run_number_problem, validate
 from .common import OP_CONTEXT, OP_STEP, make_socket, remove_ipc_file
 from .frontend_loop import FrontendLoop
 from .async_stage import run_async
@@ -289,7 +289,11 @@ class ThreadedFrontend:
 
     def start_run(self, run: int | None = None) -> None:
         """A run starts after the events queued so far (None: the next number);
-        views with ``reset_on='run'`` (the builtins) start empty."""
+        views with ``reset_on='run'`` (the builtins) start empty.  A run
+        number is an int from 0 to 2**63-1 (ValueError otherwise)."""
+        problem = run_number_problem(run)
+        if problem is not None:
+            raise ValueError(f"run number {problem}")
         self.queue_to("reduce", OP_RUN, {"kind": "run_start", "run": run})
 
     def end_run(self) -> None:
