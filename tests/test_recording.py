@@ -366,6 +366,19 @@ def test_unwritable_path_is_refused_before_starting(tmp_path, where):
         assert target.read_text() == "precious"
 
 
+@pytest.mark.parametrize("views, why", [("v,nosuch", "no view named nosuch"),
+                                         (",,,", "names no view")])
+def test_record_views_that_are_no_views_are_refused_before_starting(tmp_path, views, why):
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text("@View.Scalar\ndef v(x: 'internal#train_id'):\n    return x\n")
+    proc = _metropc_run(tmp_path, ctx_file, "--record", tmp_path / "rec.h5",
+                        "--record-views", views, "--status", "off")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"metropc-run: error: --record-views {views!r}: {why} "
+                                   f"in {ctx_file} (its views: v)")
+    assert not (tmp_path / "rec.h5").exists()
+
+
 def test_sigkill_of_metropc_run_leaves_a_complete_file(tmp_path):
     """The parent dies: the recorder sees its stdin end, writes and closes."""
     ctx_file = tmp_path / "ctx.py"

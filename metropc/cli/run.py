@@ -798,6 +798,13 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
         from ..recording.process import RecorderError, RecorderProcess
         views = (None if args.record_views is None
                  else [v.strip() for v in args.record_views.split(",") if v.strip()])
+        unknown = None if views is None else [v for v in views if v not in ctx.views]
+        if views is not None and (unknown or not views):
+            known = ", ".join(n for n, v in ctx.views.items() if not v.hidden) or "none"
+            say(f"{PROG}: error: --record-views {args.record_views!r}: "
+                + (f"no view named {', '.join(unknown)}" if unknown else "names no view")
+                + f" in {args.context} (its views: {known})")
+            return 2
         try:
             recorder = RecorderProcess(args.record, views=views, keys=args.keys)
         except RecorderError as e:
