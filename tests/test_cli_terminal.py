@@ -252,6 +252,25 @@ def test_stopped_and_continued_it_goes_on_running(tmp_path):
         term.close()
 
 
+def test_a_tiny_terminal_gets_plain_lines(tmp_path):
+    """In a terminal too small for the live region, log lines stay whole
+    lines (the live region's log columns would fold them a few letters wide)."""
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(CTX)
+    term = Terminal(ctx, "--pool", "1", "--rate", "20", cols=20, rows=5)
+    try:
+        deadline = time.monotonic() + 30
+        while "loaded (version 1" not in term.all_output().replace("\r\n", ""):
+            assert time.monotonic() < deadline and term.proc.poll() is None, term.all_output()
+            time.sleep(0.05)  # polling the screen
+        term.ctrl_c()
+        assert term.wait() == 130
+    finally:
+        term.close()
+    out = term.all_output()
+    assert "INFO: context" in out and "\x1b[?25l" not in out, out  # plain, no live region
+
+
 def test_a_context_print_in_a_worker_scrolls_above_the_status(tmp_path):
     ctx = tmp_path / "ctx.py"
     ctx.write_text(CTX + "\n@View.Scalar\ndef talk(t: 'internal#train_id'):\n"

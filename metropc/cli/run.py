@@ -702,12 +702,26 @@ def main(argv=None):
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
+#: The smallest terminal (columns, rows) the live status region fits in; in a
+#: smaller one, log lines would be folded into a column a few letters wide.
+LIVE_MIN_SIZE = (60, 12)
+
+
+def _roomy(stream) -> bool:
+    """Whether the terminal of `stream` is large enough for the live region."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (OSError, ValueError):
+        return False
+    return size.columns >= LIVE_MIN_SIZE[0] and size.lines >= LIVE_MIN_SIZE[1]
+
+
 def _main(args, dashboard_bind, old_mask):
     from ..stage.shm import unlink_owned
 
     mode = args.status
     if mode == "auto":
-        mode = "live" if sys.stderr.isatty() else "lines"
+        mode = "live" if sys.stderr.isatty() and _roomy(sys.stderr) else "lines"
     children = console = None
     leftovers = []  # what to remove even when leaving at once
 
