@@ -250,3 +250,34 @@ def test_a_stalled_reduce_is_reported_and_so_is_its_recovery(
     assert "nothing is lost by this" in stalls[0]
     assert stalls[1].startswith("REDUCE goes on after a stall of ")
     assert col.values("total") == list(range(20))
+
+
+def test_the_next_frontend_removes_socket_directories_of_killed_ones(tmp_path):
+    """A frontend killed with SIGKILL cannot remove its private socket
+    directory; the next one does, and touches nothing else."""
+    import socket as pysocket
+    import subprocess
+    import sys
+
+    from metropc.stage.frontend import remove_stale_socket_dirs
+    from metropc.stage.segments import owner_tag
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = int(gone.stdout)
+
+    def socket_dir(name, *files):
+        path = tmp_path / name
+        path.mkdir()
+        for f in files:
+            s = pysocket.socket(pysocket.AF_UNIX)
+            s.bind(str(path / f))
+            s.close()
+        return path
+
+    stale = socket_dir(f"metropc-{dead}-123-abc", "control", "reduce")
+    ours = socket_dir(f"metropc-{owner_tag()}-def", "control")       # alive
+    other = socket_dir(f"metropc-{dead}-123-ghi")
+    (other / "notes.txt").write_text("not ours to remove")             # not only sockets
+    unrelated = socket_dir("metropc-reprocess-xyz", "control")
+    assert remove_stale_socket_dirs(str(tmp_path)) == [str(stale)]
+    assert not stale.exists() and ours.exists() and other.exists() and unrelated.exists()

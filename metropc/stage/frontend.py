@@ -31,7 +31,9 @@ import inspect
 import itertools
 import logging
 import os
+import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -53,6 +55,7 @@ from .pool import run_pool
 from .queue import EventQueue
 from .reduce import run_reduce
 from .runner import LogForwarder, ProcessRunner, StageRunner, ThreadRunner
+from .segments import owner_alive, owner_tag
 
 __all__ = ["ThreadedFrontend", "ProcessRunner", "ThreadRunner", "StageRunner",
            "Context", "ContextError", "encode_protocol", "decode_protocol",
@@ -61,6 +64,39 @@ __all__ = ["ThreadedFrontend", "ProcessRunner", "ThreadRunner", "StageRunner",
 log = logging.getLogger(__name__)
 
 _instances = itertools.count()
+
+
+_SOCKET_DIR = re.compile(r"metropc-([0-9]{1,10})-([0-9]{1,20})-[A-Za-z0-9_]+")
+
+
+def remove_stale_socket_dirs(directory=None) -> list[str]:
+    """Remove the private socket directories of frontends that are gone
+    (killed with SIGKILL, they could not); returns their paths.  Only
+    directories of this user that hold nothing but sockets are touched."""
+    directory = directory or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        m = _SOCKET_DIR.fullmatch(name)
+        if m is None or owner_alive(int(m.group(1)), int(m.group(2))):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            if os.lstat(path).st_uid != os.getuid() or not all(
+                    stat.S_ISSOCK(os.lstat(os.path.join(path, f)).st_mode)
+                    for f in os.listdir(path)):
+                continue
+            shutil.rmtree(path)
+        except OSError:
+            continue
+        removed.append(path)
+    if removed:
+        log.info("removed %d socket director%s left by dead frontends", len(removed),
+                 "y" if len(removed) == 1 else "ies")
+    return removed
 
 
 class ThreadedFrontend:
@@ -128,8 +164,11 @@ class ThreadedFrontend:
         if num_pool_stages is not None:
             settings["pool"] = int(num_pool_stages)
         self.config = config = config.replace(**settings) if settings else config
-        # A private directory for ipc sockets (0700: only this user gets in).
-        self._tmpdir = tempfile.mkdtemp(prefix="metropc-")
+        # A private directory for ipc sockets (0700: only this user gets in),
+        # named after this process, so that the next frontend removes it if
+        # this one is killed (remove_stale_socket_dirs).
+        remove_stale_socket_dirs()
+        self._tmpdir = tempfile.mkdtemp(prefix=f"metropc-{owner_tag()}-")
         os.chmod(self._tmpdir, 0o700)
         #: Where REDUCE serves the ASYNC stage (this host only).
         self.async_addr = f"ipc://{self._tmpdir}/async"

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_THRESHOLD", "SHM_DIR", "PREFIX", "UNIT", "ALIGN", "MIN_SEGMENT",
            "available", "default_size", "parse_size", "cleanup_stale", "owned_segments",
+           "owner_tag", "owner_alive",
            "unlink_owned", "owner_tag", "Segment", "Arena", "eligible", "plan_slot",
            "fill_slot", "fence"]
 
@@ -88,7 +89,8 @@ def owner_tag(pid=None):
     return f"{pid}-{_start_time(pid) or 0}"
 
 
-def _owner_alive(pid, start):
+def owner_alive(pid, start):
+    """Whether the process :func:`owner_tag` named still runs."""
     now = _start_time(pid)
     if now is None:
         try:
@@ -116,7 +118,7 @@ def cleanup_stale(directory=SHM_DIR):
         m = _NAME_RE.fullmatch(name)
         if m is None or name in _live:
             continue
-        if _owner_alive(int(m.group(1)), int(m.group(2))):
+        if owner_alive(int(m.group(1)), int(m.group(2))):
             continue
         try:
             os.unlink(os.path.join(directory, name))
