@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -320,6 +321,18 @@ def decode_protocol(frames, **kwargs) -> tuple[bytes, dict]:
 
 # -- client ----------------------------------------------------------------
 
+_TCP_PORT = re.compile(r"^tcp://.*:(\d+)$")
+
+
+def _checked_address(address: str) -> str:
+    """`address`, unless its TCP port is out of range: ZeroMQ would take
+    port 70000 for 4464 (modulo 65536) and connect somewhere else."""
+    m = _TCP_PORT.match(address) if isinstance(address, str) else None
+    if m is not None and int(m.group(1)) > 65535:
+        raise ValueError(f"{address!r}: port {m.group(1)} is out of range (0-65535)")
+    return address
+
+
 class Client:
     """Subscriber to the output of a running pipeline.
 
@@ -379,7 +392,7 @@ class Client:
         from .transport import recv_frames, try_recv_frames  # zmq only where needed
         self._recv_frames, self._try_recv_frames = recv_frames, try_recv_frames
         self._again = zmq.Again  # what a receive that timed out raises
-        self.address = address
+        self.address = _checked_address(address)
         self.timeout = timeout
         self.allow_pickle = allow_pickle
         self.batch = batch
@@ -731,7 +744,7 @@ class Controller:
     def __init__(self, address: str, *, keys=None, timeout: float = 10.0, context=None):
         import zmq
 
-        self.address = address
+        self.address = _checked_address(address)
         self.timeout = timeout
         self._zctx = context if context is not None else zmq.Context.instance()
         if keys is not None and not isinstance(keys, str):

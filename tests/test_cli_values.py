@@ -61,6 +61,8 @@ def ctx_file(tmp_path):
     ("--duration", "-5", "--duration"),
     ("--max-events", "0", "--max-events"),
     ("--rate", "-1", "--rate"),
+    ("--rate", "1e-12", "at least 0.001"),   # the pacing overflowed the clock
+    ("--seed", "-1", "--seed"),
 ])
 def test_bad_numbers(ctx_file, option, value, fragment):
     assert_one_line_error(run(ctx_file, option, value), fragment, value)
@@ -96,6 +98,17 @@ def test_an_output_port_in_use(ctx_file):
         proc = run(ctx_file, "--output", addr)
     assert_one_line_error(proc, addr, "already in use")
     assert proc.elapsed < 20
+
+
+@pytest.mark.parametrize("option", ["--control", "--reduce"])
+def test_a_stage_port_in_use(ctx_file, tmp_path, option):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        addr = f"tcp://127.0.0.1:{port}"
+        proc = run(ctx_file, option, addr)
+    assert_one_line_error(proc, option, addr, "already in use")
 
 
 def test_a_dashboard_port_in_use_before_the_pipeline_starts(ctx_file):

@@ -580,3 +580,11 @@ def test_docs_client_examples_run(publisher):
     for block in blocks:
         code = block.replace("tcp://127.0.0.1:5555", publisher.address)
         exec(compile(code, "docs/client.md", "exec"), {"__name__": "docs_example"})
+
+
+def test_a_tcp_port_out_of_range_is_refused_not_wrapped():
+    """ZeroMQ would connect to 70000 - 65536 = 4464: somewhere else."""
+    from metropc.client import Client, Controller
+    for cls in (Client, Controller):
+        with pytest.raises(ValueError, match="port 70000 is out of range"):
+            cls("tcp://127.0.0.1:70000")
