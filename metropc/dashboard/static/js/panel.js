@@ -616,6 +616,9 @@ export class Panel {
     this.geom = { ax, dy: 0, image: { z, rows, cols, xr: fxr, yr: fyr }, imageGeom };
     this.levelsShown = [lo, hi];
     this.el.dataset.levels = `${lo.toPrecision(6)},${hi.toPrecision(6)}`;
+    // the frame's own extremes, with its levels (a percentile range lies within them)
+    this.el.dataset.extremes = Number.isFinite(h.min) && Number.isFinite(h.max)
+      ? `${Number(h.min).toPrecision(6)},${Number(h.max).toPrecision(6)}` : "";
     this.el.dataset.clog = log ? "1" : "";
     return { xlabel, ylabel };
   }
