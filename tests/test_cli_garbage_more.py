@@ -8,7 +8,6 @@ messages to a real dashboard, and a recorder whose metropc-run is killed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ws_client import WsClient
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -240,53 +240,6 @@ def test_replay_of_a_known_view_runs(recording):
 
 # -- the dashboard's websocket ---------------------------------------------------------
 
-class WsClient:
-    """A websocket client on its own event loop, used synchronously."""
-
-    def __init__(self, url):
-        from tornado.websocket import websocket_connect
-
-        async def connect():
-            return await websocket_connect(url)
-
-        self.loop = asyncio.new_event_loop()
-        self.conn = self.loop.run_until_complete(asyncio.wait_for(connect(), 10))
-
-    def recv(self, timeout):
-        async def read():
-            return await self.conn.read_message()
-
-        msg = self.loop.run_until_complete(asyncio.wait_for(read(), timeout))
-        if msg is None:
-            raise ConnectionError("the dashboard closed the websocket")
-        if isinstance(msg, bytes):
-            from metropc.dashboard import display
-            return display.unpack_frame(msg)[0]
-        return json.loads(msg)
-
-    def send(self, message, binary=False):
-        async def write():
-            await self.conn.write_message(message, binary=binary)
-
-        self.loop.run_until_complete(write())
-
-    def until(self, predicate, timeout=30.0):
-        """Receive (acknowledging each message) until predicate(header) holds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            assert left > 0, "expected message not received in time"
-            header = self.recv(left)
-            self.send(json.dumps({"op": "ack", "n": 1}))
-            if predicate(header):
-                return header
-
-    def close(self):
-        self.conn.close()
-        self.loop.run_until_complete(asyncio.sleep(0))
-        self.loop.close()
-
-
 def read_line_matching(proc, pattern, timeout=90.0):
     """The first match of `pattern` in `proc`'s stdout lines, within `timeout`."""
     deadline = time.monotonic() + timeout
@@ -330,22 +283,22 @@ def test_malformed_websocket_messages_are_refused_and_watch_still_works(tmp_path
     try:
         port = int(read_line_matching(proc, r"dashboard on http://127\.0\.0\.1:(\d+)/")[1])
         ws = WsClient(f"ws://127.0.0.1:{port}/ws")
-        assert ws.recv(10)["op"] == "hello"
+        assert ws.recv(10)[0]["op"] == "hello"
         for message in MALFORMED:
-            ws.send(message)
-        ws.send(b"\x00\x01binary", binary=True)
+            ws.send_raw(message)
+        ws.send_raw(b"\x00\x01binary", binary=True)
         refused = []
 
-        def all_refused(header):
+        def all_refused(header, arrays):
             if header.get("op") == "error":
                 refused.append(header["message"])
             return len(refused) == len(MALFORMED) + 1
-        ws.until(all_refused)
+        ws.until(all_refused, timeout=30)
         assert any("views must be an object" in m for m in refused), refused
         assert any("unknown op 'nosuch'" in m for m in refused), refused
         # the same connection still works: a well-formed watch gets data
-        ws.send(json.dumps({"op": "watch", "views": {"ring_radius": {}}}))
-        data = ws.until(lambda h: h.get("op") == "data")
+        ws.send({"op": "watch", "views": {"ring_radius": {}}})
+        data, _ = ws.until(lambda h, a: h.get("op") == "data", timeout=30)
         assert data["view"] == "ring_radius"
     finally:
         if ws is not None:

@@ -281,3 +281,34 @@ def test_the_next_frontend_removes_socket_directories_of_killed_ones(tmp_path):
     unrelated = socket_dir("metropc-reprocess-xyz", "control")
     assert remove_stale_socket_dirs(str(tmp_path)) == [str(stale)]
     assert not stale.exists() and ours.exists() and other.exists() and unrelated.exists()
+
+
+def test_a_sigterm_inside_a_finaliser_still_ends_the_stage_quietly():
+    """SIGTERM (from the frontend, or the kernel when the frontend died)
+    can come while a finaliser runs (ZeroMQ freeing a frame): the stage
+    still leaves, from its next line, and prints no traceback."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent('''
+        import os, signal, sys, time
+        from metropc.stage import runner
+        signal.signal(signal.SIGTERM, runner._exit_on_signal)
+        sys.unraisablehook = runner._leave_later   # as _stage_main sets them
+
+        class Frame:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.01)   # the handler runs here, inside the finaliser
+
+        try:
+            Frame()
+            for _ in range(500):
+                time.sleep(0.01)
+            print("still running")
+        except KeyboardInterrupt as e:
+            print("left:", e)
+    ''')
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout == "left: signal 15\n" and proc.stderr == "", proc

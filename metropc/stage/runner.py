@@ -16,6 +16,7 @@ import multiprocessing
 from multiprocessing import resource_tracker
 import os
 import signal
+import sys
 import threading
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ def _stage_main(target, kwargs, log_level=None, log_queue=None):
     # cannot swallow (every other one, SystemExit included, is a refused
     # context or a failed view).
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    sys.unraisablehook = _leave_later
     _die_with_parent()
     _forward_logging(log_level, log_queue)
     # Everything imported so far (numpy, xarray, pandas: ~70 000 objects)
@@ -51,6 +53,18 @@ def _stage_main(target, kwargs, log_level=None, log_queue=None):
 
 def _exit_on_signal(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _leave_later(unraisable, default=sys.unraisablehook):
+    """A SIGTERM that came while a finaliser ran (ZeroMQ freeing a frame,
+    say) cannot leave from there: Python would print its traceback and go
+    on.  Send it again instead, to leave from the stage's next line."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        # From another thread, a moment later: a signal sent from here would
+        # be handled here again, still inside the finaliser.
+        threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        return
+    default(unraisable)
 
 
 def _forward_logging(level, queue):
