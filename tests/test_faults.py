@@ -312,3 +312,47 @@ def test_a_sigterm_inside_a_finaliser_still_ends_the_stage_quietly():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert proc.stdout == "left: signal 15\n" and proc.stderr == "", proc
+
+
+SLOW_POOL_CTX = """
+import time
+
+@View.Scalar
+def tid(t: 'internal#train_id'):
+    time.sleep(0.02)
+    return t
+
+@View.Scalar(stage='reduce')
+def total(t: 'view#tid'):
+    return t
+"""
+
+
+def test_a_worker_killed_under_overload_loses_only_what_it_held(pipeline, collector_factory):
+    """The pool is overloaded (the queue drops its oldest events) when a
+    worker is killed: the events it had not started go to the other one,
+    and the drop policy never drops those (they hold their place in the
+    sequence), so every event is accounted for exactly once and the output
+    does not wait for any of them."""
+    fe, col = start(pipeline, collector_factory, ctx=SLOW_POOL_CTX, queue_size=8,
+                    drop_policy="oldest", prefetch=4)
+    n = 600
+    feeder = threading.Thread(target=feed, args=(fe, range(n), 400))
+    feeder.start()
+    try:
+        col.poll_until(lambda m: len(col.values("total")) >= 30, timeout=30)
+        psutil.Process(fe._runners["pool-0"].pid).kill()
+    finally:
+        feeder.join(60)
+    wait_for(lambda: fe.restarts["pool-0"] == 1, timeout=20)
+    assert fe.dropped > 0  # overloaded indeed
+
+    def accounted(m):
+        lost = last_index(col, "internal#lost_events")
+        return lost is not None and len(col.values("total")) + fe.dropped + lost == n
+
+    col.poll_until(accounted, timeout=30)
+    assert last_index(col, "internal#lost_events") == fe.lost_events <= 4
+    got = col.values("total")
+    assert got == sorted(got) and len(set(got)) == len(got)
+    assert not any("gave up waiting" in e for e in fe.errors), fe.errors
