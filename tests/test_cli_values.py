@@ -143,3 +143,14 @@ def test_well_typed_parameters_run(ctx_file):
                "--status", "lines", "--pool", "1")
     assert proc.returncode == 0, proc.stderr
     assert "output on" in proc.stdout
+
+
+def test_every_loopback_address_counts_as_loopback(ctx_file):
+    """One rule for every address (output, dashboard, metrics): 127.x,
+    localhost and ::1 are this host only; nothing else is without
+    --allow-remote."""
+    proc = run(ctx_file, "--output", "tcp://127.0.0.2:0", "--duration", "1",
+               "--status", "off")
+    assert proc.returncode == 0, proc.stderr
+    assert "output on tcp://127.0.0.2:" in proc.stdout
+    assert_one_line_error(run(ctx_file, "--output", "tcp://10.0.0.1:0"), "--allow-remote")

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 
+from ..dashboard.address import is_loopback
 from ..error import ContextError, SourceError
 
 # The pipeline's modules are imported in main(), once SIGINT is blocked, so
@@ -38,7 +39,6 @@ from ..error import ContextError, SourceError
 
 log = logging.getLogger("metropc.run")
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 PROG = "metropc-run"
 
 
@@ -183,7 +183,7 @@ def check_addresses(args):
         if not addr or not addr.startswith("tcp://"):
             continue
         host = addr[len("tcp://"):].rsplit(":", 1)[0]
-        if host in LOOPBACK_HOSTS:
+        if is_loopback(host):  # (one rule for every address: 127.x, localhost, ::1)
             continue
         if not args.allow_remote:
             raise UsageError(
