@@ -179,6 +179,8 @@ class ViewSpec:
             kernel = _with_group_globals(kernel, owner, fields)
             if _takes_self(kernel):
                 kernel = types.MethodType(kernel, owner)
+        elif fields:  # a module-level prototype call: its fields as bare names too
+            kernel = _with_group_globals(kernel, None, fields)
         name = kwargs.pop("name", None)
         if name is None:
             name = self.func.__name__
@@ -234,7 +236,7 @@ class GroupGlobals(dict):
         self._extra = dict(extra or {})
 
     def __getitem__(self, name):
-        if name in self._group._fields:
+        if self._group is not None and name in self._group._fields:
             try:
                 return getattr(self._group, name)
             except AttributeError:
@@ -247,15 +249,19 @@ class GroupGlobals(dict):
             return self._module[name]
 
     def __repr__(self):
+        if self._group is None:
+            return "<globals of a prototype's view kernel>"
         return f"<globals of a {type(self._group).__name__} kernel>"
 
 
 def _with_group_globals(func, group, fields=None):
-    """A copy of `func` that reads `group`'s fields as globals (see GroupGlobals)."""
+    """A copy of `func` that reads `group`'s fields (None: no group, only
+    a prototype call's `fields`) as globals (see GroupGlobals)."""
     module = getattr(func, "__globals__", None)
     if not isinstance(func, types.FunctionType) or module is None:
         return func
-    extra = {k: v for k, v in (fields or {}).items() if k not in group._fields}
+    own = group._fields if group is not None else {}
+    extra = {k: v for k, v in (fields or {}).items() if k not in own}
     copy = types.FunctionType(func.__code__, GroupGlobals(module, group, extra),
                               func.__name__, func.__defaults__, func.__closure__)
     copy.__kwdefaults__ = func.__kwdefaults__

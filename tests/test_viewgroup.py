@@ -229,9 +229,11 @@ def test_group_parameters_from_constructor_and_to_dict(ctx):
 
 def test_prototype_outside_group_and_return_value():
     ctx = Context(textwrap.dedent("""
+        gain = 10
+
         @ViewPrototype.Scalar(name='channel{n}')
         def channel(v: 'karabo#ADC/A/B:out[ch{n}.value]'):
-            return v * 10
+            return v * gain + n   # the call's fields are bare names, as in groups
 
         made = [channel(n=n) for n in (1, 2)]
     """))
@@ -239,7 +241,7 @@ def test_prototype_outside_group_and_return_value():
     assert ctx.namespace["made"][0] is ctx.views["channel1"]
     ((_, res),) = metropc.run(ctx, [{"karabo#ADC/A/B:out[ch1.value]": 1,
                                     "karabo#ADC/A/B:out[ch2.value]": 2}])
-    assert res == {"channel1": 10, "channel2": 20}
+    assert res == {"channel1": 11, "channel2": 22}
 
 
 def test_stacked_decorators_make_two_views():
