@@ -55,7 +55,7 @@ from .pool import run_pool
 from .queue import EventQueue
 from .reduce import run_reduce
 from .runner import LogForwarder, ProcessRunner, StageRunner, ThreadRunner
-from .segments import owner_alive, owner_tag
+from .segments import left_by_dead_owners, owner_tag
 
 __all__ = ["ThreadedFrontend", "ProcessRunner", "ThreadRunner", "StageRunner",
            "Context", "ContextError", "encode_protocol", "decode_protocol",
@@ -75,14 +75,7 @@ def remove_stale_socket_dirs(directory=None) -> list[str]:
     directories of this user that hold nothing but sockets are touched."""
     directory = directory or tempfile.gettempdir()
     removed = []
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return removed
-    for name in names:
-        m = _SOCKET_DIR.fullmatch(name)
-        if m is None or owner_alive(int(m.group(1)), int(m.group(2))):
-            continue
+    for name in left_by_dead_owners(directory, _SOCKET_DIR):
         path = os.path.join(directory, name)
         try:
             if os.lstat(path).st_uid != os.getuid() or not all(

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_THRESHOLD", "SHM_DIR", "PREFIX", "UNIT", "ALIGN", "MIN_SEGMENT",
            "available", "default_size", "parse_size", "cleanup_stale", "owned_segments",
-           "owner_tag", "owner_alive",
+           "owner_tag", "owner_alive", "left_by_dead_owners",
            "unlink_owned", "owner_tag", "Segment", "Arena", "eligible", "plan_slot",
            "fill_slot", "fence"]
 
@@ -103,6 +103,17 @@ def owner_alive(pid, start):
     return start == 0 or now == start
 
 
+def left_by_dead_owners(directory, pattern):
+    """Names in `directory` that `pattern` matches (its first two groups
+    an :func:`owner_tag`) whose owning process is gone."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return [name for name in names if (m := pattern.fullmatch(name)) is not None
+            and not owner_alive(int(m.group(1)), int(m.group(2)))]
+
+
 def cleanup_stale(directory=SHM_DIR):
     """Remove segments whose owning process is gone; returns their names.
 
@@ -110,15 +121,8 @@ def cleanup_stale(directory=SHM_DIR):
     left behind is removed by the next one.
     """
     removed = []
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return removed
-    for name in names:
-        m = _NAME_RE.fullmatch(name)
-        if m is None or name in _live:
-            continue
-        if owner_alive(int(m.group(1)), int(m.group(2))):
+    for name in left_by_dead_owners(directory, _NAME_RE):
+        if name in _live:
             continue
         try:
             os.unlink(os.path.join(directory, name))
