@@ -39,7 +39,7 @@ from ..client import (Client, IndexEntry, IndexStageEntry, IndexTimingEntry, Ind
                       ViewOutput, slowest_views, view_path)
 from ..error import ProtocolError
 from ..timing import format_seconds
-from .run import UsageError, _Parser
+from .run import UsageError, _Parser, non_negative_int
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +68,6 @@ def _seconds(text: str) -> float:
     if not math.isfinite(value) or not 0 < value <= MAX_SECONDS:
         raise argparse.ArgumentTypeError(
             f"must be more than 0 and at most {MAX_SECONDS:.0f} seconds, got {text!r}")
-    return value
-
-
-def _run_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"wants a run number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a run number 0 or more, got {text!r}")
     return value
 
 
@@ -172,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="clear the accumulated state of these views (none: all)")
     acts.add_argument("--pause", action="store_true", help="stop computing new events")
     acts.add_argument("--resume", action="store_true", help="go on after --pause")
-    acts.add_argument("--start-run", nargs="?", type=_run_number, const=-1, metavar="N",
+    acts.add_argument("--start-run", nargs="?", type=non_negative_int, const=-1, metavar="N",
                       help="start a run (number N >= 0, default the next)")
     acts.add_argument("--end-run", action="store_true", help="end the current run")
     acts.add_argument("--set", dest="params", action="append", default=None,

@@ -23,6 +23,7 @@ import sys
 import time
 
 from ..error import ContextError, SourceError
+from .run import _Parser, parse_param, positive_int
 
 log = logging.getLogger("metropc.reprocess")
 PROG = "metropc-reprocess"
@@ -30,24 +31,7 @@ PROG = "metropc-reprocess"
 CONNECT_TIMEOUT = 10
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"wants a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from .run import parse_param
-
     p = _Parser(prog=PROG, description="Run a context over whole runs on a Dask cluster "
                 "and write the results as a metropc recording.")
     p.add_argument("context", help="the context file")
@@ -56,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="a new recording file, or a directory (one run_NNNN.h5 per run)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=_positive, default=None, metavar="N",
+    where.add_argument("--workers", type=positive_int, default=None, metavar="N",
                        help="local worker processes (default: the number of CPUs)")
     where.add_argument("--scheduler", default=None, metavar="ADDR",
                        help="use the Dask cluster whose scheduler is at ADDR")
@@ -64,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="NAME=VALUE", help="set a context parameter (repeatable)")
     p.add_argument("--views", default=None, metavar="A,B",
                    help="record only these views (default: every non-COMPUTE view)")
-    p.add_argument("--chunk-trains", type=_positive, default=None, metavar="N",
+    p.add_argument("--chunk-trains", type=positive_int, default=None, metavar="N",
                    help="trains per task (default: a few tasks per worker, at most 64)")
     return p
 
