@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import psutil
@@ -97,6 +99,18 @@ def pid_running(pid: int) -> bool:
         return running(psutil.Process(pid))
     except psutil.NoSuchProcess:
         return False
+
+
+def end_session(proc) -> None:
+    """Kill `proc` (a Popen started with ``start_new_session=True``) if it
+    still runs, and whatever is left in its session (stages, a recorder)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def cmdline(process: psutil.Process) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import end_session
 from ws_client import WsClient
 
 pytestmark = pytest.mark.timeout(120)
@@ -355,13 +356,7 @@ def test_recorder_ends_quietly_when_metropc_run_is_killed(tmp_path):
         # its stdin ends: it writes what it has and says "stopped" to nobody
         recorder[0].wait(30)  # (not our child: psutil gives no exit code)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        try:  # the stages and the recorder are in its session
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        end_session(proc)  # the stages and the recorder are in its session
         proc.stdout.close()
     text = errors.read_text()
     assert "Traceback" not in text and "BrokenPipeError" not in text, text

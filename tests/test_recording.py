@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import end_session
 import zmq
 
 pytest.importorskip("h5py", reason="h5py not installed (pip install metropc[record])")
@@ -400,13 +401,7 @@ def test_sigkill_of_metropc_run_leaves_a_complete_file(tmp_path):
         proc.wait(10)
         deadline_poll(lambda: _recorder_gone(proc.pid), 30, "recorder ended")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        try:  # the stages and the recorder are in its session
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        end_session(proc)  # the stages and the recorder are in its session
     with h5py.File(path, "r") as f:  # closed cleanly: no swmr=True needed
         tid = f["views/tid/0/train_id"][:]
         np.testing.assert_array_equal(f["views/tid/0/data"][:len(tid)], tid)
