@@ -7,7 +7,7 @@ metropc documents runners being bound to a stage by such a class.
 from .pool import PoolWorker as PoolContext
 from .pool import run_pool
 from .reduce import ReduceStage as ReduceContext
-from .reduce import run_reduce
+from .reduce_loop import run_reduce
 from .runner import ProcessRunner, StageRunner, ThreadRunner
 
 __all__ = ["StageRunner", "ThreadRunner", "ProcessRunner", "PoolContext",

@@ -53,7 +53,7 @@ from .async_stage import run_async
 from .frontend_loop import START_ASYNC
 from .pool import run_pool
 from .queue import EventQueue
-from .reduce import run_reduce
+from .reduce_loop import run_reduce
 from .runner import LogForwarder, ProcessRunner, StageRunner, ThreadRunner
 from .segments import left_by_dead_owners, owner_tag
 

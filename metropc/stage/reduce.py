@@ -12,6 +12,14 @@ Large results of local workers arrive in shared-memory slots
 (:mod:`metropc.stage.shm`): REDUCE maps them read-only and frees each slot
 once nothing refers to its arrays any more (published zero-copy messages
 included).
+
+:class:`ReduceStage` decides and sends; it polls nothing.  The process's
+sockets and poll loop are :mod:`metropc.stage.reduce_loop`'s, and parts with
+a job of their own are small classes the stage owns, each in its module:
+the counts and payloads of the index (:mod:`metropc.stage.reduce_index`),
+the restart point and taking over from a REDUCE that died
+(:mod:`metropc.stage.reduce_restart`), and the ASYNC stage's inputs
+(:mod:`metropc.stage.reduce_async`).
 """
 
 from __future__ import annotations
@@ -21,82 +29,42 @@ import itertools
 import logging
 import os
 import time
-from time import perf_counter
-
-import zmq
 
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput, ViewStage
 from ..error import ParameterError, ProtocolError
 from ..protocol import encode_protocol
 from ..protocol_layouts import result_record
-from ..transport import readable
-from ..security import secure
-from . import common, shm as shmem
+from . import shm as shmem
 from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, META_EVENT, META_SKIP, META_STEP,
-                     OP_ABORT, OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_CTX_FAILED,
-                     OP_ERROR, OP_HELLO, OP_INDEX,
-                     OP_LOST, OP_PARAMS, OP_PROGRESS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
-                     RejectLog, recv, recv_messages, send)
-from ..messages import (KEY_MARK, KEY_TIME, META_MARK, OP_ANNOUNCE, OP_ARESULT, OP_INPUTS,
-                        OP_RESET, OP_VSTATS, OP_WANT)
+                     OP_CTX_FAILED, OP_ERROR, OP_INDEX, OP_RESULT, RejectLog, send)
+from ..messages import KEY_MARK, KEY_TIME, META_MARK, OP_ARESULT, OP_WANT
 from ..timing import ReduceObserver, add_time
 from .ordering import ReorderBuffer
-from .progress import ProgressClock
+from .reduce_async import AsyncFeed
+from .reduce_index import STATE_CODES, ReduceIndex, status_payload
+from .reduce_restart import RestartPoint, Takeover
 from .reload import StagedContext
 from .output import Output
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_reduce", "ReduceStage"]
+__all__ = ["ReduceStage"]
 
-#: How often the index is published without being asked (seconds).
-INDEX_INTERVAL = 1.0
 #: Topics besides ``view#<name>`` and ``index`` (docs/protocol.md §8).
 TOPIC_CONTEXT = b"context"
 TOPIC_PARAMS = b"params"
 TOPIC_MARK = b"mark"
 TOPIC_STATUS = b"status"
-#: Codes of the states in the index entry ``internal#state``.
-STATE_CODES = {"READY": 0, "RUN": 1, "STOP": 2}
 #: Results of a worker message (or released at once) counted and published
 #: as a whole if usual (ReduceStage.on_results): from 4 on, that is cheaper
 #: than one by one (a single result: 4 us one by one, 10 us as a whole).
 RUN_MIN = 4
-#: Seconds a restarted REDUCE holds results back until the clients of the
-#: one that died have subscribed again.
-SUBSCRIBE_GRACE = 2.0
-
-
-
-class RateMeter:
-    """Counts plus a rate over the last index interval."""
-
-    def __init__(self):
-        self.counts = {}
-        self._prev = {}
-        self.rates = {}
-        self._t = time.monotonic()
-
-    def set(self, key, count):
-        self.counts[key] = count
-
-    def add(self, key, delta=1):
-        self.counts[key] = self.counts.get(key, 0) + delta
-
-    def update_rates(self):
-        now = time.monotonic()
-        dt = now - self._t
-        if dt < 0.2:
-            return
-        for key, count in self.counts.items():
-            self.rates[key] = (count - self._prev.get(key, 0)) / dt
-        self._prev = dict(self.counts)
-        self._t = now
 
 
 class ReduceStage:
-    """State of the reduce process; :func:`run_reduce` drives it."""
+    """State of the reduce process; :func:`metropc.stage.reduce_loop.run_reduce`
+    drives it."""
 
     def __init__(self, control, output, reorder_window=4096, reorder_timeout=10.0):
         self.control = control
@@ -106,34 +74,25 @@ class ReduceStage:
         self.engine = None
         self.pending = {}          # version -> (Context, from_seq)
         self.buffer = ReorderBuffer(reorder_window, reorder_timeout)
-        self.meter = RateMeter()
-        # increase_view_counts() of POOL kernels, from the workers' vstats:
-        # {context version: Counter}; REDUCE's own are in its context's.
-        self.worker_counts = {}
+        # The counts of the index (metropc.stage.reduce_index); `meter` is
+        # its RateMeter, one object for good (reset on a new context).
+        self.index_counts = ReduceIndex()
+        self.meter = self.index_counts.meter
         self.stale = 0
         self.stalled = collections.deque()  # results waiting for their context
         self.stalled_since = None
         self.refused = set()               # context versions refused somewhere
         self.staged = StagedContext(ContextStage.REDUCE)
-        self.doubtful = []                 # after a restart: results that may come
-        self.doubtful_until = 0.0
         self.run = None                    # the current run number (None: no run)
         self.last_run = None
         self.state = "READY"               # READY, RUN or STOP (paused)
         self.events_seen = False
         self.announced = {}                # {"control": address} from the frontend
-        self.async_latest = {}             # newest results the async views read
-        self.async_fresh = False           # new ones since the last `inputs`
-        self.async_wanted = False          # the async stage asked for inputs
-        self.async_peer = None             # its identity on the async socket
-        self.async_socket = None
-        self.async_event = None
-        self.clients_back = set()          # after a restart: prefixes to wait for
-        self.clients_until = 0.0
-        self.grace = 1.0
-        self._progress_sent = None
-        self._progress_next = None   # taken last time, reported next time
-        self.inputs = {}           # path -> (count, rate), from the frontend
+        self.async_feed = AsyncFeed()      # for the ASYNC stage (metropc.stage.reduce_async)
+        # Being replaced (metropc.stage.reduce_restart): what this one
+        # reports, and what it waits for if it replaces one that died.
+        self.restart_point = RestartPoint()
+        self.takeover = Takeover()
         self.slots = shmem.SlotReader(header_writable=True)
         self.leases = {}           # seq -> shm.Lease of its result's arrays
         # Observability (metropc.timing): view timing merged from every
@@ -178,33 +137,18 @@ class ReduceStage:
         self.run = self.last_run = run if type(run) is int else None
         if data.get("state") in STATE_CODES:
             self.state = data["state"]
-        self.doubtful = list(data.get("doubtful") or ())
-        self.grace = float(data.get("grace", 1.0))
-        self.doubtful_until = time.monotonic() + self.grace
-        # Clients reconnect on their own within moments: results published
-        # before their subscriptions are back would be lost to them unseen.
-        self.clients_back = set(data.get("subs") or ())
-        self.clients_until = time.monotonic() + SUBSCRIBE_GRACE
-        self.output.remembered = set(self.clients_back)
+        self.takeover.start(data)  # (its clients and doubtful events: see Takeover)
+        self.output.remembered = set(self.takeover.clients_back)
         self._process_all(self.buffer.skip(int(s) for s in data.get("skip") or ()))
 
     def awaiting_clients(self):
         """Whether results wait for the clients of a REDUCE that died to resubscribe."""
-        if not self.clients_back:
-            return False
-        now = time.monotonic()
-        if self.clients_back <= self.output.prefixes or now > self.clients_until:
-            self.clients_back = set()
-            # Results are read again from now on: their grace starts now.
-            self.doubtful_until = max(self.doubtful_until, now + self.grace)
-            return False
-        return True
+        return self.takeover.awaiting_clients(self.output.prefixes)
 
     def check_doubtful(self):
         """After the grace period, results that did not come are lost."""
-        if self.doubtful and not self.awaiting_clients() and (
-                time.monotonic() >= self.doubtful_until):
-            doubtful, self.doubtful = self.doubtful, []
+        doubtful = self.takeover.given_up(self.output.prefixes)
+        if doubtful:
             self._process_all(self.buffer.skip(doubtful))
 
     def on_commit(self, data):
@@ -219,37 +163,17 @@ class ReduceStage:
 
     def progress(self):
         """What the frontend needs, if changed: how far this stage got (for
-        its dispatch window) and where to restart it after a crash.
-
-        Called every PROGRESS_INTERVAL.  The restart state (``next_seq``
-        and the counters) is the one taken at the call before: a result is
-        published by handing it to ZeroMQ, whose I/O thread writes it out a
-        moment later, so a report of the state at once could name an event
-        whose result died with this process (SIGKILL) before it left, and
-        the new REDUCE would count it neither received nor lost.  One
-        interval old, every result the report covers has left; the events
-        of the last interval are counted lost after a crash, even if their
-        results got out.  ``done_seq`` is current: the frontend only paces
-        dispatching by it, and a lagging window would idle the pipeline.
-        """
-        state = (self.buffer.next_seq, self.buffer.lost, self.stale,
-                 frozenset(self.output.prefixes), self.run, self.state, self.output.dropped)
-        report, self._progress_next = self._progress_next, state
-        if report is None or (report, state[0]) == self._progress_sent:
-            return None
-        self._progress_sent = (report, state[0])
-        return {"next_seq": report[0], "done_seq": state[0], "lost": report[1],
-                "stale": report[2], "subs": sorted(report[3]), "run": report[4],
-                "state": report[5], "output_dropped": report[6]}
+        its dispatch window) and where to restart it after a crash, which
+        lags one report behind (see :meth:`RestartPoint.report
+        <metropc.stage.reduce_restart.RestartPoint.report>`)."""
+        return self.restart_point.report((
+            self.buffer.next_seq, self.buffer.lost, self.stale, frozenset(self.output.prefixes),
+            self.run, self.state, self.output.dropped))
 
     @property
     def progress_pending(self) -> bool:
-        """Whether the state taken last is not reported yet: the loop must
-        wake for the next report even if nothing else comes (an idle
-        REDUCE would otherwise keep the frontend waiting on its window)."""
-        sent = self._progress_sent
-        return self._progress_next is not None and (sent is None
-                                                    or self._progress_next != sent[0])
+        """Whether the state taken last is not reported yet (the loop wakes for it)."""
+        return self.restart_point.pending
 
     def _schedule(self, ctx, from_seq):
         """Use `ctx` from event `from_seq` on (now, if nothing older waits)."""
@@ -270,15 +194,13 @@ class ReduceStage:
         if self.engine is not None:  # its views' timing goes on counting
             self.obs.timing.add_all(self.engine.take_timings())
         self.ctx = ctx
-        self.async_latest, self.async_fresh = {}, False
+        self.async_feed.new_context()
         self.engine = Engine(ctx, ErrorReporter(sink=self.report))
         self.topics = {name: f"view#{name}".encode("utf-8")
                        for name, view in ctx.views.items()
                        if view.output != ViewOutput.COMPUTE}
         self.pending = {v: p for v, p in self.pending.items() if v > ctx.version}
-        self.meter = RateMeter()
-        self.worker_counts = {v: c for v, c in self.worker_counts.items()
-                              if v is None or ctx.version is None or v >= ctx.version}
+        self.index_counts.new_context(ctx.version)
         self.publish_context()
         self.publish_index()
 
@@ -313,11 +235,8 @@ class ReduceStage:
 
     def reset_async(self, views):
         """Async views (in their own process) are reset with the others."""
-        async_views = [n for n in views if n in self.ctx.views
-                       and self.ctx.views[n].stage is ViewStage.ASYNC]
-        if async_views and self.async_peer is not None and self.async_socket is not None:
-            send(self.async_socket, OP_RESET, {"views": async_views},
-                 prefix=[self.async_peer])
+        self.async_feed.reset([n for n in views if n in self.ctx.views
+                               and self.ctx.views[n].stage is ViewStage.ASYNC])
 
     def publish_mark(self, mark):
         """Tell clients (and recorders) about a mark, with the current run."""
@@ -349,12 +268,10 @@ class ReduceStage:
         self.add_worker_counts(data.get("counts", ()))
 
     def add_worker_counts(self, counts):
-        """``(context version, name, delta)`` of another process's kernels;
-        those of a context no longer in use are dropped, as its index is."""
+        """``(context version, name, delta)`` of another process's kernels
+        (see ReduceIndex.add_worker_counts)."""
         current = self.ctx.version if self.ctx is not None else None
-        for version, name, delta in counts:
-            if version is None or current is None or version >= current:
-                self.worker_counts.setdefault(version, collections.Counter())[name] += delta
+        self.index_counts.add_worker_counts(counts, current)
 
     def on_announce(self, data):
         """Addresses the frontend's process offers (its control endpoint)."""
@@ -394,29 +311,15 @@ class ReduceStage:
             self.meter.add(view_name)
         self.publish(results, None)
         if self.engine.async_inputs:
-            self.feed_async({}, results, None)
+            self.async_feed.feed(self.engine.async_inputs, {}, results, None)
 
     # -- the ASYNC stage ------------------------------------------------------------
-    def feed_async(self, pool_results, results, event_id):
-        """Keep the newest results the async views read (references, no copies)."""
-        latest = self.async_latest
-        fresh = False
-        for name in self.engine.async_inputs:
-            value = results.get(name, pool_results.get(name))
-            if value is not None:
-                latest[name] = value
-                fresh = True
-        if fresh:
-            self.async_fresh = True
-            self.async_event = event_id
-
     def on_async(self, ident, opcode, data):
         """`want` (the async stage is ready) or `aresult` (its results)."""
-        self.async_peer = ident
+        self.async_feed.peer = ident
         if opcode == OP_WANT:
-            self.async_wanted = True
-            if data.get("version") != (None if self.ctx is None else self.ctx.version):
-                self.async_fresh = True  # a new context there: give it what there is
+            self.async_feed.want(data.get("version"),
+                                 None if self.ctx is None else self.ctx.version)
         elif opcode == OP_ARESULT and self.ctx is not None:
             if data.get("version") != self.ctx.version:
                 return  # computed under another context: stale
@@ -432,12 +335,9 @@ class ReduceStage:
     def async_inputs_message(self):
         """``(peer, inputs message)`` when the async stage asked and there is
         something new (or None): at most one in flight, never queued."""
-        if not (self.async_wanted and self.async_fresh and self.async_peer is not None
-                and self.ctx is not None):
+        if self.ctx is None:
             return None
-        self.async_wanted = self.async_fresh = False
-        return self.async_peer, {"inputs": dict(self.async_latest), "event_id": self.async_event,
-                                 "version": self.ctx.version, "run": self.run}
+        return self.async_feed.inputs_message(self.ctx.version, self.run)
 
     # -- events -------------------------------------------------------------------
     def on_results(self, results, rejected):
@@ -487,7 +387,7 @@ class ReduceStage:
         :meth:`on_results`.  None if not."""
         ctx, engine = self.ctx, self.engine
         if (ctx is None or engine is None or engine.reduces or engine.async_inputs
-                or self.pending or self.stalled or self.clients_back or self.leases
+                or self.pending or self.stalled or self.takeover.clients_back or self.leases
                 or not self.events_seen):
             return None
         first, n, version = metas[0][0], len(metas), ctx.version
@@ -592,9 +492,9 @@ class ReduceStage:
     def _process_released(self, item):
         ctx = self.ctx  # (the common case first: nothing waits, the current context)
         if (ctx is not None and item[0][1] == ctx.version and not self.stalled
-                and not self.clients_back):
+                and not self.takeover.clients_back):
             self.process(*item)
-        elif self.stalled or (self.clients_back and self.awaiting_clients()) or (
+        elif self.stalled or (self.takeover.clients_back and self.awaiting_clients()) or (
                 not self._context_known(item[0])):
             # Results can overtake their context on the way here (they
             # come from the workers, the context from the frontend):
@@ -687,7 +587,7 @@ class ReduceStage:
         if results:
             self.publish(results, event_id)
         if engine.async_inputs:
-            self.feed_async(pool_results, results, event_id)
+            self.async_feed.feed(engine.async_inputs, pool_results, results, event_id)
         obs = self.obs
         obs.events += 1
         received = data.get(KEY_TIME)
@@ -734,46 +634,20 @@ class ReduceStage:
 
     # -- index -----------------------------------------------------------------------
     def index(self):
-        """The index payload: views and input paths with counts and rates."""
-        meter = self.meter
-        meter.update_rates()
-        entries = {}
-        for path, (count, rate) in self.inputs.items():
-            entries[path] = (int(count), float(rate))
-        # What this process's recv rejected (garbage on the results port,
-        # above all), with the frontend's own count (its stats).
-        count, rate = entries.get("internal#rejected_messages", (0, 0.0))
-        entries["internal#rejected_messages"] = (count + common.rejected, rate)
-        if self.ctx is not None:
-            alias = f"internal#{self.ctx.event_alias}"
-            entries[alias] = (int(meter.counts.get("#events", 0)),
-                              float(meter.rates.get("#events", 0.0)))
-            counts = collections.Counter(self.ctx.view_counts)
-            counts.update(self.worker_counts.get(self.ctx.version, {}))
-            for name, view in self.ctx.views.items():
-                entries[f"view#{name}"] = (
-                    int(meter.counts.get(name, 0) + counts.pop(name, 0)),
-                    float(meter.rates.get(name, 0.0)), view.output.value,
-                    view.stage.value, int(self.engine.errors.get(name, 0)),
-                    bool(view.hidden), view.label or "")
-            for name, count in counts.items():
-                # A pure counter (a name that is no view): a plain entry,
-                # which clients do not take for a view to subscribe to.
-                entries[f"view#{name}"] = (int(count), 0.0)
-        entries["internal#state"] = (STATE_CODES[self.state], 0.0)
-        entries["internal#run"] = (self.run or 0, 0.0)
-        entries["internal#lost_events"] = (self.buffer.lost, 0.0)
-        entries["internal#stale_events"] = (self.stale, 0.0)
-        entries["internal#output_dropped"] = self.output.drop_stats()
-        # View timing, stage load, output latency (metropc.timing, §8).
-        entries.update(self.obs.entries(
-            self.engine.take_timings() if self.engine is not None else {},
-            len(self.buffer), os.getpid()))
-        return entries
+        """The index payload: views and input paths with counts and rates
+        (built by :class:`~metropc.stage.reduce_index.ReduceIndex`)."""
+        engine = self.engine
+        return self.index_counts.entries(
+            self.ctx, engine.errors if engine is not None else {}, state=self.state,
+            run=self.run, lost=self.buffer.lost, stale=self.stale,
+            output_dropped=self.output.drop_stats(),
+            # View timing, stage load, output latency (metropc.timing, §8).
+            observed=self.obs.entries(engine.take_timings() if engine is not None else {},
+                                      len(self.buffer), os.getpid()))
 
     def on_stats(self, data):
         """Input statistics from the frontend: {path: (count, rate)}."""
-        self.inputs = dict(data)
+        self.index_counts.on_stats(data)
 
     def publish_index(self):
         """Send the index (no ``seq``: its keys are paths, and it is sent
@@ -801,206 +675,5 @@ class ReduceStage:
             self.output.send(encode_protocol(TOPIC_STATUS, self.status()))
 
     def status(self):
-        """What a display shows at the top: state, run, context, where to
-        control; and that results come in batches to who asks (``batch``)."""
-        ctx = self.ctx
-        return {"state": self.state, "run": self.run,
-                "version": None if ctx is None else ctx.version,
-                "path": None if ctx is None else ctx.path,
-                "control": self.announced.get("control"), "batch": True}
-
-
-def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
-               reorder_window=4096, reorder_timeout=10.0, zmq_context=None, keys=None,
-               async_addr=None):
-    """Run the REDUCE stage until told to stop; returns an exit code.
-
-    `async_addr`: where the ASYNC stage (metropc.stage.async_stage) connects
-    for the newest inputs of its views (a private ipc socket of this host).
-    """
-    zctx = zmq_context or zmq.Context()
-    secure_server, secure_client, auth = secure(zctx, keys)
-    control = make_socket(zctx, zmq.DEALER, identity=b"reduce")
-    results = make_socket(zctx, zmq.PULL)
-    output = make_socket(zctx, zmq.XPUB, hwm=output_hwm)
-    link = make_socket(zctx, zmq.ROUTER) if async_addr else None
-    secure_client(control)
-    secure_server(results)
-    secure_server(output)
-    try:
-        control.connect(control_addr)
-        binds = [(results, reduce_addr), (output, output_addr)]
-        if link is not None:
-            binds.append((link, async_addr))
-        for sock, addr in binds:
-            try:
-                sock.bind(addr)
-            except zmq.ZMQError as e:  # one clear line, not a traceback
-                control.linger = 1000  # let the report reach the frontend
-                send(control, OP_ERROR, {"msg": f"[reduce] cannot bind {addr}: {e}"})
-                return 2
-        stage = ReduceStage(control, output, reorder_window, reorder_timeout)
-        stage.async_socket = link
-        send(control, OP_HELLO, {"stage": "reduce",
-                                 "output_addr": output.last_endpoint.decode(),
-                                 "reduce_addr": results.last_endpoint.decode()})
-        _ReduceLoop(stage, control, results, output, link).run()
-        return 0
-    except (KeyboardInterrupt, zmq.ContextTerminated):
-        return 0
-    finally:
-        for sock in (control, results, output, link):
-            if sock is not None:
-                sock.close(0)
-        if auth is not None:
-            auth.stop()
-        if zmq_context is None:
-            zctx.term()
-
-
-class _ReduceLoop:
-    """Polls REDUCE's sockets and hands what comes to :class:`ReduceStage`.
-
-    A message that is malformed, or fails in its handler, is logged once
-    per kind and dropped: no input ends this stage.
-    """
-
-    def __init__(self, stage, control, results, output, link=None):
-        self.stage, self.control, self.results, self.output = stage, control, results, output
-        self.link = link  # the ASYNC stage's socket (ROUTER), or None
-        self.handlers = {OP_CONTEXT: stage.on_context, OP_COMMIT: stage.on_commit,
-                         OP_ABORT: stage.on_abort, OP_PARAMS: stage.on_params,
-                         OP_ACTION: stage.on_action, OP_LOST: stage.on_lost,
-                         OP_STATS: stage.on_stats, OP_ANNOUNCE: stage.on_announce,
-                         OP_INDEX: lambda data: stage.publish_index()}
-        self.rejected = stage.rejected
-        self.results_polled = True
-
-    def run(self):
-        stage = self.stage
-        poller = zmq.Poller()
-        for sock in (self.control, self.results, self.output):  # output: subscriptions
-            poller.register(sock, zmq.POLLIN)
-        if self.link is not None:
-            poller.register(self.link, zmq.POLLIN)
-        next_index = time.monotonic() + INDEX_INTERVAL
-        progress_clock = ProgressClock()
-        while True:
-            wait = next_index - time.monotonic()
-            deadline = stage.buffer.deadline()
-            if deadline is not None:
-                wait = min(wait, deadline)
-            if stage.slots.pending or stage.doubtful:  # look again soon
-                wait = min(wait, 0.05)
-            results_polled = not stage.awaiting_clients()
-            if results_polled != self.results_polled:
-                (poller.register if results_polled else poller.unregister)(self.results)
-                self.results_polled = results_polled
-                if results_polled:  # the clients are back: what waited goes out
-                    stage._resume()
-            if not results_polled:
-                wait = min(wait, 0.05)
-            if stage.progress_pending or progress_clock.pending:
-                wait = min(wait, progress_clock.wait(time.monotonic()))
-            ready = dict(poller.poll(max(0, int(wait * 1000)) + 1))
-            t0 = perf_counter()
-            if self.results in ready:
-                count = self.drain_results()
-                stage.output.flush()  # out before the bookkeeping below (72 us cold)
-                progress_clock.published(time.monotonic(), count)
-            if self.output in ready and stage.output.read_subscriptions():
-                stage.publish_status()  # a new client learns at once what we offer
-            if self.control in ready and self.on_control():
-                return
-            if self.link is not None:
-                if self.link in ready:
-                    self.on_link()
-                self.send_async_inputs()
-            stage.flush()
-            stage.check_stalled()
-            stage.check_doubtful()
-            stage.release_slots()
-            stage.output.flush()  # the batches this round filled
-            stage.obs.busy += perf_counter() - t0
-            now = time.monotonic()
-            if progress_clock.due(now):
-                progress = stage.progress()
-                if progress is not None:
-                    send(self.control, OP_PROGRESS, progress)
-                progress_clock.reported(now)
-            if now >= next_index:
-                stage.publish_index()
-                stage.slots.prune()
-                next_index = time.monotonic() + INDEX_INTERVAL
-
-    def on_link(self, limit=16):
-        """Messages of the ASYNC stage: it wants inputs, or sends results."""
-        for _ in range(limit):
-            try:
-                ident, opcode, data = recv(self.link, identity=True, flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except ProtocolError as e:
-                self.rejected(b"async", e)
-                continue
-            if opcode in (OP_WANT, OP_ARESULT):
-                self.guarded(opcode, lambda d: self.stage.on_async(ident, opcode, d), data)
-
-    def send_async_inputs(self):
-        """The newest inputs, if the ASYNC stage asked and there is news."""
-        message = self.stage.async_inputs_message()
-        if message is not None:
-            peer, data = message
-            try:
-                send(self.link, OP_INPUTS, data, prefix=[peer], flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass  # it went away; it asks again when it is back
-            except Exception as e:  # noqa: BLE001 - an input that cannot be sent
-                self.rejected(b"inputs", e)
-
-    def drain_results(self, limit=256) -> int:
-        """Take the results waiting (at most `limit` messages: let control in);
-        returns how many results there were."""
-        count = 0
-        for _ in range(limit):
-            try:
-                results = []
-                for opcode, data in recv_messages(self.results, zmq.NOBLOCK):
-                    if opcode == OP_RESULT:
-                        results.append(data)
-                    elif opcode == OP_VSTATS:
-                        self.guarded(opcode, self.stage.on_vstats, data)
-                if results:
-                    count += len(results)
-                    self.stage.on_results(results, self.reject_result)
-            except zmq.Again:
-                break
-            except ProtocolError as e:
-                self.rejected(b"result", e)
-            if not readable(self.results):  # (a third of the cost of poll(0))
-                break
-        return count
-
-    def reject_result(self, error):
-        self.rejected(OP_RESULT, error)
-
-    def on_control(self):
-        """Handle one control message; True to stop."""
-        try:
-            opcode, data = recv(self.control)
-        except ProtocolError as e:
-            self.rejected(b"control", e)
-            return False
-        if opcode == OP_STOP:
-            return True
-        handler = self.handlers.get(opcode)
-        if handler is not None:
-            self.guarded(opcode, handler, data)
-        return False
-
-    def guarded(self, opcode, handler, data):
-        try:
-            handler(data)
-        except Exception as e:  # noqa: BLE001 - no message may end this stage
-            self.rejected(opcode, e)
-
+        """The status payload (see :func:`~metropc.stage.reduce_index.status_payload`)."""
+        return status_payload(self.state, self.run, self.ctx, self.announced.get("control"))
