@@ -846,9 +846,9 @@ def test_browser_read_only_dashboard(browser, pipe):
 def test_metropc_run_serves_the_dashboard_with_control():
     """``metropc-run CTX --dashboard 127.0.0.1:0`` serves a page that can edit parameters."""
     pytest.importorskip("tornado")
-    from metropc.cli import run
+    from metropc.cli import run_args
 
-    if "--dashboard" not in run.build_parser().format_help():
+    if "--dashboard" not in run_args.build_parser().format_help():
         pytest.skip("metropc-run has no --dashboard option yet")
     proc = subprocess.Popen(
         [sys.executable, "-m", "metropc.cli.run", "contexts/sim_example.py",

@@ -35,11 +35,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..client import (Client, IndexEntry, IndexStageEntry, IndexTimingEntry, IndexViewEntry,
-                      ViewOutput, slowest_views, view_path)
+from ..client import Client
+from ..enums import ViewOutput
 from ..error import ProtocolError
+from ..index import (IndexEntry, IndexStageEntry, IndexTimingEntry, IndexViewEntry,
+                     slowest_views, view_path)
 from ..timing import format_seconds
-from .run import UsageError, _Parser, non_negative_int
+from .run_args import UsageError, _Parser, non_negative_int
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _control(client: Client, args, timeout: float) -> int:
     """Carry out the control option given; prints one line, returns the exit code."""
-    from ..client import ControlError, Controller
+    from ..controller import ControlError, Controller
 
     try:
         with Controller.of(client, timeout=timeout, keys=args.keys) as control:

@@ -29,7 +29,7 @@ import time
 
 from ..dashboard import DEFAULT_PORT, check_bind, parse_bind
 from .client import check_connect_address, check_keys
-from .run import UsageError, _Parser, positive_float, positive_int
+from .run_args import UsageError, _Parser, positive_float, positive_int
 
 log = logging.getLogger("metropc.dashboard")
 PROG = "metropc-dashboard"

@@ -29,7 +29,7 @@ import threading
 from types import SimpleNamespace
 
 from .client import check_keys
-from .run import UsageError, _Parser, check_addresses, check_port_free, parse_address
+from .run_args import UsageError, _Parser, check_addresses, check_port_free, parse_address
 
 log = logging.getLogger("metropc.replay")
 PROG = "metropc-replay"

@@ -23,7 +23,7 @@ import sys
 import time
 
 from ..error import ContextError, SourceError
-from .run import _Parser, parse_param, positive_int
+from .run_args import _Parser, parse_param, positive_int
 
 log = logging.getLogger("metropc.reprocess")
 PROG = "metropc-reprocess"
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         handler.addFilter(_quiet_dask)
     from ..inprocess import load_context
     from ..reprocess.driver import ReprocessError, import_distributed
-    from .run import UsageError, check_parameters
+    from .run_args import UsageError, check_parameters
 
     try:
         distributed = import_distributed()

@@ -27,7 +27,7 @@ import socket
 import sys
 
 from .client import check_connect_address, check_keys
-from .run import UsageError, _Parser, positive_int
+from .run_args import UsageError, _Parser, positive_int
 
 PROG = "metropc-worker"
 

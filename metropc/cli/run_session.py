@@ -1,0 +1,284 @@
+"""The running ``metropc-run`` session's plumbing, around the pipeline.
+
+Signals (:class:`Interrupts`: Ctrl-C and SIGTERM without a traceback), the
+stage processes' output in live mode (:class:`ChildOutput`), keys typed in
+the terminal (:class:`Keys`), log lines for the user (:func:`setup_logging`)
+and reloading the context file on save (:class:`ContextWatcher`).  None of
+it reads the command line or builds the pipeline: ``metropc.cli.run`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+from ..error import ContextError
+
+# The same logger as metropc.cli.run: its lines say "metropc.run".
+log = logging.getLogger("metropc.run")
+
+
+class ContextWatcher:
+    """Reloads the context file when it changes; keeps the old one on error.
+
+    A reload runs in a thread of its own, so that the main loop (status,
+    keys, Ctrl-C) goes on while the context's top-level code runs, however
+    long it takes (Pipeline refuses it after RELOAD_TIMEOUT).  A change
+    saved meanwhile is loaded after it.
+    """
+
+    def __init__(self, pipeline, state=None):
+        self.pipeline = pipeline
+        self.path = pipeline.context_path
+        self.state = state
+        self._stamp = self._read_stamp()
+        self._loading = None
+
+    def _read_stamp(self):
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def poll(self):
+        if self._loading is not None and self._loading.is_alive():
+            return
+        stamp = self._read_stamp()
+        if stamp is None or stamp == self._stamp:
+            return
+        self._stamp = stamp
+        self._loading = threading.Thread(target=self.reload, name="metropc-reload",
+                                         daemon=True)
+        self._loading.start()
+
+    def reload(self):
+        try:
+            ctx = self.pipeline.reload()
+        except ContextError as e:
+            log.error("context refused, the previous one keeps running (version %d)\n%s",
+                      self.pipeline.version, e.format_for_context(_read(self.path)))
+            if self.state is not None:
+                self.state.refuse(str(e))
+        except OSError as e:
+            log.error("cannot read context %s: %s", self.path, e)
+            if self.state is not None:
+                self.state.refuse(f"{self.path}: cannot read: {e.strerror or e}")
+        else:
+            if self.state is not None:
+                self.state.loaded(ctx.version, len(ctx.views))
+
+
+def _read(path):
+    """The context's text to quote in an error report; None if unreadable."""
+    from ..core import read_context_file  # (numpy and xarray: not for --help)
+    try:
+        return read_context_file(path)
+    except (OSError, ContextError):
+        return None
+
+
+class Interrupts:
+    """Ctrl-C and SIGTERM, at any moment, without a traceback.
+
+    SIGINT is blocked in every thread and taken by one thread with
+    ``sigtimedwait``; stage processes are spawned while it is blocked, so
+    they inherit the block and never see Ctrl-C, not even while Python
+    starts up in them (before they can ignore it).  The first signal sets
+    :attr:`stop` and calls `on_stop`; a second one calls `on_exit`.
+    """
+
+    def __init__(self, on_stop, on_exit):
+        self.stop = threading.Event()
+        self.signum = None
+        self._on_stop, self._on_exit = on_stop, on_exit
+        self._done = threading.Event()
+        self._old_mask = self._old_term = self._old_int = None
+        self._thread = None
+
+    @staticmethod
+    def block():
+        """Block SIGINT in this thread, and so in every thread and process it
+        starts later; call it before anything else starts.  Returns the old mask."""
+        return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def install(self, old_mask):
+        self._old_mask = old_mask
+        self._thread = threading.Thread(target=self._wait, name="metropc-run-sigint",
+                                        daemon=True)
+        self._thread.start()
+        handler = lambda signum, frame: self.request(signum)  # noqa: E731
+        self._old_term = signal.signal(signal.SIGTERM, handler)
+        # Should anything unblock SIGINT again, it still is no traceback.
+        self._old_int = signal.signal(signal.SIGINT, handler)
+        # multiprocessing's resource tracker, when it starts, unblocks SIGINT
+        # in the thread that starts it (ensure_running); start it now and
+        # block again, so that the stage processes, spawned later, inherit
+        # the block (ensure_running leaves the mask alone once it runs).
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def _wait(self):
+        while not self._done.is_set():
+            info = signal.sigtimedwait({signal.SIGINT}, 0.2)
+            # A stop and continue (Ctrl-Z, fg) during the wait can make it
+            # return a record of no signal at all (CPython 3.11): not a Ctrl-C.
+            if info is not None and info.si_signo == signal.SIGINT:
+                self.request(signal.SIGINT)
+
+    def request(self, signum):
+        if self.stop.is_set():
+            self._on_exit()
+            return
+        self.signum = signum
+        self.stop.set()
+        self._on_stop(signum)
+
+    def uninstall(self):
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(1.0)
+        if self._old_term is not None:
+            signal.signal(signal.SIGTERM, self._old_term)
+            signal.signal(signal.SIGINT, self._old_int)
+        if self._old_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+
+
+class ChildOutput:
+    """What stage processes write to fds 1 and 2, through the rich console.
+
+    In live mode the status region is redrawn in place, so raw writes by
+    child processes (a context's ``print``, a stage's warning, a crash)
+    would garble it.  Fds 1 and 2 become one pipe that the children
+    inherit; this process writes through duplicates of the real ones
+    (:attr:`stdout`, :attr:`stderr`), and a thread prints each captured line
+    with the console, above the status region.
+    """
+
+    def __init__(self):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._saved = {fd: os.dup(fd) for fd in (1, 2)}
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 1)
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self._read_end = read_end
+        self.stdout = open(self._saved[1], "w", buffering=1, closefd=False)
+        self.stderr = open(self._saved[2], "w", buffering=1, closefd=False)
+        sys.stdout, sys.stderr = self.stdout, self.stderr
+        # Children started from here on: unbuffered, so a print shows at once.
+        os.environ["PYTHONUNBUFFERED"] = "1"
+        self.console = None
+        self._thread = threading.Thread(target=self._pump, name="metropc-run-children",
+                                        daemon=True)
+
+    def start(self, console):
+        self.console = console
+        self._thread.start()
+
+    def _pump(self):
+        from rich.text import Text
+
+        with open(self._read_end, "rb", buffering=0) as f:
+            for raw in iter(f.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                try:
+                    self.console.print(Text(line), soft_wrap=True)
+                except Exception:  # noqa: BLE001 - never lose a child's words
+                    os.write(self._saved[2], raw)
+
+    def close(self):
+        for fd in (1, 2):
+            os.dup2(self._saved[fd], fd)  # the pipe ends once the children end
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        self._thread.join(1.0)
+        self.stdout.close()
+        self.stderr.close()
+
+    def restore_cursor(self):
+        os.write(self._saved[2], b"\x1b[?25h\n")
+
+
+class Keys:
+    """Single keys typed in the terminal of ``metropc-run``: r, p, s, q.
+
+    The terminal is put in cbreak mode (no echo, no line buffering; Ctrl-C
+    still interrupts) while the live status runs, and restored at the end.
+    """
+
+    def __init__(self, fd):
+        import termios
+        import tty
+
+        self.fd = fd
+        self._saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+        self.paused = False
+
+    @classmethod
+    def open(cls, live):
+        """Keys of the terminal on stdin, or None if stdin is not one."""
+        if not live or not sys.stdin.isatty():
+            return None
+        try:
+            return cls(sys.stdin.fileno())
+        except (ImportError, OSError, ValueError):
+            return None
+
+    def act(self, pipeline, timeout):
+        """Wait up to `timeout` s for a key and do what it says; "quit" for q."""
+        import select
+
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return None
+        key = os.read(self.fd, 1).decode(errors="replace").lower()
+        if key == "r":
+            pipeline.reset()
+            log.info("reset: every view starts empty from the next event")
+        elif key == "p":
+            self.paused = not self.paused
+            (pipeline.pause if self.paused else pipeline.resume)()
+            log.info("paused: new events are not computed (p resumes)" if self.paused
+                     else "resumed")
+        elif key == "s":
+            pipeline.step()
+            log.info("step boundary")
+        elif key == "q":
+            return "quit"
+        return None
+
+    def close(self):
+        import termios
+
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+
+
+def setup_logging(verbose, console=None):
+    """Log lines for the user: through `console` in live mode (so they
+    scroll above the status region), else plain lines on stderr."""
+    level = logging.INFO if verbose == 0 else logging.DEBUG
+    if console is not None:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=console, show_path=False, markup=False,
+                              rich_tracebacks=False, log_time_format="%H:%M:%S",
+                              keywords=[])
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    if verbose < 2:  # one line per web request would drown everything else
+        logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    return handler
