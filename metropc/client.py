@@ -16,25 +16,31 @@ The output never waits for a client that does not read: when a client's
 queue is full its messages are dropped for it alone.  Each view message
 carries ``"seq": (stream, n)``, numbering the messages of its topic, so the
 :class:`Client` counts every result it missed (:attr:`Client.missed`).
+
+The index entry types and their encoding live in :mod:`metropc.index`, the
+control-port client :class:`Controller` in :mod:`metropc.controller`; both
+are re-exported here (``from metropc.client import IndexViewEntry`` works).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .controller import ControlError, Controller, _checked_address
 from .enums import ViewOutput, ViewStage
 from .error import ProtocolError
+from .index import (INDEX, OUTPUT_LATENCY, STAGE_PREFIX, TIMING_PREFIX, IndexEntry,
+                    IndexStageEntry, IndexTimingEntry, IndexViewEntry, decode_index,
+                    encode_index, slowest_views, view_path)
 from .messages import SEQ_BITS, unpack_seq
 from .protocol import decode_protocol as _decode_protocol
+from .protocol import encode_protocol
 from .protocol_batch import BATCH_PREFIX, batch_topic
 from .protocol_layouts import decode_batch
-from .protocol import encode_protocol
-from .timing import pack_buckets, unpack_buckets
 
 __all__ = [
     "Client", "IndexEntry", "IndexViewEntry", "IndexTimingEntry", "IndexStageEntry",
@@ -46,265 +52,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Topic (opcode) of index messages.
-INDEX = b"index"
 #: Published with the index: ``{"state", "run", "version", "path", "control"}``.
 STATUS = b"status"
 #: Topics besides views a client may subscribe to (docs/protocol.md §8).
 TOPICS = ("mark", "context", "params", "status")
-_VIEW_PREFIX = "view#"
-#: Index paths of view timing (``timing#<view>``) and stage load
-#: (``stage#<name>``), and of the event-to-output latency (docs/protocol.md §8).
-TIMING_PREFIX = "timing#"
-STAGE_PREFIX = "stage#"
-OUTPUT_LATENCY = "internal#output_latency"
-
-
-class IndexEntry:
-    """Statistics of one non-view path in the index (e.g. ``karabo#SRC.key``).
-
-    `counts` is how many events carried the path, `rate` how many per second
-    recently.  Entries use ``__slots__`` so that clients can subclass them
-    with extra slots of their own, as EXtra-foam does.
-    """
-
-    __slots__ = ("counts", "rate")
-
-    def __init__(self, counts: int, rate: float):
-        self.counts = counts
-        self.rate = rate
-
-    def _fields(self) -> tuple:
-        return (self.counts, self.rate)
-
-    def _field_names(self) -> tuple:
-        return IndexEntry.__slots__
-
-    def __eq__(self, other):
-        if not isinstance(other, IndexEntry):
-            return NotImplemented
-        return type(self) is type(other) and self._fields() == other._fields()
-
-    __hash__ = None  # mutable
-
-    def __repr__(self):
-        args = ", ".join(f"{n}={_repr_field(v)}"
-                         for n, v in zip(self._field_names(), self._fields(), strict=True))
-        return f"{type(self).__name__}({args})"
-
-
-class IndexViewEntry(IndexEntry):
-    """Statistics and metadata of one view (``view#<name>``) in the index.
-
-    The four positional arguments are the original's; `errors` (kernel
-    failures counted so far), `hidden` and `label` are optional additions.
-    `output` and `stage` are converted to :class:`ViewOutput` and
-    :class:`ViewStage`, so ints from the wire work as well.
-    """
-
-    __slots__ = ("output", "stage", "errors", "hidden", "label")
-
-    def __init__(self, counts: int, rate: float, output: ViewOutput | int,
-                 stage: ViewStage | int, *, errors: int = 0, hidden: bool = False,
-                 label: str = ""):
-        super().__init__(counts, rate)
-        self.output = ViewOutput(output)
-        self.stage = ViewStage(stage)
-        self.errors = errors
-        self.hidden = hidden
-        self.label = label
-
-    def _fields(self) -> tuple:
-        return (self.counts, self.rate, self.output, self.stage, self.errors,
-                self.hidden, self.label)
-
-    def _field_names(self) -> tuple:
-        return IndexEntry.__slots__ + IndexViewEntry.__slots__
-
-    def __eq__(self, other):
-        if not isinstance(other, IndexEntry):
-            return NotImplemented
-        # ViewOutput equality is loose (SCALAR == SCALAR_FAST); entries are
-        # only equal when the exact output type matches.
-        return (type(self) is type(other) and self._fields() == other._fields()
-                and self.output is other.output)
-
-    __hash__ = None
-
-
-class IndexTimingEntry(IndexEntry):
-    """Timing of one view (``timing#<view>``) or of the output
-    (``internal#output_latency``), measured where it runs.
-
-    `counts` are calls (events, for the latency) so far and `rate` calls
-    per second; `errors` failed calls; `p50`, `p99` seconds over the last
-    10 s (all time if there was no call in them); `seconds` the total time;
-    `buckets` the call counts per bucket of :data:`metropc.timing.BOUNDS`
-    (the last one: slower than every bound).  Older decoders see these
-    paths as plain ``(counts, rate)`` entries.
-    """
-
-    __slots__ = ("errors", "p50", "p99", "seconds", "buckets")
-
-    def __init__(self, counts: int, rate: float, *, errors: int = 0, p50: float = 0.0,
-                 p99: float = 0.0, seconds: float = 0.0, buckets: tuple = ()):
-        super().__init__(counts, rate)
-        self.errors = errors
-        self.p50 = p50
-        self.p99 = p99
-        self.seconds = seconds
-        self.buckets = tuple(buckets)
-
-    def _fields(self) -> tuple:
-        return (self.counts, self.rate, self.errors, self.p50, self.p99, self.seconds,
-                self.buckets)
-
-    def _field_names(self) -> tuple:
-        return IndexEntry.__slots__ + IndexTimingEntry.__slots__
-
-
-class IndexStageEntry(IndexEntry):
-    """Load of one stage process (``stage#pool-0``, ``stage#reduce``).
-
-    `counts` are the events it ran views for, `rate` per second, `busy`
-    the fraction of its recent time spent working (0..1), `pid` its
-    process id.  Older decoders see a plain ``(counts, rate)`` entry.
-    """
-
-    __slots__ = ("busy", "pid")
-
-    def __init__(self, counts: int, rate: float, *, busy: float = 0.0, pid: int = 0):
-        super().__init__(counts, rate)
-        self.busy = busy
-        self.pid = pid
-
-    def _fields(self) -> tuple:
-        return (self.counts, self.rate, self.busy, self.pid)
-
-    def _field_names(self) -> tuple:
-        return IndexEntry.__slots__ + IndexStageEntry.__slots__
-
-
-def slowest_views(index: Mapping[str, IndexEntry] | None,
-                  n: int = 3) -> list[tuple[str, IndexTimingEntry]]:
-    """The `n` views of `index` with the highest p99 that ran: ``[(name, entry)]``."""
-    timed = [(path[len(TIMING_PREFIX):], e) for path, e in (index or {}).items()
-             if path.startswith(TIMING_PREFIX) and isinstance(e, IndexTimingEntry)
-             and e.counts]
-    timed.sort(key=lambda item: (-item[1].p99, -item[1].p50, item[0]))
-    return timed[:n]
-
-
-def _repr_field(value):
-    if isinstance(value, (ViewOutput, ViewStage)):
-        return f"{type(value).__name__}.{value.name}"
-    return repr(value)
-
-
-def view_path(name: str) -> str:
-    """``"roi"`` or ``"view#roi"`` -> ``"view#roi"``."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"view name must be a non-empty str, not {name!r}")
-    return name if name.startswith(_VIEW_PREFIX) else _VIEW_PREFIX + name
-
-
-# -- index wire encoding ---------------------------------------------------
-
-def encode_index(entries: Mapping[str, IndexEntry]) -> dict[str, tuple]:
-    """The wire payload of an index: ``{path: tuple}``.
-
-    Non-view paths become ``(counts, rate)``; views become ``(counts, rate,
-    output, stage, errors, hidden, label)`` with the enum values as ints.
-    All elements are fast-path types, so no pickle is involved.
-    """
-    payload = {}
-    for path, entry in entries.items():
-        if isinstance(entry, IndexViewEntry):
-            payload[path] = (int(entry.counts), float(entry.rate),
-                             int(entry.output.value), int(entry.stage.value),
-                             int(entry.errors), bool(entry.hidden), str(entry.label))
-        elif isinstance(entry, IndexTimingEntry):
-            payload[path] = (int(entry.counts), float(entry.rate), int(entry.errors),
-                             float(entry.p50), float(entry.p99), float(entry.seconds),
-                             pack_buckets(entry.buckets))
-        elif isinstance(entry, IndexStageEntry):
-            payload[path] = (int(entry.counts), float(entry.rate), float(entry.busy),
-                             int(entry.pid))
-        elif isinstance(entry, IndexEntry):
-            payload[path] = (int(entry.counts), float(entry.rate))
-        else:
-            raise TypeError(f"index entry for {path!r} is a {type(entry).__name__}")
-    return payload
-
-
-def _check(value, types, what, path):
-    if type(value) not in types:
-        raise ProtocolError(f"index entry {path!r}: {what} is a "
-                            f"{type(value).__name__}")
-    return value
-
-
-def _view_output(value, path):
-    try:
-        return ViewOutput(value)
-    except ValueError:
-        # A hint this side does not know yet: fall back to its generic type.
-        try:
-            return ViewOutput(value // 10)
-        except ValueError:
-            raise ProtocolError(f"index entry {path!r}: unknown output type "
-                                f"{value}") from None
-
-
-def _decode_entry(path: str, value) -> IndexEntry:
-    if type(value) is not tuple or len(value) < 2:
-        raise ProtocolError(f"index entry {path!r} is {value!r}, not a tuple "
-                            "(counts, rate, ...)")
-    counts = _check(value[0], (int,), "counts", path)
-    rate = float(_check(value[1], (float, int), "rate", path))
-    if path.startswith((TIMING_PREFIX, STAGE_PREFIX)) or path == OUTPUT_LATENCY:
-        return _decode_timing(path, value, counts, rate)
-    if not path.startswith(_VIEW_PREFIX) or len(value) < 4:
-        return IndexEntry(counts, rate)
-    output = _view_output(_check(value[2], (int,), "output", path), path)
-    try:
-        stage = ViewStage(_check(value[3], (int,), "stage", path))
-    except ValueError:
-        raise ProtocolError(f"index entry {path!r}: unknown stage {value[3]}") from None
-    # Later elements are optional (older pipelines) and anything beyond the
-    # known ones is ignored (newer pipelines).
-    errors = _check(value[4], (int,), "errors", path) if len(value) > 4 else 0
-    hidden = _check(value[5], (bool,), "hidden", path) if len(value) > 5 else False
-    label = _check(value[6], (str,), "label", path) if len(value) > 6 else ""
-    return IndexViewEntry(counts, rate, output, stage, errors=errors,
-                          hidden=hidden, label=label)
-
-
-def _decode_timing(path, value, counts, rate) -> IndexEntry:
-    """A timing or stage entry; a plain entry if the rest is not the layout
-    this side knows (an older or newer sender): these paths are extras,
-    and the index around them must still decode."""
-    try:
-        if path.startswith(STAGE_PREFIX):
-            if len(value) >= 4:
-                return IndexStageEntry(
-                    counts, rate, busy=float(_check(value[2], (float, int), "busy", path)),
-                    pid=_check(value[3], (int,), "pid", path))
-        elif len(value) >= 7:
-            return IndexTimingEntry(
-                counts, rate, errors=_check(value[2], (int,), "errors", path),
-                p50=float(_check(value[3], (float, int), "p50", path)),
-                p99=float(_check(value[4], (float, int), "p99", path)),
-                seconds=float(_check(value[5], (float, int), "seconds", path)),
-                buckets=unpack_buckets(_check(value[6], (bytes,), "buckets", path)))
-    except (ProtocolError, ValueError) as e:
-        log.debug("%s", e)
-    return IndexEntry(counts, rate)
-
-
-def decode_index(payload: Mapping[str, Any]) -> dict[str, IndexEntry]:
-    """Turn the wire payload of an index into ``{path: IndexEntry}``."""
-    return {path: _decode_entry(path, value) for path, value in payload.items()}
 
 
 def decode_protocol(frames, **kwargs) -> tuple[bytes, dict]:
@@ -320,18 +71,6 @@ def decode_protocol(frames, **kwargs) -> tuple[bytes, dict]:
 
 
 # -- client ----------------------------------------------------------------
-
-_TCP_PORT = re.compile(r"^tcp://.*:(\d+)$")
-
-
-def _checked_address(address: str) -> str:
-    """`address`, unless its TCP port is out of range: ZeroMQ would take
-    port 70000 for 4464 (modulo 65536) and connect somewhere else."""
-    m = _TCP_PORT.match(address) if isinstance(address, str) else None
-    if m is not None and int(m.group(1)) > 65535:
-        raise ValueError(f"{address!r}: port {m.group(1)} is out of range (0-65535)")
-    return address
-
 
 class Client:
     """Subscriber to the output of a running pipeline.
@@ -722,109 +461,3 @@ class Client:
     def __repr__(self):
         state = "closed" if self.closed else f"{len(self._views)} view(s)"
         return f"<Client {self.address} {state}>"
-
-
-class ControlError(RuntimeError):
-    """The pipeline refused a control request (the message says why)."""
-
-
-class Controller:
-    """Controls a running pipeline from anywhere: reset, pause, resume,
-    parameters, actions, runs (docs/client.md, "Controlling a pipeline").
-
-    `address` is the pipeline's control endpoint: ``Pipeline.control_addr``,
-    printed by ``metropc-run``, and announced to every client in
-    :attr:`Client.status` (``Controller.of(client)`` uses that).  A pipeline
-    secured with CURVE needs `keys`; without them nothing can be controlled.
-    Each call waits for the pipeline's answer (at most `timeout` seconds)
-    and raises :class:`ControlError` if it refused, TimeoutError if it did
-    not answer.  Commands apply after the events queued so far.
-    """
-
-    def __init__(self, address: str, *, keys=None, timeout: float = 10.0, context=None):
-        import zmq
-
-        self.address = _checked_address(address)
-        self.timeout = timeout
-        self._zctx = context if context is not None else zmq.Context.instance()
-        if keys is not None and not isinstance(keys, str):
-            self._keys = keys
-        else:
-            from .security import Keys
-            self._keys = None if keys is None else Keys.load(keys)
-        self._socket = self._connect()
-
-    def _connect(self):
-        import zmq
-
-        sock = self._zctx.socket(zmq.DEALER)
-        sock.linger = 0
-        try:
-            if self._keys is not None:
-                self._keys.client(sock)
-            sock.connect(self.address)
-        except BaseException:
-            sock.close(linger=0)
-            raise
-        return sock
-
-    @classmethod
-    def of(cls, client: Client, timeout: float = 10.0, **kwargs) -> Controller:
-        """The controller of the pipeline `client` reads (waits for its status)."""
-        deadline = time.monotonic() + timeout
-        while not client.status.get("control"):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"{client.address} announced no control endpoint")
-            client.wait_index(timeout=left)
-        return cls(client.status["control"], timeout=timeout, **kwargs)
-
-    def request(self, command: bytes, data: dict | None = None) -> dict:
-        """Send one command and wait for the answer; its payload."""
-        from .protocol import encode_protocol
-
-        self._socket.send_multipart([b"", *encode_protocol(command, data or {})])
-        if not self._socket.poll(int(self.timeout * 1000)):
-            # The answer may still come: a new socket keeps the next one clean.
-            self._socket.close(linger=0)
-            self._socket = self._connect()
-            raise TimeoutError(f"no answer from {self.address} within {self.timeout:g} s")
-        frames = self._socket.recv_multipart()
-        if frames and not frames[0]:
-            frames = frames[1:]
-        status, payload = _decode_protocol(frames)
-        if status != b"ok":
-            raise ControlError(str(payload.get("msg", payload)))
-        return payload
-
-    def reset(self, *views: str) -> None:
-        """Clear accumulated state of `views` (none: all) from the next event on."""
-        self.request(b"reset", {"views": list(views)})
-
-    def pause(self) -> None:
-        self.request(b"pause")
-
-    def resume(self) -> None:
-        self.request(b"resume")
-
-    def set_parameters(self, **values) -> None:
-        """Change parameters (checked against the context's declarations)."""
-        self.request(b"params", values)
-
-    def action(self, view_name: str) -> None:
-        self.request(b"action", {"view_name": view_name})
-
-    def start_run(self, run: int | None = None) -> None:
-        self.request(b"run", {"kind": "run_start", "run": run})
-
-    def end_run(self) -> None:
-        self.request(b"run", {"kind": "run_end"})
-
-    def close(self) -> None:
-        self._socket.close(linger=0)
-
-    def __enter__(self) -> Controller:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -15,7 +15,7 @@ messages") describes the same vocabulary for readers.
 
 Related codecs that stay where they are: the index payload (``index``
 topic, ``{path: tuple}``) is encoded and decoded by
-:func:`metropc.client.encode_index` / :func:`metropc.client.decode_index`
+:func:`metropc.index.encode_index` / :func:`metropc.index.decode_index`
 together with the ``IndexEntry`` classes they produce.
 """
 

@@ -28,9 +28,10 @@ import threading
 import time
 from typing import Any
 
-from .client import (OUTPUT_LATENCY, STAGE_PREFIX, TIMING_PREFIX, Client, IndexEntry,
-                     IndexStageEntry, IndexTimingEntry, IndexViewEntry, slowest_views)
+from .client import Client
 from .error import ProtocolError
+from .index import (OUTPUT_LATENCY, STAGE_PREFIX, TIMING_PREFIX, IndexEntry, IndexStageEntry,
+                    IndexTimingEntry, IndexViewEntry, slowest_views)
 from .timing import BOUNDS
 
 __all__ = ["MetricsServer", "PipelineMetrics", "require_prometheus", "for_dashboard",

@@ -26,8 +26,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ..client import Client, IndexViewEntry, slowest_views
+from ..client import Client
 from ..error import ProtocolError
+from ..index import IndexViewEntry, slowest_views
 from ..timing import format_seconds
 
 log = logging.getLogger(__name__)

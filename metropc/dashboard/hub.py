@@ -22,9 +22,10 @@ import time
 
 import numpy as np
 
-from ..client import Client, IndexViewEntry
+from ..client import Client
 from ..enums import ViewOutput, ViewStage
 from ..error import ProtocolError
+from ..index import IndexViewEntry
 from . import display
 
 __all__ = ["Hub", "ViewState"]

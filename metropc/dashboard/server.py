@@ -39,8 +39,8 @@ import tornado.web
 import tornado.websocket
 
 from .._version import __version__
-from ..client import IndexViewEntry
 from ..enums import ViewStage
+from ..index import IndexViewEntry
 from . import display
 from .address import check_bind, is_loopback
 from .control import Control, parse_error, parse_value, roi_info

@@ -67,7 +67,7 @@ class Recorder:
         self.received = 0
 
     def connect(self, address: str) -> None:
-        from ..client import INDEX
+        from ..index import INDEX
 
         self.socket.connect(address)
         self.socket.subscribe(INDEX)
@@ -81,7 +81,7 @@ class Recorder:
 
     def handle(self, frames) -> None:
         """Decode one message and hand it to the recording."""
-        from ..client import decode_index
+        from ..index import decode_index
 
         topic = frames[0].bytes
         now = time.time()

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import h5py
 import zmq
 
-from ..client import IndexEntry, IndexViewEntry, encode_index
+from ..index import IndexEntry, IndexViewEntry, encode_index
 from ..enums import ViewOutput, ViewStage
 from ..protocol import encode_protocol
 from ..stage.output import Output

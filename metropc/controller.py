@@ -1,0 +1,143 @@
+"""Control of a running pipeline: reset, pause, resume, parameters,
+actions and runs (docs/client.md, "Controlling a pipeline").
+
+    >>> from metropc.client import Client, Controller
+    >>> with Client("tcp://127.0.0.1:5555", timeout=10) as client:
+    ...     with Controller.of(client) as control:
+    ...         control.reset("roi")
+
+:class:`Controller` talks to the pipeline's control endpoint, not to its
+output.  :mod:`metropc.client` re-exports it and :class:`ControlError`;
+this module does not import the client (one-way: the client imports
+:func:`_checked_address` from here).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING
+
+from .protocol import decode_protocol as _decode_protocol
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["Controller", "ControlError"]
+
+_TCP_PORT = re.compile(r"^tcp://.*:(\d+)$")
+
+
+def _checked_address(address: str) -> str:
+    """`address`, unless its TCP port is out of range: ZeroMQ would take
+    port 70000 for 4464 (modulo 65536) and connect somewhere else."""
+    m = _TCP_PORT.match(address) if isinstance(address, str) else None
+    if m is not None and int(m.group(1)) > 65535:
+        raise ValueError(f"{address!r}: port {m.group(1)} is out of range (0-65535)")
+    return address
+
+
+class ControlError(RuntimeError):
+    """The pipeline refused a control request (the message says why)."""
+
+
+class Controller:
+    """Controls a running pipeline from anywhere: reset, pause, resume,
+    parameters, actions, runs (docs/client.md, "Controlling a pipeline").
+
+    `address` is the pipeline's control endpoint: ``Pipeline.control_addr``,
+    printed by ``metropc-run``, and announced to every client in
+    :attr:`Client.status` (``Controller.of(client)`` uses that).  A pipeline
+    secured with CURVE needs `keys`; without them nothing can be controlled.
+    Each call waits for the pipeline's answer (at most `timeout` seconds)
+    and raises :class:`ControlError` if it refused, TimeoutError if it did
+    not answer.  Commands apply after the events queued so far.
+    """
+
+    def __init__(self, address: str, *, keys=None, timeout: float = 10.0, context=None):
+        import zmq
+
+        self.address = _checked_address(address)
+        self.timeout = timeout
+        self._zctx = context if context is not None else zmq.Context.instance()
+        if keys is not None and not isinstance(keys, str):
+            self._keys = keys
+        else:
+            from .security import Keys
+            self._keys = None if keys is None else Keys.load(keys)
+        self._socket = self._connect()
+
+    def _connect(self):
+        import zmq
+
+        sock = self._zctx.socket(zmq.DEALER)
+        sock.linger = 0
+        try:
+            if self._keys is not None:
+                self._keys.client(sock)
+            sock.connect(self.address)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        return sock
+
+    @classmethod
+    def of(cls, client: Client, timeout: float = 10.0, **kwargs) -> Controller:
+        """The controller of the pipeline `client` reads (waits for its status)."""
+        deadline = time.monotonic() + timeout
+        while not client.status.get("control"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{client.address} announced no control endpoint")
+            client.wait_index(timeout=left)
+        return cls(client.status["control"], timeout=timeout, **kwargs)
+
+    def request(self, command: bytes, data: dict | None = None) -> dict:
+        """Send one command and wait for the answer; its payload."""
+        from .protocol import encode_protocol
+
+        self._socket.send_multipart([b"", *encode_protocol(command, data or {})])
+        if not self._socket.poll(int(self.timeout * 1000)):
+            # The answer may still come: a new socket keeps the next one clean.
+            self._socket.close(linger=0)
+            self._socket = self._connect()
+            raise TimeoutError(f"no answer from {self.address} within {self.timeout:g} s")
+        frames = self._socket.recv_multipart()
+        if frames and not frames[0]:
+            frames = frames[1:]
+        status, payload = _decode_protocol(frames)
+        if status != b"ok":
+            raise ControlError(str(payload.get("msg", payload)))
+        return payload
+
+    def reset(self, *views: str) -> None:
+        """Clear accumulated state of `views` (none: all) from the next event on."""
+        self.request(b"reset", {"views": list(views)})
+
+    def pause(self) -> None:
+        self.request(b"pause")
+
+    def resume(self) -> None:
+        self.request(b"resume")
+
+    def set_parameters(self, **values) -> None:
+        """Change parameters (checked against the context's declarations)."""
+        self.request(b"params", values)
+
+    def action(self, view_name: str) -> None:
+        self.request(b"action", {"view_name": view_name})
+
+    def start_run(self, run: int | None = None) -> None:
+        self.request(b"run", {"kind": "run_start", "run": run})
+
+    def end_run(self) -> None:
+        self.request(b"run", {"kind": "run_end"})
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+    def __enter__(self) -> Controller:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
