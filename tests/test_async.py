@@ -72,7 +72,9 @@ def test_slow_async_view_keeps_reduce_at_full_rate_on_fresh_inputs():
         assert pipe.dropped == 0
         assert len(hist) >= feeder.sent - 5, (len(hist), feeder.sent)
         # About twice a second (0.5 s per call, interval 0.5 s), never queued.
-        assert 6 <= len(fits) <= 14, len(fits)
+        # (At least 3: the ASYNC stage starts with the pipeline, later on a
+        # loaded machine.)
+        assert 3 <= len(fits) <= 14, len(fits)
         # Each fit used a histogram at most about one interval old: the newest
         # histogram published before the fit is at most ~1 s (50 events) newer.
         for t, payload in fits[1:]:
@@ -103,12 +105,13 @@ def broken(hist: 'view#position_histogram'):
         feeder = Feeder(pipe, rate=20)
         try:
             wait_for(lambda: any("broken" in e for e in pipe.errors), timeout=30)
-            got = gather(client, 2.0)
+            # The other async view goes on.
+            wait_for(lambda: any(path == "view#peak_fit" for _, path, _ in
+                                 gather(client, 0.5)), timeout=30)
         finally:
             feeder.close()
     error = next(e for e in pipe.errors if "broken" in e)
     assert f"{ctx}:" in error and "no fit today" in error and "[async]" in error, error
-    assert any(path == "view#peak_fit" for _, path, _ in got)
 
 
 def test_reload_replaces_the_async_view_and_a_dead_async_stage_is_replaced(tmp_path):
@@ -119,7 +122,8 @@ def test_reload_replaces_the_async_view_and_a_dead_async_stage_is_replaced(tmp_p
         client.wait_index(timeout=30)
         feeder = Feeder(pipe, rate=20)
         try:
-            assert any(path == "view#peak_fit" for _, path, _ in gather(client, 2.0))
+            wait_for(lambda: any(path == "view#peak_fit" for _, path, _ in
+                                 gather(client, 0.5)), timeout=30)
             ctx.write_text(CTX.read_text().replace(
                 "return float((counts * np.arange(len(counts))).sum() / counts.sum())",
                 "return -1.0"))
