@@ -20,6 +20,7 @@ import ctypes
 import logging
 import os
 import threading
+import time
 
 from .core import Context, read_context_file
 from .error import ContextError, SourceError, UnknownParameterError
@@ -112,6 +113,12 @@ class Pipeline:
         with CURVE when `keys` are given.
     config : PipelineConfig, optional
         Every setting above in one object (:mod:`metropc.config`).
+    start : bool
+        Feed events from the source at once (default).  ``False`` opens
+        the source (its errors are raised here) but feeds nothing until
+        :meth:`start`: for whatever must listen from the first event on,
+        such as a recorder (results published before a subscriber
+        connected never reach it).
 
     Errors the stages report (failing views, refused contexts) are logged
     and kept in :attr:`errors` (the last 100).
@@ -121,7 +128,7 @@ class Pipeline:
                  rate=None, seed=0, bridge_socket=None, sr_cls=ProcessRunner,
                  max_events=None, control=None, reduce=None,
                  control_endpoint: str | None = "tcp://127.0.0.1:*",
-                 config: PipelineConfig | None = None, **options):
+                 config: PipelineConfig | None = None, start: bool = True, **options):
         settings = {k: options.pop(k) for k in list(options) if k in PipelineConfig.fields()}
         if pool is not None:
             settings["pool"] = pool
@@ -144,6 +151,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._source = None
         self._feeder = None
+        self._max_events = max_events
         self._frontend = None
         self._remote = None
         if isinstance(context, os.PathLike) or (
@@ -173,9 +181,8 @@ class Pipeline:
                                            **source_options)
                 if not explicit_policy and not self._source.live:
                     self._frontend.set_drop_policy(DROP_BLOCK)  # a replay loses nothing
-                self._feeder = threading.Thread(target=self._feed, args=(max_events,),
-                                                name="metropc-source", daemon=True)
-                self._feeder.start()
+                if start:
+                    self.start()
         except BaseException:
             self.close()
             raise
@@ -391,6 +398,53 @@ class Pipeline:
     def dropped(self):
         return self._frontend.dropped
 
+    def start(self) -> None:
+        """Start feeding events from the source (once; see `start`)."""
+        if self._source is None or self._feeder is not None or self._stop.is_set():
+            return
+        self._feeder = threading.Thread(target=self._feed, args=(self._max_events,),
+                                        name="metropc-source", daemon=True)
+        self._feeder.start()
+
+    def stop_source(self, timeout: float = 3.0) -> None:
+        """Feed nothing more from the source (the stages go on)."""
+        self._stop.set()
+        if self._source is not None:
+            self._source.close()
+        if self._feeder is not None and self._feeder is not threading.current_thread():
+            self._feeder.join(timeout)
+
+    def in_flight(self) -> int:
+        """Events accepted and not through REDUCE yet (see :meth:`drain`)."""
+        return self._frontend.in_flight()
+
+    def drain(self, stall_timeout: float = 30.0,
+              stop: threading.Event | None = None) -> int:
+        """Wait until everything fed so far went through REDUCE: its results
+        published, or counted lost (docs/operations.md).
+
+        Call it before :meth:`close` when a finite source has finished
+        (:attr:`finished`), or after :meth:`stop_source`: closing at once
+        would stop the stages with the last events still in them,
+        unpublished.  Waits as long as events
+        move on; gives up when none finished for `stall_timeout` seconds or
+        when `stop` is set.  Returns how many were still in the pipeline
+        (0: all through).
+        """
+        left = self.in_flight()
+        moved = time.monotonic()
+        while left:
+            if stop is not None and stop.is_set():
+                break
+            if time.monotonic() - moved > stall_timeout:
+                break
+            time.sleep(0.01)  # (REDUCE reports its progress every 20 ms)
+            now_left = self.in_flight()
+            if now_left < left:
+                moved = time.monotonic()
+            left = now_left
+        return left
+
     def _feed(self, max_events):
         n, run = 0, None
         frontend = self._frontend
@@ -422,14 +476,10 @@ class Pipeline:
 
     def close(self, timeout=3.0):
         """Stop the source and every stage; idempotent."""
-        self._stop.set()
         if self._remote is not None:
             self._remote.close()
             self._remote = None
-        if self._source is not None:
-            self._source.close()
-        if self._feeder is not None:
-            self._feeder.join(timeout)
+        self.stop_source(timeout)
         if self._frontend is not None:
             self._frontend.close(timeout=timeout)
 

@@ -217,3 +217,48 @@ def test_two_run_directories_in_a_row_reset_builtins_at_the_boundary(tmp_path):
     assert all(p.get("run") == 1 for p in hist if p["event_id"] < 10020)
     kinds = [(m["kind"], m.get("run")) for m in got["mark"]]
     assert ("run_start", 2) in kinds and ("run_end", 2) in kinds
+
+
+def test_a_pipeline_built_not_started_feeds_from_its_first_event_on_start():
+    """start=False: the source is open but feeds nothing until start(), so a
+    client (or recorder) that subscribed first gets every event, even of a
+    source that would be over before it could subscribe."""
+    with Pipeline(CTX, source="sim", rate="max", max_events=20, start=False,
+                  drop_policy="block") as pipe, \
+            Client(pipe.output_addr, views=["tid"], timeout=30) as client:
+        client.wait_index(timeout=30)  # subscribed: nothing published is missed
+        assert not pipe.finished.is_set()
+        pipe.start()
+        pipe.start()  # once only
+        got = collect(client, lambda r: len(r.get("view#tid", ())) == 20)
+        assert pipe.finished.wait(30)
+    tids = [p["data"] for p in got["view#tid"]]
+    assert tids == list(range(tids[0], tids[0] + 20))
+
+
+SLOW_CTX = """
+import time
+
+@View.Scalar
+def tid(tid: 'internal#train_id'):
+    time.sleep(0.005)  # the source is done long before the pool
+    return tid
+"""
+
+
+def test_drain_lets_the_last_events_of_a_finished_source_through():
+    """A finite source is done long before its last events are: drain()
+    waits until each went through REDUCE, so close() loses none of them."""
+    with Pipeline(SLOW_CTX, source="sim", rate="max", max_events=100, start=False,
+                  drop_policy="block", pool=1) as pipe, \
+            Client(pipe.output_addr, views=["tid"], timeout=30) as client:
+        client.wait_index(timeout=30)
+        pipe.start()
+        assert pipe.finished.wait(30)
+        assert pipe.in_flight() > 0
+        assert pipe.drain() == 0
+        assert pipe.in_flight() == 0
+        pipe.close()  # at once: what is published is on its way to the client
+        got = collect(client, lambda r: len(r.get("view#tid", ())) == 100)
+    tids = [p["data"] for p in got["view#tid"]]
+    assert tids == list(range(tids[0], tids[0] + 100))

@@ -51,6 +51,24 @@ def main(argv=None):
 
 #: The smallest terminal (columns, rows) the live status region fits in; in a
 #: smaller one, log lines would be folded into a column a few letters wide.
+#: Seconds without an event getting through after which a finished source's
+#: last events are given up (metropc.pipeline.Pipeline.drain).
+DRAIN_STALL_TIMEOUT = 30.0
+
+
+def finish(pipeline, stop) -> None:
+    """The source finished, or the run ends (--duration, key q): let the
+    last events through before stopping (their results are published, or
+    counted lost), and say what did not get through."""
+    pipeline.stop_source()
+    left = pipeline.drain(DRAIN_STALL_TIMEOUT, stop)
+    if left:
+        log.warning("stopped with %d event(s) in the pipeline: their results are "
+                    "not published (%s)", left,
+                    "interrupted" if stop.is_set()
+                    else f"none got through for {DRAIN_STALL_TIMEOUT:g} s")
+
+
 LIVE_MIN_SIZE = (60, 12)
 
 
@@ -155,7 +173,7 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
     if output.startswith("tcp://") and output.endswith(":0"):
         output = output[:-2] + ":*"
     recorder = None
-    if args.record is not None:  # before the pipeline: subscribed by its first result
+    if args.record is not None:  # the source waits until it subscribed
         from ..recording.process import RecorderError, RecorderProcess
         views = (None if args.record_views is None
                  else [v.strip() for v in args.record_views.split(",") if v.strip()])
@@ -180,7 +198,8 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
                                 max_events=args.max_events, control=args.control,
                                 reduce=args.reduce, keys=args.keys,
                                 event_timeout=args.event_timeout or None,
-                                shm_size=args.shm_size, **source_options(args))
+                                shm_size=args.shm_size, start=recorder is None,
+                                **source_options(args))
         except BaseException:
             if recorder is not None:
                 recorder.stop()
@@ -222,6 +241,7 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
             else:
                 log.error("the recorder did not subscribe to %s; nothing is recorded",
                           pipeline.output_addr)
+            pipeline.start()  # the recorder listens: from the first event on
         if dashboard_bind is not None:
             try:
                 from ..dashboard import serve
@@ -283,6 +303,8 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
                 status.update()
             if t_end is not None and time.monotonic() >= t_end:
                 break
+        if not stop.is_set():  # (Ctrl-C stops at once)
+            finish(pipeline, stop)
         if status is not None:
             status.update(final=not stop.is_set())
         return exit_code()

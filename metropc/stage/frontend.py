@@ -277,6 +277,14 @@ class ThreadedFrontend:
         """
         return self._queue.put_event(opcode, data or {}, self._wake)
 
+    def in_flight(self) -> int:
+        """Events (and marks) accepted but not through REDUCE yet: queued
+        here, or dispatched and not yet reported done by REDUCE (published,
+        or counted lost; it reports every 20 ms).  A moment's view."""
+        dispatcher = self._state.dispatcher
+        with self._queue.lock:  # (events get their sequence number under it)
+            return len(self._queue) + max(0, dispatcher.seq - dispatcher.reduce_next)
+
     def enable_async(self) -> None:
         """Start the ASYNC stage (once), for contexts with ``stage='async'`` views.
 

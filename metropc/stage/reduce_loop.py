@@ -30,6 +30,8 @@ from .reduce import ReduceStage
 
 __all__ = ["run_reduce"]
 
+#: Milliseconds the output may take, on stop, to send what it was given.
+OUTPUT_LINGER_MS = 500
 #: How often the index is published without being asked (seconds).
 INDEX_INTERVAL = 1.0
 
@@ -75,7 +77,10 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
     finally:
         for sock in (control, results, output, link):
             if sock is not None:
-                sock.close(0)
+                # The output's last results may still be on their way out
+                # (ZeroMQ's I/O thread sends them a moment after us): a
+                # pipeline that drained (Pipeline.drain) stops only then.
+                sock.close(OUTPUT_LINGER_MS if sock is output else 0)
         if auth is not None:
             auth.stop()
         if zmq_context is None:
