@@ -49,8 +49,6 @@ def main(argv=None):
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
-#: The smallest terminal (columns, rows) the live status region fits in; in a
-#: smaller one, log lines would be folded into a column a few letters wide.
 #: Seconds without an event getting through after which a finished source's
 #: last events are given up (metropc.pipeline.Pipeline.drain).
 DRAIN_STALL_TIMEOUT = 30.0
@@ -69,6 +67,8 @@ def finish(pipeline, stop) -> None:
                     else f"none got through for {DRAIN_STALL_TIMEOUT:g} s")
 
 
+#: The smallest terminal (columns, rows) the live status region fits in; in a
+#: smaller one, log lines would be folded into a column a few letters wide.
 LIVE_MIN_SIZE = (60, 12)
 
 
