@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from . import endpoints
 from .controller import ControlError, Controller, _checked_address
 from .enums import ViewOutput, ViewStage
 from .error import ProtocolError
@@ -160,7 +161,7 @@ class Client:
             if keys is not None:  # a pipeline secured with CURVE (metropc-keys)
                 from .security import Keys
                 (keys if isinstance(keys, Keys) else Keys.load(keys)).client(self._socket)
-            self._socket.connect(address)
+            endpoints.connect(self._socket, address)
             self._socket.subscribe(INDEX)
             self._socket.subscribe(STATUS)
             for name in views:

@@ -18,6 +18,7 @@ import re
 import time
 from typing import TYPE_CHECKING
 
+from . import endpoints
 from .protocol import decode_protocol as _decode_protocol
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class Controller:
         try:
             if self._keys is not None:
                 self._keys.client(sock)
-            sock.connect(self.address)
+            endpoints.connect(sock, self.address)
         except BaseException:
             sock.close(linger=0)
             raise

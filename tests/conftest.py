@@ -191,3 +191,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__.rpartition(".")[2] in UNIT_MODULES:
             item.add_marker(pytest.mark.unit)
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether this host can bind ::1 (IPv6 may be switched off)."""
+    import socket
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

@@ -130,7 +130,7 @@ LAYERS = [
                   "metropc.context", "metropc.euxfel", "metropc.roi"]),
     ("protocol", ["metropc.protocol", "metropc.protocol_arrays", "metropc.protocol_batch",
                   "metropc.protocol_layouts",
-                  "metropc.transport",
+                  "metropc.transport", "metropc.endpoints",
                   "metropc.messages", "metropc.security", "metropc.config"]),
     ("engine", ["metropc.engine", "metropc.inprocess", "metropc.client", "metropc.index",
                 "metropc.controller", "metropc.timing"]),

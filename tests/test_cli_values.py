@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from conftest import has_ipv6_loopback
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -154,3 +155,8 @@ def test_every_loopback_address_counts_as_loopback(ctx_file):
     assert proc.returncode == 0, proc.stderr
     assert "output on tcp://127.0.0.2:" in proc.stdout
     assert_one_line_error(run(ctx_file, "--output", "tcp://10.0.0.1:0"), "--allow-remote")
+    if has_ipv6_loopback():
+        proc = run(ctx_file, "--output", "tcp://[::1]:0", "--duration", "1",
+                   "--status", "off")
+        assert proc.returncode == 0, proc.stderr
+        assert "output on tcp://[::1]:" in proc.stdout

@@ -10,6 +10,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from conftest import has_ipv6_loopback
 
 from metropc.client import Client
 from metropc.pipeline import Pipeline
@@ -262,3 +263,24 @@ def test_drain_lets_the_last_events_of_a_finished_source_through():
         got = collect(client, lambda r: len(r.get("view#tid", ())) == 100)
     tids = [p["data"] for p in got["view#tid"]]
     assert tids == list(range(tids[0], tids[0] + 100))
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this host")
+def test_a_pipeline_on_ipv6_addresses():
+    """Bracketed IPv6 addresses work for every socket: stages, output, control."""
+    from metropc.client import Controller
+    with Pipeline(CTX, source=None, output="tcp://[::1]:*", control="tcp://[::1]:*",
+                  reduce="tcp://[::1]:*", control_endpoint="tcp://[::1]:*") as pipe, \
+            Client(pipe.output_addr, views=["tid"], timeout=30) as client:
+        assert pipe.output_addr.startswith("tcp://[::1]:")
+        assert pipe.control_addr.startswith("tcp://[::1]:")
+        client.wait_index(timeout=30)
+        for i in range(3):
+            pipe.send({"internal#train_id": i})
+        got = collect(client, lambda r: len(r.get("view#tid", ())) == 3)
+        assert [p["data"] for p in got["view#tid"]] == [0, 1, 2]
+        with Controller(pipe.control_addr, timeout=10) as operator:
+            operator.pause()
+        index = client.wait_index(timeout=10)
+        while index["internal#state"].counts != 2:  # STOP
+            index = client.wait_index(timeout=10)

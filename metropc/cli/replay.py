@@ -28,6 +28,7 @@ import sys
 import threading
 from types import SimpleNamespace
 
+from .. import endpoints
 from .client import check_keys
 from .run_args import UsageError, _Parser, check_addresses, check_port_free, parse_address
 
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
         if output.startswith("tcp://") and output.endswith(":0"):
             output = output[:-2] + ":*"
         try:
-            socket.bind(output)
+            endpoints.bind(socket, output)
         except zmq.ZMQError as e:
             print(f"{PROG}: error: cannot bind {args.output}: {e}", file=sys.stderr)
             return 2

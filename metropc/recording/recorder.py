@@ -37,6 +37,7 @@ import signal
 import sys
 import time
 
+from .. import endpoints
 from ..protocol import decode_protocol
 from ..protocol_batch import BATCH_PREFIX
 from ..protocol_layouts import decode_batch
@@ -69,7 +70,7 @@ class Recorder:
     def connect(self, address: str) -> None:
         from ..index import INDEX
 
-        self.socket.connect(address)
+        endpoints.connect(self.socket, address)
         self.socket.subscribe(INDEX)
         for topic in META_TOPICS:
             self.socket.subscribe(topic.encode())

@@ -26,6 +26,7 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+from .. import endpoints
 from ..error import SourceError
 from .base import RUN_PATH, Source, internal_event, karabo_key, karabo_selection
 
@@ -161,7 +162,7 @@ class BridgeSource(Source):
             sock.setsockopt(zmq.SUBSCRIBE, b"")
         self._sock = sock
         try:
-            sock.connect(self.endpoint)
+            endpoints.connect(sock, self.endpoint)
         except zmq.ZMQError as e:
             raise SourceError(f"cannot connect to Karabo bridge "
                               f"{self.endpoint!r}: {e}") from None

@@ -25,6 +25,7 @@ import time
 
 import zmq
 
+from .. import endpoints
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage
 from ..error import ProtocolError
@@ -129,8 +130,8 @@ def run_async(control_addr, async_addr, keys=None, zmq_context=None):
     link = make_socket(zctx, zmq.DEALER)
     secure_client(control)
     try:
-        control.connect(control_addr)
-        link.connect(async_addr)
+        endpoints.connect(control, control_addr)
+        endpoints.connect(link, async_addr)
         stage = AsyncStage(control, link)
         send(control, OP_HELLO, {"stage": "async"})
         poller = zmq.Poller()

@@ -40,6 +40,7 @@ import time
 
 import zmq
 
+from .. import endpoints
 from ..config import DROP_BLOCK, DROP_NEWEST, DROP_OLDEST, PipelineConfig
 from ..core import Context
 from ..error import ContextError
@@ -200,7 +201,7 @@ class ThreadedFrontend:
         secure_server(self._router)
         self._router.router_mandatory = True
         self._router.router_handover = True  # a replacement stage takes over its name
-        self._router.bind(self.control_addr)
+        endpoints.bind(self._router, self.control_addr)
         self.control_addr = self._router.last_endpoint.decode()
 
         self.shm = None

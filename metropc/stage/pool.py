@@ -25,6 +25,7 @@ from time import perf_counter
 import numpy as np
 import zmq
 
+from .. import endpoints
 from ..engine import Engine, ErrorReporter
 from ..enums import ContextStage, ViewOutput, ViewStage
 from ..error import ProtocolError
@@ -65,7 +66,7 @@ class _Heartbeat:
         self._stop = threading.Event()
         self._sock = make_socket(zctx, zmq.DEALER, identity=f"{name}#hb".encode())
         secure_client(self._sock)
-        self._sock.connect(control_addr)
+        endpoints.connect(self._sock, control_addr)
         self._thread = threading.Thread(target=self._run, name="metropc-heartbeat",
                                         daemon=True)
         self._thread.start()
@@ -393,8 +394,8 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, n
     secure_client(control)
     secure_client(results)
     try:
-        control.connect(control_addr)
-        results.connect(reduce_addr)
+        endpoints.connect(control, control_addr)
+        endpoints.connect(results, reduce_addr)
         worker = PoolWorker(name, control, results)
         hello = {"stage": name}
         if shm and worker.open_slots(shm):

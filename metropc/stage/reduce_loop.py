@@ -18,6 +18,7 @@ from time import perf_counter
 
 import zmq
 
+from .. import endpoints
 from ..error import ProtocolError
 from ..messages import OP_ANNOUNCE, OP_ARESULT, OP_INPUTS, OP_VSTATS, OP_WANT
 from ..security import secure
@@ -54,13 +55,13 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
     secure_server(results)
     secure_server(output)
     try:
-        control.connect(control_addr)
+        endpoints.connect(control, control_addr)
         binds = [(results, reduce_addr), (output, output_addr)]
         if link is not None:
             binds.append((link, async_addr))
         for sock, addr in binds:
             try:
-                sock.bind(addr)
+                endpoints.bind(sock, addr)
             except zmq.ZMQError as e:  # one clear line, not a traceback
                 control.linger = 1000  # let the report reach the frontend
                 send(control, OP_ERROR, {"msg": f"[reduce] cannot bind {addr}: {e}"})

@@ -20,6 +20,7 @@ import threading
 
 import zmq
 
+from .. import endpoints
 from ..error import MetropcError, ProtocolError
 from ..messages import validate
 from ..protocol import decode_protocol, encode_protocol
@@ -60,7 +61,7 @@ class ControlServer:
         self._socket.linger = 0
         secure_server(self._socket)
         try:
-            self._socket.bind(address)
+            endpoints.bind(self._socket, address)
         except zmq.ZMQError:
             self.close()
             raise
