@@ -14,7 +14,6 @@ this module does not import the client (one-way: the client imports
 
 from __future__ import annotations
 
-import re
 import time
 from typing import TYPE_CHECKING
 
@@ -26,15 +25,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Controller", "ControlError"]
 
-_TCP_PORT = re.compile(r"^tcp://.*:(\d+)$")
-
 
 def _checked_address(address: str) -> str:
-    """`address`, unless its TCP port is out of range: ZeroMQ would take
-    port 70000 for 4464 (modulo 65536) and connect somewhere else."""
-    m = _TCP_PORT.match(address) if isinstance(address, str) else None
-    if m is not None and int(m.group(1)) > 65535:
-        raise ValueError(f"{address!r}: port {m.group(1)} is out of range (0-65535)")
+    """`address`, if a client can connect to it; ValueError saying why not
+    (:func:`metropc.endpoints.connect_problem`: the CLI's rule too)."""
+    problem = endpoints.connect_problem(address)
+    if problem is not None:
+        raise ValueError(f"cannot connect to {address!r}: {problem}")
     return address
 
 

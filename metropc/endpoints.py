@@ -11,7 +11,47 @@ given.)
 
 from __future__ import annotations
 
-__all__ = ["bind", "connect", "is_ipv6"]
+import re
+
+__all__ = ["bind", "connect", "connect_problem", "is_ipv6"]
+
+#: A host to connect to: a name, an IPv4 address or a bracketed IPv6 one.
+_HOST = re.compile(r"^(\[[^\]\s]+\]|[^:/\[\]\s*]+)$")
+_USAGE = "use tcp://HOST:PORT, ipc://PATH or inproc://NAME"
+
+
+def connect_problem(address) -> str | None:
+    """Why a client cannot connect to `address`, or None if it can.
+
+    Takes ``tcp://HOST:PORT`` (port 1..65535), ``ipc://PATH`` and
+    ``inproc://NAME``.  Checked before connecting because ZeroMQ itself
+    fails later with a bare "Invalid argument", or takes port 70000 for
+    4464 (modulo 65536) and connects somewhere else without a word.
+    """
+    if not isinstance(address, str) or not address.strip():
+        return f"empty; {_USAGE}"
+    if any(c.isspace() for c in address):
+        return f"contains white space; {_USAGE}"
+    for scheme in ("ipc://", "inproc://"):
+        if address.startswith(scheme):
+            if not address[len(scheme):] or address.endswith("/"):
+                return f"{scheme} needs a {'path' if scheme == 'ipc://' else 'name'}"
+            return None
+    if not address.startswith("tcp://"):
+        return f"not a ZeroMQ address; {_USAGE}"
+    host, sep, port = address[len("tcp://"):].rpartition(":")
+    if not sep or not port:
+        return "no port; use tcp://HOST:PORT"
+    if not host:
+        return "no host; use tcp://HOST:PORT"
+    if not _HOST.match(host):
+        return (f"{host!r} is not a host to connect to (a name, an IPv4 address or "
+                "[IPv6])")
+    if not port.isdigit():
+        return f"port {port!r} is not a number"
+    if not 1 <= int(port) <= 65535:
+        return f"port {port} is out of range (1-65535)"
+    return None
 
 
 def is_ipv6(address: str) -> bool:

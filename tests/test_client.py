@@ -588,3 +588,21 @@ def test_a_tcp_port_out_of_range_is_refused_not_wrapped():
     for cls in (Client, Controller):
         with pytest.raises(ValueError, match="port 70000 is out of range"):
             cls("tcp://127.0.0.1:70000")
+
+
+@pytest.mark.parametrize("address, why", [
+    ("tcp://127.0.0.1", "no port"),
+    ("tcp://:5555", "no host"),
+    ("tcp://*:5555", "not a host to connect to"),
+    ("tcp://host:http", "not a number"),
+    ("tcp://host name:5555", "white space"),
+    ("udp://127.0.0.1:5555", "not a ZeroMQ address"),
+    ("", "empty"),
+])
+def test_an_address_no_client_can_connect_to_is_refused_with_the_reason(address, why):
+    """The library and the command-line tools share one rule
+    (metropc.endpoints.connect_problem): a reason, not "Invalid argument"."""
+    from metropc.client import Client, Controller
+    for cls in (Client, Controller):
+        with pytest.raises(ValueError, match=why):
+            cls(address)

@@ -27,7 +27,6 @@ import argparse
 import collections
 import logging
 import math
-import re
 import sys
 import time
 import warnings
@@ -36,6 +35,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..client import Client
+from ..endpoints import connect_problem
 from ..enums import ViewOutput
 from ..error import ProtocolError
 from ..index import (IndexEntry, IndexStageEntry, IndexTimingEntry, IndexViewEntry,
@@ -82,42 +82,12 @@ def _parse_set(text: str):
     return name.strip(), value
 
 
-_HOST = re.compile(r"^(\[[^\]\s]+\]|[^:/\[\]\s*]+)$")
-
-
 def check_connect_address(what: str, addr: str) -> None:
     """Refuse (UsageError ``WHAT 'ADDR': reason``) what a client cannot
-    connect to; it takes ``tcp://HOST:PORT`` (port 1..65535), ``ipc://PATH``
-    and ``inproc://NAME``.  ZeroMQ itself would fail later with "Invalid
-    argument", or take port 70000 for 4464 without a word."""
-    usage = "use tcp://HOST:PORT, ipc://PATH or inproc://NAME"
-
-    def refuse(reason):
-        raise UsageError(f"{what} {addr!r}: {reason}")
-
-    if not isinstance(addr, str) or not addr.strip():
-        refuse(f"empty; {usage}")
-    if any(c.isspace() for c in addr):
-        refuse(f"contains white space; {usage}")
-    for scheme in ("ipc://", "inproc://"):
-        if addr.startswith(scheme):
-            if not addr[len(scheme):] or addr.endswith("/"):
-                refuse(f"{scheme} needs a {'path' if scheme == 'ipc://' else 'name'}")
-            return
-    if not addr.startswith("tcp://"):
-        refuse(f"not a ZeroMQ address; {usage}")
-    host, sep, port = addr[len("tcp://"):].rpartition(":")
-    if not sep or not port:
-        refuse("no port; use tcp://HOST:PORT")
-    if not host:
-        refuse("no host; use tcp://HOST:PORT")
-    if not _HOST.match(host):
-        refuse(f"{host!r} is not a host to connect to (a name, an IPv4 address or "
-               "[IPv6])")
-    if not port.isdigit():
-        refuse(f"port {port!r} is not a number")
-    if not 1 <= int(port) <= 65535:
-        refuse(f"port {port} is out of range (1-65535)")
+    connect to (:func:`metropc.endpoints.connect_problem`)."""
+    problem = connect_problem(addr)
+    if problem is not None:
+        raise UsageError(f"{what} {addr!r}: {problem}")
 
 
 def check_keys(keys: str | None) -> None:
