@@ -30,29 +30,18 @@ from types import SimpleNamespace
 
 from .. import endpoints
 from .client import check_keys
-from .run_args import UsageError, _Parser, check_addresses, check_port_free, parse_address
+from .run_args import (UsageError, _Parser, check_addresses, check_port_free, parse_address,
+                       parse_rate)
 
 log = logging.getLogger("metropc.replay")
 PROG = "metropc-replay"
-
-
-def _rate(text: str):
-    if text == "max":
-        return "max"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--rate wants a number or 'max', got {text!r}")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"--rate must be positive, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Publish a metropc recording "
                                 "with the protocol of a live pipeline.")
     p.add_argument("path", help="a recording file, or a directory of them")
-    p.add_argument("--rate", type=_rate, default=None, metavar="HZ",
+    p.add_argument("--rate", type=parse_rate, default=None, metavar="HZ",
                    help="events per second, or 'max' (default: the recorded pace)")
     p.add_argument("--output", default="tcp://127.0.0.1:0", metavar="ADDR",
                    help="address to publish on: tcp://HOST:PORT (port 0..65535, 0 "
