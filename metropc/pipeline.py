@@ -426,10 +426,9 @@ class Pipeline:
         Call it before :meth:`close` when a finite source has finished
         (:attr:`finished`), or after :meth:`stop_source`: closing at once
         would stop the stages with the last events still in them,
-        unpublished.  Waits as long as events
-        move on; gives up when none finished for `stall_timeout` seconds or
-        when `stop` is set.  Returns how many were still in the pipeline
-        (0: all through).
+        unpublished.  Waits as long as events move on; gives up when none
+        finished for `stall_timeout` seconds or when `stop` is set.
+        Returns how many were still in the pipeline (0: all through).
         """
         left = self.in_flight()
         moved = time.monotonic()
@@ -475,7 +474,9 @@ class Pipeline:
             self.finished.set()
 
     def close(self, timeout=3.0):
-        """Stop the source and every stage; idempotent."""
+        """Stop the source and every stage at once (see :meth:`drain`);
+        idempotent."""
+        self._stop.set()
         if self._remote is not None:
             self._remote.close()
             self._remote = None
