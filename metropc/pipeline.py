@@ -418,8 +418,8 @@ class Pipeline:
         """Events accepted and not through REDUCE yet (see :meth:`drain`)."""
         return self._frontend.in_flight()
 
-    def drain(self, stall_timeout: float = 30.0,
-              stop: threading.Event | None = None) -> int:
+    def drain(self, stall_timeout: float = 30.0, stop: threading.Event | None = None,
+              timeout: float | None = None) -> int:
         """Wait until everything fed so far went through REDUCE: its results
         published, or counted lost (docs/operations.md).
 
@@ -427,15 +427,17 @@ class Pipeline:
         (:attr:`finished`), or after :meth:`stop_source`: closing at once
         would stop the stages with the last events still in them,
         unpublished.  Waits as long as events move on; gives up when none
-        finished for `stall_timeout` seconds or when `stop` is set.
-        Returns how many were still in the pipeline (0: all through).
+        finished for `stall_timeout` seconds, when `stop` is set, or after
+        `timeout` seconds in all (None: no limit).  Returns how many were
+        still in the pipeline (0: all through).
         """
         left = self.in_flight()
-        moved = time.monotonic()
+        moved = start = time.monotonic()
         while left:
             if stop is not None and stop.is_set():
                 break
-            if time.monotonic() - moved > stall_timeout:
+            now = time.monotonic()
+            if now - moved > stall_timeout or (timeout is not None and now - start > timeout):
                 break
             time.sleep(0.01)  # (REDUCE reports its progress every 20 ms)
             now_left = self.in_flight()

@@ -240,3 +240,27 @@ def test_ctrl_c_stops_at_once_while_an_edit_never_finishes_loading(tmp_path):
         elapsed, err = stop(proc)
     assert proc.returncode == 130 and elapsed < 5, err
     assert "Traceback" not in err
+
+
+SLOW_CTX = """
+import time
+
+@View.Scalar
+def slow(t: 'internal#train_id'):
+    time.sleep(0.1)
+    return t
+"""
+
+
+def test_a_finished_source_s_last_events_get_through_before_the_end(tmp_path):
+    """The source is done long before the pool: metropc-run says it waits
+    for the events still in the pipeline, and none is left unpublished."""
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(SLOW_CTX)
+    proc = subprocess.run([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
+                           "--rate", "max", "--max-events", "30", "--pool", "1",
+                           "--status", "off", "--drop-policy", "block"],
+                          capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert "letting the last" in proc.stderr, proc.stderr
+    assert "not published" not in proc.stderr, proc.stderr

@@ -59,7 +59,10 @@ def finish(pipeline, stop) -> None:
     last events through before stopping (their results are published, or
     counted lost), and say what did not get through."""
     pipeline.stop_source()
-    left = pipeline.drain(DRAIN_STALL_TIMEOUT, stop)
+    left = pipeline.drain(DRAIN_STALL_TIMEOUT, stop, timeout=1.0)
+    if left:  # slow views: say what we wait for
+        log.info("letting the last %d event(s) through (Ctrl-C stops at once)", left)
+        left = pipeline.drain(DRAIN_STALL_TIMEOUT, stop)
     if left:
         log.warning("stopped with %d event(s) in the pipeline: their results are "
                     "not published (%s)", left,
