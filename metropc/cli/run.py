@@ -27,7 +27,8 @@ import time
 from ..error import ContextError, SourceError
 from .run_args import (PROG, UsageError, build_parser, check_arguments, check_parameters,
                        source_options)
-from .run_session import ChildOutput, ContextWatcher, Interrupts, Keys, _read, setup_logging
+from .run_session import (ChildOutput, ContextWatcher, Interrupts, Keys, context_text,
+                          setup_logging)
 
 # The pipeline's modules are imported in main(), once SIGINT is blocked, so
 # that a Ctrl-C while they load is handled like any other.
@@ -209,7 +210,7 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
             raise
     except ContextError as e:
         log.error("context refused, nothing runs\n%s",
-                  e.format_for_context(_read(args.context)))
+                  e.format_for_context(context_text(args.context)))
         return 1
     except SourceError as e:
         log.error("%s", e)

@@ -60,7 +60,7 @@ class ContextWatcher:
             ctx = self.pipeline.reload()
         except ContextError as e:
             log.error("context refused, the previous one keeps running (version %d)\n%s",
-                      self.pipeline.version, e.format_for_context(_read(self.path)))
+                      self.pipeline.version, e.format_for_context(context_text(self.path)))
             if self.state is not None:
                 self.state.refuse(str(e))
         except OSError as e:
@@ -72,7 +72,7 @@ class ContextWatcher:
                 self.state.loaded(ctx.version, len(ctx.views))
 
 
-def _read(path):
+def context_text(path):
     """The context's text to quote in an error report; None if unreadable."""
     from ..core import read_context_file  # (numpy and xarray: not for --help)
     try:
