@@ -392,6 +392,7 @@ class Pipeline:
         self._frontend.queue_to("reduce", OP_ACTION, {"view_name": view_name})
 
     def request_index(self):
+        """Have REDUCE publish the index now, with the input counts of now."""
         self._frontend.queue_to("reduce", OP_INDEX)
 
     @property
@@ -419,7 +420,7 @@ class Pipeline:
         return self._frontend.in_flight()
 
     def drain(self, stall_timeout: float = 30.0, stop: threading.Event | None = None,
-              timeout: float | None = None) -> int:
+              timeout: float | None = None, on_wait=None) -> int:
         """Wait until everything fed so far went through REDUCE: its results
         published, or counted lost (docs/operations.md).
 
@@ -428,12 +429,17 @@ class Pipeline:
         would stop the stages with the last events still in them,
         unpublished.  Waits as long as events move on; gives up when none
         finished for `stall_timeout` seconds, when `stop` is set, or after
-        `timeout` seconds in all (None: no limit).  Returns how many were
-        still in the pipeline (0: all through).
+        `timeout` seconds in all (None: no limit).  `on_wait()`, if given,
+        is called about four times a second meanwhile (to refresh a
+        display).  Returns how many were still in the pipeline (0: all
+        through).
         """
         left = self.in_flight()
-        moved = start = time.monotonic()
+        moved = start = waited = time.monotonic()
         while left:
+            if on_wait is not None and time.monotonic() - waited >= 0.25:
+                on_wait()
+                waited = time.monotonic()
             if stop is not None and stop.is_set():
                 break
             now = time.monotonic()
@@ -460,7 +466,9 @@ class Pipeline:
                     if number is not None:
                         frontend.start_run(number)
                     run = number
-                frontend.queue_to_any(OP_EVENT, event)
+                if not frontend.queue_to_any(OP_EVENT, event, cancel=self._stop):
+                    if self._stop.is_set():  # it waited for room or a resume
+                        break
                 n += 1
                 if max_events is not None and n >= max_events:
                     break

@@ -254,13 +254,17 @@ def slow(t: 'internal#train_id'):
 
 def test_a_finished_source_s_last_events_get_through_before_the_end(tmp_path):
     """The source is done long before the pool: metropc-run says it waits
-    for the events still in the pipeline, and none is left unpublished."""
+    for the events still in the pipeline, none is left unpublished, and the
+    final status line counts them all."""
     ctx_file = tmp_path / "ctx.py"
     ctx_file.write_text(SLOW_CTX)
     proc = subprocess.run([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
                            "--rate", "max", "--max-events", "30", "--pool", "1",
-                           "--status", "off", "--drop-policy", "block"],
+                           "--status", "lines", "--drop-policy", "block"],
                           capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr
     assert "letting the last" in proc.stderr, proc.stderr
     assert "not published" not in proc.stderr, proc.stderr
+    # The last line has the counts of the end, not of a second before.
+    summaries = [line for line in proc.stderr.splitlines() if line.startswith("metropc: out")]
+    assert summaries[-1].startswith("metropc: out 30 "), summaries

@@ -124,6 +124,29 @@ def test_count_bound_block():
     assert q.dropped == 0
 
 
+def test_a_producer_waiting_for_room_or_a_resume_gives_up_when_cancelled():
+    """A source told to stop must not hang in a full or paused queue: its
+    event is not accepted, and not counted anywhere."""
+    from metropc.messages import OP_PAUSE
+    for pause in (False, True):
+        q = EventQueue(1, 1 << 30, DROP_BLOCK)
+        if pause:
+            q.put_control("all", OP_PAUSE, {}, nothing)
+        else:
+            assert q.put_event(OP_EVENT, ev(0), nothing)
+        cancel = threading.Event()
+        room = watched(q)
+        p = threading.Thread(target=lambda: setattr(
+            p, "result", q.put_event(OP_EVENT, ev(1), nothing, cancel)), daemon=True)
+        p.start()
+        assert room.waiting.wait(JOIN)
+        cancel.set()
+        p.join(JOIN)
+        assert not p.is_alive() and p.result is False
+        assert ids(q) == ([] if pause else [0])
+        assert q.dropped == 0 and q.paused_events == 0
+
+
 def test_a_blocked_producer_is_woken_at_three_quarters_not_per_event():
     """Waking the producer for every event taken made the source and the
     frontend thread trade the GIL and the lock per event (lossless tiny

@@ -284,3 +284,15 @@ def test_a_pipeline_on_ipv6_addresses():
         index = client.wait_index(timeout=10)
         while index["internal#state"].counts != 2:  # STOP
             index = client.wait_index(timeout=10)
+
+
+def test_stopping_the_source_of_a_paused_replay_does_not_hang():
+    """With ``block``, a paused pipeline makes the source wait; told to stop,
+    it stops waiting (its event was not accepted: nothing to count)."""
+    with Pipeline(CTX, source="sim", rate="max", drop_policy="block") as pipe, \
+            Client(pipe.output_addr, views=["tid"], timeout=30) as client:
+        client.wait_index(timeout=30)
+        pipe.pause()
+        pipe.stop_source(timeout=20)
+        assert pipe.finished.is_set()  # the feeding thread ended
+        assert pipe.drain(timeout=20) == 0

@@ -55,20 +55,21 @@ def main(argv=None):
 DRAIN_STALL_TIMEOUT = 30.0
 
 
-def finish(pipeline, stop) -> None:
+def finish(pipeline, stop, on_wait=None) -> None:
     """The source finished, or the run ends (--duration, key q): let the
     last events through before stopping (their results are published, or
-    counted lost), and say what did not get through."""
+    counted lost), and say what did not get through.  `on_wait()` keeps a
+    status display going meanwhile."""
     pipeline.stop_source()
-    left = pipeline.drain(DRAIN_STALL_TIMEOUT, stop, timeout=1.0)
-    if left:  # slow views: say what we wait for
+    left = pipeline.drain(DRAIN_STALL_TIMEOUT, stop, timeout=1.0, on_wait=on_wait)
+    if left and not stop.is_set():  # slow views: say what we wait for
         log.info("letting the last %d event(s) through (Ctrl-C stops at once)", left)
-        left = pipeline.drain(DRAIN_STALL_TIMEOUT, stop)
-    if left:
+        left = pipeline.drain(DRAIN_STALL_TIMEOUT, stop, on_wait=on_wait)
+    if left and stop.is_set():  # Ctrl-C: its one line says it all
+        log.info("stopped with %d event(s) in the pipeline (interrupted)", left)
+    elif left:
         log.warning("stopped with %d event(s) in the pipeline: their results are "
-                    "not published (%s)", left,
-                    "interrupted" if stop.is_set()
-                    else f"none got through for {DRAIN_STALL_TIMEOUT:g} s")
+                    "not published (none got through for %g s)", left, DRAIN_STALL_TIMEOUT)
 
 
 #: The smallest terminal (columns, rows) the live status region fits in; in a
@@ -308,7 +309,9 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
             if t_end is not None and time.monotonic() >= t_end:
                 break
         if not stop.is_set():  # (Ctrl-C stops at once)
-            finish(pipeline, stop)
+            finish(pipeline, stop, None if status is None else status.update)
+            if status is not None:  # the last line with the last counts
+                status.refresh(pipeline.request_index)
         if status is not None:
             status.update(final=not stop.is_set())
         return exit_code()

@@ -137,6 +137,19 @@ class StatusDisplay:
             self._last_index = time.monotonic()
         return changed
 
+    def refresh(self, request, timeout: float = 2.0) -> bool:
+        """Ask for an index now (`request()`) and take the next one that
+        comes within `timeout` seconds: the numbers of now, not of up to a
+        second ago (a short run may not have had any index yet)."""
+        self.poll()
+        request()
+        try:
+            self.client.wait_index(timeout=timeout)
+        except (TimeoutError, ProtocolError):
+            return False
+        self._last_index = time.monotonic()
+        return True
+
     def update(self, final=False):
         """Poll; in line mode print a summary every `line_interval` seconds."""
         self.poll()

@@ -267,16 +267,18 @@ class ThreadedFrontend:
                                f"keeps running: {why}")
 
     # -- API (any thread) --------------------------------------------------------------
-    def queue_to_any(self, opcode, data=None):
+    def queue_to_any(self, opcode, data=None, *, cancel: threading.Event | None = None):
         """Send one message (an event) to whichever POOL worker is free.
 
         When the queue is full (``queue_size`` events or ``queue_bytes``
         bytes), the drop policy applies: ``'oldest'`` drops the oldest
         waiting event, ``'newest'`` refuses this one (returns False),
         ``'block'`` waits here until there is room.  Dropped events are
-        counted (``internal#dropped_events`` in the index).
+        counted (``internal#dropped_events`` in the index).  A caller
+        waiting for room (or for a resume) gives up when `cancel` is set:
+        the event was not accepted (False).
         """
-        return self._queue.put_event(opcode, data or {}, self._wake)
+        return self._queue.put_event(opcode, data or {}, self._wake, cancel)
 
     def in_flight(self) -> int:
         """Events (and marks) accepted but not through REDUCE yet: queued

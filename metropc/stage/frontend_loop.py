@@ -28,7 +28,8 @@ import zmq
 
 from ..error import ProtocolError
 from .common import (OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_CTX_FAILED,
-                     OP_CTX_READY, OP_DEBUG, OP_ERROR, OP_HELLO, OP_LOST, OP_PARAMS, OP_PROGRESS,
+                     OP_CTX_READY, OP_DEBUG, OP_ERROR, OP_HELLO, OP_INDEX, OP_LOST, OP_PARAMS,
+                     OP_PROGRESS,
                      OP_SHM, OP_STATS, OP_STEP, OP_STOP, RejectLog, recv, send,
                      send_batch)
 from ..messages import MARK_OPS, OP_ANNOUNCE, OP_BUSY, OP_PAUSE, OP_RESET, OP_RESUME, OP_RUN
@@ -481,6 +482,8 @@ class FrontendLoop:
             self.params.update(data)
         elif opcode == OP_ANNOUNCE:
             self.announce = dict(data)
+        elif opcode == OP_INDEX and target == "reduce" and self.fe.ready.is_set():
+            self.send_stats()  # an index asked for carries this moment's input counts
         if target == "all":
             names = self.stage_names()
         elif target == "pool":

@@ -78,16 +78,23 @@ class EventQueue:
         self.taker: threading.Thread | None = None
 
     # -- any thread ------------------------------------------------------------------
-    def put_event(self, opcode: bytes, data: dict, wake) -> bool:
+    def put_event(self, opcode: bytes, data: dict, wake,
+                  cancel: threading.Event | None = None) -> bool:
         """Queue an event; False if it was refused (policy ``newest``, or closed).
 
-        `wake` is called (with the lock held) after the event went in.
+        `wake` is called (with the lock held) after the event went in.  A
+        caller that waits (``block``) gives up when `cancel` is set: the
+        event was not accepted, so it is not counted anywhere (a source
+        told to stop, say).
         """
         size = event_nbytes(data)
+        cancelled = (lambda: False) if cancel is None else cancel.is_set
         with self.lock:
             if self.paused:
                 if self.policy == DROP_BLOCK and threading.current_thread() is not self.taker:
                     while self.paused and not self.closed:  # a replay waits
+                        if cancelled():
+                            return False
                         self._room.wait(0.1)
                 else:
                     self.paused_events += 1
@@ -95,6 +102,8 @@ class EventQueue:
             if self._full(size):
                 if self.policy == DROP_BLOCK and threading.current_thread() is not self.taker:
                     while self._full(size) and not self.closed:
+                        if cancelled():
+                            return False
                         self._blocked = True
                         self._room.wait(0.1)
                 elif self.policy == DROP_NEWEST:
