@@ -15,8 +15,14 @@ import re
 
 __all__ = ["bind", "connect", "connect_problem", "is_ipv6"]
 
-#: A host to connect to: a name, an IPv4 address or a bracketed IPv6 one.
-_HOST = re.compile(r"^(\[[^\]\s]+\]|[^:/\[\]\s*]+)$")
+#: A host name or IPv4 address (ASCII: ZeroMQ refuses anything else with a
+#: bare "Invalid argument"), and a bracketed IPv6 address with an optional
+#: zone (``[fe80::1%eth0]``).
+HOST_NAME = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
+HOST_IPV6 = r"\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*(?:%[A-Za-z0-9_.-]+)?\]"
+#: A host to connect to, and one to bind to (``*``: every interface).
+CONNECT_HOST = re.compile(rf"(?:{HOST_NAME}|{HOST_IPV6})", re.ASCII)
+BIND_HOST = re.compile(rf"(?:\*|{HOST_NAME}|{HOST_IPV6})", re.ASCII)
 _USAGE = "use tcp://HOST:PORT, ipc://PATH or inproc://NAME"
 
 
@@ -28,7 +34,9 @@ def connect_problem(address) -> str | None:
     fails later with a bare "Invalid argument", or takes port 70000 for
     4464 (modulo 65536) and connects somewhere else without a word.
     """
-    if not isinstance(address, str) or not address.strip():
+    if not isinstance(address, str):
+        return f"not a string but {type(address).__name__}; {_USAGE}"
+    if not address.strip():
         return f"empty; {_USAGE}"
     if any(c.isspace() for c in address):
         return f"contains white space; {_USAGE}"
@@ -39,15 +47,22 @@ def connect_problem(address) -> str | None:
             return None
     if not address.startswith("tcp://"):
         return f"not a ZeroMQ address; {_USAGE}"
-    host, sep, port = address[len("tcp://"):].rpartition(":")
+    rest = address[len("tcp://"):]
+    if rest.startswith("[") and "]" in rest:  # [IPv6]:PORT; the host has colons
+        close = rest.index("]") + 1
+        host, sep, port = rest[:close], rest[close:close + 1], rest[close + 1:]
+        if sep != ":" and rest[close:]:
+            return f"{rest[close:]!r} after the host; use tcp://[IPv6]:PORT"
+    else:
+        host, sep, port = rest.rpartition(":")
     if not sep or not port:
         return "no port; use tcp://HOST:PORT"
     if not host:
         return "no host; use tcp://HOST:PORT"
-    if not _HOST.match(host):
+    if not CONNECT_HOST.fullmatch(host):
         return (f"{host!r} is not a host to connect to (a name, an IPv4 address or "
                 "[IPv6])")
-    if not port.isdigit():
+    if not (port.isascii() and port.isdigit()):
         return f"port {port!r} is not a number"
     if not 1 <= int(port) <= 65535:
         return f"port {port} is out of range (1-65535)"

@@ -169,6 +169,9 @@ class Pipeline:
         try:
             self._use(first, path)
             if not self._frontend.wait_ready(config.ready_timeout):
+                if self._frontend.failed.is_set():
+                    raise RuntimeError("a pipeline stage could not start: "
+                                       + ("; ".join(self.errors) or "see the log"))
                 raise RuntimeError("pipeline stages did not start within "
                                    f"{config.ready_timeout:g} s")
             if control_endpoint:

@@ -85,7 +85,10 @@ def test_a_directory_as_context(tmp_path):
 
 
 @pytest.mark.parametrize("output", ["bar", "tcp://127.0.0.1", "tcp://127.0.0.1:99999",
-                                    "tcp://127.0.0.1:port", "udp://127.0.0.1:5"])
+                                    "tcp://127.0.0.1:port", "udp://127.0.0.1:5",
+                                    # ZeroMQ says only "Invalid argument" to these:
+                                    "tcp://127.0.0.1;127.0.0.2:5555", "tcp://127.0.0.1:\u0661",
+                                    "tcp://h\u00e9:5555", "tcp://[zzz]:5555"])
 def test_an_unparsable_output(ctx_file, output):
     assert_one_line_error(run(ctx_file, "--output", output), "--output", output)
 
@@ -160,3 +163,15 @@ def test_every_loopback_address_counts_as_loopback(ctx_file):
                    "--status", "off")
         assert proc.returncode == 0, proc.stderr
         assert "output on tcp://[::1]:" in proc.stdout
+
+
+def test_tcp_stage_addresses_are_printed_with_the_ports_picked(ctx_file):
+    """--control/--reduce on port 0: workers of other hosts need the ports
+    picked, so metropc-run prints how to join."""
+    import re
+    proc = run(ctx_file, "--control", "tcp://127.0.0.1:0", "--reduce", "tcp://127.0.0.1:0",
+               "--max-events", "3", "--status", "off")
+    assert proc.returncode == 0, proc.stderr
+    m = re.search(r"join with: metropc-worker --control tcp://127\.0\.0\.1:(\d+) "
+                  r"--reduce tcp://127\.0\.0\.1:(\d+)\)", proc.stdout)
+    assert m and all(int(port) > 0 for port in m.groups()), proc.stdout

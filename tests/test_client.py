@@ -598,6 +598,13 @@ def test_a_tcp_port_out_of_range_is_refused_not_wrapped():
     ("tcp://host name:5555", "white space"),
     ("udp://127.0.0.1:5555", "not a ZeroMQ address"),
     ("", "empty"),
+    (5555, "not a string"),
+    ("tcp://localhost:\u00b2", "not a number"),          # isdigit(), but no int()
+    ("tcp://localhost:\u0661\u0662", "not a number"),    # int(), but ZeroMQ refuses
+    ("tcp://h\u00e9:5555", "not a host"),
+    ("tcp://[1.2.3.4]:5555", "not a host"),
+    ("tcp://a;b:5555", "not a host"),
+    ("tcp://[::1]", "no port"),
 ])
 def test_an_address_no_client_can_connect_to_is_refused_with_the_reason(address, why):
     """The library and the command-line tools share one rule

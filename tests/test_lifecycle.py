@@ -296,3 +296,10 @@ def test_stopping_the_source_of_a_paused_replay_does_not_hang():
         pipe.stop_source(timeout=20)
         assert pipe.finished.is_set()  # the feeding thread ended
         assert pipe.drain(timeout=20) == 0
+
+
+def test_a_stage_that_cannot_bind_ends_the_start_at_once_saying_why():
+    """REDUCE reports that it cannot bind its output (ZeroMQ refuses the
+    address); the pipeline does not wait its whole start timeout for it."""
+    with pytest.raises(RuntimeError, match=r"cannot bind tcp://127\.0\.0\.1;127\.0\.0\.2:5555"):
+        Pipeline(CTX, source=None, output="tcp://127.0.0.1;127.0.0.2:5555")

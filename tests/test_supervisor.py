@@ -80,6 +80,16 @@ def test_crash_before_ready_gives_up():
     assert sup.restart_times == {}
 
 
+def test_a_stage_that_reported_why_it_could_not_start_gets_no_main_guard_hint():
+    """Exit code 2 (STAGE_REFUSED): the stage said why itself (an address it
+    cannot bind); the main-guard hint would send the user the wrong way."""
+    from metropc.stage.supervisor import STAGE_REFUSED
+    sup = Supervisor(30.0)
+    out = sup.check(2.0, [dead("reduce", STAGE_REFUSED)], idle)
+    assert out == [GiveUp("reduce", "stage reduce died (exit code 2) before it started up, "
+                                    "so it is not restarted; its report above says why")]
+
+
 def test_stage_that_was_ready_once_is_replaced_before_the_pipeline_is_ready():
     sup = Supervisor(30.0)
     sup.on_hello("pool-0", 0.0)

@@ -236,6 +236,12 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
         if pipeline.control_addr is not None:
             print(f"{PROG}: control on {pipeline.control_addr}  (metropc-client "
                   f"{pipeline.output_addr} --reset | --pause | --resume)", flush=True)
+        if any(str(a).startswith("tcp://") for a in (args.control, args.reduce)):
+            fe = pipeline.frontend  # their bound addresses (port 0: the one picked)
+            print(f"{PROG}: stages on {fe.control_addr} and {fe.reduce_addr}  "
+                  f"(join with: metropc-worker --control {fe.control_addr} --reduce "
+                  f"{fe.reduce_addr}" + (f" --keys {args.keys}" if args.keys else "") + ")",
+                  flush=True)
         if recorder is not None:
             if recorder.connect(pipeline.output_addr):
                 ctx = pipeline.ctx  # published before the recorder subscribed

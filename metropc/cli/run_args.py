@@ -20,6 +20,7 @@ import re
 import socket
 
 from ..dashboard.address import is_loopback
+from ..endpoints import BIND_HOST
 from ..error import ContextError
 
 PROG = "metropc-run"
@@ -180,7 +181,7 @@ def check_addresses(args):
                 "metropc-keys DIR)")
 
 
-_TCP = re.compile(r"^tcp://(?P<host>\[[^\]]*\]|[^:/\[\]\s]+):(?P<port>\*|\d+)$")
+_TCP = re.compile(rf"tcp://(?P<host>{BIND_HOST.pattern}):(?P<port>\*|[0-9]+)", re.ASCII)
 
 
 def parse_address(option, addr):
@@ -198,7 +199,7 @@ def parse_address(option, addr):
                 raise UsageError(f"{option} {addr!r}: cannot create a socket file in "
                                  f"{directory!r} (permission denied)")
         return None, None
-    m = _TCP.match(addr)
+    m = _TCP.fullmatch(addr)
     if m is None:
         raise UsageError(f"{option} {addr!r} is not an address: use tcp://HOST:PORT "
                          "(port 0 or * picks a free one) or ipc://PATH")

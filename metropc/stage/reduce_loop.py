@@ -28,6 +28,7 @@ from .common import (OP_ABORT, OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_ERROR, OP_HE
                      recv, recv_messages, send)
 from .progress import ProgressClock
 from .reduce import ReduceStage
+from .supervisor import STAGE_REFUSED
 
 __all__ = ["run_reduce"]
 
@@ -65,7 +66,7 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
             except zmq.ZMQError as e:  # one clear line, not a traceback
                 control.linger = 1000  # let the report reach the frontend
                 send(control, OP_ERROR, {"msg": f"[reduce] cannot bind {addr}: {e}"})
-                return 2
+                return STAGE_REFUSED
         stage = ReduceStage(control, output, reorder_window, reorder_timeout)
         stage.async_feed.socket = link
         send(control, OP_HELLO, {"stage": "reduce",
@@ -81,7 +82,9 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
                 # The output's last results may still be on their way out
                 # (ZeroMQ's I/O thread sends them a moment after us): a
                 # pipeline that drained (Pipeline.drain) stops only then.
-                sock.close(OUTPUT_LINGER_MS if sock is output else 0)
+                # (The others by their own linger: 0, or a moment for a
+                # report about to go, such as "cannot bind".)
+                sock.close(OUTPUT_LINGER_MS if sock is output else None)
         if auth is not None:
             auth.stop()
         if zmq_context is None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["Supervisor", "ReduceWatch", "Replace", "GiveUp", "Panic", "Gone", "StageState",
-           "RESTART_LIMIT", "RESTART_WINDOW", "REMOTE_SILENCE", "STALL_AFTER"]
+           "RESTART_LIMIT", "RESTART_WINDOW", "REMOTE_SILENCE", "STALL_AFTER", "STAGE_REFUSED"]
 
 #: A stage that dies this often within RESTART_WINDOW seconds is not restarted.
 RESTART_LIMIT = 5
@@ -37,6 +37,9 @@ RESTART_WINDOW = 60.0
 REMOTE_SILENCE = 5.0
 #: Seconds REDUCE may finish nothing while events wait for it before that is said.
 STALL_AFTER = 10.0
+#: The exit code of a stage that could not start and reported why itself
+#: (an address it cannot bind: run_reduce returns it).
+STAGE_REFUSED = 2
 
 
 @dataclass(frozen=True)
@@ -147,13 +150,16 @@ class Supervisor:
         recent = [t for t in self.restart_times.get(name, ())
                   if now - t < self.restart_window]
         if name not in self.ever_ready and not self.pipeline_ready:
-            # A new one would die the same way; the usual cause is a script
-            # without a main guard (the spawned stage imports it first).
+            # A new one would die the same way.  Exit code 2 is a stage's own
+            # report (an address it cannot bind); a crash while starting
+            # (1) is usually a script without a main guard, which the
+            # spawned stage imports first.
             self.given_up.add(name)
+            why = ("its report above says why" if stage.exitcode == STAGE_REFUSED else
+                   "its output above says why (a script that starts a pipeline of "
+                   "processes needs 'if __name__ == \"__main__\":' around that code)")
             return GiveUp(name, f"{reason} before it started up, so it is not restarted; "
-                                "its output above says why (a script that starts a "
-                                "pipeline of processes needs "
-                                "'if __name__ == \"__main__\":' around that code)")
+                                + why)
         if len(recent) + 1 >= self.restart_limit:  # (this death is one of them)
             self.given_up.add(name)
             return GiveUp(name, f"{reason}; it died {len(recent) + 1} times within "
