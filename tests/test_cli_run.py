@@ -268,3 +268,19 @@ def test_a_finished_source_s_last_events_get_through_before_the_end(tmp_path):
     # The last line has the counts of the end, not of a second before.
     summaries = [line for line in proc.stderr.splitlines() if line.startswith("metropc: out")]
     assert summaries[-1].startswith("metropc: out 30 "), summaries
+
+
+def test_events_that_do_not_get_through_in_the_end_are_named_and_exit_3(tmp_path):
+    """When none of the last events gets through for DRAIN_STALL_TIMEOUT
+    (shortened here), metropc-run gives up on them, says how many, and
+    exits 3, so that a script can tell that results are missing."""
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(SLOW_CTX.replace("time.sleep(0.1)", "time.sleep(3)"))
+    code = ("import sys, metropc.cli.run as run; run.DRAIN_STALL_TIMEOUT = 1.0; "
+            "sys.exit(run.main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(ctx_file), "--rate", "max",
+                           "--max-events", "4", "--pool", "1", "--status", "off",
+                           "--drop-policy", "block"],
+                          capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 3, proc.stderr
+    assert "event(s) in the pipeline: their results are not published" in proc.stderr

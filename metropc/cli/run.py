@@ -55,11 +55,16 @@ def main(argv=None):
 DRAIN_STALL_TIMEOUT = 30.0
 
 
-def finish(pipeline, stop, on_wait=None) -> None:
+#: The exit code when the last events were given up (their results were not
+#: published): a script that runs metropc-run can tell.
+EXIT_NOT_PUBLISHED = 3
+
+
+def finish(pipeline, stop, on_wait=None) -> int:
     """The source finished, or the run ends (--duration, key q): let the
     last events through before stopping (their results are published, or
-    counted lost), and say what did not get through.  `on_wait()` keeps a
-    status display going meanwhile."""
+    counted lost), and say what did not get through (returned: how many).
+    `on_wait()` keeps a status display going meanwhile."""
     pipeline.stop_source()
     left = pipeline.drain(DRAIN_STALL_TIMEOUT, stop, timeout=1.0, on_wait=on_wait)
     if left and not stop.is_set():  # slow views: say what we wait for
@@ -70,6 +75,7 @@ def finish(pipeline, stop, on_wait=None) -> None:
     elif left:
         log.warning("stopped with %d event(s) in the pipeline: their results are "
                     "not published (none got through for %g s)", left, DRAIN_STALL_TIMEOUT)
+    return left
 
 
 #: The smallest terminal (columns, rows) the live status region fits in; in a
@@ -314,13 +320,14 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
                 status.update()
             if t_end is not None and time.monotonic() >= t_end:
                 break
+        left = 0
         if not stop.is_set():  # (Ctrl-C stops at once)
-            finish(pipeline, stop, None if status is None else status.update)
+            left = finish(pipeline, stop, None if status is None else status.update)
             if status is not None:  # the last line with the last counts
                 status.refresh(pipeline.request_index)
         if status is not None:
             status.update(final=not stop.is_set())
-        return exit_code()
+        return EXIT_NOT_PUBLISHED if left and not stop.is_set() else exit_code()
     finally:
         if keys is not None:
             keys.close()
