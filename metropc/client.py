@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import endpoints
-from .controller import ControlError, Controller, _checked_address
+from .controller import ControlError, Controller
 from .enums import ViewOutput, ViewStage
 from .error import ProtocolError
 from .index import (INDEX, OUTPUT_LATENCY, STAGE_PREFIX, TIMING_PREFIX, IndexEntry,
@@ -132,7 +132,7 @@ class Client:
         from .transport import recv_frames, try_recv_frames  # zmq only where needed
         self._recv_frames, self._try_recv_frames = recv_frames, try_recv_frames
         self._again = zmq.Again  # what a receive that timed out raises
-        self.address = _checked_address(address)
+        self.address = endpoints.connectable(address)
         self.timeout = timeout
         self.allow_pickle = allow_pickle
         self.batch = batch

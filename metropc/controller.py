@@ -8,8 +8,7 @@ actions and runs (docs/client.md, "Controlling a pipeline").
 
 :class:`Controller` talks to the pipeline's control endpoint, not to its
 output.  :mod:`metropc.client` re-exports it and :class:`ControlError`;
-this module does not import the client (one-way: the client imports
-:func:`_checked_address` from here).
+this module does not import the client (one-way).
 """
 
 from __future__ import annotations
@@ -24,15 +23,6 @@ if TYPE_CHECKING:
     from .client import Client
 
 __all__ = ["Controller", "ControlError"]
-
-
-def _checked_address(address: str) -> str:
-    """`address`, if a client can connect to it; ValueError saying why not
-    (:func:`metropc.endpoints.connect_problem`: the CLI's rule too)."""
-    problem = endpoints.connect_problem(address)
-    if problem is not None:
-        raise ValueError(f"cannot connect to {address!r}: {problem}")
-    return address
 
 
 class ControlError(RuntimeError):
@@ -55,7 +45,7 @@ class Controller:
     def __init__(self, address: str, *, keys=None, timeout: float = 10.0, context=None):
         import zmq
 
-        self.address = _checked_address(address)
+        self.address = endpoints.connectable(address)
         self.timeout = timeout
         self._zctx = context if context is not None else zmq.Context.instance()
         if keys is not None and not isinstance(keys, str):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["bind", "connect", "connect_problem", "is_ipv6"]
+__all__ = ["bind", "connect", "connect_problem", "connectable", "is_ipv6"]
 
 #: A host name or IPv4 address (ASCII: ZeroMQ refuses anything else with a
 #: bare "Invalid argument"), and a bracketed IPv6 address with an optional
@@ -67,6 +67,15 @@ def connect_problem(address) -> str | None:
     if not 1 <= int(port) <= 65535:
         return f"port {port} is out of range (1-65535)"
     return None
+
+
+def connectable(address: str) -> str:
+    """`address`, if a client can connect to it; ValueError saying why not
+    (:func:`connect_problem`).  What Client and Controller take."""
+    problem = connect_problem(address)
+    if problem is not None:
+        raise ValueError(f"cannot connect to {address!r}: {problem}")
+    return address
 
 
 def is_ipv6(address: str) -> bool:

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 __all__ = ["DEFAULT_THRESHOLD", "SHM_DIR", "PREFIX", "UNIT", "ALIGN", "MIN_SEGMENT",
            "available", "default_size", "parse_size", "cleanup_stale", "owned_segments",
            "owner_tag", "owner_alive", "left_by_dead_owners",
-           "unlink_owned", "owner_tag", "Segment", "Arena", "eligible", "plan_slot",
+           "unlink_owned", "Segment", "Arena", "eligible", "plan_slot",
            "fill_slot", "fence"]
 
 #: Arrays of this many bytes or more travel in slots.
