@@ -217,6 +217,12 @@ class Pipeline:
     def frontend(self):
         return self._frontend
 
+    @property
+    def abandoned(self) -> int:
+        """Events :meth:`close` stopped while still queued or in the stages:
+        they produced no results (0 before it; see :meth:`drain`)."""
+        return 0 if self._frontend is None else self._frontend.abandoned
+
     def load(self, source, path="<ctx>"):
         """Load context `source`; raise ContextError and keep the old one if bad."""
         return self._use(self._build(source, path), path)
@@ -487,8 +493,9 @@ class Pipeline:
             self.finished.set()
 
     def close(self, timeout=3.0):
-        """Stop the source and every stage at once (see :meth:`drain`);
-        idempotent."""
+        """Stop the source and every stage at once; what is still in them
+        produces no results, and is counted (:attr:`abandoned`) and named
+        in a warning (:meth:`drain` first lets it through).  Idempotent."""
         self._stop.set()
         if self._remote is not None:
             self._remote.close()

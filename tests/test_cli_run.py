@@ -283,4 +283,73 @@ def test_events_that_do_not_get_through_in_the_end_are_named_and_exit_3(tmp_path
                            "--drop-policy", "block"],
                           capture_output=True, text=True, timeout=90)
     assert proc.returncode == 3, proc.stderr
-    assert "event(s) in the pipeline: their results are not published" in proc.stderr
+    assert "giving up on the last events: none got through for 1 s" in proc.stderr
+    assert "stopping with 4 event(s) still in the pipeline: their results are not published" \
+        in proc.stderr
+
+
+def test_ctrl_c_lets_the_events_in_flight_through(tmp_path):
+    """Ctrl-C stops the source at once, and the events already queued (a
+    slow view, the lossless queue full) still get through: the summary at
+    the end counts as many out as the source fed, and nothing is named lost."""
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(SLOW_CTX.replace("time.sleep(0.1)", "time.sleep(0.02)"))
+    proc, addr = start(ctx_file, "--rate", "max", "--drop-policy", "block")
+    col = None
+    try:
+        from metropc.client import Client
+        col = Client(addr)
+        col.subscribe("slow")
+        col.recv(30)  # (results flow: the queue is full behind them)
+        got = 1
+        proc.send_signal(signal.SIGINT)
+        try:
+            while True:
+                col.recv(5)
+                got += 1
+        except TimeoutError:
+            pass
+    finally:
+        if col is not None:
+            col.close()
+        elapsed, err = stop(proc) if proc.poll() is None else (0, None)
+        proc.wait(10)
+        proc.reader.join(5)
+    err = "".join(proc.err_lines)
+    assert proc.returncode == 130, err
+    assert "still in the pipeline" not in err, err
+    assert sum("stopping" in line for line in proc.err_lines) == 1, err
+    # Every event the source fed reached the client (its first ones before it
+    # subscribed aside): far more than the queue of 16 after the Ctrl-C.
+    assert got >= 16, (got, err)
+
+
+def test_ctrl_c_names_the_events_that_could_not_get_through(tmp_path):
+    """Events that cannot get through within INTERRUPT_WAIT (shortened here)
+    after Ctrl-C are named: how many produced no results."""
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(SLOW_CTX.replace("time.sleep(0.1)", "time.sleep(2)"))
+    code = ("import sys, metropc.cli.run as run; run.INTERRUPT_WAIT = 0.5; "
+            "sys.exit(run.main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(ctx_file), "--rate", "max",
+                             "--pool", "1", "--status", "off", "--drop-policy", "block"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from metropc.client import Client
+    col = None
+    try:
+        line = proc.stdout.readline()
+        col = Client(line.split("output on ")[1].split()[0])
+        col.subscribe("slow")
+        col.recv(30)  # a result: the source has long filled the queue behind it
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if col is not None:
+            col.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    n = int(err.split("stopping with ")[1].split()[0])
+    assert 16 <= n <= 16 + 8, err  # the queue, and what the worker holds
+    assert "their results are not published" in err, err

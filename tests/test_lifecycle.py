@@ -6,6 +6,7 @@ clears, an average that only an explicit reset clears, and a plain view.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 
 import numpy as np
@@ -263,6 +264,35 @@ def test_drain_lets_the_last_events_of_a_finished_source_through():
         got = collect(client, lambda r: len(r.get("view#tid", ())) == 100)
     tids = [p["data"] for p in got["view#tid"]]
     assert tids == list(range(tids[0], tids[0] + 100))
+
+
+def test_close_counts_and_names_the_events_it_stops(caplog):
+    """close() without drain() stops the stages with events still in them:
+    they produce no results, so they are counted and named in a warning."""
+    ctx = SLOW_CTX.replace("time.sleep(0.005)", "time.sleep(0.5)")
+    with Pipeline(ctx, source=None, pool=1, drop_policy="block") as pipe, \
+            Client(pipe.output_addr, views=["tid"], timeout=30) as client:
+        client.wait_index(timeout=30)
+        for i in range(6):
+            assert pipe.send({"internal#train_id": i})
+        assert pipe.abandoned == 0
+        with caplog.at_level(logging.WARNING, logger="metropc"):
+            pipe.close()  # within the first view call: none is through
+        assert pipe.abandoned == 6
+    assert "stopping with 6 event(s) still in the pipeline" in caplog.text
+
+
+def test_close_after_drain_names_nothing(caplog):
+    with Pipeline(SLOW_CTX, source=None, pool=1) as pipe, \
+            Client(pipe.output_addr, views=["tid"], timeout=30) as client:
+        client.wait_index(timeout=30)
+        for i in range(6):
+            assert pipe.send({"internal#train_id": i})
+        assert pipe.drain(timeout=30) == 0
+        with caplog.at_level(logging.WARNING, logger="metropc"):
+            pipe.close()
+        assert pipe.abandoned == 0
+    assert "still in the pipeline" not in caplog.text
 
 
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this host")

@@ -60,22 +60,34 @@ DRAIN_STALL_TIMEOUT = 30.0
 EXIT_NOT_PUBLISHED = 3
 
 
+#: Seconds Ctrl-C or SIGTERM leaves the events already in the pipeline to
+#: get through (a second Ctrl-C quits at once).
+INTERRUPT_WAIT = 3.0
+
+
 def finish(pipeline, stop, on_wait=None) -> int:
     """The source finished, or the run ends (--duration, key q): let the
     last events through before stopping (their results are published, or
-    counted lost), and say what did not get through (returned: how many).
-    `on_wait()` keeps a status display going meanwhile."""
+    counted lost); returns how many did not get through (the pipeline's
+    close names them).  `on_wait()` keeps a status display going meanwhile."""
     pipeline.stop_source()
     left = pipeline.drain(DRAIN_STALL_TIMEOUT, stop, timeout=1.0, on_wait=on_wait)
     if left and not stop.is_set():  # slow views: say what we wait for
-        log.info("letting the last %d event(s) through (Ctrl-C stops at once)", left)
+        log.info("letting the last %d event(s) through (Ctrl-C stops sooner)", left)
         left = pipeline.drain(DRAIN_STALL_TIMEOUT, stop, on_wait=on_wait)
-    if left and stop.is_set():  # Ctrl-C: its one line says it all
-        log.info("stopped with %d event(s) in the pipeline (interrupted)", left)
-    elif left:
-        log.warning("stopped with %d event(s) in the pipeline: their results are "
-                    "not published (none got through for %g s)", left, DRAIN_STALL_TIMEOUT)
+    if left and not stop.is_set():
+        log.warning("giving up on the last events: none got through for %g s",
+                    DRAIN_STALL_TIMEOUT)
     return left
+
+
+def interrupted(pipeline, on_wait=None) -> int:
+    """Ctrl-C or SIGTERM: the source stops at once, and what it already fed
+    gets INTERRUPT_WAIT seconds to get through (at the usual rate that is
+    milliseconds); returns how many did not (the pipeline's close names
+    them, so Ctrl-C stays one line when nothing is lost)."""
+    pipeline.stop_source()
+    return pipeline.drain(INTERRUPT_WAIT, timeout=INTERRUPT_WAIT, on_wait=on_wait)
 
 
 #: The smallest terminal (columns, rows) the live status region fits in; in a
@@ -321,10 +333,13 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
             if t_end is not None and time.monotonic() >= t_end:
                 break
         left = 0
-        if not stop.is_set():  # (Ctrl-C stops at once)
-            left = finish(pipeline, stop, None if status is None else status.update)
-            if status is not None:  # the last line with the last counts
+        on_wait = None if status is None else status.update
+        if not stop.is_set():
+            left = finish(pipeline, stop, on_wait)
+            if status is not None and not stop.is_set():  # the last line: the last counts
                 status.refresh(pipeline.request_index)
+        if stop.is_set():  # Ctrl-C or SIGTERM, also while finishing
+            interrupted(pipeline, on_wait)
         if status is not None:
             status.update(final=not stop.is_set())
         return EXIT_NOT_PUBLISHED if left and not stop.is_set() else exit_code()

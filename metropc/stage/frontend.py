@@ -174,6 +174,9 @@ class ThreadedFrontend:
         self.sr_cls = sr_cls
         self.keys = config.keys
         self.lost_events = 0
+        #: Events still queued or in the stages when :meth:`close` stopped
+        #: them: they produced no results (see :meth:`close`).
+        self.abandoned = 0
         self.restarts = collections.Counter()
         self.ready = threading.Event()
         #: Set when a stage kept dying and was given up.
@@ -355,11 +358,21 @@ class ThreadedFrontend:
         return True
 
     def close(self, timeout=5.0):
-        """Stop every stage (within `timeout` seconds) and release resources."""
+        """Stop every stage (within `timeout` seconds) and release resources.
+
+        The stages stop at once: events still queued or in them produce no
+        results.  They are counted (:attr:`abandoned`) and named in a
+        warning; let them through first where that matters
+        (:meth:`metropc.pipeline.Pipeline.drain`, or wait for
+        :meth:`in_flight` to reach 0)."""
         if self._stopping:
             return
+        self._queue.close()  # (refuses what comes now: counted as dropped)
+        self.abandoned = self.in_flight()
         self._stopping = True
-        self._queue.close()
+        if self.abandoned:
+            log.warning("stopping with %d event(s) still in the pipeline: their results "
+                        "are not published", self.abandoned)
         with self._queue.lock:
             self._wake()
         self._thread.join(timeout)
