@@ -430,36 +430,54 @@ class Pipeline:
 
     def drain(self, stall_timeout: float = 30.0, stop: threading.Event | None = None,
               timeout: float | None = None, on_wait=None) -> int:
-        """Wait until everything fed so far went through REDUCE: its results
-        published, or counted lost (docs/operations.md).
+        """Wait until everything fed so far (events, steps and other marks)
+        went through REDUCE: its results published, or counted lost
+        (docs/operations.md).
 
         Call it before :meth:`close` when a finite source has finished
         (:attr:`finished`), or after :meth:`stop_source`: closing at once
         would stop the stages with the last events still in them,
         unpublished.  Waits as long as events move on; gives up when none
-        finished for `stall_timeout` seconds, when `stop` is set, or after
-        `timeout` seconds in all (None: no limit).  `on_wait()`, if given,
-        is called about four times a second meanwhile (to refresh a
-        display).  Returns how many were still in the pipeline (0: all
-        through).
+        finished for `stall_timeout` seconds, when `stop` is set, after
+        `timeout` seconds in all (None: no limit), or when nothing can get
+        through any more (a stage given up; after :meth:`stand_down`,
+        REDUCE or every worker gone).  `on_wait()`, if given, is called
+        about four times a second meanwhile (to refresh a display).
+        Returns how many events were still in the pipeline (0: all through).
         """
-        left = self.in_flight()
+        frontend = self._frontend
+        left = frontend.unfinished()  # (steps and other marks too)
         moved = start = waited = time.monotonic()
         while left:
             if on_wait is not None and time.monotonic() - waited >= 0.25:
                 on_wait()
                 waited = time.monotonic()
-            if stop is not None and stop.is_set():
+            if stop is not None and stop.is_set() or not self._can_move():
                 break
             now = time.monotonic()
             if now - moved > stall_timeout or (timeout is not None and now - start > timeout):
                 break
             time.sleep(0.01)  # (REDUCE reports its progress every 20 ms)
-            now_left = self.in_flight()
+            now_left = frontend.unfinished()
             if now_left < left:
                 moved = time.monotonic()
             left = now_left
-        return left
+        return self.in_flight()
+
+    def _can_move(self) -> bool:
+        """False when nothing more can get through: a stage was given up, or
+        after :meth:`stand_down` REDUCE or every worker is gone."""
+        frontend = self._frontend
+        if frontend.failed.is_set():
+            return False
+        return not frontend.standing_down or frontend.stages_alive()
+
+    def stand_down(self) -> None:
+        """Restart no stage from now on: the pipeline is about to close
+        (``metropc-run`` does this on Ctrl-C or SIGTERM, which may have
+        reached the stages too).  :meth:`drain` then stops waiting as soon
+        as REDUCE or every worker is gone."""
+        self._frontend.stand_down()
 
     def _feed(self, max_events):
         n, run = 0, None

@@ -324,6 +324,69 @@ def test_ctrl_c_lets_the_events_in_flight_through(tmp_path):
     assert got >= 16, (got, err)
 
 
+def _slow_run_in_its_own_group(ctx_file, *args):
+    """metropc-run leading a process group of its own (as under a terminal,
+    `timeout` or systemd), once a result shows the queue is full behind it."""
+    from metropc.client import Client
+    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
+                             "--rate", "max", "--pool", "1", "--status", "off",
+                             "--drop-policy", "block", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        with Client(line.split("output on ")[1].split()[0], views=["slow"]) as col:
+            col.recv(30)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc
+
+
+def test_sigterm_to_the_process_group_restarts_no_stage(tmp_path):
+    """`timeout`, systemd and `kill -- -PGID` signal the stages too: they end
+    at once, none is restarted, and what they held is named, quickly."""
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(SLOW_CTX.replace("time.sleep(0.1)", "time.sleep(0.5)"))
+    proc = _slow_run_in_its_own_group(ctx_file)
+    try:
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "died" not in err and "restart" not in err and "replacement" not in err, err
+    assert "SIGTERM: stopping (a second signal quits at once)" in err, err
+    assert "still in the pipeline: their results are not published" in err, err
+    assert elapsed < 3, (elapsed, err)  # no INTERRUPT_WAIT for stages that are gone
+
+
+def test_a_second_sigterm_quits_at_once_with_143(tmp_path):
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(SLOW_CTX.replace("time.sleep(0.1)", "time.sleep(2)"))
+    proc = _slow_run_in_its_own_group(ctx_file)
+    try:
+        proc.send_signal(signal.SIGTERM)  # (to metropc-run alone: the stages go on)
+        err = ""
+        while "SIGTERM: stopping" not in err:  # (two at once would be one signal)
+            line = proc.stderr.readline()
+            assert line, err
+            err += line
+        proc.send_signal(signal.SIGTERM)
+        err += proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err, err
+
+
 def test_ctrl_c_names_the_events_that_could_not_get_through(tmp_path):
     """Events that cannot get through within INTERRUPT_WAIT (shortened here)
     after Ctrl-C are named: how many produced no results."""

@@ -971,3 +971,21 @@ def test_reduce_reports_its_window_progress_at_once_and_its_restart_point_one_in
     finally:
         xpub.close(0)
         zctx.term()
+
+
+def test_events_in_flight_leave_the_marks_out():
+    """Steps, resets and runs take sequence numbers but are no events: what
+    a close abandons is counted in events."""
+    d = dispatcher("a", credit=10)
+    q = make_queue([small(0), small(1)])
+    assert take(d, q).seqs + take(d, q).seqs == [0, 1]
+    step = d.step_batch(1.0)
+    again = d.step_batch(2.0, seq=step.seqs[0])  # refused once: the same number
+    mark = d.step_batch(3.0, mark={"kind": "reset", "views": []})
+    assert take(d, make_queue([small(2)])).seqs == [4]
+    assert (again.seqs, mark.seqs) == ([2], [3])
+    assert d.seq == 5 and d.events_in_flight() == 3
+    d.on_progress(3)  # REDUCE is through the step: two events and it
+    assert d.events_in_flight() == 1
+    d.on_progress(5)
+    assert d.events_in_flight() == 0 and not d.mark_seqs

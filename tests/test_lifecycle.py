@@ -295,6 +295,27 @@ def test_close_after_drain_names_nothing(caplog):
     assert "still in the pipeline" not in caplog.text
 
 
+def test_marks_are_no_events_and_drain_waits_for_them(caplog):
+    """Steps and resets travel like events but are none: drain() waits until
+    they are through REDUCE too, and close() does not count them as events."""
+    with Pipeline(CTX, source=None, pool=1) as pipe, \
+            Client(pipe.output_addr, views=VIEWS, timeout=30) as client:
+        client.wait_index(timeout=30)
+        for i in range(3):
+            assert pipe.send({"internal#train_id": i})
+        pipe.step()
+        pipe.reset()
+        pipe.step()
+        assert pipe.drain(timeout=30) == 0
+        assert pipe.frontend.unfinished() == 0  # the marks went through as well
+        pipe.step()
+        pipe.step()
+        with caplog.at_level(logging.WARNING, logger="metropc"):
+            pipe.close()
+        assert pipe.abandoned == 0
+    assert "still in the pipeline" not in caplog.text
+
+
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this host")
 def test_a_pipeline_on_ipv6_addresses():
     """Bracketed IPv6 addresses work for every socket: stages, output, control."""

@@ -87,6 +87,7 @@ def interrupted(pipeline, on_wait=None) -> int:
     milliseconds); returns how many did not (the pipeline's close names
     them, so Ctrl-C stays one line when nothing is lost)."""
     pipeline.stop_source()
+    pipeline.stand_down()  # a SIGTERM to the process group ends the stages too
     return pipeline.drain(INTERRUPT_WAIT, timeout=INTERRUPT_WAIT, on_wait=on_wait)
 
 
@@ -120,10 +121,13 @@ def _main(args, dashboard_bind, old_mask):
             print(text, file=sys.stderr, flush=True)
 
     def on_stop(signum):
-        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        say(f"{PROG}: {what}: stopping (Ctrl-C again quits at once)")
+        if signum == signal.SIGINT:
+            say(f"{PROG}: Ctrl-C: stopping (Ctrl-C again quits at once)")
+        else:
+            say(f"{PROG}: {signal.Signals(signum).name}: stopping (a second signal "
+                "quits at once)")
 
-    def on_exit():
+    def on_exit(signum):
         # Second Ctrl-C: leave at once.  The stages end with us
         # (PR_SET_PDEATHSIG); only our private socket directory is ours
         # to remove on the way out.
@@ -132,7 +136,7 @@ def _main(args, dashboard_bind, old_mask):
         unlink_owned()  # shared memory would outlive os._exit
         if children is not None:
             children.restore_cursor()
-        os._exit(130)
+        os._exit(128 + signum)  # 130 for Ctrl-C, 143 for SIGTERM
 
     interrupts = Interrupts(on_stop, on_exit)
     stop = interrupts.stop
@@ -243,11 +247,15 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
     # built by now stays, so full collections need not walk it (a ~40 ms
     # pause of the frontend thread otherwise).
     gc.freeze()
+    # A SIGTERM to the process group ends the stages as it reaches us: from
+    # that moment none is restarted (see interrupted).
+    interrupts.when_stopped(pipeline.stand_down)
     if pipeline.frontend._tmpdir:
         leftovers.append(pipeline.frontend._tmpdir)
     status = live = dashboard = keys = metrics = None
     try:
-        if stop.is_set():  # Ctrl-C while the stages started
+        if stop.is_set():  # Ctrl-C while the stages started (the source may have begun)
+            interrupted(pipeline)
             return exit_code()
         print(f"{PROG}: output on {pipeline.output_addr}  "
               f"(watch it with: metropc-client {pipeline.output_addr})", flush=True)

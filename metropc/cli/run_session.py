@@ -88,7 +88,8 @@ class Interrupts:
     ``sigtimedwait``; stage processes are spawned while it is blocked, so
     they inherit the block and never see Ctrl-C, not even while Python
     starts up in them (before they can ignore it).  The first signal sets
-    :attr:`stop` and calls `on_stop`; a second one calls `on_exit`.
+    :attr:`stop` and calls `on_stop(signum)`; a second one calls
+    `on_exit(signum)`.
     """
 
     def __init__(self, on_stop, on_exit):
@@ -96,6 +97,7 @@ class Interrupts:
         self.signum = None
         self._on_stop, self._on_exit = on_stop, on_exit
         self._done = threading.Event()
+        self._callbacks: list = []
         self._old_mask = self._old_term = self._old_int = None
         self._thread = None
 
@@ -131,12 +133,30 @@ class Interrupts:
             if info is not None and info.si_signo == signal.SIGINT:
                 self.request(signal.SIGINT)
 
+    def when_stopped(self, callback) -> None:
+        """Call `callback()` at the first signal (now, if it came already):
+        for what must happen at that moment, not when the main loop notices."""
+        self._callbacks.append(callback)
+        if self.stop.is_set():
+            self._run_callbacks()
+
+    def _run_callbacks(self):
+        # No lock: SIGTERM's handler runs in the main thread, which may be
+        # inside when_stopped.  Each callback is popped (atomic) by one caller.
+        while True:
+            try:
+                callback = self._callbacks.pop()
+            except IndexError:
+                return
+            callback()
+
     def request(self, signum):
         if self.stop.is_set():
-            self._on_exit()
+            self._on_exit(signum)
             return
         self.signum = signum
         self.stop.set()
+        self._run_callbacks()
         self._on_stop(signum)
 
     def uninstall(self):

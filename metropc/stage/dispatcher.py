@@ -92,6 +92,7 @@ class Dispatcher:
         self.shm_waiting = None         # queue index of the event waiting for a slot
         self.seq = 0                    # next sequence number
         self.reduce_next = 0            # REDUCE's progress: the next seq it waits for
+        self.mark_seqs = collections.deque()  # marks' seqs from reduce_next on, in order
         self.max_ahead = max_ahead
         self.held_back = 0              # times dispatching waited for REDUCE
         self.version = None             # context version stamped on events
@@ -234,6 +235,7 @@ class Dispatcher:
         if seq is None:
             seq = self.seq
             self.seq += 1
+            self.mark_seqs.append(seq)
         event = {SEQ_PATH: seq, KEY_STEP: True} if mark is None else {SEQ_PATH: seq,
                                                                       KEY_MARK: mark}
         batch = Batch(worker, [(OP_EVENT, event)], [seq], step=True)
@@ -243,6 +245,14 @@ class Dispatcher:
     def on_progress(self, next_seq: int) -> None:
         """REDUCE has everything before `next_seq` (it reports every 20 ms)."""
         self.reduce_next = max(self.reduce_next, next_seq)
+        marks = self.mark_seqs
+        while marks and marks[0] < self.reduce_next:
+            marks.popleft()
+
+    def events_in_flight(self) -> int:
+        """Events dispatched that REDUCE has not reported through yet (the
+        marks among the sequence numbers are no events: not counted)."""
+        return max(0, self.seq - self.reduce_next - len(self.mark_seqs))
 
     def too_far_ahead(self) -> bool:
         """Whether new events must wait for REDUCE to catch up (MAX_AHEAD)."""

@@ -186,6 +186,7 @@ class ThreadedFrontend:
         self._queue = EventQueue(config.queue_size, config.queue_bytes, config.drop_policy)
         self._wake_pending = False
         self._stopping = False
+        self._standing_down = False
         self._logs = None
 
         # The frontend thread is woken through a pipe: writing a byte costs
@@ -284,12 +285,42 @@ class ThreadedFrontend:
         return self._queue.put_event(opcode, data or {}, self._wake, cancel)
 
     def in_flight(self) -> int:
-        """Events (and marks) accepted but not through REDUCE yet: queued
-        here, or dispatched and not yet reported done by REDUCE (published,
-        or counted lost; it reports every 20 ms).  A moment's view."""
+        """Events accepted but not through REDUCE yet: queued here, or
+        dispatched and not yet reported done by REDUCE (published, or
+        counted lost; it reports every 20 ms).  A moment's view."""
         dispatcher = self._state.dispatcher
         with self._queue.lock:  # (events get their sequence number under it)
-            return len(self._queue) + max(0, dispatcher.seq - dispatcher.reduce_next)
+            return len(self._queue) + dispatcher.events_in_flight()
+
+    def unfinished(self) -> int:
+        """What was queued and is not through yet: the events of
+        :meth:`in_flight`, and the control messages and marks (steps,
+        resets, runs) still queued or on their way through REDUCE."""
+        dispatcher = self._state.dispatcher
+        with self._queue.lock:
+            return (len(self._queue) + len(self._queue.control)
+                    + max(0, dispatcher.seq - dispatcher.reduce_next))
+
+    def stand_down(self) -> None:
+        """Replace no stage from now on (the pipeline is about to close):
+        one that ends (a SIGTERM to the whole process group, say) stays
+        gone, and what it held is counted at :meth:`close`."""
+        self._standing_down = True
+
+    @property
+    def standing_down(self) -> bool:
+        """Whether :meth:`stand_down` was called."""
+        return self._standing_down
+
+    def stages_alive(self) -> bool:
+        """Whether REDUCE and at least one POOL worker still run (local
+        stages: their threads or processes; remote workers: as last heard)."""
+        runners = self._runners
+        reduce = runners.get("reduce")
+        if reduce is None or not reduce.is_alive():
+            return False
+        return bool(self._state.supervisor.remote) or any(
+            runner.is_alive() for name, runner in runners.items() if name.startswith("pool-"))
 
     def enable_async(self) -> None:
         """Start the ASYNC stage (once), for contexts with ``stage='async'`` views.

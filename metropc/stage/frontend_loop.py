@@ -307,7 +307,7 @@ class FrontendLoop:
 
     def apply_supervision(self, instruction, now):
         fe = self.fe
-        if fe._stopping:
+        if fe._stopping or fe._standing_down:  # about to close: nothing is replaced
             return
         name = instruction.name
         if isinstance(instruction, Panic):
