@@ -96,6 +96,21 @@ def interrupted(pipeline, on_wait=None) -> int:
 LIVE_MIN_SIZE = (60, 12)
 
 
+def release_semaphores() -> None:
+    """Unlink the semaphores of this process's multiprocessing queues (the
+    log forwarder's) before ``os._exit``, which skips their finalizers:
+    otherwise multiprocessing's resource tracker unlinks them after we are
+    gone, with a warning about "leaked semaphore objects" on the terminal.
+    Only the finalizers of priority 0 and up run (closing, unlinking), not
+    those that join threads."""
+    from multiprocessing import util
+
+    try:
+        util._run_finalizers(0)
+    except Exception:  # noqa: BLE001 - leaving at once all the same
+        pass
+
+
 def _roomy(stream) -> bool:
     """Whether the terminal of `stream` is large enough for the live region."""
     try:
@@ -134,6 +149,7 @@ def _main(args, dashboard_bind, old_mask):
         for path in leftovers:
             shutil.rmtree(path, ignore_errors=True)
         unlink_owned()  # shared memory would outlive os._exit
+        release_semaphores()
         if children is not None:
             children.restore_cursor()
         os._exit(128 + signum)  # 130 for Ctrl-C, 143 for SIGTERM

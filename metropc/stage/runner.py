@@ -44,14 +44,24 @@ def _stage_main(target, kwargs, log_level=None, log_queue=None):
     # full collection takes microseconds instead of tens of milliseconds,
     # a pause every event behind it waited for (docs/operations.md).
     gc.freeze()
+    global _leaving
+    code = 0
     try:
         code = target(**kwargs) or 0
     except KeyboardInterrupt:  # SIGTERM outside the stage loop (starting, closing)
-        code = 0
+        pass
+    finally:
+        _leaving = True
     raise SystemExit(code)
 
 
+#: Set once the stage's loop has ended: the process is on its way out.
+_leaving = False
+
+
 def _exit_on_signal(signum, frame):
+    if _leaving:  # a SIGTERM again (resent by _leave_later, say): it is leaving
+        return  # already, and raising now would print a traceback from its exit
     raise KeyboardInterrupt(f"signal {signum}")
 
 
