@@ -72,8 +72,9 @@ def finish(pipeline, stop, on_wait=None) -> int:
     close names them).  `on_wait()` keeps a status display going meanwhile."""
     pipeline.stop_source()
     left = pipeline.drain(DRAIN_STALL_TIMEOUT, stop, timeout=1.0, on_wait=on_wait)
-    if left and not stop.is_set():  # slow views: say what we wait for
-        log.info("letting the last %d event(s) through (Ctrl-C stops sooner)", left)
+    if pipeline.frontend.unfinished() and not stop.is_set():  # (a run's end mark, too)
+        if left:  # slow views: say what we wait for
+            log.info("letting the last %d event(s) through (Ctrl-C stops sooner)", left)
         left = pipeline.drain(DRAIN_STALL_TIMEOUT, stop, on_wait=on_wait)
     if left and not stop.is_set():
         log.warning("giving up on the last events: none got through for %g s",
