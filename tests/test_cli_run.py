@@ -314,7 +314,8 @@ def test_ctrl_c_lets_the_events_in_flight_through(tmp_path):
     finally:
         if col is not None:
             col.close()
-        elapsed, err = stop(proc) if proc.poll() is None else (0, None)
+        if proc.poll() is None:
+            stop(proc)
         proc.wait(10)
         proc.reader.join(5)
     err = "".join(proc.err_lines)
@@ -326,11 +327,16 @@ def test_ctrl_c_lets_the_events_in_flight_through(tmp_path):
     assert got >= 16, (got, err)
 
 
-def _slow_run_in_its_own_group(ctx_file, *args):
+def _slow_run_in_its_own_group(ctx_file, *args, interrupt_wait=None):
     """metropc-run leading a process group of its own (as under a terminal,
-    `timeout` or systemd), once a result shows the queue is full behind it."""
+    `timeout` or systemd), once a result shows the queue is full behind it;
+    `interrupt_wait`: its INTERRUPT_WAIT instead of the default."""
     from metropc.client import Client
-    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
+    program = ["-m", "metropc.cli.run"]
+    if interrupt_wait is not None:
+        program = ["-c", f"import sys, metropc.cli.run as run; run.INTERRUPT_WAIT = "
+                         f"{interrupt_wait!r}; sys.exit(run.main(sys.argv[1:]))"]
+    proc = subprocess.Popen([sys.executable, *program, str(ctx_file),
                              "--rate", "max", "--pool", "1", "--status", "off",
                              "--drop-policy", "block", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -396,23 +402,11 @@ def test_ctrl_c_names_the_events_that_could_not_get_through(tmp_path):
     after Ctrl-C are named: how many produced no results."""
     ctx_file = tmp_path / "ctx.py"
     ctx_file.write_text(SLOW_CTX.replace("time.sleep(0.1)", "time.sleep(2)"))
-    code = ("import sys, metropc.cli.run as run; run.INTERRUPT_WAIT = 0.5; "
-            "sys.exit(run.main(sys.argv[1:]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(ctx_file), "--rate", "max",
-                             "--pool", "1", "--status", "off", "--drop-policy", "block"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    from metropc.client import Client
-    col = None
+    proc = _slow_run_in_its_own_group(ctx_file, interrupt_wait=0.5)
     try:
-        line = proc.stdout.readline()
-        col = Client(line.split("output on ")[1].split()[0])
-        col.subscribe("slow")
-        col.recv(30)  # a result: the source has long filled the queue behind it
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     finally:
-        if col is not None:
-            col.close()
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
