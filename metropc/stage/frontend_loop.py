@@ -29,8 +29,7 @@ import zmq
 from ..error import ProtocolError
 from .common import (OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_CTX_FAILED,
                      OP_CTX_READY, OP_DEBUG, OP_ERROR, OP_HELLO, OP_INDEX, OP_LOST, OP_PARAMS,
-                     OP_PROGRESS,
-                     OP_SHM, OP_STATS, OP_STEP, OP_STOP, RejectLog, recv, send,
+                     OP_PROGRESS, OP_SHM, OP_STATS, OP_STEP, OP_STOP, RejectLog, recv, send,
                      send_batch)
 from ..messages import MARK_OPS, OP_ANNOUNCE, OP_BUSY, OP_PAUSE, OP_RESET, OP_RESUME, OP_RUN
 from .dispatcher import Dispatcher
