@@ -63,8 +63,16 @@ def position(x: '{IXPOS}'):
 @View.Scalar
 def label(x: '{IXPOS}'):
     return f"at {{x:.1f}}"
+
+@View.Scalar
+def phase(x: '{IXPOS}'):
+    return complex(x, -x)
+
+@View.Scalar
+def raw(t: 'internal#train_id'):
+    return t.to_bytes(4, "little")  # all of one length
 """
-VIEWS = ("intensity", "first", "image", "position", "label")
+VIEWS = ("intensity", "first", "image", "position", "label", "phase", "raw")
 
 
 def deadline_poll(predicate, timeout=30.0, what="condition"):
@@ -181,6 +189,9 @@ def test_recorded_values_equal_metropc_run(tmp_path, run_dir):
         assert ds[view].dtype == np.asarray(expected[view][10000]).dtype  # kept
     assert list(ds["label"].values) == [expected["label"][t] for t in tids]
     assert ds["label"].dtype.kind == "U"
+    assert list(ds["phase"].values) == [expected["phase"][t] for t in tids]
+    assert ds["phase"].dtype == np.complex128
+    assert list(ds["raw"].values) == [expected["raw"][t] for t in tids]
     # varying length: padded with NaN, real lengths alongside
     lengths = [len(expected["first"][t]) for t in tids]
     assert list(ds["first_shape"].values[:, 0]) == lengths
@@ -628,3 +639,85 @@ def test_metropc_run_says_when_its_recorder_dies(tmp_path):
     assert proc.returncode == 130, err
     assert "the recorder died (exit code -9): nothing more is recorded to" in err, err
     assert "Traceback" not in err
+
+
+def test_results_hdf5_refuses_skip_their_view_not_the_recording(tmp_path, caplog):
+    """HDF5 takes at most 32 axes: such results of one view are skipped with
+    one warning and counted; every other view, and that view's results of
+    another layout, are recorded; the numbering gap does not hurt appending."""
+    from metropc.recording.writer import Recording
+
+    path = tmp_path / "rec.h5"
+    deep = np.zeros((1,) * 33)
+    rec = Recording(str(path))
+    for t in range(4):
+        rec.add_result("v", {"data": np.arange(2.0), "event_id": t}, 0.0)
+        rec.add_result("ok", {"data": float(t), "event_id": t}, 0.0)
+    for t in range(4, 8):
+        rec.add_result("v", {"data": deep, "event_id": t}, 0.0)
+        rec.add_result("ok", {"data": float(t), "event_id": t}, 0.0)
+        if t == 5:
+            rec.flush()  # two refused at creation, two more after it
+    for t in range(8, 10):
+        rec.add_result("v", {"data": f"text {t}", "event_id": t}, 0.0)
+    rec.close()
+    assert rec.skipped == {"v": 4} and rec.recorded == 4 + 8 + 2
+    warnings = [r.getMessage() for r in caplog.records if "cannot be written" in r.getMessage()]
+    assert len(warnings) == 1 and "view v" in warnings[0] and "33 axes" in warnings[0]
+    with h5py.File(path, "r") as f:  # 1 was refused: no train_id, readers skip it
+        assert [k for k in sorted(f["views/v"], key=int)
+                if "train_id" in f["views/v"][k]] == ["0", "2"]
+    rec = Recording(str(path))  # append: the next segment is 3, not an existing 2
+    rec.add_result("v", {"data": b"\x00\x01\x00", "event_id": 10}, 0.0)
+    rec.close()
+    assert rec.skipped == {} and rec.recorded == 1
+    ds = metropc.open_recording(path)
+    assert list(ds["ok"].values[:8]) == [float(t) for t in range(8)]
+    np.testing.assert_array_equal(ds["v"].values[:4], [[0.0, 1.0]] * 4)
+    assert list(ds["v~1"].values[8:10]) == ["text 8", "text 9"]
+    assert ds["v~2"].values[10] == b"\x00\x01\x00"  # trailing zero bytes kept
+
+
+STEP_CONTEXT = """
+@View.Scalar_StepAverage
+def step_mean(t: 'internal#train_id'):
+    return float(t)
+
+@View.Vector_StepStacked
+def step_means(m: 'step_mean'):
+    return m
+"""
+
+
+def test_a_step_stacked_view_records_and_reads_back(tmp_path):
+    """StepStacked results grow by a step each time (per-result step
+    coordinates): every one is recorded, and the file opens."""
+    from metropc.pipeline import Pipeline
+
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(STEP_CONTEXT)
+    path = tmp_path / "rec.h5"
+    with RecorderProcess(str(path), flush_interval=0.2) as rec:
+        with Pipeline(str(ctx_file), source=None, pool=2) as pipe:
+            assert rec.connect(pipe.output_addr, timeout=30)
+            for step in range(3):
+                for t in range(1000 + 10 * step, 1005 + 10 * step):
+                    pipe.send({"internal#train_id": t})
+                pipe.step()  # in order after the events
+            assert pipe.drain() == 0
+            deadline_poll(lambda: _count_all(path, "step_means") >= 3, 30, "3 steps recorded")
+    ds = metropc.open_recording(path)
+    assert list(ds["step_mean_results"].values) == [1002.0, 1012.0, 1022.0]
+    first, later = ds["step_means_results"], ds["step_means~1_results"]
+    assert first.values.tolist() == [[1002.0]]
+    np.testing.assert_array_equal(later.values, [[1002.0, 1012.0, np.nan],
+                                                 [1002.0, 1012.0, 1022.0]])
+
+
+def _count_all(path, view):
+    """Results of `view` in all its segments so far."""
+    try:
+        with open_file(str(path), timeout=1) as f:
+            return sum(seg["train_id"].shape[0] for seg in f[f"views/{view}"].values())
+    except (OSError, KeyError):
+        return 0

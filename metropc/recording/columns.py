@@ -101,11 +101,19 @@ class Column:
         if self.vlen:
             ds.resize((start + k,))
             if self.dtype is BYTES:
-                block = np.empty(k, dtype=object)
-                block[:] = [np.frombuffer(r, dtype=np.uint8) for r in rows]
+                arrays = [np.frombuffer(r, dtype=np.uint8) for r in rows]
+                if len({len(r) for r in rows}) == 1:
+                    # h5py takes k arrays of one length for a (k, n) block
+                    # that does not fit a 1-D dataset: row by row then.
+                    for i, a in enumerate(arrays):
+                        ds[start + i] = a
+                else:
+                    block = np.empty(k, dtype=object)
+                    for i, a in enumerate(arrays):
+                        block[i] = a
+                    ds[start:start + k] = block
             else:
-                block = rows
-            ds[start:start + k] = block
+                ds[start:start + k] = rows
         elif not self.row_shape and not self.ragged:
             ds.resize((start + k,))
             ds[start:start + k] = np.asarray(rows, dtype=self.dtype)

@@ -171,5 +171,10 @@ def _jsonable(value):
 
 
 def fill_value(dtype: np.dtype):
-    """What padding reads as: NaN for floats and complex, 0 otherwise."""
-    return np.nan if dtype.kind in "fc" else 0
+    """What padding reads as: NaN for floats and complex, 0 otherwise.
+
+    (HDF5 takes no real NaN as the fill value of a complex dataset.)
+    """
+    if dtype.kind == "c":
+        return complex(np.nan, np.nan)
+    return np.nan if dtype.kind == "f" else 0

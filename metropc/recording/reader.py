@@ -96,7 +96,11 @@ class _Segment:
         if self.kind == "string":
             values = np.array([str(s) for s in data.asstr()[:self.n][rows]], dtype=str)
         elif self.kind == "bytes":
-            values = np.array([bytes(b) for b in data[:self.n][rows]], dtype=bytes)
+            # Objects, not numpy "S", which cuts trailing zero bytes off.
+            raw = data[:self.n][rows]
+            values = np.empty(len(raw), dtype=object)
+            for i, b in enumerate(raw):
+                values[i] = bytes(b)
         else:
             values = data[:self.n][rows] if n_sel else np.zeros(
                 (0,) + data.shape[1:], data.dtype)
@@ -212,17 +216,27 @@ def open_recording(path: str | os.PathLike, views=None) -> xr.Dataset:
     """
     views = None if views is None else set(views)
     parts: dict[str, list[tuple[xr.DataArray, xr.DataArray | None]]] = {}
-    results: list[xr.DataArray] = []
+    no_event: dict[str, list[tuple[xr.DataArray, xr.DataArray | None]]] = {}
+    root_attrs = None
     for file_path in recording_files(path):
         with open_file(file_path) as f:
+            if root_attrs is None:
+                root_attrs = {k: (v.item() if hasattr(v, "item") else v)
+                              for k, v in f.attrs.items()}
             for seg in _segments(f, views):
                 has_event = seg.train_id != NO_EVENT
                 if has_event.any():
                     parts.setdefault(seg.view, []).append(seg.dataarray(has_event))
                 if not has_event.all():
-                    da, _ = seg.dataarray(~has_event)
-                    da = da.drop_vars("train_id").rename({"train_id": f"{seg.view}_result"})
-                    results.append(da.rename(f"{seg.view}_results"))
+                    no_event.setdefault(seg.view, []).append(seg.dataarray(~has_event))
+    results: list[xr.DataArray] = []
+    for view, pieces in no_event.items():
+        # Like the views' variables: one per layout that cannot be joined
+        # (a StepStacked view's results grow a step at a time).
+        for k, (da, _) in enumerate(_combine(pieces)):
+            name = view if k == 0 else f"{view}~{k}"
+            da = da.drop_vars("train_id").rename({"train_id": f"{name}_result"})
+            results.append(da.rename(f"{name}_results"))
     variables: list[xr.DataArray] = []
     fill: dict[str, object] = {}
     for view, pieces in parts.items():
@@ -230,16 +244,21 @@ def open_recording(path: str | os.PathLike, views=None) -> xr.Dataset:
             name = view if k == 0 else f"{view}~{k}"
             keep = _last_unique(da["train_id"].values)
             variables.append(da[keep].rename(name))
-            if da.dtype.kind in "US":
-                fill[name] = "" if da.dtype.kind == "U" else b""
+            if da.dtype.kind == "U":
+                fill[name] = ""
+            elif da.dtype.kind == "O":  # bytes
+                fill[name] = b""
             if shapes is not None:
                 variables.append(shapes[keep].rename(f"{name}_shape"))
                 fill[f"{name}_shape"] = 0
     if not variables and not results:
-        return xr.Dataset(coords={"train_id": np.zeros(0, np.int64)})
-    return xr.merge(_unique_dims(variables + results), join="outer",
-                    compat="no_conflicts", fill_value=fill or xr.core.dtypes.NA,
-                    combine_attrs="override")
+        ds = xr.Dataset(coords={"train_id": np.zeros(0, np.int64)})
+    else:
+        ds = xr.merge(_unique_dims(variables + results), join="outer",
+                      compat="no_conflicts", fill_value=fill or xr.core.dtypes.NA,
+                      combine_attrs="override")
+    ds.attrs = root_attrs or {}  # (not the first view's)
+    return ds
 
 
 def _unique_dims(arrays: list[xr.DataArray]) -> list[xr.DataArray]:
@@ -265,6 +284,13 @@ def _unique_dims(arrays: list[xr.DataArray]) -> list[xr.DataArray]:
     return out
 
 
+def _joinable(a: np.dtype, b: np.dtype) -> bool:
+    """Numbers join numbers (numpy promotes them), text text, bytes bytes;
+    anything else would make an array of mixed objects."""
+    numeric = "biufc"
+    return (a.kind in numeric and b.kind in numeric) or a.kind == b.kind
+
+
 def _combine(pieces):
     """Concatenate a view's segments where their layouts allow; the rest
     stay separate (one variable each)."""
@@ -272,7 +298,8 @@ def _combine(pieces):
     for da, shapes in pieces:
         if out:
             prev, prev_shapes = out[-1]
-            if (shapes is None) == (prev_shapes is None):
+            if (shapes is None) == (prev_shapes is None) and prev.dims == da.dims \
+                    and _joinable(prev.dtype, da.dtype):
                 try:
                     merged = xr.concat([prev, da], dim="train_id", coords="different",
                                        compat="equals", join="exact",

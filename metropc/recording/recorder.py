@@ -240,6 +240,9 @@ def main(argv=None) -> int:
         except (OSError, ValueError, RuntimeError) as e:
             _write_failed(e, args.path)
         log.info("recorded %d results to %s", recording.recorded, args.path)
+        if recording.skipped:
+            log.warning("not recorded: %s", ", ".join(
+                f"{n} result(s) of {view}" for view, n in sorted(recording.skipped.items())))
         _say(f"stopped {recording.recorded}")
         return 0
     finally:

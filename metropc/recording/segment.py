@@ -47,6 +47,16 @@ class Segment:
                 self.coords[cname] = Column(f"{self.group}/coords/{cname}",
                                             values.dtype.str, values.shape, ragged=True)
         self.rows = 0
+        self.failed = False  # HDF5 refused its results: the view's next ones are skipped
+
+    def fail(self) -> int:
+        """Give up on this segment: drop what waits, take nothing more;
+        returns how many results were dropped."""
+        self.failed = True
+        for col in self.columns():
+            col.pending = []
+        # (train_id is written last: its rows are the results written whole)
+        return self.rows - self.meta["train_id"].rows
 
     def columns(self) -> list[Column]:
         """Every column, data first and train_id last (the order of writing:

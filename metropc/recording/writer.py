@@ -84,8 +84,10 @@ def _int(value, default):
 class RecordingFile:
     """One HDF5 file being written: its segments and metadata tables."""
 
-    def __init__(self, path: str, attrs: Mapping[str, str]):
+    def __init__(self, path: str, attrs: Mapping[str, str], on_unwritable=None):
         self.path = path
+        #: called as (view, n) with the n results of a view HDF5 refused
+        self.on_unwritable = on_unwritable
         self.segments: dict[str, list[Segment]] = {}
         self.first_index: dict[str, int] = {}  # view -> first segment number of this session
         self.new: list[Segment] = []           # segments waiting to be created
@@ -101,7 +103,8 @@ class RecordingFile:
                 if self.h5.attrs.get("format") != FORMAT:
                     raise RecordPathError(f"{path} is not a metropc recording")
                 for view, group in self.h5.get(VIEWS, {}).items():
-                    self.first_index[view] = len(group)
+                    # (numbers may have gaps: a segment that could not be written)
+                    self.first_index[view] = max(map(int, group), default=-1) + 1
             else:
                 self.h5.attrs["format"] = FORMAT
                 self.h5.attrs["format_version"] = FORMAT_VERSION
@@ -119,11 +122,14 @@ class RecordingFile:
             self.h5.close()
             raise
 
-    def add(self, view: str, layout, data, meta: tuple, view_info) -> None:
+    def add(self, view: str, layout, data, meta: tuple, view_info) -> bool:
+        """Add one result; False if results of its layout proved unwritable."""
         segments = self.segments.setdefault(view, [])
         if segments and segments[-1].layout.accepts(layout):
+            if segments[-1].failed:
+                return False
             segments[-1].append(data, layout, meta)
-            return
+            return True
         if segments and segments[-1].layout.kind == "dataarray":
             # Coordinates that differ from the segment's: a segment of
             # per-event coordinates, so that varying ones do not start a
@@ -134,6 +140,7 @@ class RecordingFile:
         segments.append(segment)
         self.new.append(segment)
         segment.append(data, layout, meta)
+        return True
 
     def add_row(self, table: str, row: Mapping) -> None:
         for name, col in self.tables[table].items():
@@ -154,7 +161,7 @@ class RecordingFile:
             self.new = []
         for segments in self.segments.values():
             for segment in segments:
-                segment.write()
+                self._write(segment)
         for columns in self.tables.values():
             for col in columns.values():
                 col.write()
@@ -165,11 +172,16 @@ class RecordingFile:
         for segs in self.segments.values():
             for segment in segs:
                 if segment.created:
-                    segment.write()
+                    self._write(segment)
         self.h5.close()
         self.h5 = h5py.File(self.path, "r+", libver="latest", locking=False)
         for segment in segments:
-            segment.create(self.h5)
+            try:
+                segment.create(self.h5)
+            except (TypeError, ValueError) as e:  # what HDF5 cannot hold
+                # (its group stays, without train_id: readers skip it; deleting
+                # it here would keep SWMR mode from starting again)
+                self._failed(segment, e)
         for segs in self.segments.values():
             for segment in segs:
                 if segment.created and segment not in segments:
@@ -178,6 +190,26 @@ class RecordingFile:
             for col in columns.values():
                 col.bind(self.h5)
         self.h5.swmr_mode = True
+
+    def _write(self, segment: Segment) -> None:
+        if segment.failed:
+            return
+        try:
+            segment.write()
+        except (TypeError, ValueError) as e:  # a value HDF5 cannot hold
+            self._failed(segment, e)
+
+    def _failed(self, segment: Segment, error: Exception) -> None:
+        """One view's results that HDF5 refuses stop that view's segment,
+        not the recording: logged once, the rest counted as skipped."""
+        dropped = segment.fail()
+        if self.on_unwritable is not None:
+            self.on_unwritable(segment.view, dropped)
+        layout = segment.layout
+        what = ", ".join(x for x in (layout.kind, layout.dtype, f"{layout.ndim} axes") if x)
+        log.warning("view %s: its results (%s) cannot be written to %s (%s: %s); "
+                    "the next ones like them are not recorded", segment.view, what,
+                    self.path, type(error).__name__, error)
 
     def close(self) -> None:
         try:
@@ -227,7 +259,7 @@ class Recording:
             if self.directory:
                 f = self._open_in_directory("recording" if key is None else f"run_{key:04d}")
             else:
-                f = RecordingFile(self.path, self.attrs)
+                f = RecordingFile(self.path, self.attrs, self._unwritable)
             self.files[key] = f
             path = f.path
             if self.context is not None:  # with the time they arrived
@@ -246,10 +278,15 @@ class Recording:
         for k in range(1000):
             path = os.path.join(self.path, f"{stem}.h5" if k == 0 else f"{stem}-{k}.h5")
             try:
-                return RecordingFile(path, self.attrs)
+                return RecordingFile(path, self.attrs, self._unwritable)
             except (OSError, RecordPathError) as e:
                 log.warning("cannot append to %s (%s); trying the next name", path, e)
         raise RecordPathError(f"no file name left for {stem} in {self.path}")
+
+    def _unwritable(self, view: str, n: int) -> None:
+        """Results counted as recorded that HDF5 then refused: skipped instead."""
+        self.recorded -= n
+        self.skipped[view] = self.skipped.get(view, 0) + n
 
     # -- input -------------------------------------------------------------------------
     def add_result(self, view: str, payload: Mapping, now: float) -> bool:
@@ -279,8 +316,11 @@ class Recording:
         f = self._file(run if type(run) is int else None)
         info = self.view_info.get(view)
         f.note_view(view, info, now)
-        f.add(view, layout, data,
-              (event_id, _int(payload.get("version"), MISSING), run_value, seq, now), info)
+        if not f.add(view, layout, data,
+                     (event_id, _int(payload.get("version"), MISSING), run_value, seq, now),
+                     info):
+            self.skipped[view] = self.skipped.get(view, 0) + 1
+            return False
         self.recorded += 1
         return True
 
