@@ -23,6 +23,7 @@ import threading
 import time
 
 from .core import Context, read_context_file
+from .engine import STEP, Action
 from .error import ContextError, SourceError, UnknownParameterError
 from .config import DROP_BLOCK, PipelineConfig
 from .enums import ViewStage
@@ -486,6 +487,9 @@ class Pipeline:
             for event in self._source:
                 if self._stop.is_set():
                     break
+                if event is STEP or isinstance(event, Action):
+                    self._marker(event)  # a callable source's, see docs/sources.md
+                    continue
                 number = event.get(RUN_PATH)
                 if number != run:  # the source says where runs start and end
                     if run is not None:
@@ -509,6 +513,18 @@ class Pipeline:
                 frontend.end_run()
             log.info("source finished after %d events", n)
             self.finished.set()
+
+    def _marker(self, item) -> None:
+        """``metropc.STEP`` ends a step after the events fed so far;
+        ``metropc.Action(name)`` runs that ACTION view (a name that is none
+        is reported, and feeding goes on)."""
+        if item is STEP:
+            self.step()
+            return
+        try:
+            self.action(item.view_name)
+        except ValueError as e:
+            self.on_error(f"source: {e}")
 
     def close(self, timeout=3.0):
         """Stop the source and every stage at once; what is still in them
