@@ -14,6 +14,9 @@ from .engine import STEP, Action, Engine
 
 __all__ = ["run", "load_context"]
 
+#: Where a source says which run an event belongs to (metropc.sources).
+RUN_PATH = "internal#run"
+
 
 def load_context(context, parameters=None, **kwargs):
     """A Context from a Context, a file path or a source string.
@@ -43,7 +46,10 @@ def run(context, events, *, parameters=None):
         Dicts mapping path strings to values.  ``metropc.STEP`` in the
         stream ends an operator step (yields ``(metropc.STEP, results)``
         with the STEP views' results); ``metropc.Action('name')`` runs an
-        ACTION view (yields ``(action, results)``).
+        ACTION view (yields ``(action, results)``).  Where the
+        ``internal#run`` of the events changes to a run number (run files
+        do that), a run starts: views with ``reset_on='run'`` (the
+        builtins' default) start empty, as in the pipeline.
     parameters : dict, optional
         Parameter values overriding those the context declares.
 
@@ -64,6 +70,7 @@ def run(context, events, *, parameters=None):
             results.update(engine.run_async(latest, event_id))
         return results
 
+    run = None
     for event in events:
         if event is STEP:
             yield STEP, with_async(engine.step(), None)
@@ -71,5 +78,10 @@ def run(context, events, *, parameters=None):
             yield event, with_async(engine.action(event.view_name) or {}, None)
         else:
             event = dict(event)
+            number = event.get(RUN_PATH)
+            if number != run:  # a run starts: as in the pipeline, views
+                if number is not None:  # with reset_on='run' start empty
+                    engine.reset_on("run")
+                run = number
             results = engine.process(event)
             yield event["internal#event_id"], with_async(results, event["internal#event_id"])

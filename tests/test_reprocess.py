@@ -183,26 +183,24 @@ def client():
 
 
 def expected(ctx_file, run_dirs, parameters=None):
-    """{view: {train id: result}} and {view: errors} from metropc.run, run by run."""
-    from metropc.core import Context
-    from metropc.inprocess import load_context
+    """{view: {train id: result}} from one metropc.run over the runs in a
+    row (it starts each run where the events' internal#run changes)."""
+    import logging
+
     from metropc.sources import open_source
 
     out = {v: {} for v in COMPARED}
-    for run_dir in run_dirs:
-        with open_source(str(run_dir), rate="max") as source:
-            events = list(source)
-        ctx = load_context(str(ctx_file), parameters)
-        assert isinstance(ctx, Context)
-        import logging
-        logging.disable(logging.ERROR)  # flaky's failures
-        try:
-            for event_id, results in metropc.run(ctx, events):
-                for view in COMPARED:
-                    if view in results:
-                        out[view][event_id] = results[view]
-        finally:
-            logging.disable(logging.NOTSET)
+    with open_source(",".join(map(str, run_dirs)), rate="max") as source:
+        events = list(source)
+    assert {e["internal#run"] for e in events} == set(range(1, len(run_dirs) + 1))
+    logging.disable(logging.ERROR)  # flaky's failures
+    try:
+        for event_id, results in metropc.run(str(ctx_file), events, parameters=parameters):
+            for view in COMPARED:
+                if view in results:
+                    out[view][event_id] = results[view]
+    finally:
+        logging.disable(logging.NOTSET)
     return out
 
 
