@@ -9,6 +9,7 @@ another process needs to rebuild it is in :meth:`Context.to_dict`, and
 
 from __future__ import annotations
 
+import ast
 import collections
 import difflib
 import io
@@ -378,8 +379,11 @@ class Context:
         a float takes ints, floats and strings such as ``"0.5"``; an int
         takes integers, whole floats (3.0) and strings of integers (not 1.5);
         a bool takes booleans, 0/1 and the strings true/false/yes/no/on/off/1/0;
-        a str takes strings and numbers (as ``str(value)``), not lists.  Parameters declared with None
-        or a non-scalar value (an ROI object, a list) take any value.  A
+        a str takes strings and numbers (as ``str(value)``), not lists.  An
+        ROI takes the ROI, a dict of its fields, a sequence of its numbers
+        or their text (``"5,6,7,8"``).  Parameters declared with None or
+        another non-scalar value (a list) take any value; text for a
+        list, tuple or dict is read as a Python literal where it is one.  A
         value that does not fit raises :class:`ParameterError`, naming the
         parameter, its type, the value and the declaring line.
         """
@@ -585,6 +589,13 @@ def coerce_parameter(value: Any, declared: Any) -> Any:
         return type(declared).coerce(value)
     kind = _scalar_kind(declared)
     if kind is None:
+        if isinstance(value, str) and isinstance(declared, (list, tuple, dict)):
+            # a command line's text (metropc-client --set bins=[1,2,4]), read
+            # as metropc-run --param reads it: a Python literal, else the text
+            try:
+                return ast.literal_eval(value)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                return value
         return value
     if kind == "str":
         if isinstance(value, str):

@@ -15,8 +15,8 @@ never modify the one it was given by mistake.  Coordinates are in pixels of
 the full-resolution image as the kernel sees it: ``x`` is the column, ``y``
 the row (numpy's ``image[y, x]``).
 
-Values coming from outside (the dashboard's JSON, ``metropc-run --param``)
-are dicts or sequences; :meth:`RectROI.coerce` and :meth:`LineROI.coerce`
+Values coming from outside (the dashboard's JSON, ``metropc-run --param``,
+``metropc-client --set``) are dicts, sequences or their text; :meth:`RectROI.coerce` and :meth:`LineROI.coerce`
 turn them into the type, which is what
 :func:`metropc.core.coerce_parameter` uses for a parameter declared with an
 ROI.
@@ -24,6 +24,7 @@ ROI.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
 import numbers
@@ -44,11 +45,32 @@ def _number(name, value, integral):
     return float(value) if not isinstance(value, numbers.Integral) else int(value)
 
 
+def _from_text(cls, text: str):
+    """What a command line gives (``metropc-client --set roi=...``): ``5,6,7,8``,
+    ``(5, 6, 7, 8)``, ``[5, 6, 7, 8]``, ``{"x": 5, ...}`` or ``RectROI(5, 6, 7, 8)``
+    (positional numbers only) as a tuple or a dict; other text as it is."""
+    body = text.strip()
+    if body.startswith(cls.__name__ + "(") and body.endswith(")"):
+        body = body[len(cls.__name__) + 1:-1]
+    try:
+        value = ast.literal_eval(body)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+    return value if isinstance(value, (tuple, list, Mapping)) else text
+
+
 def _fields_of(cls, value):
     """`value` (a mapping or a sequence in field order) as ``{field: value}``."""
     names = [f.name for f in dataclasses.fields(cls)]
     if isinstance(value, cls):
         return dataclasses.asdict(value)
+    if isinstance(value, str):
+        value = _from_text(cls, value)
+        if isinstance(value, str):
+            raise ValueError(f"{cls.__name__} wants {len(names)} numbers "
+                             f"({', '.join(names)}) such as "
+                             f"{','.join(str(i + 1) for i in range(len(names)))}, "
+                             f"got {value!r}")
     if isinstance(value, Mapping):
         missing = [n for n in names if n not in value]
         extra = [str(k) for k in value if k not in names]

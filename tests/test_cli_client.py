@@ -267,3 +267,37 @@ def test_control_options_reset_pause_and_set_parameters(tmp_path):
         assert cli("--resume").returncode == 0
         done = cli("--set", "nope=1")
         assert done.returncode == 1 and "unknown parameter" in done.stderr
+
+
+ROI_CTX = """
+parameters(roi=RectROI(x=1, y=1, width=2, height=2), bins=[0, 1])
+
+@View.Vector
+def roi_and_bins(t: 'internal#train_id'):
+    return [roi.x, roi.y, roi.width, roi.height, *bins]
+"""
+
+
+def test_set_takes_an_roi_and_a_list_as_text(tmp_path):
+    """--set roi=5,6,7,8 and --set bins=[...] reach the views as an ROI and a
+    list, as metropc-run --param reads them; a bad ROI is refused in one line."""
+    from metropc.client import Client
+
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(ROI_CTX)
+    with Pipeline(str(ctx), source=None, pool=1, ready_timeout=60) as pipe:
+        def cli(*options):
+            return subprocess.run([sys.executable, "-m", "metropc.cli.client",
+                                   pipe.output_addr, *options, "--timeout", "30"],
+                                  cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        done = cli("--set", "roi=5,6,7,8", "--set", "bins=[2, 4, 8]")
+        assert done.returncode == 0, done
+        done = cli("--set", "roi=5,6")
+        assert done.returncode == 1 and "needs 4 numbers" in done.stderr, done
+        assert "Traceback" not in done.stderr
+        with Client(pipe.output_addr, views=["roi_and_bins"], timeout=30) as client:
+            pipe.request_index()
+            client.wait_index()
+            pipe.send({"internal#train_id": 1})
+            _, payload = client.recv()
+    assert list(payload["data"]) == [5, 6, 7, 8, 2, 4, 8]

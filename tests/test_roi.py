@@ -65,6 +65,18 @@ def test_coerce_from_what_the_dashboard_and_command_line_send():
     assert coerce_parameter([3, 4, 5, 6], declared) == RectROI(3, 4, 5, 6)
     assert coerce_parameter(RectROI(1, 1, 1, 1), declared) == RectROI(1, 1, 1, 1)
     assert coerce_parameter((1, 2, 3, 4.5), LineROI(0, 0, 1, 1)) == LineROI(1, 2, 3, 4.5)
+    # text, as metropc-client --set sends it
+    for text in ("3,4,5,6", " (3, 4, 5, 6) ", "[3, 4, 5, 6]", "RectROI(3, 4, 5, 6)",
+                 '{"x": 3, "y": 4, "width": 5, "height": 6}'):
+        assert coerce_parameter(text, declared) == RectROI(3, 4, 5, 6), text
+    assert coerce_parameter("0,0,1,2.5", LineROI(0, 0, 1, 1)) == LineROI(0, 0, 1, 2.5)
+    for text, why in (("3,4", "needs 4 numbers"), ("abc", "such as 1,2,3,4"),
+                      ("__import__('os')", "such as 1,2,3,4")):
+        with pytest.raises(ValueError, match=why):
+            coerce_parameter(text, declared)
+    # a list parameter reads a literal from text; text that is none stays text
+    assert coerce_parameter("[1, 2, 4]", [0]) == [1, 2, 4]
+    assert coerce_parameter("not a list", [0]) == "not a list"
 
 
 def test_context_declares_and_updates_roi_parameters():
