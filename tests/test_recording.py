@@ -330,13 +330,13 @@ def _metropc_run(tmp_path, *args, timeout=60):
 
 
 def test_metropc_run_records_a_run_directory(tmp_path, run_dir):
-    """The whole command: files source, --record into a directory, --record-views."""
+    """The whole command: files source, --record into a directory (created:
+    the path ends in /), --record-views."""
     ctx_file = tmp_path / "ctx.py"
     ctx_file.write_text(CONTEXT)
     out = tmp_path / "recordings"
-    out.mkdir()
     proc = _metropc_run(tmp_path, ctx_file, "--source", run_dir, "--rate", "max",
-                        "--status", "off", "--record", out, "--record-views",
+                        "--status", "off", "--record", f"{out}/", "--record-views",
                         "intensity,image", "--pool", "1")
     assert proc.returncode == 0, proc.stderr
     assert f"metropc-run: recording to {out}" in proc.stdout
@@ -360,12 +360,14 @@ def test_metropc_run_records_a_run_directory(tmp_path, run_dir):
         assert ds["intensity"].sel(train_id=t).item() == expected["intensity"][t]
 
 
-@pytest.mark.parametrize("where", ["missing_dir", "not_a_recording"])
+@pytest.mark.parametrize("where", ["missing_dir", "missing_parent", "not_a_recording"])
 def test_unwritable_path_is_refused_before_starting(tmp_path, where):
     ctx_file = tmp_path / "ctx.py"
     ctx_file.write_text("@View.Scalar\ndef v(x: 'internal#train_id'):\n    return x\n")
     if where == "missing_dir":
         target = tmp_path / "nowhere" / "rec.h5"
+    elif where == "missing_parent":  # a directory is created, its parent not
+        target = f"{tmp_path}/nowhere/runs/"
     else:
         target = tmp_path / "notes.h5"
         target.write_text("precious")

@@ -41,16 +41,21 @@ class RecordPathError(ValueError):
 def check_record_path(path: str) -> None:
     """Refuse a path the recorder could not write, before anything starts.
 
-    A directory gets one file per run; anything else is a file, which may
-    exist only if it is a recording (new results are appended to it).
+    A directory gets one file per run (a path ending in ``/`` is one, created
+    if missing); anything else is a file, which may exist only if it is a
+    recording (new results are appended to it).
     """
     if os.path.isdir(path):
         if not os.access(path, os.W_OK | os.X_OK):
             raise RecordPathError(f"cannot write in the directory {path} (permission denied)")
         return
-    if path.endswith(os.sep):
-        raise RecordPathError(f"no such directory: {path}")
     parent = os.path.dirname(os.path.abspath(path))
+    if path.endswith(os.sep):  # a directory to create (Recording does)
+        if not os.path.isdir(parent):
+            raise RecordPathError(f"no directory {parent} to create {path} in")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RecordPathError(f"cannot create {path}: {parent} is not writable")
+        return
     if not os.path.isdir(parent):
         raise RecordPathError(f"no directory {parent} for the recording {path}")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -234,6 +239,8 @@ class Recording:
 
     def __init__(self, path: str, *, views=None, attrs: Mapping[str, str] | None = None):
         check_record_path(path)
+        if path.endswith(os.sep) and not os.path.isdir(path):
+            os.mkdir(path)
         self.path = path
         self.directory = os.path.isdir(path)
         self.views = None if views is None else frozenset(views)
