@@ -160,3 +160,29 @@ def test_run_refuses_remote_addresses_without_keys(tmp_path):
                           "--control", "tcp://0.0.0.0:0", "--allow-remote"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "--keys" in out.stderr
+
+
+def test_run_prints_a_watch_command_that_works_with_keys(tmp_path):
+    """With --keys, the printed 'watch it with' command carries them, and
+    running it as printed gets the pipeline's views."""
+    import re
+    import shlex
+
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(CTX)
+    keydir = str(tmp_path / "keys")
+    generate_keys(keydir)
+    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx), "--keys",
+                             keydir, "--status", "off", "--duration", "60", "--pool", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        hint = re.search(r"\(watch it with: (metropc-client .*)\)$", line.strip())
+        assert hint and f"--keys {keydir}" in hint.group(1), line
+        argv = shlex.split(hint.group(1))[1:]
+        once = subprocess.run([sys.executable, "-m", "metropc.cli.client", *argv, "--once",
+                               "--timeout", "30"], capture_output=True, text=True, timeout=60)
+        assert once.returncode == 0 and "view#tid" in once.stdout, once
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)

@@ -274,11 +274,13 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
         if stop.is_set():  # Ctrl-C while the stages started (the source may have begun)
             interrupted(pipeline)
             return exit_code()
+        with_keys = f" --keys {args.keys}" if args.keys else ""  # (CURVE: clients need them)
         print(f"{PROG}: output on {pipeline.output_addr}  "
-              f"(watch it with: metropc-client {pipeline.output_addr})", flush=True)
+              f"(watch it with: metropc-client {pipeline.output_addr}{with_keys})", flush=True)
         if pipeline.control_addr is not None:
             print(f"{PROG}: control on {pipeline.control_addr}  (metropc-client "
-                  f"{pipeline.output_addr} --reset | --pause | --resume)", flush=True)
+                  f"{pipeline.output_addr}{with_keys} --reset | --pause | --resume)",
+                  flush=True)
         if any(str(a).startswith("tcp://") for a in (args.control, args.reduce)):
             fe = pipeline.frontend  # their bound addresses (port 0: the one picked)
             print(f"{PROG}: stages on {fe.control_addr} and {fe.reduce_addr}  "
