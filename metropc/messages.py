@@ -437,6 +437,7 @@ SCHEMAS: dict[bytes, Schema] = {
                          "lost": Field(_INT, True),
                          "stale": Field(_INT, True), "run": Field(_INT_OR_NONE),
                          "state": Field(_STR), "output_dropped": Field(_INT),
+                         "events": Field(_INT),
                          "subs": Field((list, tuple), False, _bytes_list)}),
     # pool -> reduce
     OP_RESULT: Schema({}, values=Field(_ANY), check=_result),

@@ -118,7 +118,7 @@ GOOD = [
     (b"debug", {"msg": "remote worker joined"}),
     (b"progress", {"next_seq": 10, "lost": 0, "stale": 2}),
     (b"progress", {"next_seq": 10, "done_seq": 12, "lost": 0, "stale": 2, "run": 3,
-                   "state": "RUN", "output_dropped": 0, "subs": [b"view#a"]}),
+                   "state": "RUN", "output_dropped": 0, "events": 7, "subs": [b"view#a"]}),
     (b"result", {KEY_META: pack_meta(3)}),
     (b"result", {KEY_META: pack_meta(3, 1, 17, ("a", "b"), ("c",)), "view#a": 1.0,
                  "#event_id": object(), "karabo#A.b": np.ones(2)}),

@@ -33,7 +33,7 @@ class Clock:
 
 
 def state(next_seq, lost=0, subs=frozenset({b"view#tid"}), run=None):
-    return (next_seq, lost, 0, subs, run, "RUN", 0)
+    return (next_seq, lost, 0, subs, run, "RUN", 0, next_seq - lost)  # (last: events out)
 
 
 # -- RestartPoint ----------------------------------------------------------------------
@@ -48,6 +48,7 @@ def test_the_restart_point_reported_is_the_state_of_one_report_before():
     assert first["subs"] == [b"view#tid"] and first["state"] == "RUN"
     second = point.report(state(9, lost=1))
     assert (second["next_seq"], second["done_seq"], second["lost"]) == (9, 9, 1)
+    assert (first["events"], second["events"]) == (5, 8)  # "out" goes on after a restart
     assert point.report(state(9, lost=1)) is None  # nothing changed: nothing sent
     assert not point.pending
 

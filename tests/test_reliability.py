@@ -135,6 +135,12 @@ def test_dead_reduce_is_restarted_on_the_same_output(pipeline, collector_factory
         wait_for(lambda: any("reduce died" in e for e in fe.errors), timeout=10)
         n = len(col.values("total"))
         col.poll_until(lambda m: len(col.values("total")) >= n + 50, timeout=30)
+
+        def events_out():  # the index's count of events out (the status's "out")
+            entry = col.indexes()[-1].get("internal#event") if col.indexes() else None
+            return 0 if entry is None else entry.counts
+        # It goes on from the old REDUCE's count (less its last report's 20 ms).
+        col.poll_until(lambda m: events_out() >= n + 40, timeout=10)
     finally:
         feeder.close()
     assert fe.output_addr == address

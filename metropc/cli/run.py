@@ -367,8 +367,10 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
                 status.refresh(pipeline.request_index)
         if stop.is_set():  # Ctrl-C or SIGTERM, also while finishing
             interrupted(pipeline, on_wait)
+            if status is not None and pipeline.frontend.stages_alive():
+                status.refresh(pipeline.request_index, timeout=0.5)  # the counts of now
         if status is not None:
-            status.update(final=not stop.is_set())
+            status.update(final=True)  # (line mode: the last line, also after Ctrl-C)
         return EXIT_NOT_PUBLISHED if left and not stop.is_set() else exit_code()
     finally:
         if keys is not None:

@@ -213,7 +213,7 @@ class FrontendLoop:
 
     def on_progress(self, data):
         self.progress = {k: int(data[k]) for k in ("next_seq", "lost", "stale",
-                                                    "output_dropped") if k in data}
+                                                    "output_dropped", "events") if k in data}
         self.reduce_state = {"run": data.get("run"), "state": data.get("state")}
         self.reduce_subs = list(data.get("subs", ()))
         next_seq = self.progress.get("next_seq", 0)
@@ -278,7 +278,8 @@ class FrontendLoop:
                 **{k: v for k, v in self.reduce_state.items() if v is not None},
                 "counters": {"lost": self.progress.get("lost", 0),
                              "stale": self.progress.get("stale", 0),
-                             "output_dropped": self.progress.get("output_dropped", 0)}}
+                             "output_dropped": self.progress.get("output_dropped", 0),
+                             "events": self.progress.get("events", 0)}}
 
     # -- supervision -----------------------------------------------------------------------
     def check_stages(self, now):

@@ -42,7 +42,7 @@ from ..messages import KEY_MARK, KEY_TIME, META_MARK, OP_ARESULT, OP_WANT
 from ..timing import ReduceObserver, add_time
 from .ordering import ReorderBuffer
 from .reduce_async import AsyncFeed
-from .reduce_index import STATE_CODES, ReduceIndex, status_payload
+from .reduce_index import EVENTS, STATE_CODES, ReduceIndex, status_payload
 from .reduce_restart import RestartPoint, Takeover
 from .reload import StagedContext
 from .output import Output
@@ -133,6 +133,7 @@ class ReduceStage:
         self.buffer.lost += int(counters.get("lost", 0))
         self.stale += int(counters.get("stale", 0))
         self.output.dropped += int(counters.get("output_dropped", 0))
+        self.meter.add(EVENTS, int(counters.get("events", 0)))  # the status's "out"
         run = data.get("run")
         self.run = self.last_run = run if type(run) is int else None
         if data.get("state") in STATE_CODES:
@@ -168,7 +169,7 @@ class ReduceStage:
         <metropc.stage.reduce_restart.RestartPoint.report>`)."""
         return self.restart_point.report((
             self.buffer.next_seq, self.buffer.lost, self.stale, frozenset(self.output.prefixes),
-            self.run, self.state, self.output.dropped))
+            self.run, self.state, self.output.dropped, self.meter.counts.get(EVENTS, 0)))
 
     @property
     def progress_pending(self) -> bool:
@@ -427,7 +428,7 @@ class ReduceStage:
         for meta in metas:
             for name in meta[4]:
                 errors[name] += 1
-        meter.add("#events", n)
+        meter.add(EVENTS, n)
         self.obs.events += n
 
     def _publish_column(self, name, topic, column):
@@ -582,7 +583,7 @@ class ReduceStage:
         results = engine.reduce(event, pool_results) if engine.reduces else {}
         for name in results:
             meter.add(name)
-        meter.add("#events")
+        meter.add(EVENTS)
         self.publish(pool_results, event_id)
         if results:
             self.publish(results, event_id)

@@ -28,16 +28,21 @@ __all__ = ["RateMeter", "ReduceIndex", "STATE_CODES", "status_payload"]
 STATE_CODES = {"READY": 0, "RUN": 1, "STOP": 2}
 
 
+#: The meter's key for events whose results went out (``internal#<alias>``).
+EVENTS = "#events"
+
+
 class RateMeter:
     """Counts plus a rate over the last index interval."""
 
     def __init__(self):
         self.reset()
 
-    def reset(self):
-        """Count from zero (a new context: new views)."""
-        self.counts = {}
-        self._prev = {}
+    def reset(self, keep=()):
+        """Count from zero (a new context: new views), except the `keep` keys."""
+        counts = getattr(self, "counts", {})
+        self.counts = {k: counts[k] for k in keep if k in counts}
+        self._prev = dict(self.counts)
         self.rates = {}
         self._t = time.monotonic()
 
@@ -77,8 +82,9 @@ class ReduceIndex:
 
     def new_context(self, version):
         """Context `version` is used from now on: its views count from zero,
-        and what other processes counted for older contexts is dropped."""
-        self.meter.reset()
+        and what other processes counted for older contexts is dropped.
+        The events out go on counting (``out`` + dropped + lost = fed)."""
+        self.meter.reset(keep=(EVENTS,))
         self.worker_counts = {v: c for v, c in self.worker_counts.items()
                               if v is None or version is None or v >= version}
 
@@ -114,8 +120,8 @@ class ReduceIndex:
         entries["internal#rejected_messages"] = (count + common.rejected, rate)
         if ctx is not None:
             alias = f"internal#{ctx.event_alias}"
-            entries[alias] = (int(meter.counts.get("#events", 0)),
-                              float(meter.rates.get("#events", 0.0)))
+            entries[alias] = (int(meter.counts.get(EVENTS, 0)),
+                              float(meter.rates.get(EVENTS, 0.0)))
             counts = collections.Counter(ctx.view_counts)
             counts.update(self.worker_counts.get(ctx.version, {}))
             for name, view in ctx.views.items():
