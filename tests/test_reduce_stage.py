@@ -178,6 +178,27 @@ def test_the_reorder_buffer_takes_a_run_only_from_the_next_one_with_nothing_in_i
     assert not buffer.take_run(5, 1)                    # an announced loss: one by one
 
 
+def test_the_reorder_buffer_gives_up_every_gap_that_waited_its_timeout_at_once():
+    """A stopped worker held events 1 and 3 (a fake clock): both gaps are
+    given up when the results behind them have waited the timeout, not one
+    gap per timeout; a gap behind results that came later waits for them."""
+    from metropc.stage.ordering import ReorderBuffer
+    now = [0.0]
+    buffer = ReorderBuffer(timeout=10.0, clock=lambda: now[0])
+    assert buffer.push(0, "a") == ["a"]
+    assert buffer.push(2, "c") == [] and buffer.push(4, "e") == []
+    now[0] = 6.0
+    assert buffer.push(6, "g") == []                    # 5 is missing too
+    assert buffer.deadline() == 4.0
+    now[0] = 10.0
+    assert buffer.pop_ready() == ["c", "e"]             # 1 and 3 given up together
+    assert buffer.next_seq == 5 and buffer.lost == buffer.given_up == 2
+    assert buffer.deadline() == 6.0                     # "g" came at 6
+    now[0] = 16.0
+    assert buffer.pop_ready() == ["g"] and buffer.lost == 3
+    assert buffer.deadline() is None
+
+
 class Failing(ReduceStage):
     """A REDUCE stage with a bug: publishing the results of some events raises.
 

@@ -6,10 +6,14 @@ held are announced by the frontend (:meth:`ReorderBuffer.skip`) and skipped
 when their turn comes.  As a safety net the buffer is also bounded: an event
 that does not arrive within `timeout` seconds, or while `window` later events
 wait, is given up and counted as lost, so nothing can stall the pipeline.
+The `timeout` runs from the arrival of the oldest result held behind the
+gap: when a stalled worker held several events, every gap that has waited
+that long is given up at once, not one gap per `timeout`.
 """
 
 from __future__ import annotations
 
+import collections
 import time
 
 __all__ = ["ReorderBuffer"]
@@ -28,7 +32,9 @@ class ReorderBuffer:
         self.late = 0
         self._items = {}
         self._skipped = set()
-        self._waiting_since = None
+        # (arrival time, seq) of held items, oldest first; entries of items
+        # released since are dropped when they reach the front.
+        self._arrivals = collections.deque()
 
     def __len__(self):
         return len(self._items)
@@ -54,20 +60,26 @@ class ReorderBuffer:
                 self._items and min(self._items) < first + n):
             return False
         self.next_seq = first + n
-        self._waiting_since = None
         return True
 
     def push(self, seq, item):
         """Add an item; returns the items now releasable, in order."""
         if seq == self.next_seq and not self._items and not self._skipped:
             self.next_seq = seq + 1  # the common case: the next one, nothing waiting
-            self._waiting_since = None
             return [item]
         if seq < self.next_seq:
             self.late += 1  # already given up on it
             return []
         self._items[seq] = item
+        self._arrivals.append((self.clock(), seq))
         return self.pop_ready()
+
+    def _waiting_since(self):
+        """When the oldest item still held arrived (None: none is held)."""
+        arrivals, items = self._arrivals, self._items
+        while arrivals and arrivals[0][1] not in items:
+            arrivals.popleft()
+        return arrivals[0][0] if arrivals else None
 
     def pop_ready(self):
         """Items releasable now (in order), skipping gaps past the deadline."""
@@ -78,7 +90,6 @@ class ReorderBuffer:
                 out.append(items.pop(self.next_seq))
                 self._skipped.discard(self.next_seq)  # it came after all
                 self.next_seq += 1
-                self._waiting_since = None
                 continue
             if self.next_seq in self._skipped:
                 self._skipped.discard(self.next_seq)
@@ -86,12 +97,10 @@ class ReorderBuffer:
                 self.next_seq += 1
                 continue
             if not items:
-                self._waiting_since = None
+                self._arrivals.clear()
                 return out
-            now = self.clock()
-            if self._waiting_since is None:
-                self._waiting_since = now
-            if len(items) > self.window or now - self._waiting_since >= self.timeout:
+            if len(items) > self.window or \
+                    self.clock() - self._waiting_since() >= self.timeout:
                 # Give up on the missing ones up to the oldest we hold.
                 first = min(items)
                 self.lost += first - self.next_seq
@@ -102,6 +111,7 @@ class ReorderBuffer:
 
     def deadline(self):
         """Seconds until pop_ready() may skip a gap (None: nothing waits)."""
-        if not self._items or self._waiting_since is None:
+        since = self._waiting_since() if self._items else None
+        if since is None:
             return None
-        return max(0.0, self.timeout - (self.clock() - self._waiting_since))
+        return max(0.0, self.timeout - (self.clock() - since))
