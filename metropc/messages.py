@@ -110,7 +110,7 @@ OP_INDEX = Op.INDEX.value        # publish the index now (reduce)
 OP_ACTION = Op.ACTION.value      # {"view_name": name} (reduce)
 OP_STEP = Op.STEP.value          # operator step boundary (sent through a worker)
 OP_STATS = Op.STATS.value        # {path: (count, rate)} input statistics (reduce)
-OP_LOST = Op.LOST.value          # {"seqs": [...]}: events a dead worker held (reduce)
+OP_LOST = Op.LOST.value          # {"seqs": [...], "doubtful"?, "grace"?}: a dead worker's (reduce)
 OP_SHM = Op.SHM.value            # {"out": segment name}: a fresh results segment (pool)
 OP_STOP = Op.STOP.value          # leave the stage loop
 OP_RESET = Op.RESET.value        # {"views": [name, ...]} (empty: all); a mark
@@ -294,6 +294,10 @@ def _nonneg(v):
     return None if v >= 0 else "is negative"
 
 
+def _seconds(v):
+    return None if 0 <= v < float("inf") else "is not a finite number of seconds"
+
+
 def _int_list(v):
     for s in v:
         if type(s) is not int:
@@ -414,7 +418,9 @@ SCHEMAS: dict[bytes, Schema] = {
     OP_ACTION: Schema({"view_name": Field(_STR, True)}),
     OP_STEP: Schema({}),
     OP_STATS: Schema({}, values=Field((tuple,), check=_stat_pair)),
-    OP_LOST: Schema({"seqs": Field((list, tuple), True, _int_list)}),
+    OP_LOST: Schema({"seqs": Field((list, tuple), True, _int_list),
+                     "doubtful": Field((list, tuple), False, _int_list),
+                     "grace": Field((int, float), check=_seconds)}),
     OP_SHM: Schema({"out": Field((str, _NONE))}),
     OP_STOP: Schema({}),
     OP_RESET: Schema({"views": Field((list, tuple), False, _str_list)}),

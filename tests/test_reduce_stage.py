@@ -199,6 +199,29 @@ def test_the_reorder_buffer_gives_up_every_gap_that_waited_its_timeout_at_once()
     assert buffer.deadline() is None
 
 
+def test_events_a_killed_worker_had_just_finished_get_a_grace_then_count_lost():
+    """The frontend names them doubtful; their grace starts once REDUCE has
+    read its backlog (arm_doubts). One that comes within the grace is
+    released as usual; one that does not is counted lost (announced, so not
+    among the given up) after the grace, not after the reorder timeout."""
+    from metropc.stage.ordering import ReorderBuffer
+    now = [0.0]
+    buffer = ReorderBuffer(timeout=10.0, clock=lambda: now[0])
+    assert buffer.push(0, "a") == ["a"]
+    buffer.doubt([0, 1, 2])                             # 0 came already: ignored
+    assert buffer.push(3, "d") == []
+    assert buffer.doubts_unarmed and buffer.deadline() == 10.0
+    now[0] = 5.0                                        # a backlog of 5 s: not armed
+    assert buffer.pop_ready() == []
+    buffer.arm_doubts(1.0)
+    assert not buffer.doubts_unarmed and buffer.deadline() == 1.0
+    now[0] = 5.5
+    assert buffer.push(1, "b") == ["b"]                 # within the grace
+    now[0] = 6.0
+    assert buffer.pop_ready() == ["d"]                  # 2 did not come
+    assert (buffer.next_seq, buffer.lost, buffer.given_up) == (4, 1, 0)
+
+
 class Failing(ReduceStage):
     """A REDUCE stage with a bug: publishing the results of some events raises.
 

@@ -86,6 +86,10 @@ class Dispatcher:
         self.workers: list[str] = []    # in round-robin order
         self.turn = 0
         self.outstanding = {}           # worker -> deque of (sent, Batch)
+        # worker -> deque of the seqs of messages it finished (credited) that
+        # REDUCE has not reported through yet: a worker killed right after
+        # its credit may have died before ZeroMQ sent the results out.
+        self.unconfirmed = {}
         self.busy_since = {}            # worker -> when it started its oldest message
         self.shm_workers = set()        # local workers that mapped the shared memory
         self.unreachable = set()        # refused a send: no work until hello again
@@ -131,6 +135,7 @@ class Dispatcher:
         self.shm_workers.discard(name)
         self.busy_since.pop(name, None)
         self.unreachable.discard(name)
+        self.unconfirmed.pop(name, None)
         batches = list(self.outstanding.pop(name, ()))
         if not batches:
             return [], [], []
@@ -155,7 +160,16 @@ class Dispatcher:
             sent, done = batches.popleft()
             took = now - max(sent, self.busy_since.get(name, 0.0))
             self.event_cost += 0.2 * (took / max(1, len(done.seqs)) - self.event_cost)
+            if done.seqs and not done.step and done.seqs[-1] >= self.reduce_next:
+                self.unconfirmed.setdefault(name, collections.deque()).append(done.seqs)
         self.busy_since[name] = now
+
+    def finished_unconfirmed(self, name: str) -> list[int]:
+        """Events `name` finished whose results REDUCE has not confirmed
+        (its progress reports lag by up to 20 ms): if `name` was killed,
+        their results may not have left it."""
+        return [seq for seqs in self.unconfirmed.get(name, ()) for seq in seqs
+                if seq >= self.reduce_next]
 
     def refused(self, batch: Batch) -> list:
         """ZeroMQ refused `batch` (its worker is gone): it holds nothing of
@@ -248,6 +262,9 @@ class Dispatcher:
         marks = self.mark_seqs
         while marks and marks[0] < self.reduce_next:
             marks.popleft()
+        for done in self.unconfirmed.values():
+            while done and done[0][-1] < self.reduce_next:
+                done.popleft()
 
     def events_in_flight(self) -> int:
         """Events dispatched that REDUCE has not reported through yet (the

@@ -44,6 +44,10 @@ __all__ = ["FrontendLoop"]
 #: Seconds a restarted REDUCE waits for results that may still be on their
 #: way from the workers (sent before the restart) before counting them lost.
 RESTART_GRACE = 1.0
+#: Seconds REDUCE waits for the results of events a killed worker had just
+#: finished (they leave a process a moment after its credit, or never),
+#: from when it has read everything received before.
+DOUBT_GRACE = 1.0
 #: A control item (never on a socket) that starts the ASYNC stage.
 START_ASYNC = b"#start-async"
 #: How often the stages are checked (seconds).
@@ -327,9 +331,10 @@ class FrontendLoop:
         self.apply(self.reload.stage_gone(name))
         if not name.startswith("pool-"):
             return ""
+        doubtful = self.dispatcher.finished_unconfirmed(name)
         lost, requeue, steps = self.dispatcher.remove_worker(name)
         self.fe.lost_events += len(lost)
-        self.announce_lost(lost)
+        self.announce_lost(lost, doubtful)
         with self.queue.lock:
             self.queue.requeue(requeue)  # never started: another worker takes them
         self.retry_steps.extend(steps)  # (seq, mark) pairs
@@ -339,16 +344,24 @@ class FrontendLoop:
             if n:
                 reclaimed = f"; {n} shared-memory slot(s) it held are reclaimed"
         text = f"{reason}; {len(lost)} event(s) it held are lost{reclaimed}"
+        if doubtful:  # (how many REDUCE can tell only when it has read its backlog)
+            text += ("; REDUCE counts as lost any results of events it had finished "
+                     "that did not leave it")
         if requeue:
             text += f"; {len(requeue)} it had not started go to another worker"
         if report:
             self.fe.on_pipeline_error(text)
         return text
 
-    def announce_lost(self, seqs):
-        if seqs:
+    def announce_lost(self, seqs, doubtful=()):
+        """Tell REDUCE which events will not come (`seqs`), and which may
+        not (`doubtful`: counted lost if they do not come within DOUBT_GRACE)."""
+        if seqs or doubtful:
             self.announced_lost.update(seqs)
-            self.send_to("reduce", OP_LOST, {"seqs": list(seqs)})
+            data = {"seqs": list(seqs)}
+            if doubtful:
+                data.update(doubtful=list(doubtful), grace=DOUBT_GRACE)
+            self.send_to("reduce", OP_LOST, data)
 
     def replace(self, name, instruction, now):
         """Start a new `name` now; the old one (if stopped) is reaped later."""

@@ -32,6 +32,7 @@ class ReorderBuffer:
         self.late = 0
         self._items = {}
         self._skipped = set()
+        self._doubtful = {}  # seq -> when to stop waiting for it, None: not armed yet
         # (arrival time, seq) of held items, oldest first; entries of items
         # released since are dropped when they reach the front.
         self._arrivals = collections.deque()
@@ -44,11 +45,35 @@ class ReorderBuffer:
         self._skipped.update(s for s in seqs if s >= self.next_seq)
         return self.pop_ready()
 
+    def doubt(self, seqs):
+        """These events may never come (a killed worker had just finished
+        them, and ZeroMQ may not have sent their results out): once
+        :meth:`arm_doubts` says everything received is read, they get a
+        grace, then count lost."""
+        self._doubtful = {s: t for s, t in self._doubtful.items() if s >= self.next_seq}
+        for s in seqs:
+            if s >= self.next_seq and s not in self._items:
+                self._doubtful[s] = None
+
+    @property
+    def doubts_unarmed(self) -> bool:
+        """Whether some doubtful events wait for :meth:`arm_doubts`."""
+        return None in self._doubtful.values()
+
+    def arm_doubts(self, grace):
+        """Everything received so far is read (the results socket is empty):
+        doubtful events not here by `grace` seconds from now are lost."""
+        until = self.clock() + grace
+        for s, t in self._doubtful.items():
+            if t is None:
+                self._doubtful[s] = until
+
     def restart(self, seq):
         """Continue at `seq` (a restarted REDUCE joins a running pipeline)."""
         self.next_seq = seq
         self._items = {k: v for k, v in self._items.items() if k >= seq}
         self._skipped = {k for k in self._skipped if k >= seq}
+        self._doubtful = {k: t for k, t in self._doubtful.items() if k >= seq}
 
     def take_run(self, first, n):
         """Release the `n` items from `first` on at once (the caller checked
@@ -89,6 +114,7 @@ class ReorderBuffer:
             if self.next_seq in items:
                 out.append(items.pop(self.next_seq))
                 self._skipped.discard(self.next_seq)  # it came after all
+                self._doubtful.pop(self.next_seq, None)
                 self.next_seq += 1
                 continue
             if self.next_seq in self._skipped:
@@ -99,6 +125,12 @@ class ReorderBuffer:
             if not items:
                 self._arrivals.clear()
                 return out
+            until = self._doubtful.get(self.next_seq)
+            if until is not None and self.clock() >= until:  # (armed, and over)
+                del self._doubtful[self.next_seq]
+                self.lost += 1  # (announced: not among the given up)
+                self.next_seq += 1
+                continue
             if len(items) > self.window or \
                     self.clock() - self._waiting_since() >= self.timeout:
                 # Give up on the missing ones up to the oldest we hold.
@@ -114,4 +146,9 @@ class ReorderBuffer:
         since = self._waiting_since() if self._items else None
         if since is None:
             return None
-        return max(0.0, self.timeout - (self.clock() - since))
+        now = self.clock()
+        wait = self.timeout - (now - since)
+        until = self._doubtful.get(self.next_seq)
+        if until is not None:
+            wait = min(wait, until - now)
+        return max(0.0, wait)

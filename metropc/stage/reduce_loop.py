@@ -133,6 +133,8 @@ class _ReduceLoop:
                     stage._resume()
             if not results_polled:
                 wait = min(wait, 0.05)
+            elif stage.buffer.doubts_unarmed:
+                wait = min(wait, 0.01)  # (armed once the results socket is empty)
             if stage.progress_pending or progress_clock.pending:
                 wait = min(wait, progress_clock.wait(time.monotonic()))
             ready = dict(poller.poll(max(0, int(wait * 1000)) + 1))
@@ -149,6 +151,8 @@ class _ReduceLoop:
                 if self.link in ready:
                     self.on_link()
                 self.send_async_inputs()
+            if results_polled and stage.buffer.doubts_unarmed:
+                self.arm_doubts()
             stage.flush()
             stage.check_stalled()
             stage.check_doubtful()
@@ -213,6 +217,14 @@ class _ReduceLoop:
             if not readable(self.results):  # (a third of the cost of poll(0))
                 break
         return count
+
+    def arm_doubts(self):
+        """A killed worker's last results are either read by now or never
+        come: once nothing waits on the results socket (a backlog of
+        seconds would otherwise count results that are there as lost),
+        they get their grace."""
+        if not readable(self.results):  # (stage.flush() then releases what is over)
+            self.stage.buffer.arm_doubts(self.stage.doubt_grace)
 
     def reject_result(self, error):
         self.rejected(OP_RESULT, error)
