@@ -26,7 +26,7 @@ from ..transport import readable
 from .common import (OP_ABORT, OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_ERROR, OP_HELLO, OP_INDEX,
                      OP_LOST, OP_PARAMS, OP_PROGRESS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
                      recv, recv_messages, send)
-from .progress import ProgressClock
+from .progress import PROGRESS_INTERVAL, ProgressClock
 from .reduce import ReduceStage
 from .supervisor import STAGE_REFUSED
 
@@ -196,9 +196,12 @@ class _ReduceLoop:
                 self.rejected(b"inputs", e)
 
     def drain_results(self, limit=256) -> int:
-        """Take the results waiting (at most `limit` messages: let control in);
-        returns how many results there were."""
+        """Take the results waiting (at most `limit` messages, and for half a
+        progress interval: let control in, and report progress on time, as
+        a replacement REDUCE starts from the last report and counts every
+        event after it lost); returns how many results there were."""
         count = 0
+        until = perf_counter() + PROGRESS_INTERVAL / 2
         for _ in range(limit):
             try:
                 results = []
@@ -214,8 +217,8 @@ class _ReduceLoop:
                 break
             except ProtocolError as e:
                 self.rejected(b"result", e)
-            if not readable(self.results):  # (a third of the cost of poll(0))
-                break
+            if not readable(self.results) or perf_counter() > until:
+                break  # (readable: a third of the cost of poll(0))
         return count
 
     def arm_doubts(self):
