@@ -419,3 +419,20 @@ def test_ctrl_c_names_the_events_that_could_not_get_through(tmp_path):
     n = int(err.split("stopping with ")[1].split()[0])
     assert 16 <= n <= 16 + 8, err  # the queue, and what the worker holds
     assert "their results are not published" in err, err
+
+
+def test_run_stops_when_reduce_is_given_up(tmp_path):
+    """A REDUCE view that crashes its process on every event: REDUCE is
+    restarted, given up after 5 deaths within 60 s, and metropc-run stops
+    with exit code 3 instead of feeding a pipeline that cannot publish."""
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text("import os\n\n@View.Scalar(stage='reduce')\n"
+                        "def crash(t: 'internal#train_id'):\n    os.abort()\n")
+    proc = subprocess.run([sys.executable, "-m", "metropc.cli.run", str(ctx_file), "--pool",
+                           "1", "--rate", "20", "--status", "lines", "--duration", "60"],
+                          capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 3, proc.stderr
+    assert "not restarted again" in proc.stderr
+    assert "REDUCE is not restarted any more: no more results can come; stopping" \
+        in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

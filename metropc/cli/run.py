@@ -342,7 +342,12 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
         keys = Keys.open(mode == "live")
         if keys is not None:
             print(f"{PROG}: keys: r reset, p pause/resume, s step, q quit", flush=True)
+        broken = None
         while not stop.is_set() and not pipeline.finished.is_set():
+            broken = pipeline.frontend.given_up()
+            if broken is not None:  # (the reason was logged when it happened)
+                log.critical("%s: no more results can come; stopping", broken)
+                break
             if keys is None:
                 stop.wait(0.25)
             elif keys.act(pipeline, 0.25) == "quit":
@@ -361,7 +366,9 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
                 break
         left = 0
         on_wait = None if status is None else status.update
-        if not stop.is_set():
+        if broken is not None:
+            pipeline.stop_source()  # (close() names what is left)
+        elif not stop.is_set():
             left = finish(pipeline, stop, on_wait)
             if status is not None and not stop.is_set():  # the last line: the last counts
                 status.refresh(pipeline.request_index)
@@ -371,7 +378,9 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
                 status.refresh(pipeline.request_index, timeout=0.5)  # the counts of now
         if status is not None:
             status.update(final=True)  # (line mode: the last line, also after Ctrl-C)
-        return EXIT_NOT_PUBLISHED if left and not stop.is_set() else exit_code()
+        if (left or broken is not None) and not stop.is_set():
+            return EXIT_NOT_PUBLISHED
+        return exit_code()
     finally:
         if keys is not None:
             keys.close()

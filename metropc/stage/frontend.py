@@ -322,6 +322,19 @@ class ThreadedFrontend:
         return bool(self._state.supervisor.remote) or any(
             runner.is_alive() for name, runner in runners.items() if name.startswith("pool-"))
 
+    def given_up(self) -> str | None:
+        """Why no results can come any more, or None: REDUCE was given up
+        (it died too often, or could not start), or every local POOL worker
+        was and no remote one is known.  (A stage being restarted is not.)"""
+        supervisor = self._state.supervisor
+        gone = supervisor.given_up
+        if "reduce" in gone:
+            return "REDUCE is not restarted any more"
+        pools = [name for name in self._runners if name.startswith("pool-")]
+        if pools and set(pools) <= gone and not supervisor.remote:
+            return "no POOL worker is restarted any more"
+        return None
+
     def enable_async(self) -> None:
         """Start the ASYNC stage (once), for contexts with ``stage='async'`` views.
 
