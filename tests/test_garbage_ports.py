@@ -331,3 +331,60 @@ def test_garbage_on_the_output_xpub(pipe):
         xsub.close()
         sub.close()
         zctx.term()
+
+
+OVERSIZED = """
+import os, sys, time, zmq
+xsub = zmq.Context().socket(zmq.XSUB)
+xsub.reconnect_ivl = -1  # once cut off, stay away (it would send it again)
+xsub.connect(sys.argv[1])
+xsub.send(b"\\x01" + b"A" * 50_000_000)
+time.sleep(1)
+os._exit(0)  # (closing a socket that ZeroMQ cut off crashes libzmq 4.3 here)
+"""
+
+
+def test_an_oversized_subscription_is_cut_off_not_buffered(pipe):
+    """A 50 MB "subscription" (subscriptions are topic prefixes): ZeroMQ cuts
+    that peer off before buffering it, so REDUCE's memory stays where it was
+    and results go on at once (it took REDUCE to gigabytes and stalled it)."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    reduce = psutil.Process(pipe.pids["reduce"])
+    before = reduce.memory_info().rss
+    subprocess.run([sys.executable, "-c", OVERSIZED, pipe.output_addr], timeout=60,
+                   check=True)
+    assert_results(pipe, range(10))
+    assert reduce.memory_info().rss < before + 20_000_000
+
+
+def test_the_control_endpoint_refuses_pickles_and_counts_garbage(pipe, caplog):
+    """Clients' requests are never unpickled (unpickling runs code); garbage
+    requests are counted and logged once, however many come."""
+    import fractions
+
+    from metropc.protocol import decode_protocol
+
+    zctx = zmq.Context()
+    req = zctx.socket(zmq.DEALER)
+    req.linger = 0
+    try:
+        req.connect(pipe.control_addr)
+        before = common.rejected
+        pickled = encode_protocol(b"params", {"x": fractions.Fraction(1, 3)})
+        for frames in [pickled] * 3 + [[b"zzz", b""]] * 200:
+            req.send_multipart([b"", *frames])
+            assert req.poll(10_000)
+            _, *reply = req.recv_multipart()
+            opcode, data = decode_protocol(reply)
+            assert opcode == b"error" and "ProtocolError" in data["msg"], data
+        assert common.rejected - before == 203
+        logged = [r for r in caplog.records if "control endpoint" in r.getMessage()]
+        assert len(logged) == 2, [r.getMessage() for r in logged]  # one per kind
+        assert_results(pipe, range(5))
+    finally:
+        req.close()
+        zctx.term()

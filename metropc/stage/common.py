@@ -103,15 +103,20 @@ def recv(sock, *, identity=False, flags=0):
 rejected = 0
 
 
-def _count_rejected():
+def count_rejected():
+    """Count one message this process dropped as malformed (``rejected``)."""
     global rejected
     rejected += 1
 
 
+_count_rejected = count_rejected
+
+
 def _drop(e):
-    """Count and log one message left out of a batch."""
-    _count_rejected()
-    log.warning("rejected a malformed message: %s", e)
+    """Count one message left out of a batch; log only the first (a peer
+    that sends one bad message usually sends thousands)."""
+    count_rejected()
+    _batch_rejects(b"batch item", e)
 
 
 #: Types that never hold a buffer (``.nbytes``): skipped without a lookup.
@@ -138,6 +143,10 @@ class RejectLog:
             self.kinds.add(kind)
             self.logger.warning("%s: dropped a %r message: %s: %s (further ones like it are "
                                 "only counted)", self.who, kind, type(error).__name__, error)
+
+
+#: Logs the first message left out of a batch in this process (see _drop).
+_batch_rejects = RejectLog(log, "this stage")
 
 
 def has_large_value(data, threshold=ZERO_COPY_MIN):

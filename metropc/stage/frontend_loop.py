@@ -177,6 +177,10 @@ class FrontendLoop:
             if name == "reduce":
                 self.on_progress(data)
         elif opcode == OP_ERROR:
+            if name not in self.hello and name not in fe._runners:
+                # (a peer that never said hello: its "errors" are not the pipeline's)
+                self.reject(b"error from an unknown stage", name[:32])
+                return
             fe.on_pipeline_error(str(data.get("msg")))
         elif opcode in (OP_CTX_READY, OP_CTX_FAILED):
             self.apply(self.reload.on_answer(name, data.get("version"),

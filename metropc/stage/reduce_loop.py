@@ -36,6 +36,8 @@ __all__ = ["run_reduce"]
 OUTPUT_LINGER_MS = 500
 #: How often the index is published without being asked (seconds).
 INDEX_INTERVAL = 1.0
+#: Bytes a message to the output (a subscription) may have.
+MAX_SUBSCRIPTION = 64 * 1024
 
 
 def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
@@ -51,6 +53,10 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
     control = make_socket(zctx, zmq.DEALER, identity=b"reduce")
     results = make_socket(zctx, zmq.PULL)
     output = make_socket(zctx, zmq.XPUB, hwm=output_hwm)
+    # What clients send the output is subscriptions (topic prefixes): a peer
+    # sending a bigger message is cut off by ZeroMQ before it is buffered
+    # (one 100 MB "subscription" took REDUCE to 11 GB and stalled it).
+    output.maxmsgsize = MAX_SUBSCRIPTION
     link = make_socket(zctx, zmq.ROUTER) if async_addr else None
     secure_client(control)
     secure_server(results)

@@ -25,10 +25,14 @@ from ..error import MetropcError, ProtocolError
 from ..messages import validate
 from ..protocol import decode_protocol, encode_protocol
 from ..security import secure
+from . import common
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ControlServer", "COMMANDS"]
+
+#: Bytes a control request may have (ZeroMQ disconnects a peer sending more).
+MAX_REQUEST = 1 << 20
 
 #: Command -> what it does to the pipeline (a Pipeline or ThreadedFrontend).
 COMMANDS = {
@@ -59,6 +63,10 @@ class ControlServer:
         secure_server, _, self._auth = secure(self._zctx, keys)
         self._socket = self._zctx.socket(zmq.ROUTER)
         self._socket.linger = 0
+        # Requests are small: a peer sending more is cut off by ZeroMQ
+        # before anything is buffered (not gigabytes of one "request").
+        self._socket.maxmsgsize = MAX_REQUEST
+        self._refused = common.RejectLog(log, "control endpoint")
         secure_server(self._socket)
         try:
             endpoints.bind(self._socket, address)
@@ -93,8 +101,10 @@ class ControlServer:
 
     def handle(self, frames) -> list:
         """The reply frames for one request (never raises)."""
+        command = b"?"
         try:
-            command, data = decode_protocol(frames)
+            # No pickles from clients: unpickling runs code (docs/protocol.md).
+            command, data = decode_protocol(frames, allow_pickle=False)
             action = COMMANDS.get(bytes(command))
             if action is None:
                 raise ProtocolError(f"unknown command {bytes(command)[:32]!r}; known: "
@@ -102,8 +112,12 @@ class ControlServer:
             if command in (b"reset", b"action", b"run"):
                 validate(command, data)
             action(self.target, data)
+        except ProtocolError as e:  # garbage: counted, logged once per kind
+            common.count_rejected()
+            self._refused(bytes(command)[:32], e)
+            return encode_protocol(b"error", {"msg": f"{type(e).__name__}: {e}"})
         except (MetropcError, ValueError, KeyError, TypeError) as e:
-            log.info("control request refused: %s", e)
+            log.info("control request refused: %s", e)  # (a person's mistake: each one)
             return encode_protocol(b"error", {"msg": f"{type(e).__name__}: {e}"})
         except Exception as e:  # noqa: BLE001 - a request never ends the endpoint
             log.exception("control request failed")
