@@ -17,7 +17,9 @@ import time
 from typing import TYPE_CHECKING
 
 from . import endpoints
+from .messages import run_number_problem
 from .protocol import decode_protocol as _decode_protocol
+from .roi import ROI_TYPES
 
 if TYPE_CHECKING:
     from .client import Client
@@ -27,6 +29,15 @@ __all__ = ["Controller", "ControlError"]
 
 class ControlError(RuntimeError):
     """The pipeline refused a control request (the message says why)."""
+
+
+def _wire_value(value):
+    """A parameter value as the control endpoint takes it (no pickles)."""
+    if isinstance(value, ROI_TYPES):
+        return tuple(value.to_dict().values())
+    if isinstance(value, (list, dict)):
+        return repr(value)
+    return value
 
 
 class Controller:
@@ -100,7 +111,7 @@ class Controller:
 
     def reset(self, *views: str) -> None:
         """Clear accumulated state of `views` (none: all) from the next event on."""
-        self.request(b"reset", {"views": list(views)})
+        self.request(b"reset", {"views": tuple(views)} if views else {})  # (no pickles)
 
     def pause(self) -> None:
         self.request(b"pause")
@@ -109,13 +120,21 @@ class Controller:
         self.request(b"resume")
 
     def set_parameters(self, **values) -> None:
-        """Change parameters (checked against the context's declarations)."""
-        self.request(b"params", values)
+        """Change parameters (checked against the context's declarations).
+
+        The endpoint takes no pickles (unpickling runs code), so an ROI goes
+        as the tuple of its numbers, and a list or dict as its Python literal
+        text, which the pipeline reads back for a parameter declared as one.
+        """
+        self.request(b"params", {k: _wire_value(v) for k, v in values.items()})
 
     def action(self, view_name: str) -> None:
         self.request(b"action", {"view_name": view_name})
 
     def start_run(self, run: int | None = None) -> None:
+        problem = run_number_problem(run)
+        if problem is not None:  # (said here: a big int would go as a pickle)
+            raise ControlError(f"ValueError: run number {problem}")
         self.request(b"run", {"kind": "run_start", "run": run})
 
     def end_run(self) -> None:

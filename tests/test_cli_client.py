@@ -300,4 +300,12 @@ def test_set_takes_an_roi_and_a_list_as_text(tmp_path):
             client.wait_index()
             pipe.send({"internal#train_id": 1})
             _, payload = client.recv()
-    assert list(payload["data"]) == [5, 6, 7, 8, 2, 4, 8]
+            assert list(payload["data"]) == [5, 6, 7, 8, 2, 4, 8]
+            # a script's Controller sends an ROI object and a list (no pickles)
+            from metropc.client import Controller
+            from metropc.roi import RectROI
+            with Controller(pipe.control_addr, timeout=30) as operator:
+                operator.set_parameters(roi=RectROI(1, 2, 3, 4), bins=[9])
+            pipe.send({"internal#train_id": 2})
+            _, payload = client.recv()
+    assert list(payload["data"]) == [1, 2, 3, 4, 9]
