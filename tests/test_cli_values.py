@@ -104,15 +104,30 @@ def test_an_output_port_in_use(ctx_file):
     assert proc.elapsed < 20
 
 
+@pytest.fixture
+def keys(tmp_path):
+    from metropc.security import generate_keys
+    generate_keys(str(tmp_path / "keys"))
+    return str(tmp_path / "keys")
+
+
 @pytest.mark.parametrize("option", ["--control", "--reduce"])
-def test_a_stage_port_in_use(ctx_file, tmp_path, option):
+def test_a_stage_port_in_use(ctx_file, keys, option):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         addr = f"tcp://127.0.0.1:{port}"
-        proc = run(ctx_file, option, addr)
+        proc = run(ctx_file, option, addr, "--keys", keys)
     assert_one_line_error(proc, option, addr, "already in use")
+
+
+@pytest.mark.parametrize("option", ["--control", "--reduce"])
+def test_a_tcp_stage_address_needs_keys_even_on_loopback(ctx_file, option):
+    """Stage sockets carry context code and pickles: on TCP any user of the
+    host could send them some, so they need CURVE keys."""
+    proc = run(ctx_file, option, "tcp://127.0.0.1:0")
+    assert_one_line_error(proc, option, "carry Python code", "--keys")
 
 
 def test_a_dashboard_port_in_use_before_the_pipeline_starts(ctx_file):
@@ -165,13 +180,13 @@ def test_every_loopback_address_counts_as_loopback(ctx_file):
         assert "output on tcp://[::1]:" in proc.stdout
 
 
-def test_tcp_stage_addresses_are_printed_with_the_ports_picked(ctx_file):
+def test_tcp_stage_addresses_are_printed_with_the_ports_picked(ctx_file, keys):
     """--control/--reduce on port 0: workers of other hosts need the ports
     picked, so metropc-run prints how to join."""
     import re
     proc = run(ctx_file, "--control", "tcp://127.0.0.1:0", "--reduce", "tcp://127.0.0.1:0",
-               "--max-events", "3", "--status", "off")
+               "--max-events", "3", "--status", "off", "--keys", keys)
     assert proc.returncode == 0, proc.stderr
     m = re.search(r"join with: metropc-worker --control tcp://127\.0\.0\.1:(\d+) "
-                  r"--reduce tcp://127\.0\.0\.1:(\d+)\)", proc.stdout)
+                  r"--reduce tcp://127\.0\.0\.1:(\d+) --keys ", proc.stdout)
     assert m and all(int(port) > 0 for port in m.groups()), proc.stdout

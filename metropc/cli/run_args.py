@@ -166,6 +166,14 @@ def check_addresses(args):
                          ("--reduce", args.reduce)):
         if not addr or not addr.startswith("tcp://"):
             continue
+        if option != "--output" and args.keys is None:
+            # Stages exchange context code and pickles: on TCP, every user of
+            # this host could send them some (ipc sockets are in a private
+            # directory instead).
+            raise UsageError(
+                f"{option} {addr}: the stage sockets carry Python code, and on TCP "
+                "every user of this host can reach them; secure them with --keys DIR "
+                "(make keys with metropc-keys DIR), or leave the option out")
         host = addr[len("tcp://"):].rsplit(":", 1)[0]
         if is_loopback(host):  # (one rule for every address: 127.x, localhost, ::1)
             continue
