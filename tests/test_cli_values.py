@@ -56,6 +56,8 @@ def ctx_file(tmp_path):
     ("--pool", "0", "--pool"),
     ("--pool", "-3", "--pool"),
     ("--pool", "two", "--pool"),
+    ("--pool", "1000000000", "at most"),            # (4 per CPU: not a billion processes)
+    ("--shm-size", "99999999999999999999999", "more than this machine's memory"),
     ("--queue-size", "0", "--queue-size"),
     ("--event-timeout", "-1", "--event-timeout"),
     ("--event-timeout", "nan", "--event-timeout"),

@@ -77,6 +77,40 @@ def _number(kind, minimum, what):
 
 
 positive_int = _number(int, 1, "at least 1")
+
+#: POOL workers per CPU metropc-run starts at most (each is a process).
+POOL_PER_CPU = 4
+
+
+def pool_size(text):
+    """--pool: at least 1, at most POOL_PER_CPU per CPU of this machine
+    (a typo of a few digits more would start that many processes)."""
+    n = positive_int(text)
+    cpus = os.cpu_count() or 1
+    if n > POOL_PER_CPU * cpus:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {POOL_PER_CPU * cpus} ({POOL_PER_CPU} per CPU; this machine "
+            f"has {cpus}), got {text!r}")
+    return n
+
+
+def memory_size(parse_size):
+    """--shm-size: a size (parse_size) no larger than this machine's memory."""
+    def parse(text):
+        try:
+            size = parse_size(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        try:
+            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            ram = None
+        if ram and size > ram:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is more than this machine's memory ({ram / 2**30:.1f} GiB)")
+        return size
+    parse.__name__ = "size"
+    return parse
 non_negative_int = _number(int, 0, "0 or more")
 non_negative_float = _number(float, 0, "0 or more")
 positive_float = _number(float, 1e-9, "positive")
@@ -93,7 +127,7 @@ def build_parser():
                    help="data source: 'sim' (default), a Karabo bridge endpoint "
                         "(tcp://HOST:PORT), a run directory or HDF5 file, or "
                         "module:callable")
-    p.add_argument("--pool", type=positive_int, default=2, metavar="N",
+    p.add_argument("--pool", type=pool_size, default=2, metavar="N",
                    help="number of POOL worker processes (default 2)")
     p.add_argument("--output", default="tcp://127.0.0.1:0", metavar="ADDR",
                    help="ZeroMQ address clients connect to (default: a free "
@@ -112,7 +146,7 @@ def build_parser():
     p.add_argument("--event-timeout", type=non_negative_float, default=30.0, metavar="S",
                    help="seconds a worker may spend per event before it is replaced "
                         "(default 30; 0 disables)")
-    p.add_argument("--shm-size", type=parse_size, default=None, metavar="SIZE",
+    p.add_argument("--shm-size", type=memory_size(parse_size), default=None, metavar="SIZE",
                    help="shared memory for large arrays between the stages on this "
                         "host, e.g. 512M or 2G; 0 or 'off' disables (default: "
                         "min(1 GiB, RAM/8)); see docs/shm.md")
