@@ -24,6 +24,8 @@ from __future__ import annotations
 import http.server
 import json
 import logging
+import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -318,6 +320,25 @@ def for_dashboard(dashboard) -> PipelineMetrics:
     return metrics
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    """The HTTP server, on IPv4 or IPv6 as the host is; a client that goes
+    away mid-answer is no error worth a traceback (slow or killed scrapers
+    would fill the log with them)."""
+
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int):
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__((host, port), _Handler)
+
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("metrics: client %s went away", client_address)
+            return
+        super().handle_error(request, client_address)
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "metropc-metrics"
 
@@ -366,9 +387,7 @@ class MetricsServer:
                              "loopback interface; pass --allow-remote to do it on purpose")
         self.metrics = PipelineMetrics(output_addr, pipeline=pipeline, keys=keys)
         self.host = host
-        self._httpd = http.server.ThreadingHTTPServer((host.strip("[]"), int(port)),
-                                                      _Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(host.strip("[]"), int(port))
         self._httpd.metrics = self.metrics
         self.port: int = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever,

@@ -498,3 +498,20 @@ def test_the_dashboard_page_shows_the_slowest_views(running, tmp_path):
     finally:
         drv.quit()
         dash.stop()
+
+
+def test_scrapers_that_go_away_mid_answer_leave_no_traceback(running, capsys):
+    """A client that resets its connection right after asking (a killed
+    scraper) is no error: no traceback on stderr, and the server goes on."""
+    import socket
+    import struct
+
+    pipe, base, _ = running
+    port = int(base.rsplit(":", 1)[1])
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    samples = scrape(base)  # still serving
+    assert ("metropc_events_total", frozenset()) in samples
+    assert "Traceback" not in capsys.readouterr().err
