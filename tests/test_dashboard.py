@@ -532,6 +532,22 @@ def test_http_page_static_files_and_host_check(dash):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=10)
     assert err.value.code == 403
+    # a NUL in a static path is a 404 (it was a 500 and a traceback each);
+    # 404s are logged at debug level, not as warnings
+    import logging
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    logging.getLogger().addHandler(handler)
+    try:
+        for path in ("/static/%00", "/static/a%00b.js", "/nope"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(base + path, timeout=10)
+            assert err.value.code == 404, path
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert not [r for r in records if r.levelno >= logging.WARNING], \
+        [r.getMessage() for r in records]
 
 
 def test_dashboard_refuses_remote_bind_and_stops_cleanly(pipe):

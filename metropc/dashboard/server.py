@@ -270,6 +270,15 @@ class _MetricsHandler(_Base):
         self.write(body)
 
 
+def _log_request(handler) -> None:
+    """Requests at debug level, server errors at error level: a browser's or
+    a scanner's 404s are no warnings (200 requests for /nope made 200)."""
+    status = handler.get_status()
+    level = logging.ERROR if status >= 500 else logging.DEBUG
+    log.log(level, "%d %s %.1f ms", status, handler._request_summary(),
+            1000 * handler.request.request_time())
+
+
 class _StaticHandler(tornado.web.StaticFileHandler):
     def initialize(self, path, dashboard):
         super().initialize(path)
@@ -277,6 +286,8 @@ class _StaticHandler(tornado.web.StaticFileHandler):
 
     def prepare(self):
         self.dashboard.check_access(self)
+        if "\x00" in (self.path_args[0] if self.path_args else ""):
+            raise tornado.web.HTTPError(404)  # (the file system's ValueError: a 500)
 
     def set_extra_headers(self, path):
         self.set_header("Cache-Control", "no-cache")
@@ -429,7 +440,8 @@ class Dashboard:
                 (r"/metrics", _MetricsHandler, {"dashboard": self}),
                 (r"/favicon.ico", _IconHandler, {"dashboard": self}),
                 (r"/static/(.*)", _StaticHandler, {"path": STATIC_DIR, "dashboard": self}),
-            ], websocket_max_message_size=1 << 20, compress_response=False)
+            ], websocket_max_message_size=1 << 20, compress_response=False,
+                log_function=_log_request)
             self._server = tornado.httpserver.HTTPServer(app)
             self._server.add_sockets(self._sockets)
             self._tick_handle = None
