@@ -248,12 +248,17 @@ def test_close_from_another_thread_while_waiting(endpoint, signal):
 
 
 @pytest.mark.parametrize("spec, kwargs, message", [
-    ("tcp://127.0.0.1", {}, "cannot connect"),
+    ("tcp://127.0.0.1", {}, "no port"),
     ("tcp://no-such-host.invalid:4545", {}, "cannot resolve host"),
     ("tcp://127.0.0.1:4545", {"bridge_socket": "DEALER"}, "REQ, SUB, PULL"),
     ("tcp://127.0.0.1:4545", {"timeout": 0}, "timeout must be positive"),
     ("tcp://127.0.0.1:4545", {"colour": 1}, "unknown option"),
     ("udp://127.0.0.1:4545", {}, "unknown source scheme"),
+    # what ZeroMQ would take silently (port 70000 is 4464 to it) or wait on
+    ("tcp://127.0.0.1:70000", {}, "out of range"),
+    ("tcp://:1", {}, "no host"),
+    ("tcp://127.0.0.1:0x10", {}, "not a number"),
+    ("ipc:///nonexistent/dir/sock", {}, "no directory /nonexistent/dir"),
 ])
 def test_bad_specs(spec, kwargs, message):
     with pytest.raises(SourceError, match=message):

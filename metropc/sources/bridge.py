@@ -22,6 +22,7 @@ closing the connection.  SUB and PULL sockets reconnect by themselves.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from urllib.parse import urlsplit
@@ -321,5 +322,15 @@ def open_bridge(target, *, paths=None, rate=None, seed=None, bridge_socket=None,
     from . import check_options
 
     check_options("bridge", options)
+    if target.startswith(("tcp://", "ipc://", "inproc://")):
+        # ZeroMQ would take tcp://HOST:70000 for port 4464, or wait forever
+        # on an ipc path in no directory: say so now (the source's error).
+        problem = endpoints.connect_problem(target)
+        if problem is None and target.startswith("ipc://"):
+            folder = os.path.dirname(target[len("ipc://"):]) or "."
+            if not os.path.isdir(folder):
+                problem = f"no directory {folder}"
+        if problem is not None:
+            raise SourceError(f"the Karabo bridge address {target!r}: {problem}")
     return BridgeSource(target, paths=paths, rate=rate, bridge_socket=bridge_socket,
                         timeout=timeout, give_up=give_up)
