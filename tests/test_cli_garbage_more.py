@@ -128,6 +128,8 @@ def test_keys_where_the_system_refuses_exit_1():
     (["--control", GOOD, "--reduce", GOOD, "--keys", "/nonexistent"],
      ["--keys /nonexistent"]),
     (["--control", GOOD, "--reduce", GOOD, "--prefetch", "0"], ["--prefetch", "'0'"]),
+    (["--control", GOOD, "--reduce", GOOD, "--name", "a" * 300], ["--name", "at most 247"]),
+    (["--control", GOOD, "--reduce", GOOD, "--name", "a b"], ["--name", "without spaces"]),
     (["--control", GOOD, "--reduce", GOOD, "--prefetch", "-1"], ["--prefetch", "'-1'"]),
     (["--control", GOOD, "--reduce", GOOD, "--prefetch", "x"], ["--prefetch", "'x'"]),
 ])

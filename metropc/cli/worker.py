@@ -20,6 +20,7 @@ that cannot be loaded, ``--prefetch`` below 1), one line naming it.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -40,12 +41,27 @@ def build_parser():
                    help="the pipeline's reduce address")
     p.add_argument("--keys", metavar="DIR", default=None,
                    help="key directory of a pipeline secured with CURVE")
-    p.add_argument("--name", default=None,
+    p.add_argument("--name", type=worker_name, default=None,
                    help="worker name, unique in the pipeline (default pool-HOST-PID)")
     p.add_argument("--prefetch", type=positive_int, default=4, metavar="N",
                    help="messages this worker may hold at once, 1 or more (default 4)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+#: Bytes a worker name may have: a ZeroMQ identity holds 255, and the
+#: heartbeat socket's is the name with "#hb" (and "pool-" may be added).
+MAX_NAME = 255 - len("pool-") - len("#hb")
+
+
+def worker_name(text: str) -> str:
+    """--name: printable, no white space, at most MAX_NAME bytes."""
+    if not text or not text.isprintable() or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"wants a name without spaces, got {text!r}")
+    if len(text.encode()) > MAX_NAME:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_NAME} bytes, got {len(text.encode())}")
+    return text
 
 
 def main(argv=None):
