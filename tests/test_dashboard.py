@@ -961,3 +961,27 @@ def test_dashboard_on_a_curve_secured_pipeline(tmp_path):
         finally:
             ws.close()
             d.stop()
+
+
+def test_made_up_view_names_leave_nothing_behind(dash):
+    """A page watching thousands of names that are no views, then none:
+    the dashboard keeps nothing of them (it grew by 300 MB per million);
+    more than MAX_WATCHED at once are refused with an error message."""
+    from metropc.dashboard.server import MAX_WATCHED
+
+    ws = WsClient(ws_url(dash))
+    try:
+        ws.until(lambda h, a: h["op"] == "index")
+        for round_ in range(3):
+            ws.send({"op": "watch", "views": {f"zz-nope-{round_}-{i}": {}
+                                              for i in range(1000)}})
+        ws.send({"op": "watch", "views": {f"zz-{i}": {} for i in range(MAX_WATCHED + 1)}})
+        error, _ = ws.until(lambda h, a: h["op"] == "error")
+        assert f"at most {MAX_WATCHED} views" in error["message"]
+        ws.send({"op": "watch", "views": {}})
+        ws.send({"op": "watch", "views": {"radial_profile": {}}})  # a real one still works
+        ws.until(lambda h, a: h.get("op") == "data" and h["view"] == "radial_profile",
+                 timeout=30)
+        assert not [name for name in dash.hub._views if name.startswith("zz-")]
+    finally:
+        ws.close()

@@ -160,6 +160,10 @@ class Hub:
                 self._watch[name] -= 1
             if self._watch[name] <= 0:
                 del self._watch[name]
+                # A name that is no view of the pipeline keeps nothing (a
+                # page asking for a million made names grew by 300 MB).
+                if name not in self._auto and self.entry(name) is None:
+                    self._views.pop(name, None)
         self._subs_dirty.set()
 
     def seq(self, name):

@@ -58,6 +58,9 @@ _VIEW = "view#"
 WINDOW = 8
 #: Longest history a panel may ask for.
 MAX_WINDOW = 100_000
+#: Views one page may watch at once, and the longest view name taken.
+MAX_WATCHED = 1024
+MAX_NAME = 256
 #: Error messages sent to the browser (the newest).
 MAX_ERRORS = 50
 
@@ -104,9 +107,11 @@ class Session:
             raise ValueError("views must be an object {name: {options}}, got "
                              f"{type(views).__name__}")
         hub = self.dashboard.hub
+        if len(views) > MAX_WATCHED:
+            raise ValueError(f"at most {MAX_WATCHED} views at once, got {len(views)}")
         new = {}
         for name, opts in views.items():
-            if not isinstance(name, str) or not name:
+            if not isinstance(name, str) or not name or len(name) > MAX_NAME:
                 continue
             window = opts.get("window") if isinstance(opts, dict) else None
             if not isinstance(window, int) or window <= 0:
