@@ -139,6 +139,24 @@ def test_worker_refuses_bad_values(args, fragments):
     assert "joining" not in proc.stderr
 
 
+def test_worker_stopped_by_two_signals_at_once_leaves_no_traceback():
+    """Two SIGTERMs back to back (a group's and one's own): the first stops
+    the worker, the second quits at once (143), neither with a traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.worker", "--control", GOOD,
+                             "--reduce", GOOD], stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()  # logged once its handlers are in place
+        assert "joining" in line, line
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode in (0, 143) and "Traceback" not in err, (proc.returncode, err)
+
+
 # -- metropc-client --------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, fragments", [

@@ -82,12 +82,25 @@ def main(argv=None):
         name = f"pool-{name}"
 
     def on_term(signum, frame):
+        # The first signal stops the worker (its events are counted lost by
+        # the pipeline); a second one, even within a millisecond (a SIGTERM
+        # to the group and one to us), quits at once, as metropc-run does,
+        # instead of interrupting the clean-up with a traceback.
+        signal.signal(signal.SIGTERM, quit_now)
+        signal.signal(signal.SIGINT, quit_now)
         raise KeyboardInterrupt
 
+    def quit_now(signum, frame):
+        os._exit(128 + signum)
+
     signal.signal(signal.SIGTERM, on_term)
-    logging.getLogger("metropc.worker").info("worker %s joining %s", name, args.control)
-    return run_pool(args.control, args.reduce, name=name, prefetch=args.prefetch,
-                    keys=args.keys)
+    signal.signal(signal.SIGINT, on_term)
+    try:
+        logging.getLogger("metropc.worker").info("worker %s joining %s", name, args.control)
+        return run_pool(args.control, args.reduce, name=name, prefetch=args.prefetch,
+                        keys=args.keys)
+    except KeyboardInterrupt:  # a signal before run_pool took over (it returns 0 too)
+        return 0
 
 
 if __name__ == "__main__":
