@@ -157,6 +157,25 @@ def test_worker_stopped_by_two_signals_at_once_leaves_no_traceback():
     assert proc.returncode in (0, 143) and "Traceback" not in err, (proc.returncode, err)
 
 
+def test_worker_says_when_the_pipeline_never_answers():
+    """Nothing listens at its address: after 10 s it says so, once, and goes
+    on trying (a pipeline may start later)."""
+    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.worker", "--control", GOOD,
+                             "--reduce", GOOD], stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 40
+        while not any("no word from the pipeline" in line for line in lines):
+            assert time.monotonic() < deadline, lines
+            lines.append(proc.stderr.readline())
+        assert GOOD in lines[-1] and "still trying" in lines[-1]
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 0 and "Traceback" not in err, err
+
+
 # -- metropc-client --------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, fragments", [

@@ -52,6 +52,8 @@ PIN_POLL_MS = 50
 #: A worker sends its views' timing and its load to REDUCE this often
 #: (seconds), busy or idle, so REDUCE's numbers are at most this old.
 STATS_INTERVAL = 1.0
+#: Seconds without a word from the frontend before a worker says so (once).
+SILENT_WARNING = 10.0
 
 
 class _Heartbeat:
@@ -405,8 +407,14 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, n
         heartbeat = _Heartbeat(zctx, control_addr, name, secure_client)
         next_stats = time.monotonic() + STATS_INTERVAL
         rcvtimeo = None  # the control socket's, as set last
+        unanswered = time.monotonic() + SILENT_WARNING  # (None once the frontend spoke)
         while True:
             now = time.monotonic()
+            if unanswered is not None and now >= unanswered:
+                log.warning("%s: no word from the pipeline at %s for %g s (is it running, "
+                            "is the address right, are the keys its keys?); still trying",
+                            name, control_addr, SILENT_WARNING)
+                unanswered = float("inf")  # said once
             if now >= next_stats:
                 worker.send_stats(now)
                 next_stats = now + STATS_INTERVAL
@@ -431,6 +439,7 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, n
             except ProtocolError as e:
                 log.warning("%s: rejected a malformed message: %s", name, e)
                 continue
+            unanswered = None
             t0 = perf_counter()
             results_out, had_event, stop = worker.handle(messages)
             messages = None
