@@ -11,11 +11,9 @@ import os
 
 from .core import Context
 from .engine import STEP, Action, Engine
+from .messages import RUN_PATH
 
 __all__ = ["run", "load_context"]
-
-#: Where a source says which run an event belongs to (metropc.sources).
-RUN_PATH = "internal#run"
 
 
 def load_context(context, parameters=None, **kwargs):

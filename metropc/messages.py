@@ -157,6 +157,9 @@ KEY_TIME = "#t"
 
 #: Event key carrying the frontend's dispatch sequence number.
 SEQ_PATH = "internal#seq"
+#: The event path of the run number, for sources that know it: the pipeline
+#: (and metropc.run) starts a run where it changes (docs/pipeline.md, "Runs").
+RUN_PATH = "internal#run"
 
 META_EVENT, META_SKIP, META_STEP, META_MARK = 0, 1, 2, 3
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 from .. import euxfel as _euxfel  # noqa: F401  (registers the karabo# type)
 from ..error import SourceError
+from ..messages import RUN_PATH  # noqa: F401  (the sources' name for it)
 from ..path import Path, path_types, split_type
 
 __all__ = ["Source", "Pacer", "normalize_paths", "normalize_path", "karabo_selection",
@@ -27,9 +28,6 @@ __all__ = ["Source", "Pacer", "normalize_paths", "normalize_path", "karabo_selec
 #: factory; a factory may ignore those it has no use for.
 COMMON_OPTIONS = frozenset({"paths", "rate", "seed", "bridge_socket", "timeout"})
 
-#: The event path of the run number, for sources that know it: the pipeline
-#: starts and ends runs where it changes (docs/pipeline.md, "Runs").
-RUN_PATH = "internal#run"
 
 
 def internal_event(train_id):
