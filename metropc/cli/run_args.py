@@ -77,6 +77,10 @@ def _number(kind, minimum, what):
 
 
 positive_int = _number(int, 1, "at least 1")
+non_negative_int = _number(int, 0, "0 or more")
+non_negative_float = _number(float, 0, "0 or more")
+positive_float = _number(float, 1e-9, "positive")
+
 
 #: POOL workers per CPU metropc-run starts at most (each is a process).
 POOL_PER_CPU = 4
@@ -94,31 +98,25 @@ def pool_size(text):
     return n
 
 
-def memory_size(parse_size):
-    """--shm-size: a size (parse_size) no larger than this machine's memory."""
-    def parse(text):
-        try:
-            size = parse_size(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-        try:
-            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            ram = None
-        if ram and size > ram:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is more than this machine's memory ({ram / 2**30:.1f} GiB)")
-        return size
-    parse.__name__ = "size"
-    return parse
-non_negative_int = _number(int, 0, "0 or more")
-non_negative_float = _number(float, 0, "0 or more")
-positive_float = _number(float, 1e-9, "positive")
+def shm_size(text):
+    """--shm-size: a size (``512M``, ``off``) no larger than this machine's memory."""
+    from ..stage.segments import parse_size, physical_memory
+    try:
+        size = parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    ram = physical_memory()
+    if ram and size > ram:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is more than this machine's memory ({ram / 2**30:.1f} GiB)")
+    return size
+
+
+shm_size.__name__ = "size"  # argparse names the type in its messages
 
 
 def build_parser():
     from ..frontend import DROP_BLOCK, DROP_NEWEST, DROP_OLDEST
-    from ..stage.shm import parse_size
 
     p = _Parser(
         prog=PROG, description="Run a metropc context on a data source.")
@@ -146,7 +144,7 @@ def build_parser():
     p.add_argument("--event-timeout", type=non_negative_float, default=30.0, metavar="S",
                    help="seconds a worker may spend per event before it is replaced "
                         "(default 30; 0 disables)")
-    p.add_argument("--shm-size", type=memory_size(parse_size), default=None, metavar="SIZE",
+    p.add_argument("--shm-size", type=shm_size, default=None, metavar="SIZE",
                    help="shared memory for large arrays between the stages on this "
                         "host, e.g. 512M or 2G; 0 or 'off' disables (default: "
                         "min(1 GiB, RAM/8)); see docs/shm.md")

@@ -167,13 +167,17 @@ def _unlink(name):
         pass
 
 
+def physical_memory() -> int | None:
+    """Bytes of RAM this machine has (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def default_size():
     """min(1 GiB, RAM / 8), and at most half of what /dev/shm has free."""
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        ram = 8 << 30
-    size = min(1 << 30, ram // 8)
+    size = min(1 << 30, (physical_memory() or 8 << 30) // 8)
     try:
         st = os.statvfs(SHM_DIR)
         size = min(size, st.f_bavail * st.f_frsize // 2)
