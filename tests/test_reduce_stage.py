@@ -208,12 +208,12 @@ def test_events_a_killed_worker_had_just_finished_get_a_grace_then_count_lost():
     now = [0.0]
     buffer = ReorderBuffer(timeout=10.0, clock=lambda: now[0])
     assert buffer.push(0, "a") == ["a"]
-    buffer.doubt([0, 1, 2])                             # 0 came already: ignored
+    buffer.doubt([0, 1, 2], grace=1.0)                  # 0 came already: ignored
     assert buffer.push(3, "d") == []
     assert buffer.doubts_unarmed and buffer.deadline() == 10.0
     now[0] = 5.0                                        # a backlog of 5 s: not armed
     assert buffer.pop_ready() == []
-    buffer.arm_doubts(1.0)
+    buffer.arm_doubts()
     assert not buffer.doubts_unarmed and buffer.deadline() == 1.0
     now[0] = 5.5
     assert buffer.push(1, "b") == ["b"]                 # within the grace

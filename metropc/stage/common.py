@@ -94,7 +94,7 @@ def recv(sock, *, identity=False, flags=0):
         opcode, data = decode_protocol(frames)
         return opcode, validate(opcode, data, str_keys=False)
     except ProtocolError:
-        _count_rejected()
+        count_rejected()
         raise
 
 
@@ -107,9 +107,6 @@ def count_rejected():
     """Count one message this process dropped as malformed (``rejected``)."""
     global rejected
     rejected += 1
-
-
-_count_rejected = count_rejected
 
 
 def _drop(e):
@@ -199,7 +196,7 @@ def recv_messages(sock, flags=0):
         else:
             messages = split_batch(frames)
     except ProtocolError:
-        _count_rejected()
+        count_rejected()
         raise
     out = []
     if pickled:  # already decoded

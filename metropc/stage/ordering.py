@@ -33,6 +33,7 @@ class ReorderBuffer:
         self._items = {}
         self._skipped = set()
         self._doubtful = {}  # seq -> when to stop waiting for it, None: not armed yet
+        self._doubt_grace = 1.0
         # (arrival time, seq) of held items, oldest first; entries of items
         # released since are dropped when they reach the front.
         self._arrivals = collections.deque()
@@ -45,11 +46,12 @@ class ReorderBuffer:
         self._skipped.update(s for s in seqs if s >= self.next_seq)
         return self.pop_ready()
 
-    def doubt(self, seqs):
+    def doubt(self, seqs, grace):
         """These events may never come (a killed worker had just finished
         them, and ZeroMQ may not have sent their results out): once
-        :meth:`arm_doubts` says everything received is read, they get a
-        grace, then count lost."""
+        :meth:`arm_doubts` says everything received is read, they get
+        `grace` seconds, then count lost."""
+        self._doubt_grace = grace
         self._doubtful = {s: t for s, t in self._doubtful.items() if s >= self.next_seq}
         for s in seqs:
             if s >= self.next_seq and s not in self._items:
@@ -60,10 +62,10 @@ class ReorderBuffer:
         """Whether some doubtful events wait for :meth:`arm_doubts`."""
         return None in self._doubtful.values()
 
-    def arm_doubts(self, grace):
+    def arm_doubts(self):
         """Everything received so far is read (the results socket is empty):
-        doubtful events not here by `grace` seconds from now are lost."""
-        until = self.clock() + grace
+        doubtful events not here within their grace from now are lost."""
+        until = self.clock() + self._doubt_grace
         for s, t in self._doubtful.items():
             if t is None:
                 self._doubtful[s] = until

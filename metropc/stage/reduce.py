@@ -74,7 +74,6 @@ class ReduceStage:
         self.engine = None
         self.pending = {}          # version -> (Context, from_seq)
         self.buffer = ReorderBuffer(reorder_window, reorder_timeout)
-        self.doubt_grace = 1.0  # seconds for results a killed worker may not have sent
         # The counts of the index (metropc.stage.reduce_index); `meter` is
         # its RateMeter, one object for good (reset on a new context).
         self.index_counts = ReduceIndex()
@@ -284,8 +283,7 @@ class ReduceStage:
         it had just finished (`doubtful`) get `grace` seconds to arrive."""
         doubtful = data.get("doubtful")
         if doubtful:  # (the loop arms them: see _ReduceLoop.arm_doubts)
-            self.doubt_grace = float(data.get("grace", 1.0))
-            self.buffer.doubt(doubtful)
+            self.buffer.doubt(doubtful, float(data.get("grace", 1.0)))
         self._process_all(self.buffer.skip(int(s) for s in data.get("seqs", ())))
 
     def on_params(self, data):

@@ -233,7 +233,7 @@ class _ReduceLoop:
         seconds would otherwise count results that are there as lost),
         they get their grace."""
         if not readable(self.results):  # (stage.flush() then releases what is over)
-            self.stage.buffer.arm_doubts(self.stage.doubt_grace)
+            self.stage.buffer.arm_doubts()
 
     def reject_result(self, error):
         self.rejected(OP_RESULT, error)
