@@ -314,6 +314,43 @@ def test_a_sigterm_inside_a_finaliser_still_ends_the_stage_quietly():
     assert proc.stdout == "left: signal 15\n" and proc.stderr == "", proc
 
 
+def test_a_second_sigterm_while_the_first_is_resent_is_the_same_request():
+    """Two SIGTERMs a moment apart (the frontend's, then the kernel's when
+    the frontend quit at once): the second one coming while the first is
+    being resent from a finaliser's hook must not raise there (Python would
+    print "Exception ignored in sys.unraisablehook" and drop both)."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent('''
+        import os, signal, sys, time
+        from metropc.stage import runner
+        signal.signal(signal.SIGTERM, runner._exit_on_signal)
+
+        def hook(unraisable):
+            os.kill(os.getpid(), signal.SIGTERM)   # the second one, now
+            time.sleep(0.01)   # its handler runs here, inside the hook
+            runner._leave_later(unraisable)
+        sys.unraisablehook = hook
+
+        class Frame:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.01)   # the handler runs here, inside the finaliser
+
+        try:
+            Frame()
+            for _ in range(500):
+                time.sleep(0.01)
+            print("still running")
+        except KeyboardInterrupt as e:
+            print("left:", e)
+    ''')
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout == "left: signal 15\n" and proc.stderr == "", proc
+
+
 SLOW_POOL_CTX = """
 import time
 

@@ -32,7 +32,7 @@ from ..error import ProtocolError
 from ..messages import (OP_ARESULT, OP_BUSY, OP_ERROR, OP_HELLO, OP_INPUTS, OP_PARAMS,
                         OP_RESET, OP_STOP, OP_WANT)
 from ..security import secure
-from .common import RejectLog, make_socket, recv, send
+from .common import RejectLog, make_socket, recv, send, stop_signals_held
 from .reload import StagedContext
 
 log = logging.getLogger(__name__)
@@ -125,11 +125,13 @@ class AsyncStage:
 def run_async(control_addr, async_addr, keys=None, zmq_context=None):
     """Run the ASYNC stage until told to stop; returns an exit code."""
     zctx = zmq_context or zmq.Context()
-    _, secure_client, auth = secure(zctx, keys)
-    control = make_socket(zctx, zmq.DEALER, identity=b"async")
-    link = make_socket(zctx, zmq.DEALER)
-    secure_client(control)
+    control = link = auth = None
     try:
+        with stop_signals_held():  # all that is made here, `finally` releases
+            _, secure_client, auth = secure(zctx, keys)
+            control = make_socket(zctx, zmq.DEALER, identity=b"async")
+            link = make_socket(zctx, zmq.DEALER)
+        secure_client(control)
         endpoints.connect(control, control_addr)
         endpoints.connect(link, async_addr)
         stage = AsyncStage(control, link)
@@ -157,8 +159,9 @@ def run_async(control_addr, async_addr, keys=None, zmq_context=None):
     except (KeyboardInterrupt, zmq.ContextTerminated):
         return 0
     finally:
-        control.close(0)
-        link.close(0)
+        for sock in (control, link):
+            if sock is not None:
+                sock.close(0)
         if auth is not None:
             auth.stop()
         if zmq_context is None:

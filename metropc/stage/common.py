@@ -9,9 +9,12 @@ they were sent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
+import signal
+import threading
 
 import msgpack
 
@@ -242,6 +245,41 @@ def remove_ipc_file(addr):
             os.unlink(path)
         except OSError:
             pass
+
+
+#: The signals that stop a stage (they raise KeyboardInterrupt in it).
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+
+@contextlib.contextmanager
+def stop_signals_held():
+    """Hold SIGTERM and SIGINT back while a stage makes its sockets and threads.
+
+    A stop signal raises KeyboardInterrupt at whatever line runs; during
+    setup, that can be after a resource was made and before the name its
+    ``finally`` block releases was bound to it.  An unclosed socket then
+    blocks ``Context.term()`` for ever: a worker given SIGTERM just after
+    it started hung instead of leaving (4 times in 60).  A signal that comes
+    meanwhile is noted and raised again once setup has ended, inside the
+    ``try`` whose ``finally`` releases all that was made.
+
+    (Not by blocking the signals: a thread that does not block them, such
+    as numpy's, takes them instead.  Signal handlers belong to the main
+    thread, so a stage running in another thread holds nothing.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came = []
+    held = {signum: signal.signal(signum, lambda signum, _: came.append(signum))
+            for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
+        if came:  # (as many at once would have been, for the kernel: one)
+            signal.raise_signal(came[0])
 
 
 def make_socket(zctx, kind, *, hwm=None, identity=None, linger=0):

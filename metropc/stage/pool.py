@@ -38,7 +38,8 @@ from .reload import StagedContext
 from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, KEY_STEP, META_SKIP, META_STEP,
                      OP_CREDIT, OP_ERROR, OP_EVENT, pack_meta,
                      OP_HEARTBEAT, OP_HELLO, OP_PARAMS, OP_RESULT, OP_SHM, OP_STOP, SEQ_PATH,
-                     RejectLog, make_socket, recv_messages, send, send_batch, unpack_meta)
+                     RejectLog, make_socket, recv_messages, send, send_batch,
+                     stop_signals_held, unpack_meta)
 
 log = logging.getLogger(__name__)
 
@@ -389,22 +390,23 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, n
     """
     name = name or f"pool-{index}"
     zctx = zmq_context or zmq.Context()
-    _, secure_client, auth = secure(zctx, keys)
-    control = make_socket(zctx, zmq.DEALER, identity=name.encode())
-    results = make_socket(zctx, zmq.PUSH)
-    heartbeat = None
-    secure_client(control)
-    secure_client(results)
+    control = results = heartbeat = auth = None
     try:
-        endpoints.connect(control, control_addr)
-        endpoints.connect(results, reduce_addr)
+        with stop_signals_held():  # all that is made here, `finally` releases
+            _, secure_client, auth = secure(zctx, keys)
+            control = make_socket(zctx, zmq.DEALER, identity=name.encode())
+            results = make_socket(zctx, zmq.PUSH)
+            secure_client(control)
+            secure_client(results)
+            endpoints.connect(control, control_addr)
+            endpoints.connect(results, reduce_addr)
+            heartbeat = _Heartbeat(zctx, control_addr, name, secure_client)
         worker = PoolWorker(name, control, results)
         hello = {"stage": name}
         if shm and worker.open_slots(shm):
             hello["shm"] = True
         send(control, OP_HELLO, hello)
         send(control, OP_CREDIT, {"n": prefetch})
-        heartbeat = _Heartbeat(zctx, control_addr, name, secure_client)
         next_stats = time.monotonic() + STATS_INTERVAL
         rcvtimeo = None  # the control socket's, as set last
         unanswered = time.monotonic() + SILENT_WARNING  # (None once the frontend spoke)
@@ -459,8 +461,9 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, n
     finally:
         if heartbeat is not None:
             heartbeat.stop()
-        control.close(0)
-        results.close(0)
+        for sock in (control, results):
+            if sock is not None:
+                sock.close(0)
         if auth is not None:
             auth.stop()
         if zmq_context is None:

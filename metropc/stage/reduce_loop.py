@@ -25,7 +25,7 @@ from ..security import secure
 from ..transport import readable
 from .common import (OP_ABORT, OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_ERROR, OP_HELLO, OP_INDEX,
                      OP_LOST, OP_PARAMS, OP_PROGRESS, OP_RESULT, OP_STATS, OP_STOP, make_socket,
-                     recv, recv_messages, send)
+                     recv, recv_messages, send, stop_signals_held)
 from .progress import PROGRESS_INTERVAL, ProgressClock
 from .reduce import ReduceStage
 from .supervisor import STAGE_REFUSED
@@ -49,19 +49,21 @@ def run_reduce(control_addr, reduce_addr, output_addr, output_hwm=100,
     for the newest inputs of its views (a private ipc socket of this host).
     """
     zctx = zmq_context or zmq.Context()
-    secure_server, secure_client, auth = secure(zctx, keys)
-    control = make_socket(zctx, zmq.DEALER, identity=b"reduce")
-    results = make_socket(zctx, zmq.PULL)
-    output = make_socket(zctx, zmq.XPUB, hwm=output_hwm)
-    # What clients send the output is subscriptions (topic prefixes): a peer
-    # sending a bigger message is cut off by ZeroMQ before it is buffered
-    # (one 100 MB "subscription" took REDUCE to 11 GB and stalled it).
-    output.maxmsgsize = MAX_SUBSCRIPTION
-    link = make_socket(zctx, zmq.ROUTER) if async_addr else None
-    secure_client(control)
-    secure_server(results)
-    secure_server(output)
+    control = results = output = link = auth = None
     try:
+        with stop_signals_held():  # all that is made here, `finally` releases
+            secure_server, secure_client, auth = secure(zctx, keys)
+            control = make_socket(zctx, zmq.DEALER, identity=b"reduce")
+            results = make_socket(zctx, zmq.PULL)
+            output = make_socket(zctx, zmq.XPUB, hwm=output_hwm)
+            link = make_socket(zctx, zmq.ROUTER) if async_addr else None
+        # What clients send the output is subscriptions (topic prefixes): a
+        # peer sending a bigger message is cut off by ZeroMQ before it is
+        # buffered (one 100 MB "subscription" took REDUCE to 11 GB).
+        output.maxmsgsize = MAX_SUBSCRIPTION
+        secure_client(control)
+        secure_server(results)
+        secure_server(output)
         endpoints.connect(control, control_addr)
         binds = [(results, reduce_addr), (output, output_addr)]
         if link is not None:

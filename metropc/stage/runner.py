@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,22 @@ def _stage_main(target, kwargs, log_level=None, log_queue=None):
 
 #: Set once the stage's loop has ended: the process is on its way out.
 _leaving = False
+#: When the last stop signal was raised as KeyboardInterrupt (monotonic).
+_raised_at = float("-inf")
+#: A SIGTERM this soon after the one raised is the same request again (the
+#: frontend's and the kernel's when the frontend quit at once, say).
+REPEAT_S = 1.0
 
 
 def _exit_on_signal(signum, frame):
-    if _leaving:  # a SIGTERM again (resent by _leave_later, say): it is leaving
-        return  # already, and raising now would print a traceback from its exit
+    global _raised_at
+    now = time.monotonic()
+    if _leaving or now - _raised_at < REPEAT_S:
+        # Leaving already, or about to: raising again could only interrupt
+        # that, and print a traceback from wherever it came (from inside
+        # _leave_later, say, or from the exit's clean-up).
+        return
+    _raised_at = now
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -72,9 +84,15 @@ def _leave_later(unraisable, default=sys.unraisablehook):
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
         # From another thread, a moment later: a signal sent from here would
         # be handled here again, still inside the finaliser.
-        threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        threading.Timer(0.01, _signal_again).start()
         return
     default(unraisable)
+
+
+def _signal_again():
+    global _raised_at
+    _raised_at = float("-inf")  # not a repeat: the first one never left
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _forward_logging(level, queue):
