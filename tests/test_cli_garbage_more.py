@@ -177,7 +177,12 @@ def test_worker_says_when_the_pipeline_never_answers():
         assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)
-        err = proc.communicate(timeout=30)[1]
+        try:
+            err = proc.communicate(timeout=30)[1]
+        finally:
+            if proc.poll() is None:  # (hung: no worker left behind for later tests)
+                proc.kill()
+                proc.communicate()
     assert proc.returncode == 0 and "Traceback" not in err, err
 
 

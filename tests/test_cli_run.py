@@ -93,14 +93,16 @@ def test_run_serves_views_reloads_on_save_and_stops_cleanly(tmp_path, collector_
                             "    return 2 * t\n")
         col.poll_until(lambda m: len(col.values("doubled")) >= 3, timeout=30)
         assert all(p["version"] >= 2 for p in col.payloads("doubled"))
-        received = len(col.values("train"))
+        # (what the index said last: the final line's counts are at least
+        # those, even if REDUCE is too busy to answer a last request in time)
+        counted = col.indexes()[-1]["internal#event"].counts
     finally:
         elapsed, err = stop(proc)
     assert proc.returncode == 130, err  # stopped by Ctrl-C (SIGINT)
     assert elapsed < 5
     # the summary line of the end comes after Ctrl-C too, with the counts of then
     finals = re.findall(r"^metropc: out (\d+) ", err.split("Ctrl-C: stopping", 1)[1], re.M)
-    assert finals and int(finals[-1]) >= received, err
+    assert finals and int(finals[-1]) >= counted > 0, err
     assert f"{ctx_file}:" in err and "view#nothing" in err  # file:line of the bad edit
     assert "previous one keeps running" in err and "Traceback" not in err
     for child in children:

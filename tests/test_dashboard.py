@@ -546,8 +546,10 @@ def test_http_page_static_files_and_host_check(dash):
             assert err.value.code == 404, path
     finally:
         logging.getLogger().removeHandler(handler)
-    assert not [r for r in records if r.levelno >= logging.WARNING], \
-        [r.getMessage() for r in records]
+    # (the module's pipeline logs its views' failures meanwhile: not ours)
+    warned = [r for r in records if r.levelno >= logging.WARNING
+              and r.name.startswith(("tornado", "metropc.dashboard"))]
+    assert not warned, [r.getMessage() for r in warned]
 
 
 def test_dashboard_refuses_remote_bind_and_stops_cleanly(pipe):
@@ -982,6 +984,8 @@ def test_made_up_view_names_leave_nothing_behind(dash):
         ws.send({"op": "watch", "views": {"radial_profile": {}}})  # a real one still works
         ws.until(lambda h, a: h.get("op") == "data" and h["view"] == "radial_profile",
                  timeout=30)
-        assert not [name for name in dash.hub._views if name.startswith("zz-")]
+        with dash.hub._lock:  # (its thread may add a view meanwhile)
+            names = list(dash.hub._views)
+        assert not [name for name in names if name.startswith("zz-")]
     finally:
         ws.close()

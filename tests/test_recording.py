@@ -169,7 +169,7 @@ def record_live(tmp_path, ctx_file, events, path, collect=None):
 def _rows(path):
     try:
         ds = metropc.open_recording(path)
-    except (OSError, KeyError):
+    except (OSError, KeyError, RuntimeError, ValueError):  # (mid-write: look again)
         return 0
     return 0 if "position" not in ds else int(ds["position"].notnull().sum())
 
@@ -440,7 +440,7 @@ def _count(path, view):
     try:
         with open_file(str(path), timeout=1) as f:
             return f[f"views/{view}/0/train_id"].shape[0]
-    except (OSError, KeyError):
+    except (OSError, KeyError, RuntimeError, ValueError):  # (mid-write: look again)
         return 0
 
 
@@ -721,5 +721,5 @@ def _count_all(path, view):
     try:
         with open_file(str(path), timeout=1) as f:
             return sum(seg["train_id"].shape[0] for seg in f[f"views/{view}"].values())
-    except (OSError, KeyError):
+    except (OSError, KeyError, RuntimeError, ValueError):  # (mid-write: look again)
         return 0

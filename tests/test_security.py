@@ -15,7 +15,7 @@ import sys
 import pytest
 import zmq
 
-from conftest import recording_frontend, wait_for
+from conftest import end_session, recording_frontend, wait_for
 from metropc.client import Client
 from metropc.frontend import Context, ProcessRunner
 from metropc.security import Keys, generate_keys
@@ -174,7 +174,8 @@ def test_run_prints_a_watch_command_that_works_with_keys(tmp_path):
     generate_keys(keydir)
     proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx), "--keys",
                              keydir, "--status", "off", "--duration", "60", "--pool", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
     try:
         line = proc.stdout.readline()
         hint = re.search(r"\(watch it with: (metropc-client .*)\)$", line.strip())
@@ -185,4 +186,7 @@ def test_run_prints_a_watch_command_that_works_with_keys(tmp_path):
         assert once.returncode == 0 and "view#tid" in once.stdout, once
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+        try:
+            proc.wait(30)
+        finally:
+            end_session(proc)  # (its stages too, if it hung)

@@ -101,6 +101,12 @@ def main(argv=None):
                         keys=args.keys)
     except KeyboardInterrupt:  # a signal before run_pool took over (it returns 0 too)
         return 0
+    finally:
+        # All is released; what is left is the interpreter's exit, which
+        # sets the signals back to their defaults first: a late second
+        # signal would end it by SIGTERM (-15) rather than with a code.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

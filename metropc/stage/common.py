@@ -265,21 +265,22 @@ def stop_signals_held():
 
     (Not by blocking the signals: a thread that does not block them, such
     as numpy's, takes them instead.  Signal handlers belong to the main
-    thread, so a stage running in another thread holds nothing.)
+    thread, so a stage running in another thread holds nothing; an ignored
+    signal, such as a stage process's SIGINT, stays ignored.)
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     came = []
     held = {signum: signal.signal(signum, lambda signum, _: came.append(signum))
-            for signum in STOP_SIGNALS}
+            for signum in STOP_SIGNALS if callable(signal.getsignal(signum))}
     try:
         yield
     finally:
         for signum, handler in held.items():
             signal.signal(signum, handler)
         if came:  # (as many at once would have been, for the kernel: one)
-            signal.raise_signal(came[0])
+            signal.raise_signal(signal.SIGTERM if signal.SIGTERM in came else came[0])
 
 
 def make_socket(zctx, kind, *, hwm=None, identity=None, linger=0):

@@ -31,23 +31,24 @@ def _stage_main(target, kwargs, log_level=None, log_queue=None):
     # process group, and children must not die before being told to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # ignored now
+    global _leaving
+    code = 0
     # SIGTERM (from the frontend, or the kernel when the frontend died)
     # leaves through the stage's finally blocks, which close its sockets.
     # It raises KeyboardInterrupt, the one exception that context code
     # cannot swallow (every other one, SystemExit included, is a refused
     # context or a failed view).
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    sys.unraisablehook = _leave_later
-    _die_with_parent()
-    _forward_logging(log_level, log_queue)
-    # Everything imported so far (numpy, xarray, pandas: ~70 000 objects)
-    # lives as long as the process: out of the cyclic collector's sight, a
-    # full collection takes microseconds instead of tens of milliseconds,
-    # a pause every event behind it waited for (docs/operations.md).
-    gc.freeze()
-    global _leaving
-    code = 0
     try:
+        sys.unraisablehook = _leave_later
+        _die_with_parent()
+        _forward_logging(log_level, log_queue)
+        # Everything imported so far (numpy, xarray, pandas: ~70 000 objects)
+        # lives as long as the process: out of the cyclic collector's sight,
+        # a full collection takes microseconds instead of tens of
+        # milliseconds, a pause every event behind it waited for
+        # (docs/operations.md).
+        gc.freeze()
         code = target(**kwargs) or 0
     except KeyboardInterrupt:  # SIGTERM outside the stage loop (starting, closing)
         pass
