@@ -253,6 +253,37 @@ def test_a_stalled_reduce_is_reported_and_so_is_its_recovery(
     assert col.values("total") == list(range(20))
 
 
+def test_a_killed_frontend_s_shared_memory_is_freed_at_once(tmp_path):
+    """SIGKILL of metropc-run (the OOM killer, say): its stages end, and its
+    shared-memory segments, which may hold gigabytes, are unlinked at once by
+    the resource tracker, not when the next pipeline starts."""
+    import subprocess
+    import sys
+
+    from conftest import end_session
+    from metropc.stage.segments import owned_segments
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text("@View.Scalar\ndef tid(t: 'internal#train_id'):\n    return t\n")
+    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx), "--pool", "1",
+                             "--rate", "50", "--status", "off"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline()  # printed once the pipeline is ready
+        assert "output on" in line, line
+        segments = owned_segments(proc.pid)
+        assert segments, "no shared memory to test with"
+        stages = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                  if "resource_tracker" not in " ".join(p.cmdline())]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        wait_for(lambda: not owned_segments(proc.pid)
+                 and not any(running(p) for p in stages), timeout=20)
+        err = proc.stderr.read()
+        assert "leaked shared_memory objects" in err, err
+    finally:
+        end_session(proc)
+
+
 def test_the_next_frontend_removes_socket_directories_of_killed_ones(tmp_path):
     """A frontend killed with SIGKILL cannot remove its private socket
     directory; the next one does, and touches nothing else."""

@@ -20,7 +20,7 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import wait_for
+from conftest import running, wait_for
 from metropc.client import IndexEntry
 from metropc.error import ProtocolError
 from metropc.frontend import Context, ProcessRunner
@@ -350,7 +350,14 @@ def test_segments_of_a_killed_frontend_are_removed_by_the_next_start(tmp_path, p
         children = psutil.Process(proc.pid).children(recursive=True)
         left = shmem.owned_segments(proc.pid)
         assert len(left) == 2  # events, results of its one worker
-        proc.kill()            # no clean-up at all
+        # No clean-up at all: the frontend and its resource tracker, which
+        # would unlink them (test_faults.py), are killed (a SIGKILL to the
+        # whole process group, say).
+        tracker = [p for p in children if "resource_tracker" in " ".join(p.cmdline())]
+        assert len(tracker) == 1, children
+        tracker[0].kill()
+        wait_for(lambda: not running(tracker[0]))  # (a zombie: its parent sleeps)
+        proc.kill()
         proc.wait(10)
         psutil.wait_procs(children, timeout=10)  # stages follow (PR_SET_PDEATHSIG)
         assert shmem.owned_segments(proc.pid) == left

@@ -17,6 +17,7 @@ import bisect
 import itertools
 import logging
 import mmap
+from multiprocessing import resource_tracker
 import os
 import re
 import stat
@@ -159,7 +160,18 @@ def unlink_owned():
 atexit.register(unlink_owned)
 
 
+def _tracked(name):
+    """Let multiprocessing's resource tracker (a process of its own) unlink
+    the segment should this process be killed (SIGKILL, the OOM killer):
+    its memory is free at once, not when the next pipeline starts and
+    removes what dead owners left (cleanup_stale).  The tracker says so on
+    stderr ("leaked shared_memory objects")."""
+    resource_tracker.register("/" + name, "shared_memory")
+
+
 def _unlink(name):
+    if name in _live:
+        resource_tracker.unregister("/" + name, "shared_memory")
     _live.discard(name)
     try:
         os.unlink(os.path.join(SHM_DIR, name))
@@ -248,6 +260,7 @@ class Segment:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
         _live.add(name)
+        _tracked(name)
         try:
             os.ftruncate(fd, data_offset + nunits * UNIT)
             os.posix_fallocate(fd, 0, data_offset)   # the header is always backed
