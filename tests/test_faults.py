@@ -315,34 +315,42 @@ def test_the_next_frontend_removes_socket_directories_of_killed_ones(tmp_path):
     assert not stale.exists() and ours.exists() and other.exists() and unrelated.exists()
 
 
+#: A stage's signal handling (as _stage_main sets it up) and a finaliser in
+#: which a SIGTERM comes; {setup} adds to it.
+FINALISER_SIGTERM = """
+import os, signal, sys, time
+from metropc.stage import runner
+signal.signal(signal.SIGTERM, runner._exit_on_signal)
+sys.unraisablehook = runner._leave_later
+{setup}
+
+class Frame:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)   # the handler runs here, inside the finaliser
+
+try:
+    Frame()
+    for _ in range(500):
+        time.sleep(0.01)
+    print("still running")
+except KeyboardInterrupt as e:
+    print("left:", e)
+"""
+
+
+def _sigterm_in_a_finaliser(setup=""):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", FINALISER_SIGTERM.format(setup=setup)],
+                          capture_output=True, text=True, timeout=60)
+
+
 def test_a_sigterm_inside_a_finaliser_still_ends_the_stage_quietly():
     """SIGTERM (from the frontend, or the kernel when the frontend died)
     can come while a finaliser runs (ZeroMQ freeing a frame): the stage
     still leaves, from its next line, and prints no traceback."""
-    import subprocess
-    import sys
-    import textwrap
-    code = textwrap.dedent('''
-        import os, signal, sys, time
-        from metropc.stage import runner
-        signal.signal(signal.SIGTERM, runner._exit_on_signal)
-        sys.unraisablehook = runner._leave_later   # as _stage_main sets them
-
-        class Frame:
-            def __del__(self):
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.01)   # the handler runs here, inside the finaliser
-
-        try:
-            Frame()
-            for _ in range(500):
-                time.sleep(0.01)
-            print("still running")
-        except KeyboardInterrupt as e:
-            print("left:", e)
-    ''')
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+    proc = _sigterm_in_a_finaliser()
     assert proc.stdout == "left: signal 15\n" and proc.stderr == "", proc
 
 
@@ -351,36 +359,15 @@ def test_a_second_sigterm_while_the_first_is_resent_is_the_same_request():
     the frontend quit at once): the second one coming while the first is
     being resent from a finaliser's hook must not raise there (Python would
     print "Exception ignored in sys.unraisablehook" and drop both)."""
-    import subprocess
-    import sys
-    import textwrap
-    code = textwrap.dedent('''
-        import os, signal, sys, time
-        from metropc.stage import runner
-        runner.REPEAT_S = 60   # (a loaded machine's pause is not a new request)
-        signal.signal(signal.SIGTERM, runner._exit_on_signal)
+    proc = _sigterm_in_a_finaliser(setup="""
+runner.REPEAT_S = 60   # (a loaded machine's pause is not a new request)
 
-        def hook(unraisable):
-            os.kill(os.getpid(), signal.SIGTERM)   # the second one, now
-            time.sleep(0.01)   # its handler runs here, inside the hook
-            runner._leave_later(unraisable)
-        sys.unraisablehook = hook
-
-        class Frame:
-            def __del__(self):
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.01)   # the handler runs here, inside the finaliser
-
-        try:
-            Frame()
-            for _ in range(500):
-                time.sleep(0.01)
-            print("still running")
-        except KeyboardInterrupt as e:
-            print("left:", e)
-    ''')
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+def hook(unraisable):
+    os.kill(os.getpid(), signal.SIGTERM)   # the second one, now
+    time.sleep(0.01)   # its handler runs here, inside the hook
+    runner._leave_later(unraisable)
+sys.unraisablehook = hook
+""")
     assert proc.stdout == "left: signal 15\n" and proc.stderr == "", proc
 
 
