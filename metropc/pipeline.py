@@ -409,6 +409,11 @@ class Pipeline:
     def dropped(self):
         return self._frontend.dropped
 
+    @property
+    def paused(self) -> bool:
+        """Whether the pipeline is paused (:meth:`pause`, or a remote client's)."""
+        return self._frontend.paused
+
     def start(self) -> None:
         """Start feeding events from the source (once; see `start`)."""
         if self._source is None or self._feeder is not None or self._stop.is_set():

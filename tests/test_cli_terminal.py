@@ -51,7 +51,7 @@ def doubled(t: 'internal#train_id'):
 class Terminal:
     """metropc-run on a pseudo-terminal of COLS x ROWS, its screen kept by pyte."""
 
-    def __init__(self, *args, cols=COLS, rows=ROWS, env=None):
+    def __init__(self, *args, cols=COLS, rows=ROWS, env=None, runner=("-m", "metropc.cli.run")):
         self.master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         self.screen = pyte.Screen(cols, rows)
@@ -59,7 +59,7 @@ class Terminal:
         self.raw = bytearray()
         self._lock = threading.Lock()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "metropc.cli.run", *map(str, args)],
+            [sys.executable, *runner, *map(str, args)],
             stdin=slave, stdout=slave, stderr=slave, close_fds=True,
             start_new_session=True,  # its own session, with this pty as its terminal
             preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
@@ -114,6 +114,16 @@ class Terminal:
 
     def close(self):
         if self.proc.poll() is None:
+            import psutil
+            try:  # (a job of its own: not in our process group)
+                jobs = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                jobs = []
+            for process in jobs:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -349,3 +359,152 @@ def test_keys_reset_pause_and_resume_in_the_terminal(tmp_path):
         assert term.wait(20) == 130
     finally:
         term.close()
+
+
+def _echoing(term) -> bool:
+    """Whether the terminal echoes and edits lines (the pty's settings are
+    the same seen from either end)."""
+    lflag = termios.tcgetattr(term.master)[3]
+    return bool(lflag & termios.ECHO) and bool(lflag & termios.ICANON)
+
+
+def test_a_second_ctrl_c_gives_the_terminal_back_as_it_was(tmp_path):
+    """The keys turn echo and line editing off; the quit-at-once exit of a
+    second Ctrl-C turns them on again (a shell then echoes what is typed)."""
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(CTX)
+    term = Terminal(ctx, "--pool", "1", "--rate", "20")
+    try:
+        term.wait_for(lambda t: "keys: r reset" in t and "metropc: out" in t, what="the keys")
+        assert not _echoing(term)
+        term.ctrl_c()
+        term.wait_for(lambda t: "Ctrl-C: stopping" in t, what="the first Ctrl-C")
+        term.ctrl_c()
+        assert term.wait(20) == 130
+        assert _echoing(term)
+        term._reader.join(5)
+        assert term.all_output().endswith("\x1b[?25h"), repr(term.all_output()[-50:])
+    finally:
+        term.close()
+
+
+def test_function_keys_and_pasted_text_are_not_keys(tmp_path):
+    """F1 (ESC O P), F3, Alt-p and a paste holding r, p and q do nothing; a
+    single p still pauses."""
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(CTX)
+    term = Terminal(ctx, "--pool", "1", "--rate", "20")
+    try:
+        term.wait_for(lambda t: "keys: r reset" in t and "running" in t, what="the keys")
+        for typed in (b"\x1bOP", b"\x1bOR", b"\x1bp", b"prq pasted text sqr"):
+            os.write(term.master, typed)
+            time.sleep(0.3)  # (one read each, as a terminal sends them)
+        os.write(term.master, b"p")
+        term.wait_for(lambda t: "PAUSED (p resumes)" in t, what="the pause")
+        out = term.all_output()
+        assert out.count("paused: new events") == 1 and "reset:" not in out, out
+        assert "step boundary" not in out and term.proc.poll() is None, out
+        term.ctrl_c()
+        assert term.wait(20) == 130
+    finally:
+        term.close()
+
+
+def test_p_resumes_a_pipeline_a_client_paused(tmp_path):
+    """The key follows the pipeline's state, not a flag of its own."""
+    import re
+
+    from metropc.controller import Controller
+
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(CTX)
+    term = Terminal(ctx, "--pool", "1", "--rate", "20")
+    try:
+        text = term.wait_for(lambda t: "keys: r reset" in t and "running" in t,
+                             what="the keys")
+        control = re.search(r"control on (\S+)", text).group(1)
+        with Controller(control) as remote:
+            remote.pause()
+        term.wait_for(lambda t: "PAUSED (p resumes)" in t, what="the remote pause")
+        os.write(term.master, b"p")
+        term.wait_for(lambda t: "resumed" in t and "running" in t.split("metropc: out")[-1],
+                      what="running again after one p")
+        term.ctrl_c()
+        assert term.wait(20) == 130
+    finally:
+        term.close()
+
+
+#: A shell's part in job control, for metropc-run: it runs it as a job of
+#: its own (process group), in front, and waits for it.
+JOB_SHELL = """
+import os, signal, sys
+fcntl = __import__("fcntl"); termios = __import__("termios")
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+pid = os.fork()
+if pid == 0:
+    os.setpgid(0, 0)
+    os.execv(sys.executable, [sys.executable, "-m", "metropc.cli.run", *sys.argv[1:]])
+os.setpgid(pid, pid)
+os.tcsetpgrp(0, pid)
+print("job", pid, flush=True)
+while True:
+    _, status = os.waitpid(pid, os.WUNTRACED)
+    if os.WIFSTOPPED(status):
+        print("stopped", flush=True)
+    else:
+        sys.exit(os.waitstatus_to_exitcode(status) & 0xff)
+"""
+
+
+def test_ctrl_z_gives_the_terminal_back_and_fg_takes_keys_again(tmp_path):
+    """Ctrl-Z stops the job with echo and line editing back on (for the
+    shell); continued in front (fg), it takes keys again."""
+    import re
+
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(CTX)
+    shell = tmp_path / "shell.py"
+    shell.write_text(JOB_SHELL)
+    term = Terminal(ctx, "--pool", "1", "--rate", "20", runner=[str(shell)])
+    try:
+        text = term.wait_for(lambda t: "keys: r reset" in t and "running" in t,
+                             what="the keys")
+        job = int(re.search(r"job (\d+)", text).group(1))
+        assert not _echoing(term)
+        os.write(term.master, b"\x1a")  # Ctrl-Z: SIGTSTP to the foreground job
+        term.wait_for(lambda t: "stopped" in t, what="the job stopped")
+        assert _echoing(term)
+        os.killpg(job, signal.SIGCONT)  # what fg does (the job is still in front)
+        wait_until(lambda: not _echoing(term), "keys taken again")
+        os.write(term.master, b"p")
+        term.wait_for(lambda t: "PAUSED (p resumes)" in t, what="a key after fg")
+        term.ctrl_c()
+        assert term.wait(20) == 130
+    finally:
+        term.close()
+
+
+def test_a_dumb_terminal_gets_plain_lines(tmp_path):
+    """TERM=dumb cannot redraw a region: plain lines, no keys."""
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(CTX)
+    term = Terminal(ctx, "--pool", "1", "--rate", "20", env={"TERM": "dumb"})
+    try:
+        term.wait_for(lambda t: "output on" in t, what="the output line")
+        term.ctrl_c()
+        assert term.wait(20) == 130
+        term._reader.join(5)
+    finally:
+        term.close()
+    out = term.all_output()
+    assert "INFO: context" in out and "metropc: out" in out, out
+    assert "\x1b[?25l" not in out and "keys:" not in out, out
+
+
+def wait_until(predicate, what, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not {what} within {timeout} s"
+        time.sleep(0.02)  # polling a state, not waiting for readiness

@@ -28,7 +28,7 @@ from ..error import ContextError, SourceError
 from .run_args import (PROG, UsageError, build_parser, check_arguments, check_parameters,
                        source_options)
 from .run_session import (ChildOutput, ContextWatcher, Interrupts, Keys, context_text,
-                          setup_logging)
+                          restore_terminal, setup_logging)
 
 # The pipeline's modules are imported in main(), once SIGINT is blocked, so
 # that a Ctrl-C while they load is handled like any other.
@@ -113,7 +113,10 @@ def release_semaphores() -> None:
 
 
 def _roomy(stream) -> bool:
-    """Whether the terminal of `stream` is large enough for the live region."""
+    """Whether the terminal of `stream` can show the live region: large
+    enough, and able to move its cursor (not TERM=dumb, nor unset)."""
+    if os.environ.get("TERM", "dumb") in ("dumb", "unknown", ""):
+        return False
     try:
         size = os.get_terminal_size(stream.fileno())
     except (OSError, ValueError):
@@ -153,6 +156,7 @@ def _main(args, dashboard_bind, old_mask):
         release_semaphores()
         if children is not None:
             children.restore_cursor()
+        restore_terminal()  # echo and line editing, which the keys turned off
         os._exit(128 + signum)  # 130 for Ctrl-C, 143 for SIGTERM
 
     interrupts = Interrupts(on_stop, on_exit)

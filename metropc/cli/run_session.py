@@ -226,48 +226,109 @@ class ChildOutput:
         os.write(self._saved[2], b"\x1b[?25h\n")
 
 
+#: The terminal as it was before :class:`Keys` changed it, for
+#: :func:`restore_terminal` (which a second Ctrl-C's exit calls too).
+_terminal = None  # (fd, termios attributes)
+
+SHOW_CURSOR, HIDE_CURSOR = b"\x1b[?25h", b"\x1b[?25l"
+
+
+def restore_terminal() -> None:
+    """Give the terminal back as it was: echo, line editing, the cursor."""
+    if _terminal is None:
+        return
+    import termios
+
+    fd, attrs = _terminal
+    try:
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        os.write(fd, SHOW_CURSOR)
+    except OSError:  # (gone, or not ours to change any more)
+        pass
+
+
 class Keys:
     """Single keys typed in the terminal of ``metropc-run``: r, p, s, q.
 
     The terminal is put in cbreak mode (no echo, no line buffering; Ctrl-C
-    still interrupts) while the live status runs, and restored at the end.
+    still interrupts) while the live status runs, and restored at the end,
+    on a second Ctrl-C's exit, and while the job is stopped (Ctrl-Z): a
+    shell gets its terminal back as it gave it.  Only a run in the
+    foreground takes keys; a key is one byte read alone, so that escape
+    sequences (function and arrow keys) and pasted text do nothing.
     """
 
     def __init__(self, fd):
         import termios
-        import tty
 
+        global _terminal
         self.fd = fd
-        self._saved = termios.tcgetattr(fd)
-        tty.setcbreak(fd)
-        self.paused = False
+        _terminal = (fd, termios.tcgetattr(fd))
+        self._enter()
+        self._old_tstp = signal.signal(signal.SIGTSTP, self._on_stop)
+        self._old_cont = signal.signal(signal.SIGCONT, self._on_continue)
 
     @classmethod
     def open(cls, live):
-        """Keys of the terminal on stdin, or None if stdin is not one."""
-        if not live or not sys.stdin.isatty():
+        """Keys of the terminal on stdin, or None if stdin is not one (or
+        this run is not the terminal's foreground job: ``metropc-run ... &``)."""
+        if not live or not sys.stdin.isatty() or not _foreground(sys.stdin.fileno()):
             return None
         try:
             return cls(sys.stdin.fileno())
         except (ImportError, OSError, ValueError):
             return None
 
+    def _enter(self):
+        import tty
+
+        tty.setcbreak(self.fd)
+
+    def _on_stop(self, signum, frame):
+        """Ctrl-Z: the terminal back as it was, then stop as asked."""
+        restore_terminal()
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        # Stopped here, and continued below (SIGCONT's handler takes keys
+        # again); or not stopped at all, if no shell waits for this job (an
+        # orphaned process group): then keys at once.
+        os.kill(os.getpid(), signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, self._on_stop)
+        self._on_continue(signal.SIGCONT, frame)
+
+    def _on_continue(self, signum, frame):
+        """Continued (``fg``): keys again, and the cursor hidden again; not
+        in the background (``bg``), where a terminal change would stop us."""
+        if _foreground(self.fd):
+            try:
+                self._enter()
+                os.write(self.fd, HIDE_CURSOR)
+            except OSError:
+                pass
+
     def act(self, pipeline, timeout):
         """Wait up to `timeout` s for a key and do what it says; "quit" for q."""
         import select
 
+        if not _foreground(self.fd):  # (a read would stop us: SIGTTIN)
+            select.select([], [], [], timeout)
+            return None
         ready, _, _ = select.select([self.fd], [], [], timeout)
         if not ready:
             return None
-        key = os.read(self.fd, 1).decode(errors="replace").lower()
+        typed = os.read(self.fd, 64)
+        if len(typed) != 1:  # an escape sequence, or pasted text: not a key
+            return None
+        key = typed.decode(errors="replace").lower()
         if key == "r":
             pipeline.reset()
             log.info("reset: every view starts empty from the next event")
         elif key == "p":
-            self.paused = not self.paused
-            (pipeline.pause if self.paused else pipeline.resume)()
-            log.info("paused: new events are not computed (p resumes)" if self.paused
-                     else "resumed")
+            if pipeline.paused:  # (paused by whoever: a client, the dashboard)
+                pipeline.resume()
+                log.info("resumed")
+            else:
+                pipeline.pause()
+                log.info("paused: new events are not computed (p resumes)")
         elif key == "s":
             pipeline.step()
             log.info("step boundary")
@@ -276,9 +337,19 @@ class Keys:
         return None
 
     def close(self):
-        import termios
+        global _terminal
+        signal.signal(signal.SIGTSTP, self._old_tstp)
+        signal.signal(signal.SIGCONT, self._old_cont)
+        restore_terminal()
+        _terminal = None
 
-        termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+
+def _foreground(fd) -> bool:
+    """Whether this process's group is the foreground job of terminal `fd`."""
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
 
 
 def setup_logging(verbose, console=None):

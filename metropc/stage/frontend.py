@@ -240,6 +240,12 @@ class ThreadedFrontend:
         return self._queue.dropped
 
     @property
+    def paused(self) -> bool:
+        """Whether events are refused for a pause (by whoever asked: a key,
+        a remote ``Controller``, the dashboard)."""
+        return self._queue.paused
+
+    @property
     def _events(self):
         return self._queue.events
 
