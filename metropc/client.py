@@ -28,7 +28,6 @@ import collections
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 from . import endpoints
 from .controller import ControlError, Controller
@@ -37,14 +36,14 @@ from .error import ProtocolError
 from .index import (INDEX, OUTPUT_LATENCY, STAGE_PREFIX, TIMING_PREFIX, IndexEntry,
                     IndexStageEntry, IndexTimingEntry, IndexViewEntry, decode_index,
                     encode_index, slowest_views, view_path)
-from .messages import SEQ_BITS, unpack_seq
 from .protocol import decode_protocol as _decode_protocol
 from .protocol import encode_protocol
 from .protocol_batch import BATCH_PREFIX, batch_topic
 from .protocol_layouts import decode_batch
+from .seqgaps import SeqGaps
 
 __all__ = [
-    "Client", "IndexEntry", "IndexViewEntry", "IndexTimingEntry", "IndexStageEntry",
+    "Client", "SeqGaps", "IndexEntry", "IndexViewEntry", "IndexTimingEntry", "IndexStageEntry",
     "slowest_views", "TIMING_PREFIX", "STAGE_PREFIX", "OUTPUT_LATENCY", "ViewOutput",
     "ViewStage",
     "decode_protocol", "encode_protocol", "encode_index", "decode_index",
@@ -153,8 +152,9 @@ class Client:
         self._pending: collections.deque = collections.deque(maxlen=self.PENDING_LIMIT)
         #: View results received (for subscribed views, counted on arrival).
         self.received = 0
-        self._missed: dict[str, int] = {}
-        self._last_seq: dict[str, tuple[int, int]] = {}  # path -> latest (stream, n)
+        self._seqs = SeqGaps()
+        self._missed = self._seqs.missed
+        self._last_seq = self._seqs.last
         ctx = context if context is not None else zmq.Context.instance()
         self._socket = ctx.socket(zmq.SUB)
         try:
@@ -183,47 +183,6 @@ class Client:
     def missed_by_view(self) -> dict[str, int]:
         """:attr:`missed` per view path (``{"view#roi": 3}``), a copy."""
         return dict(self._missed)
-
-    def _count_seq(self, path: str, seq) -> bool:
-        """Add the gap between `path`'s previous sequence number and `seq`;
-        False if `seq` came before (a copy, while switching to batches)."""
-        seq = unpack_seq(seq)
-        if seq is None:
-            return True  # an older pipeline: no sequence numbers
-        last = self._last_seq.get(path)
-        if last is None:
-            self._last_seq[path] = seq
-            return True  # the first result since subscribing: the baseline
-        if last[0] != seq[0]:
-            # The pipeline's REDUCE restarted: its numbers start at 0, and
-            # it numbered what it sent before this client was back.
-            log.info("%s: new sequence (the pipeline's REDUCE restarted)", path)
-            last = (seq[0], -1)
-        gap = (seq[1] - last[1] - 1) % (1 << SEQ_BITS)  # n wraps at 2**32
-        if gap >= 1 << (SEQ_BITS - 1):
-            return False  # at or before the last one: seen already
-        self._last_seq[path] = seq
-        if gap > 0:
-            self._missed[path] = self._missed.get(path, 0) + gap
-            log.debug("%s: missed %d result(s)", path, gap)
-        return True
-
-    def _count_batch(self, path: str, payloads: list) -> list[tuple[str, Any]]:
-        """``(path, payload)`` of a batch's results not seen before, their
-        gaps counted as by :meth:`_count_seq`; in one step when the batch's
-        ``seq`` numbers follow each other in one stream (the usual case)."""
-        seqs = [data.get("seq") if type(data) is dict else None for data in payloads]
-        first, last = seqs[0], seqs[-1]
-        if (type(first) is int and type(last) is int and first >= 0
-                and first >> SEQ_BITS == last >> SEQ_BITS
-                and seqs == list(range(first, last + 1))):
-            if not self._count_seq(path, first):
-                return [(path, data) for data, seq in zip(payloads, seqs)
-                        if self._count_seq(path, seq)]
-            self._last_seq[path] = unpack_seq(last)
-            return [(path, data) for data in payloads]
-        return [(path, data) for data in payloads
-                if type(data) is not dict or self._count_seq(path, data.get("seq"))]
 
     @property
     def views(self) -> frozenset[str]:
@@ -279,7 +238,7 @@ class Client:
         batch, and dropping the plain subscription earlier would make the
         SUB socket discard them.  Results published between the batch
         subscription and the end of the plain one come both ways;
-        :meth:`_count_seq` recognises the second copy and it is dropped.
+        :meth:`SeqGaps.count` recognises the second copy and it is dropped.
         """
         self.batching = True
         for path in self._views:
@@ -342,7 +301,7 @@ class Client:
         if path not in self._views:
             return False
         _, data = _decode_protocol(frames, allow_pickle=self.allow_pickle)
-        if type(data) is dict and not self._count_seq(path, data.get("seq")):
+        if type(data) is dict and not self._seqs.count(path, data.get("seq")):
             return False  # a copy of a result that came in a batch already
         self.received += 1
         return path, data
@@ -364,7 +323,7 @@ class Client:
         if path in self._plain_too:  # plain results before this one came already
             self._plain_too.discard(path)
             self._socket.unsubscribe(path.encode("utf-8"))
-        results = self._count_batch(path, payloads)
+        results = self._seqs.count_batch(path, payloads)
         self.received += len(results)
         if not results:
             return False

@@ -41,6 +41,7 @@ from .. import endpoints
 from ..protocol import decode_protocol
 from ..protocol_batch import BATCH_PREFIX
 from ..protocol_layouts import decode_batch
+from ..seqgaps import SeqGaps
 
 log = logging.getLogger("metropc.recording")
 
@@ -66,6 +67,9 @@ class Recorder:
             Keys.load(keys).client(self.socket)
         self.ready = False
         self.received = 0
+        #: What the pipeline published and this recorder did not get (it did
+        #: not keep up: ZeroMQ dropped them on the way), per view path.
+        self.gaps = SeqGaps()
 
     def connect(self, address: str) -> None:
         from ..index import INDEX
@@ -94,7 +98,7 @@ class Recorder:
                 return  # a prefix match (batch#view#a also matches batch#view#ab)
             # All decoded first: a malformed batch records nothing of itself.
             _, payloads = decode_batch(frames)
-            for payload in payloads:
+            for _, payload in self.gaps.count_batch(view_topic.decode(), payloads):
                 self.received += 1
                 self.recording.add_result(name, payload, now)
         elif topic == b"index":
@@ -240,6 +244,12 @@ def main(argv=None) -> int:
         except (OSError, ValueError, RuntimeError) as e:
             _write_failed(e, args.path)
         log.info("recorded %d results to %s", recording.recorded, args.path)
+        if recorder.gaps.missed:
+            log.warning("not recorded: %d published result(s) the recorder did not get "
+                        "(it did not keep up; ZeroMQ dropped them on the way): %s",
+                        sum(recorder.gaps.missed.values()), ", ".join(
+                            f"{n} of {path[5:]}"
+                            for path, n in sorted(recorder.gaps.missed.items())))
         if recording.skipped:
             log.warning("not recorded: %s", ", ".join(
                 f"{n} result(s) of {view}" for view, n in sorted(recording.skipped.items())))
