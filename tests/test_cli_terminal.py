@@ -508,3 +508,29 @@ def wait_until(predicate, what, timeout=20.0):
     while not predicate():
         assert time.monotonic() < deadline, f"not {what} within {timeout} s"
         time.sleep(0.02)  # polling a state, not waiting for readiness
+
+
+def test_closing_the_terminal_stops_it_as_sigterm_does(tmp_path):
+    """A hang-up (the terminal window closed, an ssh session dropped) stops
+    the pipeline as SIGTERM does: exit code 0, no stage left, its shared
+    memory unlinked, instead of every process dying where it stood."""
+    from conftest import running
+
+    from metropc.stage.segments import owned_segments
+
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text(CTX)
+    term = Terminal(ctx, "--pool", "1", "--rate", "20")
+    try:
+        term.wait_for(lambda t: "metropc: out" in t and "running" in t, what="the status")
+        import psutil
+        stages = [p for p in psutil.Process(term.proc.pid).children(recursive=True)
+                  if "resource_tracker" not in " ".join(p.cmdline())]
+        assert stages and owned_segments(term.proc.pid)
+        master, term.master = term.master, os.open(os.devnull, os.O_RDONLY)
+        os.close(master)  # the hang-up: SIGHUP to the terminal's processes
+        assert term.proc.wait(30) == 0
+        wait_until(lambda: not any(running(p) for p in stages), "the stages gone")
+        assert not owned_segments(term.proc.pid)
+    finally:
+        term.close()

@@ -28,7 +28,7 @@ from ..error import ContextError, SourceError
 from .run_args import (PROG, UsageError, build_parser, check_arguments, check_parameters,
                        source_options)
 from .run_session import (ChildOutput, ContextWatcher, Interrupts, Keys, context_text,
-                          restore_terminal, setup_logging)
+                          detach_from_terminal, restore_terminal, setup_logging)
 
 # The pipeline's modules are imported in main(), once SIGINT is blocked, so
 # that a Ctrl-C while they load is handled like any other.
@@ -140,6 +140,11 @@ def _main(args, dashboard_bind, old_mask):
             print(text, file=sys.stderr, flush=True)
 
     def on_stop(signum):
+        if signum == signal.SIGHUP:  # the terminal is gone: stop as for SIGTERM,
+            if children is not None:  # silently (a write to it would fail)
+                children.detach()
+            else:
+                detach_from_terminal()
         if signum == signal.SIGINT:
             say(f"{PROG}: Ctrl-C: stopping (Ctrl-C again quits at once)")
         else:

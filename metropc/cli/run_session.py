@@ -98,7 +98,7 @@ class Interrupts:
         self._on_stop, self._on_exit = on_stop, on_exit
         self._done = threading.Event()
         self._callbacks: list = []
-        self._old_mask = self._old_term = self._old_int = None
+        self._old_mask = self._old_term = self._old_int = self._old_hup = None
         self._thread = None
 
     @staticmethod
@@ -120,10 +120,16 @@ class Interrupts:
         # in the thread that starts it (ensure_running); start it now and
         # block again, so that the stage processes, spawned later, inherit
         # the block (ensure_running leaves the mask alone once it runs).
+        # It also inherits an ignored SIGHUP: when the terminal closes, it
+        # outlives us to unlink what we could not (shared memory).
         from multiprocessing import resource_tracker
 
+        old_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
         resource_tracker.ensure_running()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        # The terminal closed (a dropped ssh session): a stop like SIGTERM's.
+        self._old_hup = old_hup if old_hup is not None else signal.SIG_DFL
+        signal.signal(signal.SIGHUP, handler)
 
     def _wait(self):
         while not self._done.is_set():
@@ -166,6 +172,7 @@ class Interrupts:
         if self._old_term is not None:
             signal.signal(signal.SIGTERM, self._old_term)
             signal.signal(signal.SIGINT, self._old_int)
+            signal.signal(signal.SIGHUP, self._old_hup)
         if self._old_mask is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
 
@@ -223,7 +230,25 @@ class ChildOutput:
         self.stderr.close()
 
     def restore_cursor(self):
-        os.write(self._saved[2], b"\x1b[?25h\n")
+        try:
+            os.write(self._saved[2], b"\x1b[?25h\n")
+        except OSError:  # (the terminal is gone)
+            pass
+
+    def detach(self):
+        """The terminal is gone: what would have gone to it goes nowhere."""
+        detach_from_terminal(self._saved.values())
+
+
+def detach_from_terminal(fds=()) -> None:
+    """After a hang-up, writes to the terminal fail (EIO): make fds 0, 1, 2
+    and `fds` /dev/null, so that stopping says nothing rather than fails."""
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in (0, 1, 2, *fds):
+            os.dup2(null, fd)
+    finally:
+        os.close(null)
 
 
 #: The terminal as it was before :class:`Keys` changed it, for
@@ -243,7 +268,7 @@ def restore_terminal() -> None:
     try:
         termios.tcsetattr(fd, termios.TCSANOW, attrs)
         os.write(fd, SHOW_CURSOR)
-    except OSError:  # (gone, or not ours to change any more)
+    except (OSError, termios.error):  # (gone, or not ours to change any more)
         pass
 
 
@@ -298,11 +323,13 @@ class Keys:
     def _on_continue(self, signum, frame):
         """Continued (``fg``): keys again, and the cursor hidden again; not
         in the background (``bg``), where a terminal change would stop us."""
+        import termios
+
         if _foreground(self.fd):
             try:
                 self._enter()
                 os.write(self.fd, HIDE_CURSOR)
-            except OSError:
+            except (OSError, termios.error):
                 pass
 
     def act(self, pipeline, timeout):

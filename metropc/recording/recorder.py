@@ -185,6 +185,7 @@ def main(argv=None) -> int:
                         datefmt="%H:%M:%S")
     stop = []
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # metropc-run stops it, and last
 
     import zmq
 

@@ -31,6 +31,7 @@ def _stage_main(target, kwargs, log_level=None, log_queue=None):
     # process group, and children must not die before being told to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # ignored now
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # (the terminal closing: the same)
     global _leaving
     code = 0
     # SIGTERM (from the frontend, or the kernel when the frontend died)
