@@ -516,7 +516,10 @@ class Pipeline:
         finally:
             if run is not None:
                 frontend.end_run()
-            log.info("source finished after %d events", n)
+            if self._stop.is_set():  # (stop_source: --duration, the key q, Ctrl-C)
+                log.info("stopped reading the source after %d events", n)
+            else:
+                log.info("source finished after %d events", n)
             self.finished.set()
 
     def _marker(self, item) -> None:

@@ -199,6 +199,9 @@ def test_status_lines_work_on_a_curve_secured_pipeline(tmp_path):
     summaries = [line for line in proc.stderr.splitlines() if line.startswith("metropc: out")]
     assert summaries, proc.stderr
     assert int(summaries[-1].split()[2]) > 0  # events really came out
+    # --duration ended the reading, not the (endless) simulated source
+    assert "stopped reading the source after" in proc.stderr, proc.stderr
+    assert "source finished" not in proc.stderr, proc.stderr
 
 
 def test_a_failing_view_is_reported_once_with_file_and_line(tmp_path):
