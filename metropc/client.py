@@ -152,9 +152,7 @@ class Client:
         self._pending: collections.deque = collections.deque(maxlen=self.PENDING_LIMIT)
         #: View results received (for subscribed views, counted on arrival).
         self.received = 0
-        self._seqs = SeqGaps()
-        self._missed = self._seqs.missed
-        self._last_seq = self._seqs.last
+        self._seqs = SeqGaps()  # what was missed, per view
         ctx = context if context is not None else zmq.Context.instance()
         self._socket = ctx.socket(zmq.SUB)
         try:
@@ -177,12 +175,12 @@ class Client:
 
         Never decreases, so that it can be shown as a counter with a rate.
         """
-        return sum(self._missed.values())
+        return sum(self._seqs.missed.values())
 
     @property
     def missed_by_view(self) -> dict[str, int]:
         """:attr:`missed` per view path (``{"view#roi": 3}``), a copy."""
-        return dict(self._missed)
+        return dict(self._seqs.missed)
 
     @property
     def views(self) -> frozenset[str]:
@@ -195,7 +193,7 @@ class Client:
         if path not in self._views:
             self._socket.subscribe(self._wire_topic(path))
             self._views.add(path)
-            self._last_seq.pop(path, None)  # count gaps from its next result on
+            self._seqs.last.pop(path, None)  # count gaps from its next result on
             log.debug("subscribed to %s at %s", path, self.address)
         return path
 
@@ -218,7 +216,7 @@ class Client:
                 self._plain_too.discard(path)
                 self._socket.unsubscribe(path.encode("utf-8"))
             self._views.discard(path)
-            self._last_seq.pop(path, None)
+            self._seqs.last.pop(path, None)
             self._pending = collections.deque(
                 (m for m in self._pending if m[0] != path), maxlen=self.PENDING_LIMIT)
             self._unpacked = collections.deque(m for m in self._unpacked if m[0] != path)
@@ -392,7 +390,7 @@ class Client:
                 if msg:
                     if len(self._pending) == self._pending.maxlen:
                         lost = self._pending[0][0]  # the append drops it: count it
-                        self._missed[lost] = self._missed.get(lost, 0) + 1
+                        self._seqs.missed[lost] = self._seqs.missed.get(lost, 0) + 1
                     self._pending.append(msg)
         except TimeoutError:
             raise TimeoutError(f"no index received from {self.address} "

@@ -8,6 +8,7 @@ was refused, and Ctrl-C at any moment is one line and exit code 130.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import pty
@@ -339,14 +340,28 @@ def test_dashboard_requests_do_not_garble_the_status(tmp_path):
         term.close()
 
 
-def test_keys_reset_pause_and_resume_in_the_terminal(tmp_path):
-    """r resets every view, p pauses and resumes; the status line says so."""
+@contextlib.contextmanager
+def keyed_run(tmp_path, **options):
+    """metropc-run on CTX at 20 Hz in a terminal, once it runs and takes
+    keys; yields the terminal and its screen then.  Closed at the end."""
     ctx = tmp_path / "ctx.py"
     ctx.write_text(CTX)
-    term = Terminal(ctx, "--pool", "1", "--rate", "20")
+    term = Terminal(ctx, "--pool", "1", "--rate", "20", **options)
     try:
-        term.wait_for(lambda t: "metropc: out" in t and "running" in t, what="the status")
-        assert "keys: r reset, p pause/resume" in term.text()
+        yield term, term.wait_for(lambda t: "keys: r reset, p pause/resume" in t
+                                  and "running" in t, what="the keys")
+    finally:
+        term.close()
+
+
+def ends_with_ctrl_c(term):
+    term.ctrl_c()
+    assert term.wait(20) == 130
+
+
+def test_keys_reset_pause_and_resume_in_the_terminal(tmp_path):
+    """r resets every view, p pauses and resumes; the status line says so."""
+    with keyed_run(tmp_path) as (term, _):
         os.write(term.master, b"r")
         term.wait_for(lambda t: "reset: every view starts empty" in t, what="the reset")
         os.write(term.master, b"p")
@@ -355,10 +370,7 @@ def test_keys_reset_pause_and_resume_in_the_terminal(tmp_path):
         os.write(term.master, b"p")
         term.wait_for(lambda t: "resumed" in t and "running" in t.split("metropc: out")[-1],
                       what="running again")
-        term.ctrl_c()
-        assert term.wait(20) == 130
-    finally:
-        term.close()
+        ends_with_ctrl_c(term)
 
 
 def _echoing(term) -> bool:
@@ -371,31 +383,20 @@ def _echoing(term) -> bool:
 def test_a_second_ctrl_c_gives_the_terminal_back_as_it_was(tmp_path):
     """The keys turn echo and line editing off; the quit-at-once exit of a
     second Ctrl-C turns them on again (a shell then echoes what is typed)."""
-    ctx = tmp_path / "ctx.py"
-    ctx.write_text(CTX)
-    term = Terminal(ctx, "--pool", "1", "--rate", "20")
-    try:
-        term.wait_for(lambda t: "keys: r reset" in t and "metropc: out" in t, what="the keys")
+    with keyed_run(tmp_path) as (term, _):
         assert not _echoing(term)
         term.ctrl_c()
         term.wait_for(lambda t: "Ctrl-C: stopping" in t, what="the first Ctrl-C")
-        term.ctrl_c()
-        assert term.wait(20) == 130
+        ends_with_ctrl_c(term)
         assert _echoing(term)
         term._reader.join(5)
         assert term.all_output().endswith("\x1b[?25h"), repr(term.all_output()[-50:])
-    finally:
-        term.close()
 
 
 def test_function_keys_and_pasted_text_are_not_keys(tmp_path):
     """F1 (ESC O P), F3, Alt-p and a paste holding r, p and q do nothing; a
     single p still pauses."""
-    ctx = tmp_path / "ctx.py"
-    ctx.write_text(CTX)
-    term = Terminal(ctx, "--pool", "1", "--rate", "20")
-    try:
-        term.wait_for(lambda t: "keys: r reset" in t and "running" in t, what="the keys")
+    with keyed_run(tmp_path) as (term, _):
         for typed in (b"\x1bOP", b"\x1bOR", b"\x1bp", b"prq pasted text sqr"):
             os.write(term.master, typed)
             time.sleep(0.3)  # (one read each, as a terminal sends them)
@@ -404,10 +405,7 @@ def test_function_keys_and_pasted_text_are_not_keys(tmp_path):
         out = term.all_output()
         assert out.count("paused: new events") == 1 and "reset:" not in out, out
         assert "step boundary" not in out and term.proc.poll() is None, out
-        term.ctrl_c()
-        assert term.wait(20) == 130
-    finally:
-        term.close()
+        ends_with_ctrl_c(term)
 
 
 def test_p_resumes_a_pipeline_a_client_paused(tmp_path):
@@ -416,12 +414,7 @@ def test_p_resumes_a_pipeline_a_client_paused(tmp_path):
 
     from metropc.controller import Controller
 
-    ctx = tmp_path / "ctx.py"
-    ctx.write_text(CTX)
-    term = Terminal(ctx, "--pool", "1", "--rate", "20")
-    try:
-        text = term.wait_for(lambda t: "keys: r reset" in t and "running" in t,
-                             what="the keys")
+    with keyed_run(tmp_path) as (term, text):
         control = re.search(r"control on (\S+)", text).group(1)
         with Controller(control) as remote:
             remote.pause()
@@ -429,10 +422,7 @@ def test_p_resumes_a_pipeline_a_client_paused(tmp_path):
         os.write(term.master, b"p")
         term.wait_for(lambda t: "resumed" in t and "running" in t.split("metropc: out")[-1],
                       what="running again after one p")
-        term.ctrl_c()
-        assert term.wait(20) == 130
-    finally:
-        term.close()
+        ends_with_ctrl_c(term)
 
 
 #: A shell's part in job control, for metropc-run: it runs it as a job of
@@ -463,14 +453,9 @@ def test_ctrl_z_gives_the_terminal_back_and_fg_takes_keys_again(tmp_path):
     shell); continued in front (fg), it takes keys again."""
     import re
 
-    ctx = tmp_path / "ctx.py"
-    ctx.write_text(CTX)
     shell = tmp_path / "shell.py"
     shell.write_text(JOB_SHELL)
-    term = Terminal(ctx, "--pool", "1", "--rate", "20", runner=[str(shell)])
-    try:
-        text = term.wait_for(lambda t: "keys: r reset" in t and "running" in t,
-                             what="the keys")
+    with keyed_run(tmp_path, runner=[str(shell)]) as (term, text):
         job = int(re.search(r"job (\d+)", text).group(1))
         assert not _echoing(term)
         os.write(term.master, b"\x1a")  # Ctrl-Z: SIGTSTP to the foreground job
@@ -480,10 +465,7 @@ def test_ctrl_z_gives_the_terminal_back_and_fg_takes_keys_again(tmp_path):
         wait_until(lambda: not _echoing(term), "keys taken again")
         os.write(term.master, b"p")
         term.wait_for(lambda t: "PAUSED (p resumes)" in t, what="a key after fg")
-        term.ctrl_c()
-        assert term.wait(20) == 130
-    finally:
-        term.close()
+        ends_with_ctrl_c(term)
 
 
 def test_a_dumb_terminal_gets_plain_lines(tmp_path):

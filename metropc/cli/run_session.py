@@ -231,7 +231,7 @@ class ChildOutput:
 
     def restore_cursor(self):
         try:
-            os.write(self._saved[2], b"\x1b[?25h\n")
+            os.write(self._saved[2], SHOW_CURSOR + b"\n")
         except OSError:  # (the terminal is gone)
             pass
 

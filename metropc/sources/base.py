@@ -29,7 +29,6 @@ __all__ = ["Source", "Pacer", "normalize_paths", "normalize_path", "karabo_selec
 COMMON_OPTIONS = frozenset({"paths", "rate", "seed", "bridge_socket", "timeout"})
 
 
-
 def internal_event(train_id):
     """A new event dict with the internal paths a source must fill.
 

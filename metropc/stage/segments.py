@@ -17,12 +17,12 @@ import bisect
 import itertools
 import logging
 import mmap
-from multiprocessing import resource_tracker
 import os
 import re
 import stat
 import struct
 import threading
+from multiprocessing import resource_tracker
 
 import msgpack
 import numpy as np
