@@ -283,3 +283,28 @@ def test_train_without_a_needed_source_is_explained_once(endpoint, caplog):
     warnings = [r.getMessage() for r in caplog.records if "ABSENT/DEV/X:output" in r.getMessage()]
     assert len(warnings) == 1 and "train 300" in warnings[0]
     assert "views that need it do not run" in warnings[0]
+
+
+def test_misspelled_key_of_a_source_that_is_there_is_named_once(endpoint, caplog):
+    caplog.set_level(logging.WARNING, logger="metropc.sources.bridge")
+    fast_typo = f"karabo#{FAST}[data.intensityDT]"
+    slow_typo = f"karabo#{SLOW}.pulseEnergy.photonFlx"
+    source_typo = "karabo#SPB_XTD9_XGM/DOOCS/MAINN:output[data.nPulses]"
+    paths = [f"karabo#{FAST}[data.nPulses]", fast_typo, slow_typo, source_typo]
+    with ServerInThread(endpoint, sock="REP", maxlen=3) as server:
+        feed(server, 400, 3)
+        with open_source(endpoint, paths=paths) as source:
+            events = [next(source) for _ in range(3)]
+    assert [e[f"karabo#{FAST}[data.nPulses]"] for e in events] == [4, 4, 4]
+    assert not any(p in e for e in events for p in paths[1:])
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 3, said  # once each, not once per train
+    fast, = (m for m in said if fast_typo in m)
+    assert fast.startswith("train 400 ")
+    assert (f"{FAST} sends no key 'data.intensityDT'; did you mean "
+            f"'karabo#{FAST}[data.intensityTD]'?; views that need it do not run") in fast
+    slow, = (m for m in said if slow_typo in m)
+    assert f"did you mean 'karabo#{SLOW}.pulseEnergy.photonFlux'?" in slow
+    absent, = (m for m in said if "MAINN" in m)
+    assert ("has no data from SPB_XTD9_XGM/DOOCS/MAINN:output, which the context uses; "
+            f"did you mean 'karabo#{FAST}[data.nPulses]'?") in absent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -84,6 +85,24 @@ def test_only_wanted_paths(run_dir):
     assert len(events) == 10
     assert set(events[0]) == INTERNAL | {INTENSITY, IXPOS + ".value"}
     assert events[3][IXPOS + ".value"] == pytest.approx(1000.3)
+
+
+def test_misspelled_paths_are_named_with_the_closest_the_run_has(run_dir, caplog):
+    caplog.set_level(logging.WARNING, logger="metropc.sources.files")
+    paths = [f"karabo#{XGM_ID}:output[data.intensityTDD]",   # a key of a source there
+             f"karabo#{XGM_ID}.beamPosition.ixPoz",           # a control key
+             f"karabo#{CAM_ID[:-1]}:daqOutput[data.image.pixels]",  # the source itself
+             "karabo#NOT/THERE/X.y"]                           # nothing like it
+    with open_source(str(run_dir), rate="max", paths=paths) as source:
+        events = list(source)
+    assert len(events) == 10 and all(set(e) == INTERNAL for e in events)
+    said = {r.getMessage().split(" has no data for ")[1] for r in caplog.records
+            if " has no data for " in r.getMessage()}
+    assert said == {
+        f"{paths[0]}; did you mean '{INTENSITY}'?; views that need it do not run",
+        f"{paths[1]}; did you mean '{IXPOS}'?; views that need it do not run",
+        f"{paths[2]}; did you mean '{PIXELS}'?; views that need it do not run",
+        f"{paths[3]}; views that need it do not run"}
 
 
 def test_set_paths_goes_on_from_the_next_train(run_dir):

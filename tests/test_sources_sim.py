@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -83,7 +84,21 @@ def test_unknown_wanted_path_warns(caplog):
     with open_source("sim:ntrains=1", paths=["karabo#NOPE/X/Y.z"]) as source:
         (event,) = source
     assert set(event) == INTERNAL
-    assert "does not provide karabo#NOPE/X/Y.z" in caplog.text
+    assert "does not provide karabo#NOPE/X/Y.z (" in caplog.text
+    assert "did you mean" not in caplog.text
+
+
+def test_misspelled_path_warns_with_the_closest_also_after_a_reload(caplog):
+    caplog.set_level(logging.WARNING, logger="metropc.sources.sim")
+    typo = S.IMAGE[:-2] + S.IMAGE[-1] + S.IMAGE[-2]  # two letters swapped
+    with open_source("sim:ntrains=2", rate="max", paths=[S.PULSES]) as source:
+        assert not caplog.records
+        source.set_paths([S.PULSES, typo])
+        events = list(source)
+    assert len(events) == 2 and all(typo not in e for e in events)
+    (record,) = caplog.records
+    assert record.getMessage().startswith(
+        f"the simulator does not provide {typo}; did you mean '{S.IMAGE}'? (")
 
 
 def test_arrays_handed_out_are_never_mutated():

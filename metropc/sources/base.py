@@ -11,6 +11,7 @@ the context actually uses.
 
 from __future__ import annotations
 
+import difflib
 import math
 import threading
 import time
@@ -22,7 +23,9 @@ from ..messages import RUN_PATH  # noqa: F401  (the sources' name for it)
 from ..path import Path, path_types, split_type
 
 __all__ = ["Source", "Pacer", "normalize_paths", "normalize_path", "karabo_selection",
-           "internal_event", "karabo_key", "resolve_rate", "COMMON_OPTIONS"]
+           "internal_event", "karabo_key", "resolve_rate", "closest", "did_you_mean", "key_hint",
+           "source_hint",
+           "COMMON_OPTIONS"]
 
 #: Keyword options :func:`metropc.sources.open_source` passes to every source
 #: factory; a factory may ignore those it has no use for.
@@ -93,6 +96,40 @@ def karabo_selection(paths):
             continue
         selection.setdefault(kp.source, {})[kp.key] = str(kp)
     return selection
+
+
+def closest(wanted: str, offered) -> str | None:
+    """The entry of `offered` closest to `wanted`, or None if none is close."""
+    close = difflib.get_close_matches(wanted, list(offered), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def did_you_mean(wanted: str, offered) -> str:
+    """``"; did you mean 'X'?"`` for the entry of `offered` closest to
+    `wanted`, or "" if none is close.
+
+    A misspelled path is the commonest reason a view never runs, and the
+    one its author cannot see: the view is simply skipped for every event.
+    """
+    close = closest(wanted, offered)
+    return f"; did you mean {close!r}?" if close is not None else ""
+
+
+def source_hint(source: str, key: str, sources) -> str:
+    """:func:`did_you_mean` for a Karabo `source` that is not among
+    `sources`, naming the path to `key` of the closest one."""
+    close = closest(source, sources)
+    return f"; did you mean {karabo_key(close, key)!r}?" if close is not None else ""
+
+
+def key_hint(source: str, key: str, available) -> str:
+    """:func:`did_you_mean` for a key that Karabo `source` lacks, given the
+    keys it has, named as the event key a context would use."""
+    control = ":" not in source
+    offered = [k.removesuffix(".value") if control else k for k in available
+               if k != "metadata" and not (control and k.endswith(".timestamp"))]
+    close = closest(key, offered)
+    return f"; did you mean {karabo_key(source, close)!r}?" if close is not None else ""
 
 
 def karabo_key(source, key):

@@ -29,7 +29,8 @@ from urllib.parse import urlsplit
 
 from .. import endpoints
 from ..error import SourceError
-from .base import RUN_PATH, Source, internal_event, karabo_key, karabo_selection
+from .base import (RUN_PATH, Source, internal_event, karabo_key, karabo_selection, key_hint,
+                   source_hint)
 
 __all__ = ["BridgeSource", "open_bridge"]
 
@@ -271,19 +272,36 @@ class BridgeSource(Source):
         log.warning("no data from Karabo bridge %s for %.1f s; still "
                     "waiting.%s", self.endpoint, seconds, hint)
 
-    def _warn_missing(self, src, tid):
+    def _warn_missing(self, src, tid, data):
         """Say (once a minute per source) that a needed source is absent.
 
         The views that need it simply do not run for such trains; the
-        warning tells the operator why they show nothing.
+        warning tells the operator why they show nothing, and which source
+        of the train is named most like it (a misspelled name).
         """
-        now = time.monotonic()
-        warned = self._missing_warned.get(src)
-        if warned is None or now - warned >= MISSING_WARN_INTERVAL:
-            self._missing_warned[src] = now
+        if self._due(src):
+            key = next(iter(self._selection[src]))
             log.warning("train %s from Karabo bridge %s has no data from %s, which "
-                        "the context uses; views that need it do not run",
-                        tid, self.endpoint, src)
+                        "the context uses%s; views that need it do not run",
+                        tid, self.endpoint, src, source_hint(src, key, data))
+
+    def _warn_missing_key(self, src, key, event_key, tid, values):
+        """Say (once a minute per path) that a needed key of a source that is
+        there is absent: most often a misspelled path, named with the
+        closest key the source has."""
+        if self._due(event_key):
+            log.warning("train %s from Karabo bridge %s has no %s: %s sends no key %r%s; "
+                        "views that need it do not run", tid, self.endpoint, event_key,
+                        src, key, key_hint(src, key, values))
+
+    def _due(self, what):
+        """Whether a warning about `what` is due (once a minute at most)."""
+        now = time.monotonic()
+        warned = self._missing_warned.get(what)
+        if warned is None or now - warned >= MISSING_WARN_INTERVAL:
+            self._missing_warned[what] = now
+            return True
+        return False
 
     def _event(self, data, meta):
         tid = _train_id(data, meta)
@@ -304,7 +322,7 @@ class BridgeSource(Source):
         for src, keys in self._selection.items():
             values = data.get(src)
             if values is None:
-                self._warn_missing(src, tid)
+                self._warn_missing(src, tid, data)
                 continue
             for key, event_key in keys.items():
                 value = values.get(key)
@@ -313,6 +331,8 @@ class BridgeSource(Source):
                     value = values.get(key + ".value")
                 if value is not None:
                     event[event_key] = value
+                elif key not in values:
+                    self._warn_missing_key(src, key, event_key, tid, values)
         return event
 
 

@@ -25,7 +25,8 @@ import re
 import numpy as np
 
 from ..error import SourceError
-from .base import RUN_PATH, Source, internal_event, karabo_key, karabo_selection
+from .base import (RUN_PATH, Source, internal_event, karabo_key, karabo_selection, key_hint,
+                   source_hint)
 
 __all__ = ["FileSource", "RunsSource", "open_files", "run_number"]
 
@@ -136,20 +137,21 @@ class FileSource(Source):
         keymap, selection, missing = {}, {}, []
         for src, keys in wanted.items():
             if src not in run.all_sources:
-                missing.extend(keys.values())
+                missing.extend((event_key, source_hint(src, key, run.all_sources))
+                               for key, event_key in keys.items())
                 continue
             available = run.keys_for_source(src)
             for key, event_key in keys.items():
                 stored = key if key in available else (
                     key + ".value" if key + ".value" in available else None)
                 if stored is None:
-                    missing.append(event_key)
+                    missing.append((event_key, key_hint(src, key, available)))
                     continue
                 keymap.setdefault(src, []).append((stored, event_key))
                 selection.setdefault(src, set()).add(stored)
-        if missing:
-            log.warning("%s has no data for %s; those paths stay empty",
-                        self.path, ", ".join(sorted(missing)))
+        for event_key, hint in sorted(missing):
+            log.warning("%s has no data for %s%s; views that need it do not run",
+                        self.path, event_key, hint)
         self._keymap = keymap
         return run.select(selection) if selection else None
 

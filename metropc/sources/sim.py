@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from ..error import SourceError
-from .base import RUN_PATH, Source, internal_event
+from .base import RUN_PATH, Source, did_you_mean, internal_event
 
 __all__ = ["SimulatedFacility", "SimSource", "open_sim", "PATHS"]
 
@@ -296,12 +296,21 @@ class SimSource(Source):
             self.facility = SimulatedFacility(seed=seed, **config)
         except TypeError as e:
             raise SourceError(f"sim: {e}") from None
-        if self.paths is not None:
-            unknown = sorted(p for p in self.paths
-                             if p.startswith("karabo#") and p not in PATHS)
-            if unknown:
-                log.warning("the simulator does not provide %s; see "
-                            "SimulatedFacility.paths()", ", ".join(unknown))
+        self._warn_unknown()
+
+    def set_paths(self, paths):
+        super().set_paths(paths)
+        self._warn_unknown()  # a reloaded context may name new paths
+
+    def _warn_unknown(self):
+        """Name each ``karabo#`` path the context wants that the simulator
+        does not provide (views reading it never run), with the closest
+        one it does."""
+        for path in sorted(p for p in self.paths or () if p.startswith("karabo#")
+                           and p not in PATHS):
+            log.warning("the simulator does not provide %s%s (SimulatedFacility.paths() "
+                        "lists what it does); views that need it do not run",
+                        path, did_you_mean(path, PATHS))
 
     def events(self):
         n = 0
