@@ -378,23 +378,43 @@ class Client:
                 return msg
 
     def wait_index(self, timeout: float | None = None) -> dict[str, IndexEntry]:
-        """Wait for the next index message and return it.
+        """The newest index: the last of those queued already, else the next
+        one to arrive.
 
-        View results received while waiting are kept for :meth:`recv`
-        (up to :attr:`PENDING_LIMIT`, oldest dropped first).
+        A client that has not read for a while has every index published
+        meanwhile waiting in its socket (about one a second); returning the
+        oldest of them would show counts from minutes ago, and each further
+        call one second later.  View results received on the way are kept
+        for :meth:`recv` (up to :attr:`PENDING_LIMIT`, oldest dropped first,
+        and counted in :attr:`missed`).
         """
+        newest = None
+        try:
+            for msg in self._messages(0):  # what is queued: no wait
+                if msg is True:
+                    newest = self.index
+                elif msg:
+                    self._keep(msg)
+        except TimeoutError:
+            pass  # nothing more is queued (or the drain limit was reached)
+        if newest is not None:
+            return newest
         try:
             for msg in self._messages(timeout):
                 if msg is True:
                     return self.index
                 if msg:
-                    if len(self._pending) == self._pending.maxlen:
-                        lost = self._pending[0][0]  # the append drops it: count it
-                        self._seqs.missed[lost] = self._seqs.missed.get(lost, 0) + 1
-                    self._pending.append(msg)
+                    self._keep(msg)
         except TimeoutError:
             raise TimeoutError(f"no index received from {self.address} "
                                "in time") from None
+
+    def _keep(self, msg):
+        """Keep a result for :meth:`recv`; a result dropped for it is missed."""
+        if len(self._pending) == self._pending.maxlen:
+            lost = self._pending[0][0]  # the append drops it: count it
+            self._seqs.missed[lost] = self._seqs.missed.get(lost, 0) + 1
+        self._pending.append(msg)
 
     def __iter__(self) -> Iterator[tuple[str, dict]]:
         """Yield ``(path, data)`` forever; TimeoutError ends it if a timeout is set."""

@@ -395,6 +395,27 @@ def test_a_new_subscription_starts_counting_afresh(zctx, xpub):
         assert client.missed == 0
 
 
+def test_wait_index_returns_the_newest_of_those_queued(zctx):
+    """An idle client's socket holds every index published meanwhile: the
+    newest is returned, not the oldest (counts from minutes ago)."""
+    # inproc: a message sent is in the client's queue when the send returns.
+    xpub = XPub(zctx, "inproc://wait-index")
+    with Client(xpub.address, views=["a"], context=zctx, timeout=10) as client:
+        xpub.wait_subscribed(b"index", b"view#a")
+        for n in range(3):
+            entry = IndexEntry(counts=n, rate=1.0)
+            xpub.send_multipart(encode_protocol(b"index", encode_index({"karabo#X.y": entry})))
+            send_seq(xpub, b"view#a", 1, n)
+        assert client.wait_index()["karabo#X.y"].counts == 2
+        assert [client.recv()[1]["data"] for _ in range(3)] == [0.0, 1.0, 2.0]
+        assert (client.missed, client.received) == (0, 3)
+        # Nothing queued: the next index to arrive.
+        xpub.send_multipart(encode_protocol(
+            b"index", encode_index({"karabo#X.y": IndexEntry(counts=7, rate=1.0)})))
+        assert client.wait_index()["karabo#X.y"].counts == 7
+    xpub.socket.close(linger=0)
+
+
 class SmallClient(Client):
     PENDING_LIMIT = 3
 
