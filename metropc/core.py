@@ -28,7 +28,8 @@ import xarray as xr
 from ._version import __version__
 from .enums import ContextStage, ViewStage
 from .error import (ContextError, ContextSyntaxError, ParameterError, PathResolutionError,
-                    UnknownParameterError, ViewDefError, _context_frame_lineno)
+                    UnknownParameterError, ViewDefError, _context_frame_lineno,
+                    operator_interrupt)
 from .euxfel import KaraboPath  # noqa: F401  (registers the karabo# type)
 from .path import Path, ViewPath, split_type
 from .roi import ROI_TYPES, LineROI, RectROI
@@ -137,10 +138,14 @@ class Context:
             self._resolve_paths()
             self.order = self._sort_views()
             self._assign_stages()
-        except (ContextError, KeyboardInterrupt):
-            # Ctrl-C belongs to the process (the frontend's operator), not
-            # to the context.
+        except ContextError:
             raise
+        except KeyboardInterrupt as e:
+            if operator_interrupt(e):
+                # Ctrl-C belongs to the process (the frontend's operator),
+                # not to the context.
+                raise
+            raise self._load_error(e) from e
         except BaseException as e:
             # Anything else is the context's failure, SystemExit and
             # GeneratorExit included: `sys.exit()` at the top of a context
@@ -163,6 +168,8 @@ class Context:
         message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
         if isinstance(exc, SystemExit):
             message += " (context code must not exit the process)"
+        elif isinstance(exc, KeyboardInterrupt):
+            message += " (raised by the context code, not by Ctrl-C)"
         return ContextError(message, self.path, lineno).with_traceback(exc.__traceback__)
 
     def _bind_imported_globals(self):

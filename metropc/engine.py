@@ -22,7 +22,7 @@ from bisect import bisect_left
 from time import perf_counter
 
 from .enums import ViewStage
-from .error import ViewExecutionError
+from .error import ViewExecutionError, operator_interrupt
 from .timing import BOUNDS, ERRORS, FIRST, SECONDS, new_record
 
 __all__ = ["Engine", "ErrorReporter", "STEP", "Action"]
@@ -111,6 +111,8 @@ def _describe(exc):
     message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     if isinstance(exc, SystemExit):
         message += " (a view must not exit the process)"
+    elif isinstance(exc, KeyboardInterrupt):
+        message += " (raised by the view itself, not by Ctrl-C)"
     return message
 
 
@@ -313,9 +315,9 @@ class Engine:
                 try:  # (_guard, inline: this runs per view and event)
                     raw = view.kernel(**kwargs)
                     value = None if raw is None else view.process(raw)
-                except KeyboardInterrupt:
-                    raise
                 except BaseException as exc:  # noqa: BLE001 - a failing view is never fatal
+                    if isinstance(exc, KeyboardInterrupt) and operator_interrupt(exc):
+                        raise
                     value = self._failed(view, exc, event_id)
                     self.failed_now.append(view.name)
                 dt = perf_counter() - t0
@@ -335,13 +337,15 @@ class Engine:
         Any BaseException counts as the view's failure, SystemExit and
         GeneratorExit included: a kernel calling ``sys.exit()`` must not end
         a POOL worker or the REDUCE stage, and the other views go on.  Only
-        KeyboardInterrupt passes, since Ctrl-C is meant for the process.
+        the operator's KeyboardInterrupt passes (Ctrl-C, a stage told to
+        stop: :func:`metropc.error.operator_interrupt`), since it is meant
+        for the process; one the kernel raised itself is its failure.
         """
         try:
             return fn()
-        except KeyboardInterrupt:
-            raise
         except BaseException as exc:  # noqa: BLE001 - a failing view is never fatal
+            if isinstance(exc, KeyboardInterrupt) and operator_interrupt(exc):
+                raise
             return self._failed(view, exc, event_id)
 
     def _failed(self, view, exc, event_id):

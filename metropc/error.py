@@ -9,6 +9,8 @@ already guards against bad input keeps working.
 from __future__ import annotations
 
 import pickle
+import signal
+import threading
 import traceback
 
 __all__ = [
@@ -22,6 +24,8 @@ __all__ = [
     "UnknownParameterError",
     "ProtocolError",
     "SourceError",
+    "StopRequested",
+    "operator_interrupt",
 ]
 
 
@@ -204,3 +208,30 @@ class ProtocolError(MetropcError, ValueError):
 
 class SourceError(MetropcError):
     """A data source cannot be opened or read."""
+
+
+class StopRequested(KeyboardInterrupt):
+    """A stop signal raised as an exception (SIGTERM in a stage process).
+
+    A KeyboardInterrupt, so that context code cannot swallow it with
+    ``except Exception``; its own class, so that it is never mistaken for a
+    KeyboardInterrupt raised by context code.
+    """
+
+
+def operator_interrupt(exc: BaseException) -> bool:
+    """Whether KeyboardInterrupt `exc` can be the operator's (Ctrl-C, or a
+    stage told to stop) rather than raised by the code that was running.
+
+    Python raises Ctrl-C's KeyboardInterrupt in the main thread, and only
+    while SIGINT has its default handler and is not blocked; any other is
+    the code's own (``raise KeyboardInterrupt`` at the top of a context
+    file), and so that code's failure, reported with its file and line.
+    """
+    if isinstance(exc, StopRequested):
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return False
+    return signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, ())

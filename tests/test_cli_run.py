@@ -118,6 +118,18 @@ def test_run_reports_a_broken_context_and_exits(tmp_path):
     assert f"{ctx_file}:1" in proc.stderr and "view#missing" in proc.stderr
 
 
+def test_run_reports_a_context_raising_keyboard_interrupt_as_its_error(tmp_path):
+    # metropc-run blocks SIGINT (its own thread takes Ctrl-C): this one is
+    # the context's, refused with its line, not a traceback and exit 130.
+    ctx_file = tmp_path / "interrupting.py"
+    ctx_file.write_text("x = 1\nraise KeyboardInterrupt\n")
+    proc = subprocess.run([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
+                           "--status", "off"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert f"{ctx_file}:2: KeyboardInterrupt (raised by the context code" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_run_reports_a_context_that_is_no_text_and_exits(tmp_path):
     ctx_file = tmp_path / "binary.py"
     ctx_file.write_bytes(bytes(range(256)) * 8)

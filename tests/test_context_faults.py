@@ -9,7 +9,10 @@ the operator's Ctrl-C, meant for the process.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import textwrap
+import threading
 import time
 import traceback
 
@@ -18,7 +21,7 @@ import pytest
 import metropc
 from metropc.core import Context
 from metropc.engine import Engine, ErrorReporter
-from metropc.error import ContextError
+from metropc.error import ContextError, StopRequested
 
 
 def load(source, path="faulty_ctx.py"):
@@ -52,6 +55,49 @@ def test_base_exception_at_top_level_is_a_context_error(source, lineno, message)
 def test_keyboard_interrupt_at_top_level_still_propagates():
     with pytest.raises(KeyboardInterrupt):
         load("x = 1\nraise KeyboardInterrupt\n")
+
+
+def in_thread(fn):
+    """What `fn()` returned or raised, called in a thread of its own."""
+    out = {}
+
+    def call():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out["error"] = e
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join(30)
+    return out
+
+
+def test_keyboard_interrupt_that_cannot_be_ctrl_c_is_a_context_error():
+    """Where Ctrl-C cannot raise (a thread; SIGINT blocked, as in metropc-run;
+    SIGINT ignored, as in a stage), a KeyboardInterrupt is the context's own."""
+    source = "x = 1\nraise KeyboardInterrupt\n"
+    err = in_thread(lambda: load(source))["error"]
+    assert type(err) is ContextError and (err.path, err.lineno) == ("faulty_ctx.py", 2)
+    assert str(err) == ("faulty_ctx.py:2: KeyboardInterrupt (raised by the context code, "
+                        "not by Ctrl-C)")
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with pytest.raises(ContextError, match="faulty_ctx.py:2: KeyboardInterrupt"):
+            load(source)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    # A stage told to stop (SIGTERM) is never the context's failure.
+    stop = in_thread(lambda: load("from metropc.error import StopRequested\n"
+                                  "raise StopRequested('signal 15')\n"))
+    assert type(stop["error"]) is StopRequested
+
+
+def test_kernel_keyboard_interrupt_outside_the_main_thread_fails_its_view():
+    ctx = Context("@View.Scalar\ndef a(t: 'internal#train_id'):\n    raise KeyboardInterrupt\n"
+                  "@View.Scalar\ndef b(t: 'internal#train_id'):\n    return t\n")
+    out = in_thread(lambda: list(metropc.run(ctx, [{"internal#train_id": 1}])))
+    assert out == {"value": [(1, {"b": 1})]}
 
 
 @pytest.mark.parametrize("statement, message", [
@@ -223,6 +269,10 @@ def pid(t: 'internal#train_id'):
 @View.Scalar
 def quits(t: 'internal#train_id'):
     sys.exit(3)
+
+@View.Scalar
+def interrupts(t: 'internal#train_id'):
+    raise KeyboardInterrupt
 """
 
 
@@ -264,6 +314,43 @@ def test_pool_view_calling_sys_exit_does_not_stop_the_pipeline(tmp_path):
     assert reports, errors
     assert f"{ctx_file}:15: view 'quits' failed on event" in reports[0]
     assert "SystemExit: 3" in reports[0]
+    reports = [e for e in errors if "view 'interrupts' failed" in e]
+    assert reports and "KeyboardInterrupt (raised by the view itself" in reports[0], errors
+
+
+@pytest.mark.timeout(90)
+def test_a_reload_raising_keyboard_interrupt_in_the_stages_is_refused(tmp_path):
+    """A stage ignores SIGINT: a KeyboardInterrupt while it builds a context
+    is the context's, refused with its line; the stage and the old context
+    go on (it used to end the stage)."""
+    from metropc.client import Client
+    from metropc.pipeline import Pipeline
+
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(PIPELINE_CTX)
+    with Pipeline(str(ctx_file), source=None, pool=2, ready_timeout=60) as pipe, \
+            Client(pipe.output_addr, views=["ok"], timeout=5) as client:
+        # Built here first (it passes), then in every stage (it raises).
+        pipe.load(f"import os\nif os.getpid() != {os.getpid()}:\n    raise KeyboardInterrupt\n",
+                  path=str(tmp_path / "edited.py"))
+        deadline = time.monotonic() + 60
+        while not any("refused" in e for e in pipe.errors):
+            assert time.monotonic() < deadline, pipe.errors
+            time.sleep(0.05)
+        got = []
+        for i in range(200):
+            pipe.send({"internal#train_id": i})
+            try:
+                got.append(client.recv(timeout=0.01)[1]["data"])
+            except TimeoutError:
+                pass
+        while len(got) < 150:
+            got.append(client.recv()[1]["data"])
+        errors = list(pipe.errors)
+        restarts = sum(pipe.frontend.restarts.values())
+    assert restarts == 0 and not any("died" in e for e in errors), errors
+    refusal = next(e for e in errors if "refused" in e)
+    assert f"{tmp_path / 'edited.py'}:3: KeyboardInterrupt (raised by the context code" in refusal
 
 
 def test_load_error_keeps_context_frames_for_frontends():

@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 
+from ..error import StopRequested
 from .client import check_connect_address, check_keys
 from .run_args import UsageError, _Parser, positive_int
 
@@ -88,7 +89,7 @@ def main(argv=None):
         # instead of interrupting the clean-up with a traceback.
         signal.signal(signal.SIGTERM, quit_now)
         signal.signal(signal.SIGINT, quit_now)
-        raise KeyboardInterrupt
+        raise StopRequested(f"signal {signum}")
 
     def quit_now(signum, frame):
         os._exit(128 + signum)

@@ -20,6 +20,8 @@ import sys
 import threading
 import time
 
+from ..error import StopRequested
+
 log = logging.getLogger(__name__)
 
 __all__ = ["StageRunner", "ThreadRunner", "ProcessRunner", "LogForwarder"]
@@ -76,7 +78,7 @@ def _exit_on_signal(signum, frame):
         # _leave_later, say, or from the exit's clean-up).
         return
     _raised_at = now
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise StopRequested(f"signal {signum}")
 
 
 def _leave_later(unraisable, default=sys.unraisablehook):
