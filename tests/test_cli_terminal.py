@@ -393,6 +393,23 @@ def test_a_second_ctrl_c_gives_the_terminal_back_as_it_was(tmp_path):
         assert term.all_output().endswith("\x1b[?25h"), repr(term.all_output()[-50:])
 
 
+def _out_count(text) -> int:
+    return int(text.split("metropc: out ")[-1].split()[0])
+
+
+def test_ctrl_s_does_not_stop_the_output_or_the_pipeline(tmp_path):
+    """Ctrl-S (XOFF) stopped the terminal's output, and so every process
+    writing to it; with the keys taken it is a byte like any other, and
+    the terminal's flow control is back as it was at the end."""
+    with keyed_run(tmp_path) as (term, _):
+        assert not termios.tcgetattr(term.master)[0] & termios.IXON
+        os.write(term.master, b"\x13")  # Ctrl-S
+        count = _out_count(term.wait_for(lambda t: "metropc: out " in t, what="the summary"))
+        term.wait_for(lambda t: _out_count(t) > count + 20, what="more events after Ctrl-S")
+        ends_with_ctrl_c(term)
+        assert termios.tcgetattr(term.master)[0] & termios.IXON
+
+
 def test_function_keys_and_pasted_text_are_not_keys(tmp_path):
     """F1 (ESC O P), F3, Alt-p and a paste holding r, p and q do nothing; a
     single p still pauses."""

@@ -305,9 +305,17 @@ class Keys:
             return None
 
     def _enter(self):
+        import termios
         import tty
 
         tty.setcbreak(self.fd)
+        # Ctrl-S would stop the terminal's output (XON/XOFF flow control),
+        # and with it everything that writes to it: the log, the stages'
+        # output, and so, once their pipe is full, the stages themselves.
+        # A live display takes it as a byte (no key) instead, as editors do.
+        attrs = termios.tcgetattr(self.fd)
+        attrs[0] &= ~termios.IXON
+        termios.tcsetattr(self.fd, termios.TCSANOW, attrs)
 
     def _on_stop(self, signum, frame):
         """Ctrl-Z: the terminal back as it was, then stop as asked."""
