@@ -286,6 +286,7 @@ class Client:
             _, status = _decode_protocol(frames, allow_pickle=self.allow_pickle)
             if type(status) is dict:
                 self.status = status
+                self._seqs.caught_up(status.get("seqs"))  # (missed at the very end)
                 if status.get("batch") is True and self.batch and not self.batching:
                     self._start_batching()
             if "status" not in self._views:

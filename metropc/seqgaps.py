@@ -54,6 +54,27 @@ class SeqGaps:
             log.debug("%s: missed %d result(s)", path, gap)
         return True
 
+    def caught_up(self, seqs) -> None:
+        """Count what a status's ``seqs`` show missed: the last result of
+        each view published so far, by ``{path: seq}``.
+
+        A gap is otherwise seen only when a later result arrives, so results
+        dropped at the very end of a run would never be counted.  Only
+        views with a baseline are counted (a result since subscribing), and
+        only within the stream of the last one seen.
+        """
+        if type(seqs) is not dict:
+            return
+        for path, last in self.last.items():
+            seq = unpack_seq(seqs.get(path))
+            if seq is None or seq[0] != last[0]:
+                continue
+            gap = (seq[1] - last[1]) % (1 << SEQ_BITS)
+            if 0 < gap < 1 << (SEQ_BITS - 1):
+                self.last[path] = seq
+                self.missed[path] = self.missed.get(path, 0) + gap
+                log.debug("%s: missed %d result(s) at the end", path, gap)
+
     def count_batch(self, path: str, payloads: list) -> list[tuple[str, Any]]:
         """``(path, payload)`` of a batch's results not seen before, their
         gaps counted as by :meth:`count`; in one step when the batch's

@@ -373,6 +373,31 @@ def test_gaps_in_sequence_numbers_are_counted_per_view(zctx, xpub):
         assert client.missed == 9
 
 
+def test_results_missed_at_the_very_end_are_counted_from_the_status(zctx, xpub):
+    """No later result shows a gap after the last ones: the status's
+    ``seqs`` (each view's last result so far) does."""
+    from metropc.messages import pack_seq
+
+    def status(**seqs):
+        xpub.send_multipart(encode_protocol(b"status", {"state": "READY", "seqs": {
+            f"view#{name}": seq for name, seq in seqs.items()}}))
+
+    with Client(xpub.address, views=["a", "b"], context=zctx, timeout=10) as client:
+        xpub.wait_subscribed(b"index", b"status", b"view#a", b"view#b")
+        for n in (0, 1):
+            send_seq(xpub, b"view#a", 1, n)
+        status(a=pack_seq(1, 4), b=pack_seq(1, 6), c=pack_seq(1, 9))  # 2, 3 and 4 of a dropped
+        send_seq(xpub, b"view#b", 1, 7)  # b's first since subscribing: a baseline
+        got = [client.recv()[1]["seq"] for _ in range(3)]
+        assert got == [pack_seq(1, 0), pack_seq(1, 1), pack_seq(1, 7)]
+        assert client.missed_by_view == {"view#a": 3}
+        status(a=pack_seq(1, 4), b=pack_seq(1, 7))     # nothing new: nothing more
+        status(a=pack_seq(2, 0), b="garbage")          # another stream, garbage: ignored
+        send_seq(xpub, b"view#a", 1, 5)                # follows on from the status
+        assert client.recv()[1]["seq"] == pack_seq(1, 5)
+        assert client.missed_by_view == {"view#a": 3} and client.received == 4
+
+
 def test_seq_packs_stream_and_count_into_one_int_and_wraps():
     from metropc.messages import pack_seq
     assert unpack_seq(pack_seq(5, 7)) == (5, 7)

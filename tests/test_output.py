@@ -183,6 +183,25 @@ def test_a_mark_sends_the_open_batches_first(xpub):
     assert [len(unpack_records(got[i])[1]) for i in (0, 2)] == [3, 2]
 
 
+def test_the_last_seqs_follow_every_way_results_are_numbered(xpub):
+    """What the status says of each view (its last result so far) is the
+    seq of the last result numbered, sent in a batch or for batch clients."""
+    output, subscriber = xpub
+    sub = subscriber(b"batch#view#roi", b"status")
+    settle(output, lambda o: len(o.prefixes) == 2)
+    assert output.last_seqs() == {}
+    publish(output, 3)
+    output.send_records(b"view#fast", [b"r1", b"r2"])  # (for batch clients only)
+    output.send(encode_protocol(b"status", {"seqs": output.last_seqs()}))
+    got = recv_all(sub)
+    assert [f[0] for f in got] == [b"batch#view#roi", b"status"]  # (batches first)
+    last = unpack_records(got[0])[1][-1]
+    seqs = decode_protocol(got[1])[1]["seqs"]
+    assert seqs["view#roi"] == decode_protocol([b"view#roi", *last])[1]["seq"]
+    assert {k: unpack_seq(v)[1] for k, v in seqs.items()} == {
+        "view#roi": 2, "view#fast": 1}
+
+
 def test_a_large_result_goes_at_once_uncopied_after_the_smaller_ones(xpub):
     output, subscriber = xpub
     sub = subscriber(b"batch#view#img")

@@ -562,12 +562,15 @@ def test_results_the_recorder_did_not_get_are_counted_and_named(tmp_path, capfd)
             out.seq["a"] += 2  # two of a's results lost on the way
             for t in range(105, 107):
                 out.view("a", float(t), t)
+            out.seq["b"] += 3  # b's last three: no later result shows the gap,
+            out.send("status", {"state": "READY", "seqs": {  # the status does
+                "view#a": pack_seq(7, out.seq["a"] - 1), "view#b": pack_seq(7, out.seq["b"] - 1)}})
             deadline_poll(lambda: _count(target, "a") >= 5, 30, "a written")
     finally:
         out.close()
     err = capfd.readouterr().err
-    assert ("not recorded: 2 published result(s) the recorder did not get "
-            "(it did not keep up; ZeroMQ dropped them on the way): 2 of a") in err, err
+    assert ("not recorded: 5 published result(s) the recorder did not get "
+            "(it did not keep up; ZeroMQ dropped them on the way): 2 of a, 3 of b") in err, err
     assert list(metropc.open_recording(target)["a"].values) == [100, 101, 102, 105, 106]
 
 

@@ -121,7 +121,8 @@ def test_a_new_context_counts_from_zero_and_forgets_older_contexts_counts():
 
 def test_the_status_names_the_context_and_where_to_control():
     ctx = Context(CTX, path="ctx.py", version=4)
-    assert status_payload("RUN", 7, ctx, "tcp://127.0.0.1:5000") == {
+    assert status_payload("RUN", 7, ctx, "tcp://127.0.0.1:5000", {"view#a": 9}) == {
         "state": "RUN", "run": 7, "version": 4, "path": "ctx.py",
-        "control": "tcp://127.0.0.1:5000", "batch": True}
+        "control": "tcp://127.0.0.1:5000", "batch": True, "seqs": {"view#a": 9}}
     assert status_payload("READY", None, None, None)["version"] is None
+    assert status_payload("READY", None, None, None)["seqs"] == {}

@@ -47,6 +47,7 @@ log = logging.getLogger("metropc.recording")
 
 FLUSH_INTERVAL = 1.0
 META_TOPICS = ("context", "params", "mark")
+STATUS = b"status"
 EXIT_WRITE_FAILED = 3
 
 
@@ -76,6 +77,7 @@ class Recorder:
 
         endpoints.connect(self.socket, address)
         self.socket.subscribe(INDEX)
+        self.socket.subscribe(STATUS)
         for topic in META_TOPICS:
             self.socket.subscribe(topic.encode())
         if self.views is None:
@@ -105,6 +107,10 @@ class Recorder:
             _, payload = decode_protocol(frames)
             self.recording.note_index(decode_index(payload), now)
             self.ready = True
+        elif topic == STATUS:  # the last seq of each view: gaps at the very end
+            _, payload = decode_protocol(frames)
+            if type(payload) is dict:
+                self.gaps.caught_up(payload.get("seqs"))
         elif topic.decode("utf-8", "replace") in META_TOPICS:
             _, payload = decode_protocol(frames)
             self.recording.add_meta(topic.decode(), payload, now)

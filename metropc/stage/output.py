@@ -182,6 +182,13 @@ class Output:
         """
         return pack_seq(self.stream, self._seqs.get(topic, 0))
 
+    def last_seqs(self) -> dict[str, int]:
+        """``{view path: seq}`` of the last result numbered on each topic: in
+        the status, so that a client counts results it missed at the very
+        end too (docs/protocol.md §7)."""
+        return {topic.decode("utf-8", "replace"): pack_seq(self.stream, n - 1)
+                for topic, n in self._seqs.items() if n > 0}
+
     def send(self, frames, topic: bytes | None = None) -> bool:
         """Send one encoded message; False if a subscriber had no room for it.
 

@@ -681,4 +681,5 @@ class ReduceStage:
 
     def status(self):
         """The status payload (see :func:`~metropc.stage.reduce_index.status_payload`)."""
-        return status_payload(self.state, self.run, self.ctx, self.announced.get("control"))
+        return status_payload(self.state, self.run, self.ctx, self.announced.get("control"),
+                              self.output.last_seqs())

@@ -143,11 +143,12 @@ class ReduceIndex:
         return entries
 
 
-def status_payload(state, run, ctx, control):
+def status_payload(state, run, ctx, control, seqs=None):
     """What a display shows at the top: state, run, context (`ctx`, or
     None), where to control (`control`: the frontend's control endpoint, or
-    None); and that results come in batches to who asks (``batch``)."""
+    None); that results come in batches to who asks (``batch``); and the
+    ``seq`` of each view's last result so far (`seqs`, ``{path: seq}``)."""
     return {"state": state, "run": run,
             "version": None if ctx is None else ctx.version,
             "path": None if ctx is None else ctx.path,
-            "control": control, "batch": True}
+            "control": control, "batch": True, "seqs": seqs or {}}
