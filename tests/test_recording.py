@@ -572,6 +572,10 @@ def test_results_the_recorder_did_not_get_are_counted_and_named(tmp_path, capfd)
     assert ("not recorded: 5 published result(s) the recorder did not get "
             "(it did not keep up; ZeroMQ dropped them on the way): 2 of a, 3 of b") in err, err
     assert list(metropc.open_recording(target)["a"].values) == [100, 101, 102, 105, 106]
+    # Connected after the file was made (as metropc-run --record does): the
+    # address is in the file all the same.
+    with h5py.File(target, "r", locking=False) as f:
+        assert f.attrs["address"] == out.addr
 
 
 def test_recorder_refuses_a_path_it_cannot_write(tmp_path):

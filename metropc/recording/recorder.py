@@ -239,6 +239,7 @@ def main(argv=None) -> int:
                     command, _, arg = line.decode().strip().partition(" ")
                     if command == "connect":
                         recorder.connect(arg.strip())
+                        recording.set_attrs(address=arg.strip())
                     elif command == "meta":  # from the parent, see send_meta
                         message = json.loads(arg)
                         recording.add_meta(message["topic"], message["payload"],

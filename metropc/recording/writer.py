@@ -102,6 +102,8 @@ class RecordingFile:
                     for name, dtype in columns.items()}
             for table, columns in META_TABLES.items()}
         exists = os.path.exists(path)
+        #: Whether this session made the file (its root attributes are ours).
+        self.created = not exists
         self.h5 = h5py.File(path, "a" if exists else "w", libver="latest", locking=False)
         try:
             if exists:
@@ -255,6 +257,16 @@ class Recording:
         self.skipped: dict[str, int] = {}  # view -> results that cannot be recorded
         if not self.directory:
             self._file(None)  # open (and check) the file now
+
+    def set_attrs(self, **attrs: str) -> None:
+        """Root attributes learnt after the file was opened (the address of
+        the pipeline, known once it runs): in the files this session made,
+        and in those it makes from now on."""
+        self.attrs.update(attrs)
+        for f in self.files.values():
+            if f.created:
+                for key, value in attrs.items():
+                    f.h5.attrs[key] = value
 
     def _file(self, run) -> RecordingFile:
         key = run if self.directory else None
