@@ -71,8 +71,21 @@ def phase(x: '{IXPOS}'):
 @View.Scalar
 def raw(t: 'internal#train_id'):
     return t.to_bytes(4, "little")  # all of one length
+
+@View.Points
+def points(v: '{INTENSITY}'):
+    return np.arange(4.0), np.asarray(v[:4], dtype=np.float64)  # (x, y)
+
+@View.Vector
+def pair(x: '{IXPOS}'):
+    return (float(x), 2 * float(x))
+
+@View.Vector
+def listed(x: '{IXPOS}'):
+    return [float(x), -float(x)]
 """
-VIEWS = ("intensity", "first", "image", "position", "label", "phase", "raw")
+VIEWS = ("intensity", "first", "image", "position", "label", "phase", "raw", "points",
+         "pair", "listed")
 
 
 def deadline_poll(predicate, timeout=30.0, what="condition"):
@@ -265,6 +278,8 @@ def test_replay_decodes_like_the_live_output(tmp_path, run_dir):
         assert list(got) == list(want)  # same keys, same order
         assert got["version"] == want["version"]
         assert type(got["data"]) is type(want["data"]), key
+        if key[0] in ("view#points", "view#pair", "view#listed"):  # (x, y), (a, b), [a, b]
+            assert [type(v) for v in got["data"]] == [type(v) for v in want["data"]], key
         if isinstance(want["data"], xr.DataArray):
             xr.testing.assert_identical(got["data"], want["data"])
         else:

@@ -75,7 +75,9 @@ class Layout:
     per_event_coords: bool = False
     #: The Python type the result had, when it was no ndarray: "int",
     #: "float", "bool", "complex" (plain numbers), "scalar" (a numpy
-    #: scalar) or "list" (a list or tuple of numbers).  Replay gives it back.
+    #: scalar), "list" or "tuple" (of numbers), "list-arrays" or
+    #: "tuple-arrays" (of arrays of one shape, as a Points view's (x, y)).
+    #: Replay gives it back.
     pytype: str = ""
 
     def accepts(self, other: "Layout") -> bool:
@@ -128,9 +130,12 @@ def classify(value) -> tuple[Layout, Any] | None:
         return _classify_dataarray(value)
     elif kind in (list, tuple):
         try:
-            arr, pytype = np.asarray(value), "list"
+            arr = np.asarray(value)
         except (ValueError, TypeError):
             return None
+        # (x, y) of a Points view: a tuple of arrays, given back as one
+        pytype = kind.__name__ + ("-arrays" if any(type(v) is np.ndarray for v in value)
+                                  else "")
     else:
         return None
     if arr.dtype.kind not in _NUMERIC or arr.dtype.hasobject:

@@ -155,6 +155,11 @@ class _Segment:
                 return value[()]
             if self.pytype == "list":
                 return value.tolist()
+            if self.pytype == "tuple":
+                return tuple(value.tolist())
+            if self.pytype in ("list-arrays", "tuple-arrays"):
+                rows = [np.asarray(row) for row in value]
+                return rows if self.pytype == "list-arrays" else tuple(rows)
             return np.asarray(value)
         coords = {}
         if "coords" in self.group:
