@@ -34,7 +34,7 @@ __all__ = [
     "VIEW_PREFIX", "view_topic", "view_name",
     "OP_EVENT", "OP_CONTEXT", "OP_COMMIT", "OP_ABORT", "OP_PARAMS", "OP_INDEX",
     "OP_ACTION", "OP_STEP", "OP_STATS", "OP_LOST", "OP_SHM", "OP_STOP", "OP_HELLO",
-    "OP_HEARTBEAT", "OP_CREDIT", "OP_ERROR", "OP_CTX_READY", "OP_CTX_FAILED",
+    "OP_HEARTBEAT", "OP_CREDIT", "OP_ERROR", "OP_BYE", "OP_CTX_READY", "OP_CTX_FAILED",
     "OP_DEBUG", "OP_PROGRESS", "OP_RESET", "OP_RUN", "OP_PAUSE", "OP_RESUME", "OP_ANNOUNCE", "OP_BUSY", "OP_WANT", "OP_INPUTS",
     "OP_ARESULT", "OP_RESULT", "OP_BATCH", "OP_PICKLED_BATCH",
     "OP_VSTATS", "KEY_TIME",
@@ -82,6 +82,7 @@ class Op(bytes, enum.Enum):
     DEBUG = b"debug"
     PROGRESS = b"progress"  # reduce -> frontend: ordering progress
     BUSY = b"busy"          # async -> frontend: computing since now, or done
+    BYE = b"bye"            # a remote worker leaves (its operator stopped it)
 
     # Reduce <-> async.
     WANT = b"want"          # async -> reduce: ready for the newest inputs
@@ -133,6 +134,7 @@ OP_DEBUG = Op.DEBUG.value        # {"msg": str}
 OP_PROGRESS = Op.PROGRESS.value  # {"next_seq": int, "done_seq": int, "lost": int, ...}
 OP_RESULT = Op.RESULT.value      # pool -> reduce: one event's results
 OP_BUSY = Op.BUSY.value          # {"busy": bool}: async stage computing (supervised)
+OP_BYE = Op.BYE.value            # {}: a remote worker leaves; what it held is lost
 OP_WANT = Op.WANT.value          # {"version": int | None}
 OP_INPUTS = Op.INPUTS.value      # {"inputs": {view: value}, "event_id", "version", "run"}
 OP_ARESULT = Op.ARESULT.value    # {"results": {view: value}, "event_id", "version", "failed"}
@@ -452,6 +454,7 @@ SCHEMAS: dict[bytes, Schema] = {
     OP_RESULT: Schema({}, values=Field(_ANY), check=_result),
     # async <-> reduce, async -> frontend
     OP_BUSY: Schema({"busy": Field(_BOOL, True)}),
+    OP_BYE: Schema({}),
     OP_WANT: Schema({"version": Field(_INT_OR_NONE)}),
     OP_INPUTS: Schema({"inputs": Field(_DICT, True), "version": Field(_INT_OR_NONE),
                        "run": Field(_INT_OR_NONE)}),

@@ -121,6 +121,36 @@ def test_remote_worker_joins_and_losing_it_is_counted(secured):
                 worker.wait(10)
 
 
+def test_a_remote_worker_its_operator_stops_says_so(secured, caplog):
+    """Ctrl-C in a remote worker's terminal: the frontend hears it leave at
+    once (a warning, what it held counted), not a "went silent" error 5 s
+    later; the pipeline goes on with the next worker."""
+    fe, keydir = secured
+    with Client(fe.output_addr, views=["tid"], timeout=20, keys=keydir) as client:
+        worker = start_worker(fe, keydir, name="leaving")
+        try:
+            feed_until(fe, client, lambda v: len(v) >= 20, start=0)
+            worker.send_signal(signal.SIGINT)
+            assert worker.wait(10) == 0
+            wait_for(lambda: any("remote worker pool-leaving left (stopped by its operator)"
+                                 in r.getMessage() for r in caplog.records), timeout=3)
+            assert "pool-leaving" not in fe._state.remote
+            second = start_worker(fe, keydir, name="next")
+            try:
+                more = feed_until(fe, client, lambda v: len(v) >= 10, start=10_000)
+                assert more == sorted(more)
+            finally:
+                second.terminate()
+                second.wait(10)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(10)
+    assert not any("went silent" in e for e in fe.errors), fe.errors
+    left, = [r for r in caplog.records if "pool-leaving left" in r.getMessage()]
+    assert left.levelname == "WARNING" and "event(s) it held are lost" in left.getMessage()
+
+
 def test_peers_without_the_keys_are_refused(secured):
     fe, keydir = secured
     intruder = start_worker(fe, keydir=None, name="intruder")

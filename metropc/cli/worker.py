@@ -99,7 +99,7 @@ def main(argv=None):
     try:
         logging.getLogger("metropc.worker").info("worker %s joining %s", name, args.control)
         return run_pool(args.control, args.reduce, name=name, prefetch=args.prefetch,
-                        keys=args.keys)
+                        keys=args.keys, remote=True)
     except KeyboardInterrupt:  # a signal before run_pool took over (it returns 0 too)
         return 0
     finally:

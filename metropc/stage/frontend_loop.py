@@ -31,7 +31,8 @@ from .common import (OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_CTX_FAILED,
                      OP_CTX_READY, OP_DEBUG, OP_ERROR, OP_HELLO, OP_INDEX, OP_LOST, OP_PARAMS,
                      OP_PROGRESS, OP_SHM, OP_STATS, OP_STEP, OP_STOP, RejectLog, recv, send,
                      send_batch)
-from ..messages import MARK_OPS, OP_ANNOUNCE, OP_BUSY, OP_PAUSE, OP_RESET, OP_RESUME, OP_RUN
+from ..messages import (MARK_OPS, OP_ANNOUNCE, OP_BUSY, OP_BYE, OP_PAUSE, OP_RESET, OP_RESUME,
+                        OP_RUN)
 from .dispatcher import Dispatcher
 from .reload import Aborted, Committed, ReloadCoordinator
 from .supervisor import GiveUp, Gone, Panic, ReduceWatch, Replace, StageState, Supervisor
@@ -189,6 +190,9 @@ class FrontendLoop:
             fe.on_pipeline_debug(str(data.get("msg")))
         elif opcode == OP_BUSY and name == "async":
             self.async_busy = now if data["busy"] else None
+        elif opcode == OP_BYE and self.supervisor.left(name):
+            log.warning("%s", self.forget(name, f"remote worker {name} left (stopped by "
+                                                "its operator)"))
         elif opcode == OP_HELLO:
             self.on_hello(name, data, now)
 

@@ -32,7 +32,7 @@ from ..error import ProtocolError
 from ..protocol import encode_protocol
 from ..security import secure
 from . import shm as shmem
-from ..messages import EVENT_ID_TYPES, KEY_MARK, KEY_TIME, META_MARK, OP_VSTATS
+from ..messages import EVENT_ID_TYPES, KEY_MARK, KEY_TIME, META_MARK, OP_BYE, OP_VSTATS
 from ..timing import merge
 from .reload import StagedContext
 from .common import (KEY_EVENT_ID, KEY_META, KEY_SHM, KEY_STEP, META_SKIP, META_STEP,
@@ -378,15 +378,30 @@ class PoolWorker:
         return out
 
 
+#: How long a remote worker that leaves waits for its ``bye`` to go out.
+BYE_LINGER_MS = 1000
+
+
+def _say_bye(control) -> bool:
+    """Tell the frontend this worker leaves; False if that cannot be sent."""
+    try:
+        send(control, OP_BYE, {}, flags=zmq.NOBLOCK)
+        return True
+    except (zmq.ZMQError, KeyboardInterrupt):  # (a second signal: just go)
+        return False
+
+
 def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, name=None,
-             keys=None, shm=None):
+             keys=None, shm=None, remote=False):
     """Run one POOL worker until told to stop; returns an exit code.
 
     `name` must be unique in the pipeline (``pool-N`` for local workers,
     ``pool-<host>-<pid>`` for remote ones); `keys` a key directory when the
     pipeline is secured with CURVE; `shm` the frontend's shared-memory
     segments (``{"in": name, "out": name, "threshold": bytes}``) for a
-    worker on the frontend's host.
+    worker on the frontend's host.  A `remote` worker (``metropc-worker``)
+    stopped by its own operator says so (``bye``): the frontend then knows
+    at once, instead of taking its silence for a failure seconds later.
     """
     name = name or f"pool-{index}"
     zctx = zmq_context or zmq.Context()
@@ -456,7 +471,11 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, n
             elif free:
                 send(control, OP_CREDIT, {"n": 0, "free": free})
             worker.busy += perf_counter() - t0
-    except (KeyboardInterrupt, zmq.ContextTerminated):
+    except KeyboardInterrupt:
+        if remote and control is not None and _say_bye(control):
+            control.close(BYE_LINGER_MS)  # (sent before the socket goes)
+        return 0
+    except zmq.ContextTerminated:
         return 0
     finally:
         if heartbeat is not None:

@@ -107,6 +107,11 @@ class Supervisor:
         if remote:
             self.remote[name] = now
 
+    def left(self, name: str) -> bool:
+        """Remote worker `name` said it leaves: no longer watched; False if
+        it is no remote worker (a local stage's word is not taken)."""
+        return self.remote.pop(name, None) is not None
+
     def heard(self, name: str, now: float) -> None:
         """Any message (or heartbeat) from a remote worker."""
         if name in self.remote:
