@@ -543,6 +543,10 @@ def test_summaries():
 def test_render_and_terminal_refresh(capsys):
     text = cli.render("tcp://h:1", None, {}, ["view#roi"])
     assert "no index yet" in text and "view#roi  (nothing yet)" in text
+    text = cli.render("tcp://h:1", INDEX, {}, ["view#roi", "view#rio", "view#zzz"])
+    assert "view#roi  (nothing yet)" in text
+    assert "view#rio  (no such view in the index; did you mean 'view#roi'?)" in text
+    assert "view#zzz  (no such view in the index)" in text
     cli._show("frame one", tty=True)
     assert capsys.readouterr().out == "\x1b[H\x1b[2Jframe one\n"
     cli._show("frame two", tty=False)
@@ -608,7 +612,15 @@ def test_cli_timeout_exit_code(tmp_path, capsys):
 def test_cli_missing_view_and_bad_address(publisher, capsys):
     publisher.publish(b"index", encode_index(INDEX))
     assert cli.main([publisher.address, "--view", "nope", "--once", "--timeout", "1"]) == 1
-    assert "view#nope not in the index" in capsys.readouterr().err
+    assert "(view#nope: no such view in the index)" in capsys.readouterr().err
+    assert cli.main([publisher.address, "--view", "rio", "--once", "--timeout", "1"]) == 1
+    assert ("(view#rio: no such view in the index; did you mean 'view#roi'?)"
+            in capsys.readouterr().err)
+    for blank in ("", "  ", "view#"):
+        with pytest.raises(SystemExit) as info:
+            cli.main([publisher.address, "--view", blank])
+        assert info.value.code == 2
+        assert "--view: wants a view name" in capsys.readouterr().err
     assert cli.main(["not-an-address", "--once"]) == 2
     assert "cannot connect" in capsys.readouterr().err
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import difflib
 import logging
 import math
 import sys
@@ -73,6 +74,22 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _view_name(text: str) -> str:
+    """A view name or path for ``--view`` (argparse type): not blank."""
+    if not text.strip() or text.strip() in ("view#",):
+        raise argparse.ArgumentTypeError(f"wants a view name, e.g. roi or view#roi, "
+                                         f"got {text!r}")
+    return text.strip()
+
+
+def _unknown_view(path: str, index) -> str:
+    """Why `path` has no value yet when the index does not list it."""
+    names = [p.removeprefix("view#") for p in published_views(index)]
+    close = difflib.get_close_matches(path.removeprefix("view#"), names, n=1)
+    return ("no such view in the index"
+            + (f"; did you mean 'view#{close[0]}'?" if close else ""))
+
+
 def _parse_set(text: str):
     """``NAME=VALUE`` (argparse type); the pipeline checks VALUE against the
     parameter's type."""
@@ -108,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("address", metavar="ADDR",
                         help="output address of the pipeline, e.g. tcp://host:5555")
     parser.add_argument("--view", dest="views", metavar="NAME", action="append",
-                        default=[], help="show the latest value of this view only "
+                        type=_view_name, default=[], help="show the latest value of this view only "
                         "(name or view#name; repeatable); default: every view")
     parser.add_argument("--interval", type=_seconds, default=1.0, metavar="S",
                         help="refresh interval in seconds, more than 0 and at most "
@@ -357,7 +374,9 @@ def render(address: str, index: Mapping[str, IndexEntry] | None,
             lost = f"  (missed {missed[path]})" if missed.get(path) else ""
             name = middle(path, _PATH_WIDTH)
             if payload is None:
-                lines.append(f"{name}  (nothing yet){lost}")
+                why = ("nothing yet" if index is None or path in index
+                       else _unknown_view(path, index))
+                lines.append(f"{name}  ({why}){lost}")
                 continue
             event = payload.get("event_id")
             event = "" if event is None else f"  event {event}"
@@ -405,7 +424,7 @@ def _snapshot_once(client: Client, wanted: list[str], timeout: float):
         except TimeoutError:
             missing = [p for p in wanted if p not in values]
             unknown = [p for p in missing if p not in (client.index or {})]
-            hint = f" ({', '.join(unknown)} not in the index)" if unknown else ""
+            hint = "".join(f" ({p}: {_unknown_view(p, client.index)})" for p in unknown)
             raise TimeoutError(f"no value for {', '.join(missing)} within "
                                f"{timeout:g} s{hint}") from None
         values.setdefault(path, data)
