@@ -540,7 +540,7 @@ def test_summaries():
     assert cli.summarize("x" * 100).endswith("...")
 
 
-def test_render_and_terminal_refresh(capsys):
+def test_render_and_terminal_refresh(capsys, monkeypatch):
     text = cli.render("tcp://h:1", None, {}, ["view#roi"])
     assert "no index yet" in text and "view#roi  (nothing yet)" in text
     text = cli.render("tcp://h:1", INDEX, {}, ["view#roi", "view#rio", "view#zzz"])
@@ -549,6 +549,17 @@ def test_render_and_terminal_refresh(capsys):
     assert "view#zzz  (no such view in the index)" in text
     cli._show("frame one", tty=True)
     assert capsys.readouterr().out == "\x1b[H\x1b[2Jframe one\n"
+    assert cli.fit_screen("abcdef\nxy", columns=4, rows=10) == "abc>\nxy"
+    assert cli.fit_screen("\n".join("0123456789"), 20, 5).splitlines() == [
+        "0", "1", "2", "... 7 more lines (a "]
+    monkeypatch.setenv("COLUMNS", "30")  # what a terminal of 30 x 6 says
+    monkeypatch.setenv("LINES", "6")
+    text = cli.render("tcp://h:1", INDEX, {}, ["view#roi", "view#img"], index_age=100)
+    cli._show(text, tty=True)
+    screen = capsys.readouterr().out.removeprefix("\x1b[H\x1b[2J").splitlines()
+    assert len(screen) == 5 and all(len(line) <= 30 for line in screen)
+    assert screen[0].startswith("metropc-client tcp://h:1  di")  # the state stays in sight
+    assert screen[-1].startswith("... ") and "more lines" in screen[-1]
     cli._show("frame two", tty=False)
     out = capsys.readouterr().out
     assert out.startswith("--- ") and out.endswith("frame two\n\n")

@@ -28,6 +28,7 @@ import collections
 import difflib
 import logging
 import math
+import shutil
 import sys
 import time
 import warnings
@@ -431,9 +432,27 @@ def _snapshot_once(client: Client, wanted: list[str], timeout: float):
     return values
 
 
+def fit_screen(text: str, columns: int, rows: int) -> str:
+    """`text` cut to a terminal of `columns` x `rows`.
+
+    A redrawn screen must fit: a line wider than the terminal wraps, and
+    more lines than it has scroll the first ones, the address and the
+    connection state, out of sight at every refresh.
+    """
+    lines = [line[:columns - 1] + ">" if len(line) > columns else line  # (ASCII: any locale)
+             for line in text.splitlines()]
+    if len(lines) > rows - 1:
+        more = len(lines) - (rows - 2)
+        lines = lines[:rows - 2] + [f"... {more} more lines (a larger window, or --view NAME)"
+                                    [:columns]]
+    return "\n".join(lines)
+
+
 def _show(text: str, tty: bool) -> None:
     if tty:
-        sys.stdout.write(_CLEAR + text + "\n")
+        size = shutil.get_terminal_size()
+        sys.stdout.write(_CLEAR + fit_screen(text, max(20, size.columns),
+                                             max(4, size.lines)) + "\n")
     else:
         sys.stdout.write(f"--- {time.strftime('%H:%M:%S')}\n{text}\n\n")
     sys.stdout.flush()
