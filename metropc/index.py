@@ -28,7 +28,7 @@ from .timing import pack_buckets, unpack_buckets
 __all__ = [
     "IndexEntry", "IndexViewEntry", "IndexTimingEntry", "IndexStageEntry",
     "slowest_views", "view_path", "encode_index", "decode_index",
-    "INDEX", "TIMING_PREFIX", "STAGE_PREFIX", "OUTPUT_LATENCY",
+    "INDEX", "TIMING_PREFIX", "STAGE_PREFIX", "OUTPUT_LATENCY", "GAUGES",
 ]
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,11 @@ _VIEW_PREFIX = "view#"
 TIMING_PREFIX = "timing#"
 STAGE_PREFIX = "stage#"
 OUTPUT_LATENCY = "internal#output_latency"
+#: Index paths whose count is a level now (it goes down as well as up), not
+#: a running total: no rate follows from successive counts; their `rate`
+#: is their own (docs/shm.md), or 0.0.
+GAUGES = frozenset({"internal#shm_slots_used", "internal#shm_bytes_used",
+                    "internal#reorder_waiting"})
 
 
 class IndexEntry:

@@ -540,6 +540,27 @@ def test_summaries():
     assert cli.summarize("x" * 100).endswith("...")
 
 
+def test_rates_come_from_counts_but_not_for_gauges():
+    """A gauge's count (slots in use, results waiting) is a level, not a
+    total: it has no rate from successive counts; its own, or none, shows."""
+    def index(tid, waiting, slots):
+        return {"internal#train_id": IndexEntry(tid, 9.0),
+                "internal#reorder_waiting": IndexEntry(waiting, 0.0),
+                "internal#shm_slots_used": IndexEntry(slots, 300.0)}
+
+    rates = cli.IndexRates()
+    rates.add(100.0, index(10, 5, 8))
+    later = index(30, 9, 12)
+    rates.add(102.0, later)
+    assert rates.rate("internal#train_id", later["internal#train_id"]) == 10.0
+    assert rates.rate("internal#reorder_waiting", later["internal#reorder_waiting"]) == 0.0
+    assert rates.rate("internal#shm_slots_used", later["internal#shm_slots_used"]) == 300.0
+    rows = {row.split()[0]: row.split()[1:] for row in cli._path_rows(later, rates.rate)}
+    assert rows["internal#train_id"] == ["30", "10.0/s"]
+    assert rows["internal#reorder_waiting"] == ["9", "-"]
+    assert rows["internal#shm_slots_used"] == ["12", "300.0/s"]
+
+
 def test_render_and_terminal_refresh(capsys, monkeypatch):
     text = cli.render("tcp://h:1", None, {}, ["view#roi"])
     assert "no index yet" in text and "view#roi  (nothing yet)" in text

@@ -40,7 +40,7 @@ from ..client import Client
 from ..endpoints import connect_problem
 from ..enums import ViewOutput
 from ..error import ProtocolError
-from ..index import (IndexEntry, IndexStageEntry, IndexTimingEntry, IndexViewEntry,
+from ..index import (GAUGES, IndexEntry, IndexStageEntry, IndexTimingEntry, IndexViewEntry,
                      slowest_views, view_path)
 from ..timing import format_seconds
 from .run_args import UsageError, _Parser, non_negative_int
@@ -279,8 +279,9 @@ class IndexRates:
             self._history.popleft()
 
     def rate(self, path: str, entry: IndexEntry) -> float:
-        """Events per second of `path`, whose latest entry is `entry`."""
-        if len(self._history) >= 2:
+        """Events per second of `path`, whose latest entry is `entry`; a
+        gauge's own rate (its count is a level: no rate follows from it)."""
+        if len(self._history) >= 2 and path not in GAUGES:
             now, _ = self._history[-1]
             for then, counts in self._history:
                 old = counts.get(path)
@@ -325,8 +326,9 @@ def _path_rows(index: Mapping[str, IndexEntry], rate) -> list[str]:
     rows = [f"{'PATH':<{_PATH_WIDTH}} {'COUNTS':>9} {'RATE':>9}"]
     for path in paths:
         e = index[path]
-        rows.append(f"{middle(path, _PATH_WIDTH):<{_PATH_WIDTH}} {e.counts:>9} "
-                    f"{rate(path, e):>7.1f}/s")
+        per_s = rate(path, e)
+        shown = "-" if path in GAUGES and not per_s else f"{per_s:.1f}/s"
+        rows.append(f"{middle(path, _PATH_WIDTH):<{_PATH_WIDTH}} {e.counts:>9} {shown:>9}")
     return rows
 
 
