@@ -284,6 +284,47 @@ def test_a_killed_frontend_s_shared_memory_is_freed_at_once(tmp_path):
         end_session(proc)
 
 
+def test_stages_left_stopped_by_a_killed_frontend_are_killed_by_the_next(tmp_path):
+    """SIGSTOP of the stages, then SIGKILL of metropc-run: the stages cannot
+    act on the SIGTERM the kernel sends them, and stay, stopped; the next
+    frontend kills them when it removes the dead one's socket directory."""
+    import glob
+    import subprocess
+    import sys
+
+    from conftest import end_session
+    from metropc.stage.frontend import remove_stale_socket_dirs
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text("@View.Scalar\ndef tid(t: 'internal#train_id'):\n    return t\n")
+    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx), "--pool", "1",
+                             "--rate", "50", "--status", "off"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    stages = []
+    try:
+        line = proc.stdout.readline()  # printed once the pipeline is ready
+        assert "output on" in line, line
+        stages = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                  if "resource_tracker" not in " ".join(p.cmdline())]
+        assert len(stages) == 2  # reduce, pool-0
+        (socket_dir,) = glob.glob(f"/tmp/metropc-{proc.pid}-*")
+        with open(os.path.join(socket_dir, "stages")) as f:
+            assert {int(tag.split("-")[0]) for tag in f.read().split()} == {
+                p.pid for p in stages}
+        for p in stages:
+            p.send_signal(signal.SIGSTOP)
+        wait_for(lambda: all(p.status() == psutil.STATUS_STOPPED for p in stages), timeout=10)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert all(running(p) for p in stages)  # (what the kernel sent waits)
+        assert socket_dir in remove_stale_socket_dirs()
+        wait_for(lambda: not any(running(p) for p in stages), timeout=10)
+    finally:
+        for p in stages:
+            if running(p):
+                p.kill()
+        end_session(proc)
+
+
 def test_the_next_frontend_removes_socket_directories_of_killed_ones(tmp_path):
     """A frontend killed with SIGKILL cannot remove its private socket
     directory; the next one does, and touches nothing else."""

@@ -55,7 +55,8 @@ from .frontend_loop import START_ASYNC
 from .pool import run_pool
 from .queue import EventQueue
 from .reduce_loop import run_reduce
-from .runner import LogForwarder, ProcessRunner, StageRunner, ThreadRunner
+from .runner import (STAGES_FILE, LogForwarder, ProcessRunner, StageRunner, ThreadRunner,
+                     kill_left_stages)
 from .segments import left_by_dead_owners, owner_tag
 
 __all__ = ["ThreadedFrontend", "ProcessRunner", "ThreadRunner", "StageRunner",
@@ -73,16 +74,19 @@ _SOCKET_DIR = re.compile(r"metropc-([0-9]{1,10})-([0-9]{1,20})-[A-Za-z0-9_]+")
 def remove_stale_socket_dirs(directory=None) -> list[str]:
     """Remove the private socket directories of frontends that are gone
     (killed with SIGKILL, they could not); returns their paths.  Only
-    directories of this user that hold nothing but sockets are touched."""
+    directories of this user that hold nothing but sockets (and the list of
+    the frontend's stages) are touched; stages of theirs that still run,
+    stopped, are killed (:func:`~metropc.stage.runner.kill_left_stages`)."""
     directory = directory or tempfile.gettempdir()
-    removed = []
+    removed, killed = [], 0
     for name in left_by_dead_owners(directory, _SOCKET_DIR):
         path = os.path.join(directory, name)
         try:
             if os.lstat(path).st_uid != os.getuid() or not all(
-                    stat.S_ISSOCK(os.lstat(os.path.join(path, f)).st_mode)
+                    f == STAGES_FILE or stat.S_ISSOCK(os.lstat(os.path.join(path, f)).st_mode)
                     for f in os.listdir(path)):
                 continue
+            killed += kill_left_stages(os.path.join(path, STAGES_FILE))
             shutil.rmtree(path)
         except OSError:
             continue
@@ -90,6 +94,9 @@ def remove_stale_socket_dirs(directory=None) -> list[str]:
     if removed:
         log.info("removed %d socket director%s left by dead frontends", len(removed),
                  "y" if len(removed) == 1 else "ies")
+    if killed:
+        log.warning("killed %d stage process(es) of dead frontends that were left "
+                    "stopped (SIGSTOP) when their frontend died", killed)
     return removed
 
 
@@ -515,10 +522,10 @@ class ThreadedFrontend:
         extra = {}
         if self.sr_cls.shares_context:
             extra["zmq_context"] = self._zctx
-        options = {}
+        options = {"registry": os.path.join(self._tmpdir, STAGES_FILE)}
         if self._logs is not None:
-            options = {"log_level": logging.getLogger("metropc").getEffectiveLevel(),
-                       "log_queue": self._logs.queue}
+            options.update(log_level=logging.getLogger("metropc").getEffectiveLevel(),
+                           log_queue=self._logs.queue)
         if name == "reduce":
             # A restarted REDUCE binds the address clients already use.
             return self.sr_cls(run_reduce, dict(

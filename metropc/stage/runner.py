@@ -21,10 +21,12 @@ import threading
 import time
 
 from ..error import StopRequested
+from . import segments
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StageRunner", "ThreadRunner", "ProcessRunner", "LogForwarder"]
+__all__ = ["StageRunner", "ThreadRunner", "ProcessRunner", "LogForwarder", "STAGES_FILE",
+           "kill_left_stages"]
 
 
 def _stage_main(target, kwargs, log_level=None, log_queue=None):
@@ -203,6 +205,39 @@ class ThreadRunner(StageRunner):
             self._thread.join(timeout)
 
 
+#: The file, in a frontend's socket directory, naming its stage processes.
+STAGES_FILE = "stages"
+
+
+def kill_left_stages(registry: str) -> int:
+    """Kill the stage processes a frontend that is gone listed in `registry`
+    and that still run; returns how many.
+
+    A stage outlives its frontend only while it is stopped (SIGSTOP, Ctrl-Z
+    of its group): the SIGTERM the kernel sends it when the frontend dies
+    waits until it is continued, which may be never.  Each line is an
+    :func:`~metropc.stage.segments.owner_tag`, so a pid used again since by
+    another process is left alone.
+    """
+    try:
+        with open(registry) as f:
+            tags = f.read().split()
+    except OSError:
+        return 0
+    killed = 0
+    for tag in tags:
+        pid, _, start = tag.partition("-")
+        if not (pid.isdigit() and start.isdigit()) or int(start) == 0:
+            continue
+        if segments.owner_alive(int(pid), int(start)):
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+                killed += 1
+            except OSError:  # gone meanwhile, or not ours
+                pass
+    return killed
+
+
 class ProcessRunner(StageRunner):
     """A stage in a spawned child process (never forked: fresh ZeroMQ state)."""
 
@@ -210,10 +245,13 @@ class ProcessRunner(StageRunner):
     #: Seconds a stopped stage gets to leave before it is killed.
     KILL_AFTER = 1.0
 
-    def __init__(self, target, kwargs, name, *, log_level=None, log_queue=None, **options):
+    def __init__(self, target, kwargs, name, *, log_level=None, log_queue=None,
+                 registry=None, **options):
         super().__init__(target, kwargs, name)
         self.log_level = log_level
         self.log_queue = log_queue
+        #: A file to note the process in (STAGES_FILE), for kill_left_stages.
+        self.registry = registry
         self._kill_at = None
 
     def start(self):
@@ -232,6 +270,12 @@ class ProcessRunner(StageRunner):
             self._process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if self.registry is not None:
+            try:
+                with open(self.registry, "a") as f:
+                    f.write(segments.owner_tag(self._process.pid) + "\n")
+            except OSError as e:  # (only the clean-up after a kill -9 needs it)
+                log.debug("cannot note stage %s in %s: %s", self.name, self.registry, e)
 
     @property
     def pid(self):
