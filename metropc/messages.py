@@ -108,7 +108,7 @@ OP_COMMIT = Op.COMMIT.value      # {"version": int, "from_seq": int}: use the pr
 OP_ABORT = Op.ABORT.value        # {"version": int}: forget the prepared context
 OP_PARAMS = Op.PARAMS.value      # {name: value}
 OP_INDEX = Op.INDEX.value        # publish the index now (reduce)
-OP_ACTION = Op.ACTION.value      # {"view_name": name} (reduce)
+OP_ACTION = Op.ACTION.value      # {"view_name": name, "ordered"?: bool} (reduce; ordered: a mark)
 OP_STEP = Op.STEP.value          # operator step boundary (sent through a worker)
 OP_STATS = Op.STATS.value        # {path: (count, rate)} input statistics (reduce)
 OP_LOST = Op.LOST.value          # {"seqs": [...], "doubtful"?, "grace"?}: a dead worker's (reduce)
@@ -420,7 +420,7 @@ SCHEMAS: dict[bytes, Schema] = {
     OP_ABORT: Schema({"version": _VERSION}),
     OP_PARAMS: Schema({}, values=Field(_ANY)),
     OP_INDEX: Schema({}),
-    OP_ACTION: Schema({"view_name": Field(_STR, True)}),
+    OP_ACTION: Schema({"view_name": Field(_STR, True), "ordered": Field(_BOOL)}),
     OP_STEP: Schema({}),
     OP_STATS: Schema({}, values=Field((tuple,), check=_stat_pair)),
     OP_LOST: Schema({"seqs": Field((list, tuple), True, _int_list),

@@ -390,16 +390,21 @@ class Pipeline:
         """End the current run by hand."""
         self._frontend.end_run()
 
-    def action(self, view_name):
+    def action(self, view_name, *, after_events=False):
         """Run the ACTION view `view_name` in REDUCE; a name that is no
-        ACTION view raises ValueError."""
+        ACTION view raises ValueError.  At once by default (an operator's
+        button); `after_events`: once REDUCE has the results of every event
+        fed before, as a source's ``metropc.Action`` runs."""
         if self.ctx is not None:
             view = self.ctx.views.get(view_name)
             if view is None or view.stage is not ViewStage.ACTION:
                 actions = [n for n, v in self.ctx.views.items() if v.stage is ViewStage.ACTION]
                 raise ValueError(f"no ACTION view named {view_name!r} in {self.ctx.path} "
                                  f"(actions: {', '.join(actions) or 'none'})")
-        self._frontend.queue_to("reduce", OP_ACTION, {"view_name": view_name})
+        data = {"view_name": view_name}
+        if after_events:
+            data["ordered"] = True
+        self._frontend.queue_to("reduce", OP_ACTION, data)
 
     def request_index(self):
         """Have REDUCE publish the index now, with the input counts of now."""
@@ -530,7 +535,7 @@ class Pipeline:
             self.step()
             return
         try:
-            self.action(item.view_name)
+            self.action(item.view_name, after_events=True)
         except ValueError as e:
             self.on_error(f"source: {e}")
 

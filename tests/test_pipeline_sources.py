@@ -192,19 +192,28 @@ def steps(paths=None):
 """
 
 STEPS_CTX = """
+import time
+
 @View.Scalar_StepAverage
 def step_mean(t: 'internal#train_id'):
     return float(t)
 
 @View.Scalar_Action
-def total():
-    return 42
+def total(t: 'internal#train_id'):
+    return t  # the latest train REDUCE has seen
+
+@View.Scalar
+def slow(t: 'internal#train_id'):
+    if t == 203:  # the last event comes to REDUCE well after the Action was fed
+        time.sleep(0.5)
+    return t
 """
 
 
 def test_a_callable_source_ends_steps_and_runs_actions(tmp_path):
     """``metropc.STEP`` and ``metropc.Action(...)`` from a callable source
-    pass through to the pipeline (docs/sources.md); an Action naming no
+    pass through to the pipeline (docs/sources.md), in order with the
+    events: the Action sees every event before it; an Action naming no
     ACTION view is reported and the feeding goes on."""
     module = tmp_path / "stepsource.py"
     module.write_text(STEPS_SOURCE)
@@ -213,12 +222,12 @@ def test_a_callable_source_ends_steps_and_runs_actions(tmp_path):
             pipe.request_index()
             client.wait_index()
             pipe.start()
-            got = {"view#step_mean": [], "view#total": []}
-            # (an Action runs when REDUCE gets it: maybe before the last steps)
-            while not got["view#total"] or len(got["view#step_mean"]) < 3:
+            got, order = {"view#step_mean": [], "view#total": []}, []
+            while not got["view#total"]:
                 path, payload = client.recv()
                 got[path].append(payload["data"])
+                order.append(path)
         assert pipe.finished.wait(30)
     assert got["view#step_mean"] == [1.5, 101.5, 201.5]
-    assert got["view#total"] == [42]
+    assert got["view#total"] == [203] and order[-1] == "view#total", order
     assert any("no ACTION view named 'nosuch'" in e for e in pipe.errors), pipe.errors

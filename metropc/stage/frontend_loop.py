@@ -27,7 +27,7 @@ import time
 import zmq
 
 from ..error import ProtocolError
-from .common import (OP_ABORT, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_CTX_FAILED,
+from .common import (OP_ABORT, OP_ACTION, OP_COMMIT, OP_CONTEXT, OP_CREDIT, OP_CTX_FAILED,
                      OP_CTX_READY, OP_DEBUG, OP_ERROR, OP_HELLO, OP_INDEX, OP_LOST, OP_PARAMS,
                      OP_PROGRESS, OP_SHM, OP_STATS, OP_STEP, OP_STOP, RejectLog, recv, send,
                      send_batch)
@@ -55,8 +55,17 @@ START_ASYNC = b"#start-async"
 CHECK_INTERVAL = 0.1
 
 
+def is_mark(opcode, data) -> bool:
+    """Whether a control message goes to REDUCE in order with the events
+    queued before it (through a worker), rather than at once."""
+    return opcode in MARK_OPS or (opcode == OP_ACTION and type(data) is dict
+                                  and data.get("ordered") is True)
+
+
 def mark_of(opcode, data):
     """The mark a control message becomes on its way to REDUCE."""
+    if opcode == OP_ACTION:
+        return {"kind": "action", "view_name": data["view_name"]}
     if opcode == OP_RESET:
         return {"kind": "reset", "views": list(data.get("views") or ())}
     if opcode == OP_RUN:
@@ -445,7 +454,7 @@ class FrontendLoop:
                 if not event_first:
                     if control is None:
                         return
-                    if control[2] in MARK_OPS and not dispatcher.has_credit():
+                    if is_mark(control[2], control[3]) and not dispatcher.has_credit():
                         return  # a mark waits for a worker, like an event
                     queue.control.popleft()
                     batch = None
@@ -457,7 +466,7 @@ class FrontendLoop:
                 self.send_events(batch)
             elif control[2] == OP_STEP:
                 self.send_step(None)
-            elif control[2] in MARK_OPS:
+            elif is_mark(control[2], control[3]):
                 self.send_step(None, mark_of(control[2], control[3]))
             else:
                 self.send_control(*control[1:])

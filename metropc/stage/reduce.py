@@ -210,6 +210,9 @@ class ReduceStage:
         if not isinstance(mark, dict):
             return
         kind = mark.get("kind")
+        if kind == "action":  # a source's Action, after the events before it
+            self.on_action({"view_name": mark.get("view_name")})
+            return
         if kind == "reset":
             mark = {"kind": "reset", "views": self.engine.reset(mark.get("views") or None)}
             self.reset_async(mark["views"])
