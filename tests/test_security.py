@@ -6,6 +6,7 @@ Remote workers are real ``metropc-worker`` processes connecting over
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -93,13 +94,35 @@ def feed_until(fe, client, predicate, start, timeout=30):
     return values
 
 
+@contextlib.contextmanager
+def joined(fe, keydir, name):
+    """A remote worker named `name`, stopped (SIGTERM) at the end if it runs."""
+    worker = start_worker(fe, keydir, name=name)
+    try:
+        yield worker
+    finally:
+        if worker.poll() is None:
+            worker.terminate()
+        try:
+            worker.wait(10)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(10)
+
+
+def another_takes_over(fe, client, keydir):
+    """A second worker joins and the pipeline goes on, in order."""
+    with joined(fe, keydir, "next"):
+        more = feed_until(fe, client, lambda v: len(v) >= 20, start=10_000)
+    assert more == sorted(more) and more[-1] >= 10_000
+
+
 def test_remote_worker_joins_and_losing_it_is_counted(secured):
     fe, keydir = secured
     assert fe.control_addr.startswith("tcp://127.0.0.1:")
     assert fe.reduce_addr.startswith("tcp://127.0.0.1:") and not fe.reduce_addr.endswith("*")
     with Client(fe.output_addr, views=["tid"], timeout=20, keys=keydir) as client:
-        worker = start_worker(fe, keydir, name="far-away-1")
-        try:
+        with joined(fe, keydir, "far-away-1") as worker:
             values = feed_until(fe, client, lambda v: len(v) >= 20, start=0)
             assert values == sorted(values)
             assert "pool-far-away-1" in fe._state.remote
@@ -107,18 +130,7 @@ def test_remote_worker_joins_and_losing_it_is_counted(secured):
             worker.wait(10)
             wait_for(lambda: any("pool-far-away-1 went silent" in e for e in fe.errors),
                      timeout=20)
-            # Another worker takes over; the pipeline goes on in order.
-            second = start_worker(fe, keydir, name="far-away-2")
-            try:
-                more = feed_until(fe, client, lambda v: len(v) >= 20, start=10_000)
-                assert more == sorted(more) and more[-1] >= 10_000
-            finally:
-                second.terminate()
-                second.wait(10)
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait(10)
+        another_takes_over(fe, client, keydir)
 
 
 def test_a_remote_worker_its_operator_stops_says_so(secured, caplog):
@@ -127,25 +139,14 @@ def test_a_remote_worker_its_operator_stops_says_so(secured, caplog):
     later; the pipeline goes on with the next worker."""
     fe, keydir = secured
     with Client(fe.output_addr, views=["tid"], timeout=20, keys=keydir) as client:
-        worker = start_worker(fe, keydir, name="leaving")
-        try:
+        with joined(fe, keydir, "leaving") as worker:
             feed_until(fe, client, lambda v: len(v) >= 20, start=0)
             worker.send_signal(signal.SIGINT)
             assert worker.wait(10) == 0
             wait_for(lambda: any("remote worker pool-leaving left (stopped by its operator)"
                                  in r.getMessage() for r in caplog.records), timeout=3)
             assert "pool-leaving" not in fe._state.remote
-            second = start_worker(fe, keydir, name="next")
-            try:
-                more = feed_until(fe, client, lambda v: len(v) >= 10, start=10_000)
-                assert more == sorted(more)
-            finally:
-                second.terminate()
-                second.wait(10)
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait(10)
+        another_takes_over(fe, client, keydir)
     assert not any("went silent" in e for e in fe.errors), fe.errors
     left, = [r for r in caplog.records if "pool-leaving left" in r.getMessage()]
     assert left.levelname == "WARNING" and "event(s) it held are lost" in left.getMessage()
