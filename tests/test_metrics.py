@@ -19,8 +19,9 @@ import urllib.request
 
 import pytest
 
-from metropc.client import (Client, IndexEntry, IndexStageEntry, IndexTimingEntry, decode_index,
-                            encode_index, slowest_views)
+from metropc.client import (Client, IndexEntry, IndexStageEntry, IndexTimingEntry,
+                            IndexViewEntry, decode_index, encode_index, slowest_views)
+from metropc.enums import ViewOutput, ViewStage
 from metropc.engine import Engine
 from metropc.core import Context
 from metropc.messages import OP_VSTATS, validate
@@ -384,6 +385,35 @@ def test_metropc_client_and_status_name_the_slowest_views():
         assert display.summary().endswith("; slowest view slow (p99 49.7 ms)")
         display.client.index = {"internal#train": IndexEntry(3, 1.0)}
         assert "slowest" not in display.summary()
+    finally:
+        display.close()
+
+
+def test_the_status_region_lists_as_many_views_as_half_the_terminal_holds():
+    """Many views would fill the screen and leave the log no room: the live
+    region keeps to half the terminal, failing views first, and says how
+    many more there are."""
+    from rich.console import Console
+
+    from metropc.cli.status import StatusDisplay
+
+    index = {f"view#v{i:02d}": IndexViewEntry(i, 1.0, ViewOutput.SCALAR, ViewStage.POOL,
+                                              errors=int(i == 37)) for i in range(60)}
+    index["internal#train"] = IndexEntry(60, 1.0)
+    display = StatusDisplay("tcp://127.0.0.1:1", "train")
+    try:
+        display.client.index = index
+        console = Console(width=100, height=30, record=True, file=open(os.devnull, "w"))
+        console.print(display.render())
+        assert len(console.export_text(clear=True).splitlines()) == 3 + 60  # every view
+        display.height = lambda: 30
+        console.print(display.render())
+        lines = console.export_text().splitlines()
+        assert len(lines) == 15, lines  # half of 30 rows
+        rows = [line.split()[0] for line in lines[3:-1]]
+        assert rows == sorted(rows) and "v37" in rows and len(rows) == 11
+        assert lines[-1] == ("... and 49 more views (metropc-client tcp://127.0.0.1:1 lists "
+                             "every one)")
     finally:
         display.close()
 

@@ -344,6 +344,7 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
         if mode == "live":
             from rich.live import Live
 
+            status.height = lambda: console.size.height
             live = Live(get_renderable=status.render, console=console,
                         refresh_per_second=4, redirect_stdout=True, redirect_stderr=True)
             live.start()

@@ -115,6 +115,10 @@ class StatusDisplay:
         self.line_interval = line_interval
         self.live = live
         self.client = Client(output_addr, keys=keys, timeout=0)
+        self.output_addr = output_addr
+        #: Rows of the terminal (a callable), so that the live region leaves
+        #: half of it to the log; None: every view is listed.
+        self.height = None
         self._last_line = time.monotonic()
         self._last_index = None  # when the latest index came (monotonic)
 
@@ -210,13 +214,32 @@ class StatusDisplay:
             table.add_column("count", justify="right")
             table.add_column("rate/s", justify="right")
             table.add_column("errors", justify="right")
-            for path, e in sorted(self.index.items()):
-                if isinstance(e, IndexViewEntry) and not e.hidden:
-                    table.add_row(path[5:], e.output.name, e.stage.name, str(e.counts),
-                                  f"{e.rate:.1f}", str(e.errors),
-                                  style="red" if e.errors else None)
+            views = sorted((p, e) for p, e in self.index.items()
+                           if isinstance(e, IndexViewEntry) and not e.hidden)
+            shown, more = self._fit(views)
+            for path, e in shown:
+                table.add_row(path[5:], e.output.name, e.stage.name, str(e.counts),
+                              f"{e.rate:.1f}", str(e.errors),
+                              style="red" if e.errors else None)
             parts.append(table)
+            if more:
+                parts.append(Text(f"... and {more} more views (metropc-client "
+                                  f"{self.output_addr} lists every one)", style="dim"))
         return Group(*parts)
+
+    def _fit(self, views):
+        """The views that fit in half the terminal, those that fail first;
+        and how many did not fit.  Many views would fill the screen, and the
+        log lines (a refused edit, a failing view) would have no room."""
+        if self.height is None:
+            return views, 0
+        # (the other rows: summary, context, header and the "more" line)
+        room = max(3, self.height() // 2 - 4)
+        if len(views) <= room + 1:
+            return views, 0
+        failing = [v for v in views if v[1].errors]
+        shown = (failing + [v for v in views if not v[1].errors])[:room]
+        return sorted(shown), len(views) - len(shown)
 
     def __rich__(self):
         return self.render()
