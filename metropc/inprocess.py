@@ -7,11 +7,15 @@ boundaries) without processes or sockets.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from .core import Context
 from .engine import STEP, Action, Engine
+from .inputs import UnseenInputs
 from .messages import RUN_PATH
+
+log = logging.getLogger(__name__)
 
 __all__ = ["run", "load_context"]
 
@@ -53,7 +57,9 @@ def run(context, events, *, parameters=None):
 
     A view that raises is reported (logged with file:line) and skipped;
     ``results`` maps view name to result for every view that produced one
-    for that event, COMPUTE views included.
+    for that event, COMPUTE views included.  A required input path that
+    none of the first 20 events has (a misspelled path: its views never
+    run) is named in a warning, with the closest path the events have.
     """
     ctx = load_context(context, parameters)
     engine = Engine(ctx)
@@ -69,6 +75,7 @@ def run(context, events, *, parameters=None):
         return results
 
     run = None
+    unseen = UnseenInputs(ctx)  # names a misspelled path (a view that never runs)
     for event in events:
         if event is STEP:
             yield STEP, with_async(engine.step(), None)
@@ -81,5 +88,9 @@ def run(context, events, *, parameters=None):
                 if number is not None:  # with reset_on='run' start empty
                     engine.reset_on("run")
                 run = number
+            for message in unseen.note(event):
+                log.warning("%s", message)
             results = engine.process(event)
             yield event["internal#event_id"], with_async(results, event["internal#event_id"])
+    for message in unseen.finish():
+        log.warning("%s", message)
