@@ -28,8 +28,8 @@ from ..messages import (KEY_EVENT_ID, KEY_META, KEY_SHM, KEY_STEP,
                         OP_HELLO, OP_INDEX, OP_LOST, OP_PARAMS, OP_PICKLED_BATCH,
                         OP_PROGRESS, OP_RESET, OP_RESULT, OP_SHM, OP_STATS, OP_STEP,
                         OP_STOP, SEQ_PATH, Op, pack_meta, unpack_meta, validate)
-from ..messages import (OP_ANNOUNCE, OP_ARESULT, OP_BUSY, OP_INPUTS, OP_PAUSE,  # noqa: F401
-                        OP_RESUME, OP_RUN, OP_VSTATS, OP_WANT)
+from ..messages import (OP_ANNOUNCE, OP_ARESULT, OP_BUSY, OP_BYE, OP_INPUTS,  # noqa: F401
+                        OP_PAUSE, OP_RESUME, OP_RUN, OP_VSTATS, OP_WANT)
 from ..protocol import decode_protocol, encode_protocol
 from ..transport import ZERO_COPY_MIN, recv_frames, send_frames
 
