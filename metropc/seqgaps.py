@@ -60,15 +60,18 @@ class SeqGaps:
 
         A gap is otherwise seen only when a later result arrives, so results
         dropped at the very end of a run would never be counted.  Only
-        views with a baseline are counted (a result since subscribing), and
-        only within the stream of the last one seen.
+        views with a baseline are counted (a result since subscribing); a
+        new stream (REDUCE restarted) counts from its start, as in
+        :meth:`count`.
         """
         if type(seqs) is not dict:
             return
         for path, last in self.last.items():
             seq = unpack_seq(seqs.get(path))
-            if seq is None or seq[0] != last[0]:
+            if seq is None:
                 continue
+            if seq[0] != last[0]:
+                last = (seq[0], -1)
             gap = (seq[1] - last[1]) % (1 << SEQ_BITS)
             if 0 < gap < 1 << (SEQ_BITS - 1):
                 self.last[path] = seq

@@ -392,10 +392,14 @@ def test_results_missed_at_the_very_end_are_counted_from_the_status(zctx, xpub):
         assert got == [pack_seq(1, 0), pack_seq(1, 1), pack_seq(1, 7)]
         assert client.missed_by_view == {"view#a": 3}
         status(a=pack_seq(1, 4), b=pack_seq(1, 7))     # nothing new: nothing more
-        status(a=pack_seq(2, 0), b="garbage")          # another stream, garbage: ignored
+        status(b="garbage")                            # garbage: ignored
         send_seq(xpub, b"view#a", 1, 5)                # follows on from the status
         assert client.recv()[1]["seq"] == pack_seq(1, 5)
         assert client.missed_by_view == {"view#a": 3} and client.received == 4
+        status(a=pack_seq(2, 1))  # REDUCE restarted: 0 and 1 of its stream not got
+        send_seq(xpub, b"view#a", 2, 2)
+        assert client.recv()[1]["seq"] == pack_seq(2, 2)
+        assert client.missed_by_view == {"view#a": 3 + 2}
 
 
 def test_seq_packs_stream_and_count_into_one_int_and_wraps():
