@@ -476,10 +476,12 @@ class Pipeline:
         return self.in_flight()
 
     def _can_move(self) -> bool:
-        """False when nothing more can get through: a stage was given up, or
-        after :meth:`stand_down` REDUCE or every worker is gone."""
+        """False when nothing more can get through: REDUCE or every POOL
+        worker was given up (one worker of several, or the ASYNC stage, is
+        not enough: the others go on), or after :meth:`stand_down` REDUCE
+        or every worker is gone."""
         frontend = self._frontend
-        if frontend.failed.is_set():
+        if frontend.given_up() is not None:
             return False
         return not frontend.standing_down or frontend.stages_alive()
 

@@ -438,6 +438,26 @@ def test_ctrl_c_names_the_events_that_could_not_get_through(tmp_path):
     assert "their results are not published" in err, err
 
 
+def test_a_given_up_async_stage_does_not_cut_the_end_of_a_run_short(tmp_path):
+    """The ASYNC stage (or one worker of several) given up leaves a pipeline
+    that still publishes: the end of the run waits for its last events and
+    exits 0, as without it (it gave up at once and exited 3)."""
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text("import os, time\n\n@View.Scalar\ndef tid(t: 'internal#train_id'):\n"
+                        "    if t == 10099:  # the last train: still in flight at the end\n"
+                        "        time.sleep(2)\n"
+                        "    return t\n\n@View.Scalar(stage='async')\n"
+                        "def crash(t: 'view#tid'):\n    os.abort()\n")
+    proc = subprocess.run([sys.executable, "-m", "metropc.cli.run", str(ctx_file), "--pool",
+                           "1", "--source", "sim:ntrains=100", "--rate", "20", "--status",
+                           "lines"], capture_output=True, text=True, timeout=90)
+    assert "stage async died (exit code -6); it died 5 times within 60 s" in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "giving up" not in proc.stderr and "still in the pipeline" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("metropc: out 100 ") and ", lost 0," in last, proc.stderr
+
+
 def test_run_stops_when_reduce_is_given_up(tmp_path):
     """A REDUCE view that crashes its process on every event: REDUCE is
     restarted, given up after 5 deaths within 60 s, and metropc-run stops

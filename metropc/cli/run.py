@@ -77,8 +77,9 @@ def finish(pipeline, stop, on_wait=None) -> int:
             log.info("letting the last %d event(s) through (Ctrl-C stops sooner)", left)
         left = pipeline.drain(DRAIN_STALL_TIMEOUT, stop, on_wait=on_wait)
     if left and not stop.is_set():
-        log.warning("giving up on the last events: none got through for %g s",
-                    DRAIN_STALL_TIMEOUT)
+        why = pipeline.frontend.given_up()
+        log.warning("giving up on the last events: %s", why or
+                    f"none got through for {DRAIN_STALL_TIMEOUT:g} s")
     return left
 
 
