@@ -396,6 +396,44 @@ def test_sigterm_to_the_process_group_restarts_no_stage(tmp_path):
     assert elapsed < 3, (elapsed, err)  # no INTERRUPT_WAIT for stages that are gone
 
 
+def test_the_last_line_has_the_counts_of_the_end_after_a_sigterm_to_the_group(tmp_path):
+    """`timeout` and systemd signal every process: REDUCE is gone before the
+    last index; the last line still counts what was published (it took the
+    index of up to a second before)."""
+    from metropc.client import Client
+
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(CTX)
+    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx_file), "--pool",
+                             "1", "--rate", "100", "--status", "lines"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        address = proc.stdout.readline().split("output on ")[1].split()[0]
+        with Client(address, views=["train"], timeout=5) as client:
+            while client.received < 150:
+                client.recv()
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                while True:
+                    client.recv(timeout=2)
+            except TimeoutError:
+                pass
+            received, missed = client.received, client.missed
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and missed == 0, err
+    last = [line for line in err.splitlines() if line.startswith("metropc: out ")][-1]
+    out = int(last.split("metropc: out ")[1].split()[0])
+    # REDUCE's reports are one 20 ms interval old (so that a crash never
+    # counts a result that had not left it): 4 events at 100 Hz, 10 on a
+    # loaded machine; the index could be a second old, up to 100 events.
+    assert received - 10 <= out <= received, (received, last)
+
+
 def test_a_second_sigterm_quits_at_once_with_143(tmp_path):
     ctx_file = tmp_path / "ctx.py"
     ctx_file.write_text(SLOW_CTX.replace("time.sleep(0.1)", "time.sleep(2)"))

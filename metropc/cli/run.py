@@ -388,6 +388,9 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
             if status is not None and pipeline.frontend.stages_alive():
                 status.refresh(pipeline.request_index, timeout=0.5)  # the counts of now
         if status is not None:
+            # Counts of the end also when REDUCE is gone: the last index may be
+            # a second old (a SIGTERM to the whole group, a given-up REDUCE).
+            status.latest = pipeline.frontend.latest_counts()
             status.update(final=True)  # (line mode: the last line, also after Ctrl-C)
         if (left or broken is not None) and not stop.is_set():
             return EXIT_NOT_PUBLISHED

@@ -121,6 +121,9 @@ class StatusDisplay:
         self.height = None
         self._last_line = time.monotonic()
         self._last_index = None  # when the latest index came (monotonic)
+        #: Fresher counts than the index's, for the last line of a run
+        #: (:meth:`ThreadedFrontend.latest_counts`): set when the run ends.
+        self.latest: dict[str, int] | None = None
 
     @property
     def index(self):
@@ -173,8 +176,14 @@ class StatusDisplay:
             entry = idx.get(path)
             return entry.counts if entry is not None else 0
 
+        latest = self.latest or {}
+
+        def newest(path, key):  # (counts only grow: the larger is the newer)
+            return max(count(path), latest.get(key, 0))
+
         events = idx.get(self.event_path)
-        out = f"out {events.counts} ({events.rate:.1f}/s)" if events else "out 0"
+        out = f"out {newest(self.event_path, 'events')}" + (
+            f" ({events.rate:.1f}/s)" if events else "")
         errors = sum(e.errors for e in idx.values() if isinstance(e, IndexViewEntry))
         status = self.client.status
         state = status.get("state")
@@ -187,8 +196,8 @@ class StatusDisplay:
         slowest = slowest_views(idx, 1)
         slowest = (f"; slowest view {slowest[0][0]} (p99 {format_seconds(slowest[0][1].p99)})"
                    if slowest else "")
-        return (f"metropc: {out}, dropped {count('internal#dropped_events')}, "
-                f"lost {count('internal#lost_events')}, view errors {errors}"
+        return (f"metropc: {out}, dropped {newest('internal#dropped_events', 'dropped')}, "
+                f"lost {newest('internal#lost_events', 'lost')}, view errors {errors}"
                 + (f", refused while paused {paused}" if paused else "") + where + slowest
                 + self._staleness())
 

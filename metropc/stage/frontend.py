@@ -335,6 +335,15 @@ class ThreadedFrontend:
         return bool(self._state.supervisor.remote) or any(
             runner.is_alive() for name, runner in runners.items() if name.startswith("pool-"))
 
+    def latest_counts(self) -> dict[str, int]:
+        """Events out, lost and dropped as of now: out and lost from REDUCE's
+        progress reports (every 20 ms, one report old), dropped from the
+        queue.  Fresher than the index (about once a second), and known
+        after REDUCE is gone: the last summary line of a run uses them."""
+        progress = self._state.progress
+        return {"events": int(progress.get("events", 0)), "lost": int(progress.get("lost", 0)),
+                "dropped": int(self.dropped)}
+
     def given_up(self) -> str | None:
         """Why no results can come any more, or None: REDUCE was given up
         (it died too often, or could not start), or every local POOL worker
