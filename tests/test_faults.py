@@ -284,42 +284,53 @@ def test_a_killed_frontend_s_shared_memory_is_freed_at_once(tmp_path):
         end_session(proc)
 
 
-def test_stages_left_stopped_by_a_killed_frontend_are_killed_by_the_next(tmp_path):
-    """SIGSTOP of the stages, then SIGKILL of metropc-run: the stages cannot
-    act on the SIGTERM the kernel sends them, and stay, stopped; the next
-    frontend kills them when it removes the dead one's socket directory."""
+def test_processes_left_stopped_by_a_killed_frontend_are_ended_by_the_next(tmp_path):
+    """SIGSTOP of every process metropc-run started (stages, recorder, the
+    resource tracker), then SIGKILL of metropc-run: they cannot see it go
+    and stay, stopped; the next frontend continues them when it removes the
+    dead one's socket directory, so they leave as they do after a kill -9
+    (the recorder closes its file), and kills what is left a second later."""
     import glob
     import subprocess
     import sys
+
+    import h5py
 
     from conftest import end_session
     from metropc.stage.frontend import remove_stale_socket_dirs
     ctx = tmp_path / "ctx.py"
     ctx.write_text("@View.Scalar\ndef tid(t: 'internal#train_id'):\n    return t\n")
+    record = tmp_path / "rec.h5"
     proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx), "--pool", "1",
-                             "--rate", "50", "--status", "off"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    stages = []
+                             "--rate", "50", "--status", "off", "--record", str(record)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    children = []
     try:
-        line = proc.stdout.readline()  # printed once the pipeline is ready
-        assert "output on" in line, line
-        stages = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                  if "resource_tracker" not in " ".join(p.cmdline())]
-        assert len(stages) == 2  # reduce, pool-0
+        assert "output on" in proc.stdout.readline()  # printed once the pipeline is ready
+        children = psutil.Process(proc.pid).children(recursive=True)
+        kinds = sorted("tracker" if "resource_tracker" in " ".join(p.cmdline()) else
+                       "recorder" if "recording" in " ".join(p.cmdline()) else "stage"
+                       for p in children)
+        assert kinds == ["recorder", "stage", "stage", "tracker"], kinds
         (socket_dir,) = glob.glob(f"/tmp/metropc-{proc.pid}-*")
         with open(os.path.join(socket_dir, "stages")) as f:
             assert {int(tag.split("-")[0]) for tag in f.read().split()} == {
-                p.pid for p in stages}
-        for p in stages:
+                p.pid for p in children}
+        wait_for(lambda: record.exists() and record.stat().st_size > 0, timeout=10)
+        for p in children:
             p.send_signal(signal.SIGSTOP)
-        wait_for(lambda: all(p.status() == psutil.STATUS_STOPPED for p in stages), timeout=10)
+        wait_for(lambda: all(p.status() == psutil.STATUS_STOPPED for p in children),
+                 timeout=10)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
-        assert all(running(p) for p in stages)  # (what the kernel sent waits)
+        assert all(running(p) for p in children)  # (what they are sent waits)
         assert socket_dir in remove_stale_socket_dirs()
-        wait_for(lambda: not any(running(p) for p in stages), timeout=10)
+        assert not any(running(p) for p in children)
+        with h5py.File(record, "r", locking=False) as f:  # closed: no h5clear needed
+            assert f.attrs["format"] == "metropc-recording"
     finally:
-        for p in stages:
+        for p in children:
             if running(p):
                 p.kill()
         end_session(proc)

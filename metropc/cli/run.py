@@ -126,6 +126,7 @@ def _roomy(stream) -> bool:
 
 
 def _main(args, dashboard_bind, old_mask):
+    from ..stage.runner import STAGES_FILE, resume_listed
     from ..stage.shm import unlink_owned
 
     mode = args.status
@@ -157,6 +158,8 @@ def _main(args, dashboard_bind, old_mask):
         # (PR_SET_PDEATHSIG); only our private socket directory is ours
         # to remove on the way out.
         for path in leftovers:
+            # A stopped stage, recorder or tracker would not see us go.
+            resume_listed(os.path.join(path, STAGES_FILE))
             shutil.rmtree(path, ignore_errors=True)
         unlink_owned()  # shared memory would outlive os._exit
         release_semaphores()
@@ -298,6 +301,7 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
                   f"{fe.reduce_addr}" + (f" --keys {args.keys}" if args.keys else "") + ")",
                   flush=True)
         if recorder is not None:
+            pipeline.frontend.note_process(recorder.proc.pid)  # (ended if left stopped)
             if recorder.connect(pipeline.output_addr):
                 ctx = pipeline.ctx  # published before the recorder subscribed
                 recorder.send_meta("context", {

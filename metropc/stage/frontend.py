@@ -37,6 +37,7 @@ import stat
 import tempfile
 import threading
 import time
+from multiprocessing import resource_tracker
 
 import zmq
 
@@ -56,7 +57,7 @@ from .pool import run_pool
 from .queue import EventQueue
 from .reduce_loop import run_reduce
 from .runner import (STAGES_FILE, LogForwarder, ProcessRunner, StageRunner, ThreadRunner,
-                     kill_left_stages)
+                     end_left_processes, note_process)
 from .segments import left_by_dead_owners, owner_tag
 
 __all__ = ["ThreadedFrontend", "ProcessRunner", "ThreadRunner", "StageRunner",
@@ -75,10 +76,11 @@ def remove_stale_socket_dirs(directory=None) -> list[str]:
     """Remove the private socket directories of frontends that are gone
     (killed with SIGKILL, they could not); returns their paths.  Only
     directories of this user that hold nothing but sockets (and the list of
-    the frontend's stages) are touched; stages of theirs that still run,
-    stopped, are killed (:func:`~metropc.stage.runner.kill_left_stages`)."""
+    the processes the frontend started) are touched; processes of theirs
+    that still run, left stopped, are ended
+    (:func:`~metropc.stage.runner.end_left_processes`)."""
     directory = directory or tempfile.gettempdir()
-    removed, killed = [], 0
+    removed, ended = [], 0
     for name in left_by_dead_owners(directory, _SOCKET_DIR):
         path = os.path.join(directory, name)
         try:
@@ -86,7 +88,7 @@ def remove_stale_socket_dirs(directory=None) -> list[str]:
                     f == STAGES_FILE or stat.S_ISSOCK(os.lstat(os.path.join(path, f)).st_mode)
                     for f in os.listdir(path)):
                 continue
-            killed += kill_left_stages(os.path.join(path, STAGES_FILE))
+            ended += end_left_processes(os.path.join(path, STAGES_FILE))
             shutil.rmtree(path)
         except OSError:
             continue
@@ -94,9 +96,9 @@ def remove_stale_socket_dirs(directory=None) -> list[str]:
     if removed:
         log.info("removed %d socket director%s left by dead frontends", len(removed),
                  "y" if len(removed) == 1 else "ies")
-    if killed:
-        log.warning("killed %d stage process(es) of dead frontends that were left "
-                    "stopped (SIGSTOP) when their frontend died", killed)
+    if ended:
+        log.warning("ended %d process(es) of dead frontends that were left stopped "
+                    "(SIGSTOP) when their frontend died", ended)
     return removed
 
 
@@ -221,6 +223,9 @@ class ThreadedFrontend:
                 self._logs = LogForwarder()
             self._open_shm(config.shm, config.shm_size, config.shm_threshold)
             self._runners = self._make_runners()
+            tracker = getattr(resource_tracker, "_resource_tracker", None)
+            if getattr(tracker, "_pid", None) is not None:  # (started by our stages)
+                self.note_process(tracker._pid)
         except BaseException:
             if self.shm is not None:
                 self.shm.close()
@@ -334,6 +339,18 @@ class ThreadedFrontend:
             return False
         return bool(self._state.supervisor.remote) or any(
             runner.is_alive() for name, runner in runners.items() if name.startswith("pool-"))
+
+    @property
+    def registry(self) -> str:
+        """The file naming the processes this frontend started (STAGES_FILE),
+        so that the next frontend can end those a kill -9 of this one left
+        stopped (:func:`remove_stale_socket_dirs`)."""
+        return os.path.join(self._tmpdir, STAGES_FILE)
+
+    def note_process(self, pid: int) -> None:
+        """Add a process this frontend's user started for it (the recorder)
+        to :attr:`registry`."""
+        note_process(self.registry, pid)
 
     def latest_counts(self) -> dict[str, int]:
         """Events out, lost and dropped as of now: out and lost from REDUCE's
@@ -531,7 +548,7 @@ class ThreadedFrontend:
         extra = {}
         if self.sr_cls.shares_context:
             extra["zmq_context"] = self._zctx
-        options = {"registry": os.path.join(self._tmpdir, STAGES_FILE)}
+        options = {"registry": self.registry}
         if self._logs is not None:
             options.update(log_level=logging.getLogger("metropc").getEffectiveLevel(),
                            log_queue=self._logs.queue)

@@ -26,7 +26,7 @@ from . import segments
 log = logging.getLogger(__name__)
 
 __all__ = ["StageRunner", "ThreadRunner", "ProcessRunner", "LogForwarder", "STAGES_FILE",
-           "kill_left_stages"]
+           "note_process", "resume_listed", "end_left_processes"]
 
 
 def _stage_main(target, kwargs, log_level=None, log_queue=None):
@@ -205,37 +205,69 @@ class ThreadRunner(StageRunner):
             self._thread.join(timeout)
 
 
-#: The file, in a frontend's socket directory, naming its stage processes.
+#: The file, in a frontend's socket directory, naming the processes it
+#: started (stages, the recorder, multiprocessing's resource tracker).
 STAGES_FILE = "stages"
 
 
-def kill_left_stages(registry: str) -> int:
-    """Kill the stage processes a frontend that is gone listed in `registry`
-    and that still run; returns how many.
+def note_process(registry: str, pid: int) -> None:
+    """Add process `pid` to `registry` (STAGES_FILE), for :func:`end_left_processes`."""
+    try:
+        with open(registry, "a") as f:
+            f.write(segments.owner_tag(pid) + "\n")
+    except OSError as e:  # (only the clean-up after a kill -9 needs it)
+        log.debug("cannot note process %d in %s: %s", pid, registry, e)
 
-    A stage outlives its frontend only while it is stopped (SIGSTOP, Ctrl-Z
-    of its group): the SIGTERM the kernel sends it when the frontend dies
-    waits until it is continued, which may be never.  Each line is an
-    :func:`~metropc.stage.segments.owner_tag`, so a pid used again since by
-    another process is left alone.
-    """
+
+def _listed(registry: str) -> list[int]:
+    """The processes `registry` names that still run (the same process:
+    its start time matches, so a pid used again is left alone)."""
     try:
         with open(registry) as f:
             tags = f.read().split()
     except OSError:
-        return 0
-    killed = 0
+        return []
+    pids = []
     for tag in tags:
         pid, _, start = tag.partition("-")
-        if not (pid.isdigit() and start.isdigit()) or int(start) == 0:
-            continue
-        if segments.owner_alive(int(pid), int(start)):
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-                killed += 1
-            except OSError:  # gone meanwhile, or not ours
-                pass
-    return killed
+        if (pid.isdigit() and start.isdigit() and int(start) != 0
+                and segments.owner_alive(int(pid), int(start))):
+            pids.append(int(pid))
+    return pids
+
+
+def resume_listed(registry: str) -> None:
+    """SIGCONT to the processes `registry` names: one stopped (SIGSTOP, a
+    debugger) would not see its frontend go, and stay for ever."""
+    for pid in _listed(registry):
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except OSError:
+            pass
+
+
+def end_left_processes(registry: str, grace: float = 1.0) -> int:
+    """End the processes a frontend that is gone listed in `registry` and
+    that still run; returns how many there were.
+
+    A stage outlives its frontend only while it is stopped (SIGSTOP, Ctrl-Z
+    of its group): the SIGTERM the kernel sends it when the frontend dies
+    waits until it is continued, which may be never; a stopped recorder or
+    resource tracker waits for the end of its input the same way.  So they
+    are continued first (a stage leaves through its clean-up, the recorder
+    closes its file), and what is left after `grace` seconds is killed.
+    """
+    pids = _listed(registry)
+    resume_listed(registry)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _listed(registry):
+        time.sleep(0.05)  # (another process's exit: nothing to wait on)
+    for pid in _listed(registry):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:  # gone meanwhile, or not ours
+            pass
+    return len(pids)
 
 
 class ProcessRunner(StageRunner):
@@ -250,7 +282,7 @@ class ProcessRunner(StageRunner):
         super().__init__(target, kwargs, name)
         self.log_level = log_level
         self.log_queue = log_queue
-        #: A file to note the process in (STAGES_FILE), for kill_left_stages.
+        #: A file to note the process in (STAGES_FILE), for end_left_processes.
         self.registry = registry
         self._kill_at = None
 
@@ -271,11 +303,7 @@ class ProcessRunner(StageRunner):
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         if self.registry is not None:
-            try:
-                with open(self.registry, "a") as f:
-                    f.write(segments.owner_tag(self._process.pid) + "\n")
-            except OSError as e:  # (only the clean-up after a kill -9 needs it)
-                log.debug("cannot note stage %s in %s: %s", self.name, self.registry, e)
+            note_process(self.registry, self._process.pid)
 
     @property
     def pid(self):
