@@ -100,7 +100,9 @@ def test_stuck_worker_is_replaced_without_stalling_the_other(pipeline, collector
     assert fe.lost_events == 1  # the hung event; those queued behind it went elsewhere
     got = set(col.values("total"))
     assert 100 not in got and len(got) == n - fe.lost_events
-    assert any("spent more than 1 s per event" in e for e in fe.errors), fe.errors
+    # named by the train id clients see, not by an internal sequence number
+    assert any("spent more than 1 s per event on events [100" in e for e in fe.errors), \
+        fe.errors
 
 
 def test_killed_reduce_loses_at_most_what_was_in_flight_and_counts_it(

@@ -187,6 +187,13 @@ def test_stuck_report_lists_at_most_five_events():
     assert out[0].stop is True
 
 
+def test_stuck_report_names_what_the_dispatcher_says():
+    sup = ready_supervisor("pool-0", event_timeout=0.5)
+    out = sup.check(100.0, [proc("pool-0")], lambda name: (0.0, [3], "events [10100]"))
+    assert out[0].reason == ("stage pool-0 spent more than 0.5 s per event on events "
+                             "[10100]; stopped it")
+
+
 def test_stuck_counts_toward_the_restart_limit():
     sup = ready_supervisor("pool-0", event_timeout=1.0)
     outs = []

@@ -186,11 +186,17 @@ class Dispatcher:
         return batch.items
 
     def oldest(self, name: str):
-        """``(started, seqs)`` of the oldest message `name` works on, or None."""
+        """``(started, seqs, what)`` of the oldest message `name` works on, or
+        None; `what` names it for the operator, by the ids of its first
+        events (train ids: what clients see, not our sequence numbers)."""
         batches = self.outstanding.get(name)
         if not batches:
             return None
-        return max(batches[0][0], self.busy_since.get(name, 0.0)), batches[0][1].seqs
+        batch = batches[0][1]
+        ids = [data.get("internal#event_id", data.get("internal#train_id", data.get(SEQ_PATH)))
+               for opcode, data in batch.messages[:5]
+               if opcode == OP_EVENT and isinstance(data, dict)]
+        return max(batches[0][0], self.busy_since.get(name, 0.0)), batch.seqs, f"events {ids}"
 
     def finished_up_to(self) -> int:
         """The first event some worker still holds (the next to dispatch if

@@ -322,8 +322,9 @@ class FrontendLoop:
 
     def oldest(self, name):
         """What `name` works on since when (for stuck detection)."""
-        if name == "async":
-            return None if self.async_busy is None else (self.async_busy, [0])
+        if name == "async":  # (one call of its views: no event)
+            return None if self.async_busy is None else (self.async_busy, [0],
+                                                         "a call of its ASYNC views")
         return self.dispatcher.oldest(name)
 
     def apply_supervision(self, instruction, now):

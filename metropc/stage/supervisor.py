@@ -121,7 +121,8 @@ class Supervisor:
         """Instructions for the stages as seen now.
 
         `stages`: StageState of every started local stage; `oldest(name)`:
-        ``(started, seqs)`` of the oldest message that stage works on, or None.
+        ``(started, seqs[, what])`` of the oldest message that stage works on
+        (`what` names it for the operator: its events' ids), or None.
         """
         out = []
         for name, seen in list(self.remote.items()):
@@ -138,10 +139,11 @@ class Supervisor:
                 continue
             busy = oldest(stage.name) if self.event_timeout else None
             if busy is not None and busy[1] and stage.can_stop:
-                started, seqs = busy
+                started, seqs, *named = busy
                 if now - started > self.event_timeout * len(seqs):
+                    what = named[0] if named else f"events {list(seqs[:5])}"
                     why = (f"stage {stage.name} spent more than {self.event_timeout:g} s "
-                           f"per event on events {list(seqs[:5])}; stopped it")
+                           f"per event on {what}; stopped it")
                     out.append(self._restart(stage, why, now, stop=True))
         return [i for i in out if i is not None]
 
