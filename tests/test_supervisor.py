@@ -66,6 +66,9 @@ def test_dead_stage_is_not_checked_for_being_stuck():
     sup = ready_supervisor("pool-0", event_timeout=1.0)
     out = sup.check(100.0, [dead("pool-0")], lambda name: (0.0, [1]))
     assert out == [Replace("pool-0", "stage pool-0 died (exit code 1)", stop=False)]
+    out = sup.check(1.0, [dead("pool-0", 0)], idle)  # a SIGTERM from outside, say
+    assert out == [Replace("pool-0", "stage pool-0 ended (exit code 0) without being told to",
+                           stop=False)]
 
 
 def test_crash_before_ready_gives_up():

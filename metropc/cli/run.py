@@ -370,9 +370,11 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
             if watcher is not None:
                 watcher.poll()
             if recorder is not None and not recorder.alive:
-                log.error("the recorder died (exit code %s): nothing more is recorded to "
-                          "%s (it keeps what was flushed); the pipeline goes on",
-                          recorder.proc.returncode, args.record)
+                code = recorder.proc.returncode
+                log.error("the recorder %s: nothing more is recorded to %s (%s); the "
+                          "pipeline goes on", f"died (exit code {code})" if code else
+                          "ended (exit code 0) without being told to", args.record,
+                          "it keeps what was flushed" if code else "it closed the file")
                 recorder.stop(1.0)  # (reaped)
                 recorder = None
             if status is not None:

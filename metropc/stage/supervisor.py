@@ -134,7 +134,9 @@ class Supervisor:
             if stage.name in self.given_up:
                 continue
             if not stage.alive:
-                why = f"stage {stage.name} died (exit code {stage.exitcode})"
+                why = (f"stage {stage.name} died (exit code {stage.exitcode})"
+                       if stage.exitcode != 0 else  # (a SIGTERM from outside, say)
+                       f"stage {stage.name} ended (exit code 0) without being told to")
                 out.append(self._restart(stage, why, now, stop=False))
                 continue
             busy = oldest(stage.name) if self.event_timeout else None
