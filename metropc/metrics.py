@@ -185,13 +185,22 @@ class PipelineMetrics:
             out["reorder"] = waiting.counts
         return out
 
+    def events_entry(self, index):
+        """The index entry of the events out: ``internal#<event alias>``,
+        which goes on across a REDUCE restart (as ``lost_events`` does, so
+        that they add up), or, without a pipeline to name the alias,
+        REDUCE's own count (``stage#reduce``, this REDUCE process's)."""
+        alias = getattr(getattr(self.pipeline, "ctx", None), "event_alias", None)
+        entry = index.get(f"internal#{alias}") if alias else None
+        return entry if entry is not None else index.get(STAGE_PREFIX + "reduce")
+
     def status(self) -> dict:
         """The ``/status`` document (JSON-ready)."""
         index, status, age = self.snapshot()
         counters = {path.split("#", 1)[1]: e.counts for path, e in index.items()
                     if path in COUNTERS}
-        reduce_entry = index.get(STAGE_PREFIX + "reduce")
-        counters["events"] = reduce_entry.counts if reduce_entry is not None else 0
+        events = self.events_entry(index)
+        counters["events"] = events.counts if events is not None else 0
         counters["view_errors"] = sum(e.errors for e in index.values()
                                       if isinstance(e, IndexViewEntry))
         pipeline = self.pipeline
@@ -260,10 +269,10 @@ class PipelineMetrics:
                 up.add_metric([name], 1.0 if info["alive"] else 0.0)
                 restarts.add_metric([name], info["restarts"])
         yield from (busy, events, up, restarts)
-        reduce_entry = index.get(STAGE_PREFIX + "reduce")
-        if reduce_entry is not None:
+        events = self.events_entry(index)
+        if events is not None:
             yield CounterMetricFamily("metropc_events", "Events REDUCE finished",
-                                      value=reduce_entry.counts)
+                                      value=events.counts)
         for path, (name, text) in COUNTERS.items():
             entry = index.get(path)
             if entry is not None:

@@ -418,6 +418,25 @@ def test_the_status_region_lists_as_many_views_as_half_the_terminal_holds():
         display.close()
 
 
+def test_status_counts_events_out_across_a_reduce_restart():
+    """/status ``counters.events`` is the index's internal#<alias>, which goes
+    on across a REDUCE restart like lost_events, not the new REDUCE's own
+    count (which starts from 0): events + dropped + lost still add up."""
+    import types
+
+    from metropc.metrics import PipelineMetrics
+
+    ctx = Context("@View.Scalar\ndef a(t: 'internal#train_id'):\n    return t\n",
+                  event_alias="train")
+    index = {"internal#train": IndexEntry(336, 20.0), "internal#lost_events": IndexEntry(1, 0.0),
+             "stage#reduce": IndexStageEntry(135, 6.0, busy=0.1, pid=4242)}
+    for pipeline, events in ((types.SimpleNamespace(ctx=ctx), 336), (None, 135)):
+        metrics = PipelineMetrics("ipc:///nowhere", pipeline=pipeline)
+        metrics._index, metrics._index_time = index, time.monotonic()
+        counters = metrics.status()["counters"]
+        assert (counters["events"], counters["lost_events"]) == (events, 1)
+
+
 # -- metropc-run --metrics -----------------------------------------------------------------
 
 RUN_CTX = """
