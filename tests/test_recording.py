@@ -593,6 +593,32 @@ def test_results_the_recorder_did_not_get_are_counted_and_named(tmp_path, capfd)
         assert f.attrs["address"] == out.addr
 
 
+def test_a_stopped_recorder_is_continued_to_stop_and_closes_its_file(tmp_path):
+    """SIGSTOP of the recorder (a debugger, a Ctrl-Z of its group): stopping
+    it continues it, so it records what waited, closes its file and exits 0
+    at once, instead of being killed after 10 s with the file not closed."""
+    import signal
+
+    out = FakeOutput(tmp_path)
+    target = tmp_path / "rec.h5"
+    try:
+        rec = RecorderProcess(str(target), flush_interval=0.2)
+        _connect(rec, out, ["a"])
+        out.view("a", 100.0, 100)
+        deadline_poll(lambda: _count(target, "a") >= 1, 30, "a written")
+        rec.proc.send_signal(signal.SIGSTOP)
+        for t in range(101, 104):
+            out.view("a", float(t), t)
+        t0 = time.monotonic()
+        assert rec.stop() == 0
+        assert time.monotonic() - t0 < 5
+    finally:
+        out.close()
+    with h5py.File(target, "r", locking=False) as f:  # closed: opens without SWMR
+        assert f.attrs["format"] == "metropc-recording"
+    assert list(metropc.open_recording(target)["a"].values) == [100, 101, 102, 103]
+
+
 def test_recorder_refuses_a_path_it_cannot_write(tmp_path):
     with pytest.raises(RecorderError, match="no directory"):
         RecorderProcess(str(tmp_path / "missing" / "x.h5"))

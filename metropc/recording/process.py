@@ -18,7 +18,9 @@ imports are done by the time the output exists and it misses nothing.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -119,6 +121,10 @@ class RecorderProcess:
     def stop(self, timeout: float = 10.0) -> int:
         """Write what is left, close the files, end the process; its exit code."""
         self._stopping = True
+        try:  # a recorder stopped (SIGSTOP) would not hear the stop: continue it
+            os.kill(self.proc.pid, signal.SIGCONT)
+        except OSError:  # (gone already)
+            pass
         self._send("stop")
         try:
             self.proc.stdin.close()
