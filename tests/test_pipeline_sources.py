@@ -222,12 +222,12 @@ def test_a_callable_source_ends_steps_and_runs_actions(tmp_path):
             pipe.request_index()
             client.wait_index()
             pipe.start()
-            got, order = {"view#step_mean": [], "view#total": []}, []
-            while not got["view#total"]:
+            got = {"view#step_mean": [], "view#total": []}
+            # (results of different views may come in another order: batches)
+            while not got["view#total"] or len(got["view#step_mean"]) < 3:
                 path, payload = client.recv()
                 got[path].append(payload["data"])
-                order.append(path)
         assert pipe.finished.wait(30)
     assert got["view#step_mean"] == [1.5, 101.5, 201.5]
-    assert got["view#total"] == [203] and order[-1] == "view#total", order
+    assert got["view#total"] == [203]  # after train 203, the slow last one
     assert any("no ACTION view named 'nosuch'" in e for e in pipe.errors), pipe.errors
