@@ -132,6 +132,12 @@ def test_keys_where_the_system_refuses_exit_1():
     (["--control", GOOD, "--reduce", GOOD, "--name", "a b"], ["--name", "without spaces"]),
     (["--control", GOOD, "--reduce", GOOD, "--prefetch", "-1"], ["--prefetch", "'-1'"]),
     (["--control", GOOD, "--reduce", GOOD, "--prefetch", "x"], ["--prefetch", "'x'"]),
+    (["--control", GOOD, "--reduce", GOOD, "--prefetch", "1e20"], ["--prefetch", "'1e20'"]),
+    (["--control", GOOD, "--reduce", GOOD, "--prefetch", "65"], ["--prefetch", "at most 64"]),
+    # a local worker's name would take that worker's messages
+    (["--control", GOOD, "--reduce", GOOD, "--name", "0"], ["--name", "local workers'"]),
+    (["--control", GOOD, "--reduce", GOOD, "--name", "pool-1"], ["--name", "local workers'"]),
+    (["--control", GOOD, "--reduce", GOOD, "--name", "x#hb"], ["--name", "or '#'"]),
 ])
 def test_worker_refuses_bad_values(args, fragments):
     proc = cli("metropc.cli.worker", *args)

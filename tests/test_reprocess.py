@@ -341,7 +341,7 @@ def test_cli_writes_a_recording_with_a_summary(tmp_path, runs, ctx_file):
 
 
 @pytest.mark.parametrize("case", ["exists", "no run", "unknown view", "unknown param",
-                                  "no scheduler"])
+                                  "no scheduler", "no context"])
 def test_cli_refuses_with_one_line(tmp_path, runs, ctx_file, case):
     out = tmp_path / "out.h5"
     args = [ctx_file, runs[0], "-o", out]
@@ -353,6 +353,8 @@ def test_cli_refuses_with_one_line(tmp_path, runs, ctx_file, case):
         args += ["--views", "intensity,nope"]
     elif case == "no scheduler":
         args += ["--scheduler", "tcp://127.0.0.1:1"]
+    elif case == "no context":  # (it was compiled as code: '<ctx>:1: syntax error')
+        args[0] = tmp_path / "nonexistent"
     else:
         args += ["--param", "nope=1"]
     done = _cli(*args)
@@ -362,7 +364,9 @@ def test_cli_refuses_with_one_line(tmp_path, runs, ctx_file, case):
     assert {"exists": "out.h5 exists", "no run": "r0099: no such file or directory",
             "unknown view": "no view named 'nope'",
             "unknown param": "unknown parameter 'nope'",
-            "no scheduler": "no Dask scheduler at tcp://127.0.0.1:1: "}[case] in done.stderr
+            "no scheduler": "no Dask scheduler at tcp://127.0.0.1:1: ",
+            "no context": "cannot read the context file "
+                          f"{tmp_path / 'nonexistent'}: no such file"}[case] in done.stderr
     assert case == "exists" or not out.exists()
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
@@ -93,6 +94,10 @@ def main(argv=None) -> int:
 
     try:
         distributed = import_distributed()
+        if not os.path.isfile(args.context):  # (else it would be compiled as code)
+            return _fail(f"cannot read the context file {args.context}: "
+                         + ("it is a directory" if os.path.isdir(args.context)
+                            else "no such file"))
         ctx = load_context(args.context)
         parameters = check_parameters(ctx, args.param)
         if parameters:

@@ -44,8 +44,8 @@ def build_parser():
                    help="key directory of a pipeline secured with CURVE")
     p.add_argument("--name", type=worker_name, default=None,
                    help="worker name, unique in the pipeline (default pool-HOST-PID)")
-    p.add_argument("--prefetch", type=positive_int, default=4, metavar="N",
-                   help="messages this worker may hold at once, 1 or more (default 4)")
+    p.add_argument("--prefetch", type=prefetch_count, default=4, metavar="N",
+                   help="messages this worker may hold at once, 1 to 64 (default 4)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -56,13 +56,32 @@ MAX_NAME = 255 - len("pool-") - len("#hb")
 
 
 def worker_name(text: str) -> str:
-    """--name: printable, no white space, at most MAX_NAME bytes."""
-    if not text or not text.isprintable() or any(c.isspace() for c in text):
-        raise argparse.ArgumentTypeError(f"wants a name without spaces, got {text!r}")
+    """--name: printable, no white space or '#', at most MAX_NAME bytes, and
+    not a local worker's name (``pool-N``): the frontend routes messages by
+    name, so such a worker would take a local worker's messages."""
+    if (not text or not text.isprintable() or any(c.isspace() for c in text)
+            or "#" in text):
+        raise argparse.ArgumentTypeError(f"wants a name without spaces or '#', got {text!r}")
     if len(text.encode()) > MAX_NAME:
         raise argparse.ArgumentTypeError(
             f"must be at most {MAX_NAME} bytes, got {len(text.encode())}")
+    if text.removeprefix("pool-").isdigit():
+        raise argparse.ArgumentTypeError(
+            f"pool-N names are the local workers' (metropc-run's), got {text!r}")
     return text
+
+
+#: Most messages a worker may take ahead (--prefetch): each holds up to 128
+#: events, all lost if the worker dies.
+MAX_PREFETCH = 64
+
+
+def prefetch_count(text: str) -> int:
+    """--prefetch: 1 to MAX_PREFETCH."""
+    n = positive_int(text)
+    if n > MAX_PREFETCH:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_PREFETCH}, got {text!r}")
+    return n
 
 
 def main(argv=None):
