@@ -176,7 +176,8 @@ class Pipeline:
                 raise RuntimeError("pipeline stages did not start within "
                                    f"{config.ready_timeout:g} s")
             if control_endpoint:
-                self._remote = ControlServer(self, control_endpoint, keys=config.keys)
+                self._remote = remote = ControlServer(self, control_endpoint, keys=config.keys)
+                self._frontend.rejected_elsewhere = lambda: remote.rejected
                 self._frontend.queue_to("reduce", OP_ANNOUNCE,
                                         {"control": self._remote.address})
             if source is not None:

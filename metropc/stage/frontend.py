@@ -37,6 +37,7 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing import resource_tracker
 
 import zmq
@@ -190,6 +191,9 @@ class ThreadedFrontend:
         self.ready = threading.Event()
         #: Set when a stage kept dying and was given up.
         self.failed = threading.Event()
+        #: Messages refused by other servers of this process (the control
+        #: endpoint: ``Pipeline`` sets it), added to internal#rejected_messages.
+        self.rejected_elsewhere: Callable[[], int] | None = None
 
         self._zctx = zmq.Context()
         self._queue = EventQueue(config.queue_size, config.queue_bytes, config.drop_policy)

@@ -539,7 +539,8 @@ class FrontendLoop:
         dropped = self.queue.dropped
         stats["internal#dropped_events"] = (dropped, (dropped - self.dropped_prev) / dt)
         stats["internal#paused_events"] = (self.queue.paused_events, 0.0)
-        stats["internal#rejected_messages"] = (self.rejected, 0.0)
+        elsewhere = fe.rejected_elsewhere() if fe.rejected_elsewhere is not None else 0
+        stats["internal#rejected_messages"] = (self.rejected + elsewhere, 0.0)
         if fe.shm is not None:
             stats.update(self.shm_stats(dt))
         self.input_prev = dict(counts)

@@ -67,6 +67,8 @@ class ControlServer:
         # before anything is buffered (not gigabytes of one "request").
         self._socket.maxmsgsize = MAX_REQUEST
         self._refused = common.RejectLog(log, "control endpoint")
+        #: Malformed requests refused (the index's internal#rejected_messages).
+        self.rejected = 0
         secure_server(self._socket)
         try:
             endpoints.bind(self._socket, address)
@@ -113,7 +115,7 @@ class ControlServer:
                 validate(command, data)
             action(self.target, data)
         except ProtocolError as e:  # garbage: counted, logged once per kind
-            common.count_rejected()
+            self.rejected += 1
             self._refused(bytes(command)[:32], e)
             return encode_protocol(b"error", {"msg": f"{type(e).__name__}: {e}"})
         except (MetropcError, ValueError, KeyError, TypeError) as e:
