@@ -327,7 +327,9 @@ def _view_counts(v):
 
 
 #: Run numbers are int64 where they are stored (recordings, the index).
-RUN_MAX = 2**63 - 1
+#: The largest run number: the runs an operator starts after it (each the
+#: next number) still fit in int64, so no message needs pickle for them.
+RUN_MAX = 2**62
 
 
 def run_number_problem(run) -> str | None:
@@ -337,7 +339,7 @@ def run_number_problem(run) -> str | None:
     if type(run) is not int:
         return f"is {type(run).__name__}, not an int"
     if not 0 <= run <= RUN_MAX:
-        return f"{run} is out of range (0 to 2**63-1)"
+        return f"{run} is out of range (0 to 2**62)"
     return None
 
 

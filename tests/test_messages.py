@@ -171,6 +171,8 @@ BAD = [
     (b"inputs", {"inputs": [1]}, "'inputs'"),
     (b"aresult", {"results": {}, "failed": [1]}, "'failed'"),
     (b"run", {"kind": "start"}, "'kind'"),
+    # the next runs after it must fit in int64 (else every message is pickled)
+    (b"run", {"kind": "run_start", "run": 2**62 + 1}, "out of range"),
     (b"reset", {"views": [1]}, "'views'"),
     (b"announce", {"control": 5}, "control"),
     # credit: n int >= 0, free whole int64 bytes

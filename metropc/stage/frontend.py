@@ -423,7 +423,7 @@ class ThreadedFrontend:
     def start_run(self, run: int | None = None) -> None:
         """A run starts after the events queued so far (None: the next number);
         views with ``reset_on='run'`` (the builtins) start empty.  A run
-        number is an int from 0 to 2**63-1 (ValueError otherwise)."""
+        number is an int from 0 to 2**62 (ValueError otherwise)."""
         problem = run_number_problem(run)
         if problem is not None:
             raise ValueError(f"run number {problem}")
