@@ -233,6 +233,24 @@ def bad_results(v):
     return out
 
 
+def index_when(pipe, path, holds, what, each=None, timeout=30):
+    """The first index whose count of `path` `holds`, asking for one at a
+    time; fails with `what` at the deadline.  `each()` runs between tries."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pipe.request_index()
+        try:
+            index = pipe.client.wait_index(timeout=0.5)
+        except TimeoutError:
+            index = {}
+        entry = index.get(path)
+        if entry is not None and holds(entry.counts):
+            return index
+        assert time.monotonic() < deadline, f"{what}: {path} {entry and entry.counts}"
+        if each is not None:
+            each()
+
+
 def test_garbage_on_the_reduce_pull(pipe):
     fe = pipe.frontend
     v = pipe.ctx.version
@@ -273,18 +291,8 @@ def test_garbage_on_the_reduce_pull(pipe):
         # before it (and event 0 is taken: the first event fed is given up).
         push.send_multipart(encode_protocol(
             b"result", {KEY_META: pack_meta(0, v - 1, 0, ("double",), ()), "view#double": 0}))
-        deadline = time.monotonic() + 30
-        while True:
-            pipe.request_index()
-            try:
-                index = pipe.client.wait_index(timeout=0.5)
-            except TimeoutError:
-                index = {}
-            entry = index.get("internal#stale_events")
-            if entry is not None and entry.counts >= 1:
-                break
-            assert time.monotonic() < deadline, f"REDUCE never got the sentinel: {index}"
-            assert_alive(pipe)
+        index = index_when(pipe, "internal#stale_events", lambda n: n >= 1,
+                           "REDUCE never got the sentinel", each=lambda: assert_alive(pipe))
         assert_alive(pipe)
         # what REDUCE rejected is counted where users see it (the frontend
         # rejected nothing here: the sum is REDUCE's)
@@ -385,17 +393,8 @@ def test_the_control_endpoint_refuses_pickles_and_counts_garbage(pipe, caplog):
             opcode, data = decode_protocol(reply)
             assert opcode == b"error" and "ProtocolError" in data["msg"], data
         # counted where users see it (it was counted in a variable nothing read)
-        deadline = time.monotonic() + 30
-        while True:
-            pipe.request_index()
-            try:
-                index = pipe.client.wait_index(timeout=0.5)
-            except TimeoutError:
-                index = {}
-            entry = index.get("internal#rejected_messages")
-            if entry is not None and entry.counts - before >= 203:
-                break
-            assert time.monotonic() < deadline, f"not counted: {entry and entry.counts}"
+        index_when(pipe, "internal#rejected_messages", lambda n: n - before >= 203,
+                   "not counted")
         logged = [r for r in caplog.records if "control endpoint" in r.getMessage()]
         assert len(logged) == 2, [r.getMessage() for r in logged]  # one per kind
         assert_results(pipe, range(5))
