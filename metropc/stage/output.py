@@ -47,6 +47,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from itertools import islice
 
 import zmq
 
@@ -60,6 +61,13 @@ log = logging.getLogger(__name__)
 __all__ = ["Output"]
 
 _SUBSCRIBE, _UNSUBSCRIBE = 1, 0
+
+#: Subscriptions REDUCE reports to the frontend for a restart (the oldest
+#: first): what a REDUCE that replaces a dead one waits for.
+MAX_REPORTED_SUBSCRIPTIONS = 1000
+#: Distinct subscriptions held at which the output warns (and at every
+#: doubling): ZeroMQ keeps each in memory, about 50 bytes per byte.
+SUBSCRIPTIONS_WARN = 10_000
 
 #: An open batch is sent once it holds this many results or bytes.
 BATCH_MAX_RECORDS = 256
@@ -86,7 +94,10 @@ class Output:
     def __init__(self, socket, *, pace_max_wait: float = 0.25, pace_share: float = 0.1,
                  pace_burst: float = 1.0):
         self.socket = socket
-        self.prefixes: set[bytes] = set()
+        #: The subscribed prefixes, oldest first (a dict used as an ordered set).
+        self.prefixes: dict[bytes, None] = {}
+        self._reported: tuple[bytes, ...] | None = ()
+        self._warn_subscriptions = SUBSCRIPTIONS_WARN
         self._routes: dict[bytes, tuple[bool, bool]] = {}  # topic -> (plain, batch)
         #: Open batches: view topic -> [records, bytes]; see :meth:`flush`.
         self._batches: dict[bytes, list] = {}
@@ -129,13 +140,29 @@ class Output:
                 log.debug("output: ignoring a message that is no subscription")
                 continue
             if msg[0] == _SUBSCRIBE:
-                self.prefixes.add(msg[1:])
+                self.prefixes[msg[1:]] = None
                 self.remembered.discard(msg[1:])
                 subscribed = True
             else:
-                self.prefixes.discard(msg[1:])
+                self.prefixes.pop(msg[1:], None)
             self._routes.clear()
+            self._reported = None
+        if len(self.prefixes) >= self._warn_subscriptions:
+            self._warn_subscriptions *= 2
+            log.warning("output: %d distinct subscriptions; ZeroMQ keeps each in memory, so a "
+                        "client subscribing to made-up topics costs REDUCE memory (docs/"
+                        "operations.md, Security: --keys admits known clients only)",
+                        len(self.prefixes))
         return subscribed
+
+    def reported_subscriptions(self) -> tuple[bytes, ...]:
+        """The oldest MAX_REPORTED_SUBSCRIPTIONS prefixes, for the progress
+        report: a restarted REDUCE waits for these clients to come back.
+        Bounded, so that a peer flooding the output with subscriptions does
+        not make each 20 ms report carry them all (cached until one changes)."""
+        if self._reported is None:
+            self._reported = tuple(islice(self.prefixes, MAX_REPORTED_SUBSCRIPTIONS))
+        return self._reported
 
     def wants(self, topic: bytes) -> bool:
         """Whether a subscriber would receive a message on `topic` (or its batches)."""
@@ -152,15 +179,24 @@ class Output:
         """
         route = self._routes.get(topic)
         if route is None:
-            batched = BATCH_PREFIX + topic
-            route = (any(topic.startswith(p) for p in self.prefixes),
-                     topic.startswith(b"view#") and any(
-                         p.startswith(BATCH_PREFIX) and batched.startswith(p)
-                         for p in self.prefixes))
+            route = (self._subscribed(topic, 0),
+                     topic.startswith(b"view#")
+                     and self._subscribed(BATCH_PREFIX + topic, len(BATCH_PREFIX)))
             if len(self._routes) > 10000:
                 self._routes.clear()
             self._routes[topic] = route
         return route
+
+    def _subscribed(self, topic: bytes, shortest: int) -> bool:
+        """Whether a subscribed prefix of `topic` is at least `shortest` long.
+
+        Looks up each prefix of the topic rather than testing each
+        subscription, so that the cost does not grow with the number of
+        subscriptions (a peer may hold hundreds of thousands)."""
+        prefixes = self.prefixes
+        if len(prefixes) <= len(topic) - shortest:
+            return any(len(p) >= shortest and topic.startswith(p) for p in prefixes)
+        return any(topic[:k] in prefixes for k in range(shortest, len(topic) + 1))
 
     def skip(self, topic: bytes, n: int = 1) -> None:
         """A message on `topic` nobody would receive now: if a client of

@@ -144,11 +144,11 @@ class ReduceStage:
 
     def awaiting_clients(self):
         """Whether results wait for the clients of a REDUCE that died to resubscribe."""
-        return self.takeover.awaiting_clients(self.output.prefixes)
+        return self.takeover.awaiting_clients(self.output.prefixes.keys())
 
     def check_doubtful(self):
         """After the grace period, results that did not come are lost."""
-        doubtful = self.takeover.given_up(self.output.prefixes)
+        doubtful = self.takeover.given_up(self.output.prefixes.keys())
         if doubtful:
             self._process_all(self.buffer.skip(doubtful))
 
@@ -168,7 +168,7 @@ class ReduceStage:
         lags one report behind (see :meth:`RestartPoint.report
         <metropc.stage.reduce_restart.RestartPoint.report>`)."""
         return self.restart_point.report((
-            self.buffer.next_seq, self.buffer.lost, self.stale, frozenset(self.output.prefixes),
+            self.buffer.next_seq, self.buffer.lost, self.stale, self.output.reported_subscriptions(),
             self.run, self.state, self.output.dropped, self.meter.counts.get(EVENTS, 0)))
 
     @property

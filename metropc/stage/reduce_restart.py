@@ -39,7 +39,7 @@ class RestartPoint:
         its dispatch window) and where to restart it after a crash.
 
         `state` is the stage's now: ``(next_seq, lost, stale, subscription
-        prefixes (a frozenset), run, state, output_dropped, events out)``; called every
+        prefixes (a tuple, oldest first), run, state, output_dropped, events out)``; called every
         PROGRESS_INTERVAL.  The restart state (``next_seq`` and the
         counters) reported is the one taken at the call before: a result is
         published by handing it to ZeroMQ, whose I/O thread writes it out a
@@ -56,7 +56,7 @@ class RestartPoint:
             return None
         self._sent = (report, state[0])
         return {"next_seq": report[0], "done_seq": state[0], "lost": report[1],
-                "stale": report[2], "subs": sorted(report[3]), "run": report[4],
+                "stale": report[2], "subs": list(report[3]), "run": report[4],
                 "state": report[5], "output_dropped": report[6], "events": report[7]}
 
     @property
