@@ -467,3 +467,54 @@ def test_a_worker_killed_under_overload_loses_only_what_it_held(pipeline, collec
     got = col.values("total")
     assert got == sorted(got) and len(set(got)) == len(got)
     assert not any("gave up waiting" in e for e in fe.errors), fe.errors
+
+
+def test_a_replacement_that_cannot_start_for_lack_of_fds_is_tried_again(tmp_path):
+    """metropc-run out of file descriptors (held connections, say) when a
+    worker dies: starting its replacement fails.  That is reported and tried
+    again, and once fds are free the pool is whole again and results flow.
+
+    Before, the OSError ended the frontend loop: nothing was dispatched any
+    more while metropc-run went on showing "running"."""
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import cmdline, end_session
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text("@View.Scalar\ndef tid(t: 'internal#train_id'):\n    return t\n")
+    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx), "--pool", "2",
+                             "--rate", "50", "--status", "off", "--duration", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    err = []
+    reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        line = proc.stdout.readline()  # printed once the pipeline is ready
+        assert "output on" in line, line
+        address = line.split("output on ")[1].split()[0]
+
+        def stages():
+            return [p for p in psutil.Process(proc.pid).children()
+                    if running(p) and "resource_tracker" not in cmdline(p)]
+        wait_for(lambda: len(stages()) == 3, timeout=20)  # REDUCE and two workers
+        limits = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (8, limits[1]))  # no new fd
+        try:
+            stages()[-1].kill()
+            wait_for(lambda: any("cannot start a new pool-" in e for e in err), timeout=20)
+        finally:
+            resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, limits)
+        wait_for(lambda: len(stages()) == 3, timeout=20)
+        with Client(address, views=["tid"], timeout=20) as client:
+            first = client.recv(timeout=20)[1]["data"]
+            assert [client.recv(timeout=5)[1]["data"] for _ in range(20)] == \
+                list(range(first + 1, first + 21))
+        assert proc.poll() is None
+    finally:
+        end_session(proc)
+        reader.join(5)
+    text = "".join(err)
+    assert "Too many open files; trying again in 2 s" in text, text
+    assert "frontend loop failed" not in text, text

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from metropc.stage.supervisor import (REMOTE_SILENCE, RESTART_LIMIT, RESTART_WINDOW, GiveUp,
-                                      Gone, Panic, Replace, StageState, Supervisor)
+from metropc.stage.supervisor import (REMOTE_SILENCE, RESTART_LIMIT, RESTART_WINDOW,
+                                      START_RETRY, GiveUp, Gone, Panic, Replace, StageState,
+                                      Supervisor)
 
 
 def proc(name, alive=True, exitcode=None):
@@ -121,6 +122,27 @@ def test_restart_limit_within_the_window():
     # given up: never reported again, dead or alive, stuck or not
     assert sup.check(20.0, [dead("pool-0")], idle) == []
     assert sup.check(500.0, [proc("pool-0")], lambda name: (0.0, [1])) == []
+
+
+def test_a_stage_that_could_not_be_started_is_tried_again_later_then_given_up():
+    """A replacement whose start failed (no process: the frontend is out of
+    file descriptors) is no busy loop: tried again every START_RETRY
+    seconds, each try a death, until the restart limit gives it up."""
+    sup = ready_supervisor("pool-0", "reduce")
+    not_started = proc("pool-0", alive=False, exitcode=None)
+    assert sup.check(10.0, [dead("pool-0", -9)], idle)[0].reason == \
+        "stage pool-0 died (exit code -9)"
+    assert sup.check(10.0 + START_RETRY / 2, [not_started], idle) == []
+    outs = []
+    t = 10.0
+    while not outs or type(outs[-1]) is Replace:
+        t += START_RETRY
+        outs += sup.check(t, [not_started], idle)
+        outs += sup.check(t + START_RETRY / 2, [not_started], idle)  # (too soon)
+    assert [type(o) for o in outs] == [Replace] * 3 + [GiveUp]
+    assert outs[0] == Replace("pool-0", "stage pool-0 could not be started", stop=False)
+    assert outs[-1].reason.startswith("stage pool-0 could not be started; it died 5 times")
+    assert sup.given_up == {"pool-0"}
 
 
 def test_restarts_spaced_out_are_allowed():

@@ -239,6 +239,7 @@ class ThreadedFrontend:
                 os.close(fd)
             raise
         self._state = FrontendLoop(self)
+        self._loop_failure: str | None = None
         self._thread = threading.Thread(target=self._loop, name="metropc-frontend",
                                         daemon=True)
         self._queue.taker = self._thread
@@ -368,7 +369,10 @@ class ThreadedFrontend:
     def given_up(self) -> str | None:
         """Why no results can come any more, or None: REDUCE was given up
         (it died too often, or could not start), or every local POOL worker
-        was and no remote one is known.  (A stage being restarted is not.)"""
+        was and no remote one is known, or the frontend's own loop failed
+        (nothing is dispatched any more).  (A stage being restarted is not.)"""
+        if self._loop_failure is not None:
+            return self._loop_failure
         supervisor = self._state.supervisor
         gone = supervisor.given_up
         if "reduce" in gone:
@@ -590,6 +594,7 @@ class ThreadedFrontend:
             state.run()
         except BaseException as e:  # noqa: BLE001 - the frontend thread must report
             log.exception("frontend loop failed")
+            self._loop_failure = f"the frontend loop failed ({type(e).__name__}: {e})"
             self.on_pipeline_panic(f"frontend loop failed: {type(e).__name__}: {e}")
         finally:
             state.shutdown()

@@ -35,7 +35,8 @@ from ..messages import (MARK_OPS, OP_ANNOUNCE, OP_BUSY, OP_BYE, OP_PAUSE, OP_RES
                         OP_RUN)
 from .dispatcher import Dispatcher
 from .reload import Aborted, Committed, ReloadCoordinator
-from .supervisor import GiveUp, Gone, Panic, ReduceWatch, Replace, StageState, Supervisor
+from .supervisor import (START_RETRY, GiveUp, Gone, Panic, ReduceWatch, Replace, StageState,
+                         Supervisor)
 from ..transport import readable
 
 log = logging.getLogger(__name__)
@@ -406,7 +407,11 @@ class FrontendLoop:
             fe.on_pipeline_error(f"{text}; starting a replacement")
         runner = fe._make_runner(name)
         fe._runners[name] = runner
-        runner.start()
+        try:
+            runner.start()
+        except OSError as e:  # out of file descriptors or memory: try again later
+            fe.on_pipeline_error(f"cannot start a new {name}: {e}; trying again in "
+                                 f"{START_RETRY:g} s")
 
     def fresh_result_segments(self):
         """The dead REDUCE never frees the result slots it held: every

@@ -13,6 +13,9 @@ The policy:
   reported once as a panic);
 - a worker that spends more than ``event_timeout`` seconds per event on
   its oldest message is stopped and replaced;
+- a stage whose replacement could not be started (no process: the
+  frontend ran out of file descriptors, say) is tried again after
+  START_RETRY seconds, and counts as a death;
 - a stage that dies RESTART_LIMIT times within RESTART_WINDOW seconds, or
   before the pipeline was ever ready, is given up (restarting it again
   would not help: it crashes at start or in a loop);
@@ -28,11 +31,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["Supervisor", "ReduceWatch", "Replace", "GiveUp", "Panic", "Gone", "StageState",
-           "RESTART_LIMIT", "RESTART_WINDOW", "REMOTE_SILENCE", "STALL_AFTER", "STAGE_REFUSED"]
+           "RESTART_LIMIT", "RESTART_WINDOW", "START_RETRY", "REMOTE_SILENCE", "STALL_AFTER", "STAGE_REFUSED"]
 
 #: A stage that dies this often within RESTART_WINDOW seconds is not restarted.
 RESTART_LIMIT = 5
 RESTART_WINDOW = 60.0
+#: Seconds before a stage that could not be started is tried again.
+START_RETRY = 2.0
 #: Seconds without a heartbeat after which a remote worker is gone.
 REMOTE_SILENCE = 5.0
 #: Seconds REDUCE may finish nothing while events wait for it before that is said.
@@ -134,9 +139,15 @@ class Supervisor:
             if stage.name in self.given_up:
                 continue
             if not stage.alive:
-                why = (f"stage {stage.name} died (exit code {stage.exitcode})"
-                       if stage.exitcode != 0 else  # (a SIGTERM from outside, say)
-                       f"stage {stage.name} ended (exit code 0) without being told to")
+                if stage.exitcode is None and stage.can_stop:  # started, no process
+                    last = self.restart_times.get(stage.name) or [float("-inf")]
+                    if now - last[-1] < START_RETRY:
+                        continue
+                    why = f"stage {stage.name} could not be started"
+                elif stage.exitcode == 0:  # (a SIGTERM from outside, say)
+                    why = f"stage {stage.name} ended (exit code 0) without being told to"
+                else:  # (a thread has no exit code)
+                    why = f"stage {stage.name} died (exit code {stage.exitcode})"
                 out.append(self._restart(stage, why, now, stop=False))
                 continue
             busy = oldest(stage.name) if self.event_timeout else None
