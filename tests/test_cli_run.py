@@ -266,6 +266,36 @@ def test_ctrl_c_stops_at_once_while_an_edit_never_finishes_loading(tmp_path):
     assert "Traceback" not in err
 
 
+def test_a_context_whose_top_level_never_returns_ends_at_duration_or_ctrl_c(tmp_path):
+    """The top level runs in metropc-run's main thread before anything
+    starts.  One that never returns is said after 5 s, and the first Ctrl-C
+    or the end of --duration ends it with its line; before, it hung
+    silently, ignoring both."""
+    ctx_file = tmp_path / "loop.py"
+    ctx_file.write_text("x = 1\nwhile True:\n    x += 1\n")
+    timed = subprocess.run([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
+                            "--status", "off", "--duration", "1"],
+                           capture_output=True, text=True, timeout=60)
+    assert timed.returncode == 1, timed.stderr
+    assert "--duration is up while the context's top level still runs" in timed.stderr
+    assert re.search(rf"stopped while the top level of {re.escape(str(ctx_file))} ran "
+                     r"\(at line [23]\); nothing ran", timed.stderr), timed.stderr
+
+    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
+                             "--status", "off"], stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert f"the top level of {ctx_file} has run for 5 s and not returned" in line, line
+        proc.send_signal(signal.SIGINT)
+        err = line + proc.stderr.read()
+        assert proc.wait(timeout=10) == 130, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert "Ctrl-C: stopping" in err and "nothing ran" in err and "Traceback" not in err
+
+
 SLOW_CTX = """
 import time
 

@@ -22,13 +22,15 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
+import traceback
 
-from ..error import ContextError, SourceError
+from ..error import ContextError, SourceError, StopRequested
 from .run_args import (PROG, UsageError, build_parser, check_arguments, check_parameters,
                        source_options)
-from .run_session import (ChildOutput, ContextWatcher, Interrupts, Keys, context_text,
-                          detach_from_terminal, restore_terminal, setup_logging)
+from .run_session import (TIME_UP, ChildOutput, ContextWatcher, Interrupts, Keys,
+                          context_text, detach_from_terminal, restore_terminal, setup_logging)
 
 # The pipeline's modules are imported in main(), once SIGINT is blocked, so
 # that a Ctrl-C while they load is handled like any other.
@@ -149,6 +151,8 @@ def _main(args, dashboard_bind, old_mask):
                 detach_from_terminal()
         if signum == signal.SIGINT:
             say(f"{PROG}: Ctrl-C: stopping (Ctrl-C again quits at once)")
+        elif signum == TIME_UP:
+            say(f"{PROG}: --duration is up while the context's top level still runs")
         else:
             say(f"{PROG}: {signal.Signals(signum).name}: stopping (a second signal "
                 "quits at once)")
@@ -193,8 +197,39 @@ def _main(args, dashboard_bind, old_mask):
             children.close()
 
 
+#: Seconds after which a context's top level still running is said.
+SLOW_LOAD = 5.0
+
+
+def load_context(source, args, interrupts):
+    """The context of `args.context`, its top level run here, in the main
+    thread.  A top level that does not return is said after SLOW_LOAD
+    seconds, and ends at Ctrl-C, SIGTERM or the end of --duration
+    (StopRequested) rather than hanging metropc-run."""
+    from ..core import Context
+    slow = threading.Timer(SLOW_LOAD, log.warning, (
+        "the top level of %s has run for %g s and not returned (Ctrl-C stops)",
+        args.context, SLOW_LOAD))
+    slow.daemon = True
+    slow.start()
+    try:
+        with interrupts.raising(args.duration):
+            return Context(source, path=args.context)
+    finally:
+        slow.cancel()
+
+
+def _context_line(exc, path) -> str:
+    """`` (at line N)``: where in file `path` `exc` was raised, if there."""
+    line = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code.co_filename == path:
+            line = lineno
+    return "" if line is None else f" (at line {line})"
+
+
 def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
-    from ..core import Context, read_context_file
+    from ..core import read_context_file
     from ..pipeline import Pipeline
     from .status import ContextState, StatusDisplay
 
@@ -215,8 +250,13 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
         log.error("context refused, nothing runs\n%s", e)
         return 1
     try:
-        ctx = Context(source, path=args.context)
+        ctx = load_context(source, args, interrupts)
         parameters = check_parameters(ctx, args.param)
+    except StopRequested as e:
+        where = _context_line(e, args.context)
+        say(f"{PROG}: stopped while the top level of {args.context} ran{where}; nothing "
+            "ran (a context's top level must return: put loops in views)")
+        return 1 if interrupts.signum == TIME_UP else exit_code()
     except UsageError as e:
         say(f"{PROG}: error: {e}")
         return 2

@@ -9,13 +9,14 @@ it reads the command line or builds the pipeline: ``metropc.cli.run`` does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
 
-from ..error import ContextError
+from ..error import ContextError, StopRequested
 
 # The same logger as metropc.cli.run: its lines say "metropc.run".
 log = logging.getLogger("metropc.run")
@@ -81,6 +82,10 @@ def context_text(path):
         return None
 
 
+#: The "signal number" of a stop because ``--duration`` is up (see Interrupts.raising).
+TIME_UP = 0
+
+
 class Interrupts:
     """Ctrl-C and SIGTERM, at any moment, without a traceback.
 
@@ -99,7 +104,10 @@ class Interrupts:
         self._done = threading.Event()
         self._callbacks: list = []
         self._old_mask = self._old_term = self._old_int = self._old_hup = None
+        self._old_usr1 = None
         self._thread = None
+        #: The thread in which a stop raises StopRequested (see :meth:`raising`).
+        self._raise_in: int | None = None
 
     @staticmethod
     def block():
@@ -130,6 +138,37 @@ class Interrupts:
         # The terminal closed (a dropped ssh session): a stop like SIGTERM's.
         self._old_hup = old_hup if old_hup is not None else signal.SIG_DFL
         signal.signal(signal.SIGHUP, handler)
+        self._old_usr1 = signal.signal(signal.SIGUSR1, self._raise_stop)
+
+    def _raise_stop(self, signum, frame):
+        # (Installed for the whole run: a signal sent just as raising() ends
+        # is ignored, not the default action, which would end the process.)
+        if self._raise_in == threading.get_ident():
+            raise StopRequested("stopped")
+
+    @contextlib.contextmanager
+    def raising(self, limit: float | None = None):
+        """Within: a stop raises StopRequested in this (the main) thread.
+
+        For the context's top level, run in the main thread: one that never
+        returns (a ``while True`` loop, a blocking read) would otherwise
+        ignore the first Ctrl-C and ``--duration``.  After `limit` seconds
+        the stop is requested with signal number TIME_UP.
+        """
+        self._raise_in = threading.get_ident()
+        timer = None
+        if limit is not None:
+            timer = threading.Timer(limit, self.request, (TIME_UP,))
+            timer.daemon = True
+            timer.start()
+        try:
+            if self.stop.is_set():
+                raise StopRequested("stopped")
+            yield
+        finally:
+            self._raise_in = None
+            if timer is not None:
+                timer.cancel()
 
     def _wait(self):
         while not self._done.is_set():
@@ -164,6 +203,8 @@ class Interrupts:
         self.stop.set()
         self._run_callbacks()
         self._on_stop(signum)
+        if self._raise_in is not None:
+            signal.pthread_kill(self._raise_in, signal.SIGUSR1)
 
     def uninstall(self):
         self._done.set()
@@ -173,6 +214,8 @@ class Interrupts:
             signal.signal(signal.SIGTERM, self._old_term)
             signal.signal(signal.SIGINT, self._old_int)
             signal.signal(signal.SIGHUP, self._old_hup)
+        if self._old_usr1 is not None:
+            signal.signal(signal.SIGUSR1, self._old_usr1)
         if self._old_mask is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
 
