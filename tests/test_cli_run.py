@@ -296,6 +296,29 @@ def test_a_context_whose_top_level_never_returns_ends_at_duration_or_ctrl_c(tmp_
     assert "Ctrl-C: stopping" in err and "nothing ran" in err and "Traceback" not in err
 
 
+def test_terminal_safe_escapes_control_characters_and_cuts_long_text():
+    from metropc.cli.logsafe import terminal_safe
+    assert terminal_safe("plain µs text\nline two\tend") == "plain µs text\nline two\tend"
+    assert terminal_safe("\x1b[2J\rX\x00") == "\\x1b[2J\\rX\\x00"
+    assert terminal_safe("y" * 30, limit=10) == "y" * 10 + " ... [20 more characters]"
+
+
+def test_error_text_from_a_view_cannot_take_over_the_terminal(tmp_path):
+    """A view's exception message is data: escape sequences in it are shown
+    escaped, and a megabyte of it is cut, not printed as one line."""
+    ctx_file = tmp_path / "loud.py"
+    ctx_file.write_text("@View.Scalar\ndef loud(t: 'internal#train_id'):\n"
+                        "    raise ValueError('\\x1b[2J\\x1b[31mFAKE: all good ' + 'y' * 10**6)\n")
+    proc = subprocess.run([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
+                           "--status", "off", "--max-events", "3", "--rate", "max"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "view 'loud' failed" in proc.stderr and "\\x1b[2J\\x1b[31mFAKE" in proc.stderr
+    assert "\x1b" not in proc.stderr
+    assert max(len(line) for line in proc.stderr.splitlines()) < 10_100
+    assert "more characters]" in proc.stderr
+
+
 SLOW_CTX = """
 import time
 

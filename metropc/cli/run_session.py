@@ -17,6 +17,7 @@ import sys
 import threading
 
 from ..error import ContextError, StopRequested
+from .logsafe import SafeFormatter
 
 # The same logger as metropc.cli.run: its lines say "metropc.run".
 log = logging.getLogger("metropc.run")
@@ -440,10 +441,10 @@ def setup_logging(verbose, console=None):
         handler = RichHandler(console=console, show_path=False, markup=False,
                               rich_tracebacks=False, log_time_format="%H:%M:%S",
                               keywords=[])
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        handler.setFormatter(SafeFormatter("%(name)s: %(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(
+        handler.setFormatter(SafeFormatter(
             "%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S"))
     root = logging.getLogger()
     root.addHandler(handler)

@@ -1,0 +1,36 @@
+"""Log lines that cannot take over the terminal they are printed on.
+
+Error text often carries data from elsewhere: an exception message built
+from a source's values, a view's ``ValueError`` with whatever it was given,
+a stage's report.  Printed raw, an escape sequence in it clears the screen
+or writes fake text, and a megabyte-long message becomes one megabyte-long
+line.  The CLIs format their log lines with :class:`SafeFormatter`, which
+escapes control characters (keeping newlines and tabs) and cuts a line to
+MAX_LOG_CHARS.
+"""
+
+from __future__ import annotations
+
+import logging
+
+__all__ = ["MAX_LOG_CHARS", "SafeFormatter", "terminal_safe"]
+
+#: A log line (with its traceback, if any) is cut after this many characters.
+MAX_LOG_CHARS = 10_000
+
+
+def terminal_safe(text: str, limit: int = MAX_LOG_CHARS) -> str:
+    """`text` with control characters escaped (``\\x1b`` for ESC; newlines
+    and tabs kept) and cut to `limit` characters, saying how many more."""
+    if len(text) > limit:
+        text = f"{text[:limit]} ... [{len(text) - limit} more characters]"
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+
+
+class SafeFormatter(logging.Formatter):
+    """A logging.Formatter whose lines are :func:`terminal_safe`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_safe(super().format(record))
