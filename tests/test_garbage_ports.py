@@ -370,6 +370,51 @@ def test_an_oversized_subscription_is_cut_off_not_buffered(pipe):
     assert reduce.memory_info().rss < before + 20_000_000
 
 
+def test_a_limited_log_says_how_many_lines_it_left_out(caplog):
+    import logging
+
+    from metropc.stage.common import LimitedLog
+    now = [0.0]
+    logger = logging.getLogger("metropc.test.limited")
+    limited = LimitedLog(logger, logging.WARNING, burst=3, window=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, "metropc.test.limited"):
+        for i in range(8):
+            limited("refused %d", i)
+        now[0] = 9.9
+        limited("refused late")
+        now[0] = 10.0
+        limited("refused again")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused 0", "refused 1", "refused 2",
+        "(6 more like the above were not logged)", "refused again"]
+
+
+def test_refused_control_requests_are_logged_at_most_ten_per_10_s(pipe, caplog):
+    """A refused request is a person's mistake and each is logged, but a
+    script sending thousands does not flood the log (it logged one line each)."""
+    import logging
+
+    from metropc.protocol import decode_protocol
+    zctx = zmq.Context()
+    req = zctx.socket(zmq.DEALER)
+    req.linger = 0
+    try:
+        req.connect(pipe.control_addr)
+        with caplog.at_level(logging.INFO, "metropc.stage.remote"):
+            for _ in range(300):
+                req.send_multipart([b"", *encode_protocol(b"reset", {"views": ("nosuch",)})])
+                assert req.poll(10_000)
+                _, *reply = req.recv_multipart()
+                opcode, data = decode_protocol(reply)
+                assert opcode == b"error" and "nosuch" in data["msg"], data
+        logged = [r for r in caplog.records if "control request refused" in r.getMessage()]
+        assert 10 <= len(logged) <= 20, len(logged)
+        assert "nosuch" in logged[0].getMessage()
+    finally:
+        req.close()
+        zctx.term()
+
+
 def test_the_control_endpoint_refuses_pickles_and_counts_garbage(pipe, caplog):
     """Clients' requests are never unpickled (unpickling runs code); garbage
     requests are counted and logged once, however many come."""

@@ -15,6 +15,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 
 import msgpack
 
@@ -143,6 +144,37 @@ class RejectLog:
             self.kinds.add(kind)
             self.logger.warning("%s: dropped a %r message: %s: %s (further ones like it are "
                                 "only counted)", self.who, kind, type(error).__name__, error)
+
+
+class LimitedLog:
+    """Logs at most `burst` lines per `window` seconds, then says how many it
+    left out.
+
+    For messages each worth a line when a person causes them (a refused
+    control request: a mistyped view name), which a script in a loop would
+    otherwise turn into a flood of the log.  The count of left-out lines is
+    logged with the first line after the window ends.
+    """
+
+    def __init__(self, logger: logging.Logger, level: int = logging.INFO, *,
+                 burst: int = 10, window: float = 10.0, clock=time.monotonic):
+        self.logger, self.level = logger, level
+        self.burst, self.window, self.clock = burst, window, clock
+        self._start = float("-inf")
+        self._logged = self.left_out = 0
+
+    def __call__(self, msg: str, *args) -> None:
+        now = self.clock()
+        if now - self._start >= self.window:
+            if self.left_out:
+                self.logger.log(self.level, "(%d more like the above were not logged)",
+                                self.left_out)
+            self._start, self._logged, self.left_out = now, 0, 0
+        if self._logged < self.burst:
+            self._logged += 1
+            self.logger.log(self.level, msg, *args)
+        else:
+            self.left_out += 1
 
 
 #: Logs the first message left out of a batch in this process (see _drop).

@@ -67,6 +67,7 @@ class ControlServer:
         # before anything is buffered (not gigabytes of one "request").
         self._socket.maxmsgsize = MAX_REQUEST
         self._refused = common.RejectLog(log, "control endpoint")
+        self._refusals = common.LimitedLog(log)
         #: Malformed requests refused (the index's internal#rejected_messages).
         self.rejected = 0
         secure_server(self._socket)
@@ -119,7 +120,7 @@ class ControlServer:
             self._refused(bytes(command)[:32], e)
             return encode_protocol(b"error", {"msg": f"{type(e).__name__}: {e}"})
         except (MetropcError, ValueError, KeyError, TypeError) as e:
-            log.info("control request refused: %s", e)  # (a person's mistake: each one)
+            self._refusals("control request refused: %s", e)  # (a person's mistake)
             return encode_protocol(b"error", {"msg": f"{type(e).__name__}: {e}"})
         except Exception as e:  # noqa: BLE001 - a request never ends the endpoint
             log.exception("control request failed")
