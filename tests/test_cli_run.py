@@ -296,6 +296,17 @@ def test_a_context_whose_top_level_never_returns_ends_at_duration_or_ctrl_c(tmp_
     assert "Ctrl-C: stopping" in err and "nothing ran" in err and "Traceback" not in err
 
 
+def test_the_fd_watch_warns_once_near_the_limit_and_notes_the_way_back():
+    from metropc.cli.run_session import FdWatch
+    watch = FdWatch(high=0.8, low=0.6)
+    assert watch.check(700, 1000) is None
+    assert watch.check(800, 1000).startswith("800 of this process's 1000 file descriptors")
+    assert watch.check(990, 1000) is None and watch.check(650, 1000) is None  # (said once)
+    assert watch.check(599, 1000) == "open file descriptors are back to 599 of 1000"
+    assert watch.check(700, 1000) is None
+    assert watch.check(801, 1000) is not None  # a second time: said again
+
+
 def test_terminal_safe_escapes_control_characters_and_cuts_long_text():
     from metropc.cli.logsafe import terminal_safe
     assert terminal_safe("plain µs text\nline two\tend") == "plain µs text\nline two\tend"

@@ -502,6 +502,7 @@ def test_a_replacement_that_cannot_start_for_lack_of_fds_is_tried_again(tmp_path
         limits = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
         resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (8, limits[1]))  # no new fd
         try:
+            wait_for(lambda: any("file descriptors are open" in e for e in err), timeout=20)
             stages()[-1].kill()
             wait_for(lambda: any("cannot start a new pool-" in e for e in err), timeout=20)
         finally:
@@ -518,3 +519,5 @@ def test_a_replacement_that_cannot_start_for_lack_of_fds_is_tried_again(tmp_path
     text = "".join(err)
     assert "Too many open files; trying again in 2 s" in text, text
     assert "frontend loop failed" not in text, text
+    # metropc-run said why before anything failed: it counts its fds.
+    assert "file descriptors are open (many connections to its ports?)" in text, text

@@ -29,7 +29,7 @@ import traceback
 from ..error import ContextError, SourceError, StopRequested
 from .run_args import (PROG, UsageError, build_parser, check_arguments, check_parameters,
                        source_options)
-from .run_session import (TIME_UP, ChildOutput, ContextWatcher, Interrupts, Keys,
+from .run_session import (TIME_UP, ChildOutput, ContextWatcher, FdWatch, Interrupts, Keys,
                           context_text, detach_from_terminal, restore_terminal, setup_logging)
 
 # The pipeline's modules are imported in main(), once SIGINT is blocked, so
@@ -398,6 +398,7 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
         if keys is not None:
             print(f"{PROG}: keys: r reset, p pause/resume, s step, q quit", flush=True)
         broken = None
+        fds = FdWatch()
         while not stop.is_set() and not pipeline.finished.is_set():
             broken = pipeline.frontend.given_up()
             if broken is not None:  # (the reason was logged when it happened)
@@ -409,6 +410,7 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
                 break
             if watcher is not None:
                 watcher.poll()
+            fds.poll()
             if recorder is not None and not recorder.alive:
                 code = recorder.proc.returncode
                 log.error("the recorder %s: nothing more is recorded to %s (%s); the "

@@ -10,17 +10,73 @@ it reads the command line or builds the pipeline: ``metropc.cli.run`` does.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
+import time
 
 from ..error import ContextError, StopRequested
 from .logsafe import SafeFormatter
 
 # The same logger as metropc.cli.run: its lines say "metropc.run".
 log = logging.getLogger("metropc.run")
+
+
+class FdWatch:
+    """Warns when this process nears its limit of open file descriptors.
+
+    Every connection to one of metropc-run's ports (control, stages,
+    dashboard, metrics) holds a descriptor in this process; at the limit,
+    ZeroMQ silently retries accepting, and a stage that dies cannot be
+    replaced.  Nothing else would say why.  :meth:`check` is given the count
+    and the limit and returns a warning when the count first reaches `high`
+    of the limit, and a note when it is back under `low` (so a count
+    hovering at the mark warns once); :meth:`poll` counts and logs.
+    """
+
+    def __init__(self, *, high: float = 0.8, low: float = 0.6, every: float = 2.0):
+        self.high, self.low, self.every = high, low, every
+        self.warned = False
+        self._next = 0.0
+
+    def check(self, count: int, limit: int) -> str | None:
+        if not self.warned and count >= self.high * limit:
+            self.warned = True
+            return (f"{count} of this process's {limit} file descriptors are open "
+                    "(many connections to its ports?); at the limit no stage can be "
+                    "restarted and no client can connect")
+        if self.warned and count < self.low * limit:
+            self.warned = False
+            return f"open file descriptors are back to {count} of {limit}"
+        return None
+
+    def poll(self) -> None:
+        """Count (at most every `every` seconds) and log what :meth:`check` says."""
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.every
+        count = open_fds()
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        news = None if count is None or limit == resource.RLIM_INFINITY else (
+            self.check(count, limit))
+        if news is not None:
+            (log.warning if self.warned else log.info)("%s", news)
+
+
+def open_fds() -> int | None:
+    """How many file descriptors this process has open: the limit if none
+    is left to count them with, None where unknown."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError as e:
+        if e.errno == errno.EMFILE:
+            return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return None
 
 
 class ContextWatcher:
