@@ -34,14 +34,23 @@ from .client import Client
 from .error import ProtocolError
 from .index import (OUTPUT_LATENCY, STAGE_PREFIX, TIMING_PREFIX, IndexEntry, IndexStageEntry,
                     IndexTimingEntry, IndexViewEntry, slowest_views)
+from .dashboard.limits import (ACCEPT_PAUSE, FD_ERRORS, LogThrottle, accept_failure,
+                               connection_cap)
 from .timing import BOUNDS
 
 __all__ = ["MetricsServer", "PipelineMetrics", "require_prometheus", "for_dashboard",
-           "MISSING"]
+           "MISSING", "IDLE_TIMEOUT", "MAX_CONNECTIONS"]
 
 log = logging.getLogger(__name__)
 
 MISSING = "metrics need prometheus_client: pip install 'metropc[metrics]'"
+
+#: Seconds a connection may take to send its request (and each read or write
+#: may take): a scraper sends it at once, a held connection is closed.
+IDLE_TIMEOUT = 10.0
+#: Connections served at once (each one a thread of the frontend's process);
+#: Prometheus needs one per scrape.
+MAX_CONNECTIONS = 64
 
 #: Index counters exported as Prometheus counters: path -> (name, help).
 COUNTERS = {
@@ -330,16 +339,119 @@ def for_dashboard(dashboard) -> PipelineMetrics:
 
 
 class _Server(http.server.ThreadingHTTPServer):
-    """The HTTP server, on IPv4 or IPv6 as the host is; a client that goes
-    away mid-answer is no error worth a traceback (slow or killed scrapers
-    would fill the log with them)."""
+    """The HTTP server, on IPv4 or IPv6 as the host is, with limits: it runs
+    in the frontend's process, one thread per connection, so a peer that
+    opens connections and sends nothing must not pile up threads and file
+    descriptors there (docs/operations.md, "Metrics and status").
+
+    - A connection must send its request line and headers within
+      `idle_timeout` seconds (a watchdog in the serving thread shuts it
+      down otherwise), and each read or write of its socket times out after
+      as long: its thread then ends.
+    - At most `max_connections` are open (:func:`connection_cap`); one
+      more is closed at once, and logged once a minute with the count.
+    - ``accept()`` failing for want of file descriptors is logged once a
+      minute and accepting pauses for :data:`ACCEPT_PAUSE` (socketserver
+      would otherwise retry at once, in a busy loop).
+
+    A client that goes away mid-answer is no error worth a traceback (slow
+    or killed scrapers would fill the log with them).
+    """
 
     daemon_threads = True
+    #: Listen backlog (socketserver's 5 left a burst of scrapers waiting for
+    #: the kernel's SYN retries, a second and more).
+    request_queue_size = 64
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, *, idle_timeout: float = IDLE_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS):
         if ":" in host:
             self.address_family = socket.AF_INET6
+        self.idle_timeout = float(idle_timeout)
+        self.max_connections = connection_cap(max_connections)
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._reading: dict[socket.socket, float] = {}  # connection -> deadline of its headers
+        self._next_sweep = 0.0
+        self._wake = threading.Event()
+        self.refused = LogThrottle(log)
+        self.accept_failed = LogThrottle(log)
         super().__init__((host, port), _Handler)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    def get_request(self):
+        """``accept()``; on EMFILE and the like a warning (once a minute) and a
+        pause: the listening socket stays readable, and socketserver would
+        call this again at once, for ever."""
+        try:
+            return super().get_request()
+        except OSError as e:
+            if e.errno not in FD_ERRORS:
+                raise
+            self.accept_failed(accept_failure("metrics", self.server_address[1], e))
+            self._wake.wait(ACCEPT_PAUSE)
+            raise
+
+    def verify_request(self, request, client_address) -> bool:
+        """Take the connection if fewer than `max_connections` are open."""
+        with self._lock:
+            if len(self._open) < self.max_connections:
+                self._open.add(request)
+                self._reading[request] = time.monotonic() + self.idle_timeout
+                return True
+        self.refused("metrics: closed a connection from %s at once: %d are open, the most "
+                     "this server takes (idle ones are closed after %g s)",
+                     client_address[0], self.max_connections, self.idle_timeout)
+        return False
+
+    def headers_read(self, request) -> bool:
+        """The handler has the headers: no deadline any more.  False if the
+        watchdog closed the connection meanwhile (what was read is cut)."""
+        with self._lock:
+            return self._reading.pop(request, None) is not None
+
+    def service_actions(self):
+        """Shut down connections still sending their headers after
+        `idle_timeout` (called by serve_forever every poll interval)."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + min(1.0, self.idle_timeout / 4)
+        with self._lock:
+            late = [r for r, deadline in self._reading.items() if deadline < now]
+            for request in late:
+                del self._reading[request]
+        for request in late:
+            log.debug("metrics: no request within %g s, closing", self.idle_timeout)
+            try:  # wakes the handler's blocking read with an end of file
+                request.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def shutdown_request(self, request):
+        with self._lock:
+            self._open.discard(request)
+            self._reading.pop(request, None)
+        super().shutdown_request(request)
+
+    def shutdown(self):
+        self._wake.set()
+        super().shutdown()
+
+    def server_close(self):
+        """Close the listening socket and end the connections still open
+        (their threads would otherwise wait for their timeout)."""
+        super().server_close()
+        with self._lock:
+            open_now = list(self._open)
+        for request in open_now:
+            try:
+                request.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def handle_error(self, request, client_address):
         if isinstance(sys.exc_info()[1], ConnectionError):
@@ -350,6 +462,17 @@ class _Server(http.server.ThreadingHTTPServer):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "metropc-metrics"
+
+    def setup(self):
+        self.timeout = self.server.idle_timeout  # each read and write of the socket
+        super().setup()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # reads the headers
+        if not self.server.headers_read(self.connection):
+            self.close_connection = True  # cut off by the watchdog: no answer
+            return False
+        return ok
 
     def do_GET(self):  # noqa: N802 - http.server's name
         metrics: PipelineMetrics = self.server.metrics
@@ -384,10 +507,13 @@ class MetricsServer:
     ``MetricsServer(pipeline.output_addr, port=9100, pipeline=pipeline).start()``;
     port 0 picks a free one (:attr:`port`).  Binding to a non-loopback host
     needs `allow_remote` (the status names files and processes).
+    `idle_timeout` (seconds to send a request) and `max_connections` (open
+    at once; more are closed at once) are the limits :class:`_Server` explains.
     """
 
     def __init__(self, output_addr: str, host: str = "127.0.0.1", port: int = 0, *,
-                 pipeline: Any = None, keys=None, allow_remote: bool = False):
+                 pipeline: Any = None, keys=None, allow_remote: bool = False,
+                 idle_timeout: float = IDLE_TIMEOUT, max_connections: int = MAX_CONNECTIONS):
         from .dashboard.address import is_loopback
 
         require_prometheus()
@@ -396,7 +522,8 @@ class MetricsServer:
                              "loopback interface; pass --allow-remote to do it on purpose")
         self.metrics = PipelineMetrics(output_addr, pipeline=pipeline, keys=keys)
         self.host = host
-        self._httpd = _Server(host.strip("[]"), int(port))
+        self._httpd = _Server(host.strip("[]"), int(port), idle_timeout=idle_timeout,
+                              max_connections=max_connections)
         self._httpd.metrics = self.metrics
         self.port: int = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever,

@@ -34,6 +34,8 @@ import time
 import urllib.parse
 
 import tornado.httpserver
+import tornado.ioloop
+import tornado.iostream
 import tornado.netutil
 import tornado.web
 import tornado.websocket
@@ -45,6 +47,7 @@ from . import display
 from .address import check_bind, is_loopback
 from .control import Control, parse_error, parse_value, roi_info
 from .hub import Hub
+from .limits import ACCEPT_PAUSE, FD_ERRORS, LogThrottle, accept_failure, connection_cap
 
 __all__ = ["STATIC_DIR", "Dashboard", "serve"]
 
@@ -63,6 +66,12 @@ MAX_WATCHED = 1024
 MAX_NAME = 256
 #: Error messages sent to the browser (the newest).
 MAX_ERRORS = 50
+#: Seconds an HTTP connection may wait for (or take to send) its next request
+#: before it is closed; a websocket is not concerned once open.
+IDLE_TIMEOUT = 30.0
+#: Connections open at once, websockets included: a browser holds one
+#: websocket and, for a few seconds, up to six HTTP connections.
+MAX_CONNECTIONS = 256
 
 
 class Session:
@@ -202,12 +211,16 @@ class Session:
             self.reject(f"unknown op {op!r}"[:200])
 
     def reject(self, reason):
-        """Refuse a malformed message: a warning the first time (debug after),
-        and an ``error`` message to the browser while it reads what it gets."""
+        """Refuse a malformed message, with an ``error`` message to the browser
+        while it reads what it gets.  Logged as a warning the first time, then
+        at most once a minute with the number since, for all browsers together
+        (one per browser made 200 warnings for 200 connections), and each one
+        at debug level."""
         self.rejected += 1
-        level = logging.WARNING if self.rejected == 1 else logging.DEBUG
-        log.log(level, "dashboard: refused a message from a browser: %s%s", reason,
-                " (further ones are logged at debug level)" if self.rejected == 1 else "")
+        text = "dashboard: refused a message from a browser (%s): %s"
+        peer = getattr(getattr(self.handler, "request", None), "remote_ip", "?")
+        if not self.dashboard.rejects(text, peer, reason):
+            log.debug(text, peer, reason)
         if self.in_flight < 4 * WINDOW:  # a client that reads nothing gets no more answers
             self.send_text({"op": "error", "message": reason})
 
@@ -328,6 +341,124 @@ class _SocketHandler(tornado.websocket.WebSocketHandler):
             self.dashboard.sessions.discard(self.session)
 
 
+class _Acceptor:
+    """Accepts connections on one listening socket for the IO loop, and
+    pauses for :data:`ACCEPT_PAUSE` seconds when ``accept()`` fails.
+
+    Tornado's own handler (``netutil.add_accept_handler``) lets EMFILE
+    escape: the listening socket stays readable, so the loop calls it again
+    at once and asyncio logs a traceback each turn (a million of them in
+    150 s at the fd limit).  This one reports the failure to `on_failure`
+    (which logs it, rate-limited) and stops watching the socket meanwhile.
+    """
+
+    BATCH = 128  # connections taken per turn of the loop, as tornado does
+
+    def __init__(self, sock: socket.socket, on_connection, on_failure):
+        self.sock = sock
+        self.on_connection = on_connection
+        self.on_failure = on_failure
+        self.loop = tornado.ioloop.IOLoop.current()
+        self._timer = None
+        self._closed = False
+        self.loop.add_handler(sock, self._ready, tornado.ioloop.IOLoop.READ)
+
+    def _ready(self, fd, events):
+        for _ in range(self.BATCH):
+            try:
+                connection, address = self.sock.accept()
+            except BlockingIOError:
+                return
+            except ConnectionAbortedError:  # gone while in the backlog
+                continue
+            except OSError as e:
+                self.on_failure(e)
+                self.loop.remove_handler(self.sock)
+                self._timer = self.loop.call_later(ACCEPT_PAUSE, self._resume)
+                return
+            self.on_connection(connection, address)
+
+    def _resume(self):
+        self._timer = None
+        if not self._closed:
+            self.loop.add_handler(self.sock, self._ready, tornado.ioloop.IOLoop.READ)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self.loop.remove_timeout(self._timer)
+        else:
+            self.loop.remove_handler(self.sock)
+        self.sock.close()
+
+
+class _HTTPServer(tornado.httpserver.HTTPServer):
+    """Tornado's HTTPServer with a cap on open connections, websockets
+    included, and an accept loop (:class:`_Acceptor`) that survives running
+    out of file descriptors.
+
+    The dashboard runs in ``metropc-run``'s process: however many
+    connections a peer opens, the server must leave that process the
+    descriptors it needs.  Beyond `max_connections` a new connection is
+    closed at once (logged once a minute with the count); idle ones are
+    closed by tornado's ``idle_connection_timeout``.
+    """
+
+    def initialize(self, *args, max_connections: int = MAX_CONNECTIONS, **kwargs) -> None:
+        super().initialize(*args, **kwargs)
+        self.max_connections = connection_cap(max_connections)
+        self.port = None
+        self._acceptors: list[_Acceptor] = []
+        self._streams: set[tornado.iostream.IOStream] = set()
+        self.refused = LogThrottle(log)
+        self.accept_failed = LogThrottle(log)
+
+    def add_sockets(self, sockets) -> None:
+        for sock in sockets:
+            self.port = sock.getsockname()[1]
+            self._acceptors.append(_Acceptor(sock, self._accepted, self._accept_failed))
+
+    def stop(self) -> None:
+        """Stop accepting (connections already open stay: see :meth:`close_all`)."""
+        for acceptor in self._acceptors:
+            acceptor.close()
+        self._acceptors = []
+
+    def close_all(self) -> None:
+        """Close every connection, websockets and idle ones included."""
+        for stream in list(self._streams):
+            stream.close()
+        self._streams.clear()
+
+    @property
+    def open_connections(self) -> int:
+        self._streams = {s for s in self._streams if not s.closed()}
+        return len(self._streams)
+
+    def _accepted(self, connection, address):
+        # Forget closed connections only when it matters (not on each accept).
+        if len(self._streams) >= self.max_connections and \
+                self.open_connections >= self.max_connections:
+            connection.close()
+            self.refused("dashboard: closed a connection from %s at once: %d are open, the "
+                         "most this server takes", address[0] if address else "?",
+                         self.max_connections)
+            return
+        stream = tornado.iostream.IOStream(connection, max_buffer_size=self.max_buffer_size,
+                                           read_chunk_size=self.read_chunk_size)
+        self._streams.add(stream)
+        self.handle_stream(stream, address)
+
+    def _accept_failed(self, error: OSError):
+        if error.errno in FD_ERRORS:
+            self.accept_failed(accept_failure("dashboard", self.port, error))
+        else:
+            self.accept_failed("dashboard: accept() on port %s failed: %s; trying again "
+                               "every %g s", self.port, error, ACCEPT_PAUSE)
+
+
 class Dashboard:
     """A web dashboard for one pipeline output, served from a background thread.
 
@@ -359,12 +490,18 @@ class Dashboard:
         that token.  :attr:`url` includes it.
     keys : str, optional
         Key directory of a pipeline secured with CURVE (``metropc-keys``).
+    idle_timeout : float
+        Seconds an HTTP connection may wait for its next request (or take
+        to send it) before it is closed; open websockets are not concerned.
+    max_connections : int
+        Connections open at once, websockets included; more are closed at
+        once (at most a quarter of the process's file-descriptor limit).
     """
 
     def __init__(self, output_addr, host="127.0.0.1", port=0, control=None, *,
                  allow_pickle=True, allow_remote=False, history=10_000,
                  max_side=display.MAX_SIDE, fps=30.0, title=None, token=None, keys=None,
-                 zmq_context=None):
+                 zmq_context=None, idle_timeout=IDLE_TIMEOUT, max_connections=MAX_CONNECTIONS):
         check_bind(host, allow_remote)
         if token is None or token is True:
             token = secrets.token_urlsafe(24) if (token or not is_loopback(host)) else None
@@ -383,6 +520,10 @@ class Dashboard:
         self.control = control if isinstance(control, Control) else Control(control)
         self.title = title or output_addr
         self.fps = float(fps)
+        self.idle_timeout = float(idle_timeout)
+        self.max_connections = connection_cap(max_connections)
+        #: Malformed browser messages: one warning, then one a minute (Session.reject).
+        self.rejects = LogThrottle(log)
         self.hub = Hub(output_addr, allow_pickle=allow_pickle, history=history,
                        max_side=max_side, context=zmq_context, keys=keys)
         self.sessions: set[Session] = set()
@@ -447,7 +588,12 @@ class Dashboard:
                 (r"/static/(.*)", _StaticHandler, {"path": STATIC_DIR, "dashboard": self}),
             ], websocket_max_message_size=1 << 20, compress_response=False,
                 log_function=_log_request)
-            self._server = tornado.httpserver.HTTPServer(app)
+            # Tornado applies idle_connection_timeout to the wait for each
+            # request's headers, the first included; a websocket's connection
+            # leaves HTTP once upgraded, so an open page is never cut off.
+            self._server = _HTTPServer(app, idle_connection_timeout=self.idle_timeout,
+                                       body_timeout=self.idle_timeout,
+                                       max_connections=self.max_connections)
             self._server.add_sockets(self._sockets)
             self._tick_handle = None
             loop.call_soon(self._tick)
@@ -495,7 +641,14 @@ class Dashboard:
                     self.sessions.clear()
                 finally:
                     done.set()
-                    loop.call_later(0.05, loop.stop)
+                    loop.call_later(0.05, finish)
+
+            def finish():  # after the websockets' close frames went out
+                try:
+                    if self._server is not None:
+                        self._server.close_all()
+                finally:
+                    loop.stop()
 
             loop.call_soon_threadsafe(shutdown)
             done.wait(timeout)
@@ -597,9 +750,20 @@ class Dashboard:
         age = None if hub.index_time is None else time.monotonic() - hub.index_time
         return {"output_addr": self.output_addr, "url": self.url, "index_age": age,
                 "control": self.control.enabled, "hub": hub.stats(),
+                "connections": self.connection_stats(),
                 "sessions": [{"watched": sorted(s.watched), "in_flight": s.in_flight,
                               "messages": s.messages, "skipped_ticks": s.skipped_ticks}
                              for s in list(self.sessions)]}
+
+    def connection_stats(self) -> dict:
+        """Open connections and what the limits refused (for ``/status``; call
+        it on the IO loop, which owns the server's connections)."""
+        server = self._server
+        return {"open": server.open_connections if server is not None else 0,
+                "max": self.max_connections, "idle_timeout": self.idle_timeout,
+                "refused": server.refused.count if server is not None else 0,
+                "accept_failures": server.accept_failed.count if server is not None else 0,
+                "rejected_messages": self.rejects.count}
 
     # -- requests from browsers -----------------------------------------------------------
     def set_parameters(self, values):
