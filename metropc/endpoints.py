@@ -11,9 +11,18 @@ given.)
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 
-__all__ = ["bind", "connect", "connect_problem", "connectable", "is_ipv6"]
+__all__ = ["bind", "connect", "connect_problem", "connectable", "ipc_path_problem",
+           "is_ipv6", "IPC_PATH_MAX"]
+
+#: Longest ipc path (bytes) ZeroMQ takes: a Unix socket address holds the
+#: path and its terminating NUL in ``sun_path``, 108 bytes on Linux and 104
+#: on the BSDs and macOS.  ZeroMQ refuses a longer one only when the socket
+#: binds or connects, with an exception deep inside the stage that made it.
+IPC_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
 
 #: A host name or IPv4 address (ASCII: ZeroMQ refuses anything else with a
 #: bare "Invalid argument"), and a bracketed IPv6 address with an optional
@@ -44,6 +53,8 @@ def connect_problem(address) -> str | None:
         if address.startswith(scheme):
             if not address[len(scheme):] or address.endswith("/"):
                 return f"{scheme} needs a {'path' if scheme == 'ipc://' else 'name'}"
+            if scheme == "ipc://":
+                return ipc_path_problem(address[len(scheme):])
             return None
     if not address.startswith("tcp://"):
         return f"not a ZeroMQ address; {_USAGE}"
@@ -66,6 +77,21 @@ def connect_problem(address) -> str | None:
         return f"port {port!r} is not a number"
     if not 1 <= int(port) <= 65535:
         return f"port {port} is out of range (1-65535)"
+    return None
+
+
+def ipc_path_problem(path: str) -> str | None:
+    """Why no Unix socket can have `path` (the part after ``ipc://``), or
+    None: checked up front because ZeroMQ says so only when binding or
+    connecting, as a traceback.  (``@NAME``, Linux's abstract namespace, has
+    the same limit.)"""
+    try:
+        size = len(os.fsencode(path))
+    except UnicodeError:  # (a lone surrogate the file system encoding cannot take)
+        return "the ipc path cannot be encoded as a file name"
+    if size > IPC_PATH_MAX:
+        return (f"the ipc path is {size} bytes long, more than the {IPC_PATH_MAX} a "
+                "Unix socket takes; use a shorter path (e.g. in /tmp)")
     return None
 
 

@@ -23,6 +23,7 @@ libzmq has no CURVE.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import stat
 import sys
@@ -65,6 +66,12 @@ class Keys:
             what = "is not a directory" if os.path.exists(directory) else "does not exist"
             raise FileNotFoundError(f"the key directory {directory!r} {what}; make keys "
                                     f"with: metropc-keys DIR")
+        if not os.access(directory, os.X_OK):
+            # Its files cannot be reached (listing them is not needed): else
+            # every key file looks missing, and the advice to make keys there
+            # would fail the same way.
+            raise PermissionError(f"cannot read the key directory {directory!r}: "
+                                  f"{os.strerror(errno.EACCES)}")
         files = {}
         for name in ("server", "client"):
             secret_file = os.path.join(directory, f"{name}.key_secret")
@@ -75,9 +82,9 @@ class Keys:
                     raise PermissionError(
                         f"{secret_file} is readable by others (mode {mode:o}); "
                         f"chmod 600 it")
-                files[name] = zmq.auth.load_certificate(secret_file)
+                files[name] = _load_certificate(secret_file)
             elif os.path.exists(public_file):
-                files[name] = zmq.auth.load_certificate(public_file)
+                files[name] = _load_certificate(public_file)
             else:
                 raise FileNotFoundError(f"no {name} key in {directory}; make keys "
                                         f"with: metropc-keys {directory}")
@@ -100,6 +107,16 @@ class Keys:
         sock.curve_publickey = self.client_public
         sock.curve_secretkey = self.client_secret
         sock.curve_serverkey = self.server_public
+
+
+def _load_certificate(path):
+    """``zmq.auth.load_certificate(path)``, with an unreadable file said in
+    one line (PermissionError naming it) rather than as open()'s text."""
+    try:
+        return zmq.auth.load_certificate(path)
+    except PermissionError as e:
+        raise PermissionError(f"cannot read the key file {path!r}: "
+                              f"{e.strerror or e}") from None
 
 
 class Authenticator:

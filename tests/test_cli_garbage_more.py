@@ -70,6 +70,11 @@ def assert_one_line_error(proc, prog, *fragments, code=2):
     (["udp://127.0.0.1:5"], ["'udp://127.0.0.1:5'"]),
     ([GOOD, "--keys", "/nonexistent"], ["--keys /nonexistent", "does not exist"]),
     ([GOOD, "--bind", "99999"], ["--bind 99999", "out of range"]),
+    # garbage audit F12: said "must be positive"; ran on the default port
+    ([GOOD, "--duration", "5e-324"], ["--duration", "at least 1e-09", "'5e-324'"]),
+    ([GOOD, "--bind", "", "--duration", "1"], ["--bind ''"]),
+    ([GOOD, "--bind", "1\x1b[2J"], ["--bind '1\\x1b[2J'"]),
+    (["ipc:///tmp/" + "a" * 120], ["more than the 107"]),
 ])
 def test_dashboard_refuses_bad_values(args, fragments):
     proc = cli("metropc.cli.dashboard", *args)
@@ -138,6 +143,10 @@ def test_keys_where_the_system_refuses_exit_1():
     (["--control", GOOD, "--reduce", GOOD, "--name", "0"], ["--name", "local workers'"]),
     (["--control", GOOD, "--reduce", GOOD, "--name", "pool-1"], ["--name", "local workers'"]),
     (["--control", GOOD, "--reduce", GOOD, "--name", "x#hb"], ["--name", "or '#'"]),
+    # garbage audit F7: a traceback from ZeroMQ's connect
+    (["--control", "ipc:///tmp/" + "a" * 120, "--reduce", GOOD], ["--control", "107"]),
+    (["--control", GOOD, "--reduce", "ipc:///tmp/" + "a" * 120], ["--reduce", "107"]),
+    (["--control", GOOD, "--reduce", GOOD, "--keys", "k\nx"], ["--keys 'k\\nx'"]),
 ])
 def test_worker_refuses_bad_values(args, fragments):
     proc = cli("metropc.cli.worker", *args)
@@ -206,6 +215,10 @@ def test_worker_says_when_the_pipeline_never_answers():
     (["--set", "=1"], ["--set", "'=1'"]),
     (["--start-run", "-3"], ["--start-run", "'-3'"]),
     (["--keys", "/nonexistent"], ["--keys /nonexistent"]),
+    # run numbers stop at 2**62 (metropc.messages.RUN_MAX): refused at once,
+    # not by the pipeline once its index came (garbage audit F12)
+    (["--start-run", str(2**63)], ["--start-run", "at most 2**62"]),
+    (["--start-run", str(2**62 + 1)], ["--start-run", "at most 2**62"]),
 ])
 def test_client_refuses_bad_values(args, fragments):
     # port 1: nothing answers, so anything but a usage error would wait
@@ -222,6 +235,7 @@ def test_client_refuses_bad_values(args, fragments):
     ("garbage", "tcp://HOST:PORT"),
     ("", "empty"),
     ("inproc://", "needs a name"),
+    ("ipc:///tmp/" + "a" * 120, "more than the 107"),
 ])
 def test_client_refuses_bad_addresses(addr, fragment):
     proc = cli("metropc.cli.client", addr, "--once", "--timeout", "1")
@@ -252,6 +266,15 @@ def test_replay_refuses_a_file_that_is_no_hdf5(tmp_path):
     notes.write_text("not HDF5")
     assert_one_line_error(cli("metropc.cli.replay", notes), "metropc-replay",
                           str(notes), "not an HDF5 file")
+
+
+def test_replay_of_an_unreadable_file_is_one_line():
+    """HDF5's message about /proc/self/mem holds a line break (garbage audit F12)."""
+    pytest.importorskip("h5py")
+    if not os.path.exists("/proc/self/mem"):
+        pytest.skip("no /proc")
+    proc = cli("metropc.cli.replay", "/proc/self/mem", "--no-wait")
+    assert_one_line_error(proc, "metropc-replay", "/proc/self/mem")
 
 
 def test_replay_refuses_hdf5_that_is_no_recording(tmp_path):

@@ -7,9 +7,12 @@ usage block, or talk about stages that did not start.
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -62,6 +65,7 @@ def ctx_file(tmp_path):
     ("--event-timeout", "-1", "--event-timeout"),
     ("--event-timeout", "nan", "--event-timeout"),
     ("--duration", "-5", "--duration"),
+    ("--duration", "5e-324", "at least 1e-09"),  # positive, but below the minimum
     ("--max-events", "0", "--max-events"),
     ("--rate", "-1", "--rate"),
     ("--rate", "1e-12", "at least 0.001"),   # the pacing overflowed the clock
@@ -192,3 +196,157 @@ def test_tcp_stage_addresses_are_printed_with_the_ports_picked(ctx_file, keys):
     m = re.search(r"join with: metropc-worker --control tcp://127\.0\.0\.1:(\d+) "
                   r"--reduce tcp://127\.0\.0\.1:(\d+) --keys ", proc.stdout)
     assert m and all(int(port) > 0 for port in m.groups()), proc.stdout
+
+
+# -- garbage audit F7, F8, F12: found late, or with a traceback --------------------------
+
+LONG_IPC = "ipc:///tmp/" + "a" * 120  # more than the 107 bytes of a Unix socket path
+
+
+@pytest.fixture
+def short_dir():
+    """A directory with a short path (ipc paths must stay below 108 bytes)."""
+    path = tempfile.mkdtemp(prefix="mpc-v-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("option", ["--control", "--reduce", "--output"])
+@pytest.mark.parametrize("addr, fragment", [
+    (LONG_IPC, "more than the 107"),
+    ("ipc:///proc/x", "cannot make a socket there"),  # (/proc takes no new files)
+])
+def test_an_ipc_path_no_socket_can_have(ctx_file, option, addr, fragment):
+    """A traceback and exit 1 before (for --control after the private socket
+    directory was made, which was left behind)."""
+    if addr.startswith("ipc:///proc") and not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc")
+    proc = run(ctx_file, option, addr, "--duration", "1")
+    assert_one_line_error(proc, option, repr(addr), fragment)
+
+
+def test_an_ipc_path_in_use_or_no_socket_is_refused(ctx_file, short_dir):
+    """ZeroMQ removes what is at an ipc path before it binds: another
+    pipeline's socket (which then gets nothing) or a file."""
+    taken = os.path.join(short_dir, "taken")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(taken)
+        listener.listen()
+        proc = run(ctx_file, "--output", f"ipc://{taken}", "--duration", "1")
+    assert_one_line_error(proc, "--output", "already in use")
+    precious = os.path.join(short_dir, "notes.txt")
+    with open(precious, "w") as f:
+        f.write("keep me")
+    proc = run(ctx_file, "--output", f"ipc://{precious}", "--duration", "1")
+    assert_one_line_error(proc, "--output", "is not a socket")
+    with open(precious) as f:
+        assert f.read() == "keep me"
+
+
+def free_port():
+    """A port nothing listens on now (the CLI must refuse before binding it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("first, second, needs", [
+    (("--output", "tcp://127.0.0.1:{port}"), ("--control", "tcp://127.0.0.1:{port}"), None),
+    (("--output", "tcp://127.0.0.1:{port}"), ("--reduce", "tcp://localhost:{port}"), None),
+    (("--output", "tcp://127.0.0.1:{port}"), ("--dashboard", "localhost:{port}"), "tornado"),
+    (("--output", "tcp://127.0.0.1:{port}"), ("--metrics", "{port}"), "prometheus_client"),
+    (("--dashboard", "{port}"), ("--metrics", "127.0.0.1:{port}"), "prometheus_client"),
+])
+def test_one_port_for_two_options_is_refused_naming_both(ctx_file, keys, first, second,
+                                                        needs):
+    """Found only after the stages started before (a stage dying, or a
+    server failing with "Address already in use" about its own port)."""
+    if needs:
+        pytest.importorskip(needs)
+    if "--dashboard" in (first[0], second[0]):
+        pytest.importorskip("tornado")
+    port = free_port()
+    args = [arg.format(port=port) for arg in (*first, *second)]
+    if any(option in args for option in ("--control", "--reduce")):
+        args += ["--keys", keys]
+    proc = run(ctx_file, *args, "--duration", "1")
+    assert_one_line_error(proc, first[0], second[0], "same address")
+    assert proc.elapsed < 20
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("nonsense", "not a data source"),
+    (":", "not a data source"),
+    ("/nonexistent", "no such file or directory"),
+    ("files:/nonexistent/r0001", "no such file or directory"),
+    ("/nonexistent/src.py:events", "no such file"),
+    ("no_such_module_here:events", "no module named 'no_such_module_here'"),
+    ("", "empty"),  # (it meant 'sim' before, silently)
+    (" ", "empty"),
+])
+def test_a_bad_source_is_refused_before_the_context_is_loaded(ctx_file, spec, fragment):
+    proc = run(ctx_file, "--source", spec, "--duration", "1")
+    assert_one_line_error(proc, "--source", fragment)
+    assert "loaded" not in proc.stderr
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--dashboard", "tcp://127.0.0.1:5\n"),
+    ("--metrics", "9100\x1b[2J"),
+    ("--keys", "keys\nx"),
+    ("--output", "tcp://127.0.0.1:5\n"),
+])
+def test_values_with_control_characters_are_quoted(ctx_file, option, value):
+    """One line, and a terminal escape shown, not acted on."""
+    if option == "--metrics":
+        pytest.importorskip("prometheus_client")
+    proc = run(ctx_file, option, value)
+    assert_one_line_error(proc, option, repr(value))
+    assert "\x1b" not in proc.stderr
+
+
+def test_allow_remote_without_keys_is_refused(ctx_file):
+    """docs/operations.md, Security: metropc-run refuses --allow-remote
+    without --keys (it ran, exit 0, unless an address was also remote)."""
+    proc = run(ctx_file, "--allow-remote", "--duration", "1")
+    assert_one_line_error(proc, "--allow-remote", "--keys DIR")
+
+
+def test_allow_remote_for_metrics_alone_needs_no_keys(ctx_file):
+    """The documented Prometheus setup: keys secure the ZeroMQ sockets, not
+    the read-only metrics server."""
+    pytest.importorskip("prometheus_client")
+    proc = run(ctx_file, "--allow-remote", "--metrics", "0.0.0.0:0", "--duration", "1",
+               "--status", "off", "--pool", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "metrics on http://0.0.0.0:" in proc.stdout
+
+
+def without_file_permission_override():
+    """A command prefix that runs without root's right to read any file, or
+    None when that cannot be done here."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        return None
+    caps = "-dac_override,-dac_read_search"
+    prefix = ["setpriv", "--bounding-set", caps, "--inh-caps", caps]
+    probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30)
+    return prefix if probe.returncode == 0 else None
+
+
+def test_an_unreadable_key_directory_says_permission_denied(ctx_file, keys):
+    """It said "no server key in DIR; make keys with: metropc-keys DIR",
+    which would fail the same way."""
+    prefix = without_file_permission_override()
+    if prefix is None:
+        pytest.skip("cannot drop root's file permission override here")
+    os.chmod(keys, 0)
+    try:
+        proc = subprocess.run([*prefix, sys.executable, "-m", "metropc.cli.run",
+                               str(ctx_file), "--keys", keys, "--duration", "1"],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        os.chmod(keys, 0o700)
+    assert_one_line_error(proc, f"--keys {keys}", "Permission denied")
+    assert "make keys" not in proc.stderr

@@ -42,8 +42,10 @@ from ..enums import ViewOutput
 from ..error import ProtocolError
 from ..index import (GAUGES, IndexEntry, IndexStageEntry, IndexTimingEntry, IndexViewEntry,
                      slowest_views, view_path)
+from ..messages import RUN_MAX
 from ..timing import format_seconds
-from .run_args import UsageError, _Parser, non_negative_int
+from .logsafe import log_to_stderr
+from .run_args import UsageError, _Parser, non_negative_int, shown
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,19 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"must be more than 0 and at most {MAX_SECONDS:.0f} seconds, got {text!r}")
     return value
+
+
+def _run_number(text: str) -> int:
+    """A run number for ``--start-run`` (argparse type): 0 to RUN_MAX, the
+    pipeline's own limit, so that a number beyond it is refused here at once
+    rather than by the pipeline once its index came."""
+    run = non_negative_int(text)
+    if run > RUN_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most 2**62 ({RUN_MAX}), got {text!r}")
+    return run
+
+
+_run_number.__name__ = "int"  # argparse names the type in its messages
 
 
 def _view_name(text: str) -> str:
@@ -116,7 +131,7 @@ def check_keys(keys: str | None) -> None:
     try:
         Keys.load(keys)
     except (OSError, ValueError) as e:
-        raise UsageError(f"--keys {keys}: {e}") from None
+        raise UsageError(f"--keys {shown(keys)}: {e}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="clear the accumulated state of these views (none: all)")
     acts.add_argument("--pause", action="store_true", help="stop computing new events")
     acts.add_argument("--resume", action="store_true", help="go on after --pause")
-    acts.add_argument("--start-run", nargs="?", type=non_negative_int, const=-1, metavar="N",
-                      help="start a run (number N >= 0, default the next)")
+    acts.add_argument("--start-run", nargs="?", type=_run_number, const=-1, metavar="N",
+                      help="start a run (number N, 0 to 2**62; default the next)")
     acts.add_argument("--end-run", action="store_true", help="end the current run")
     acts.add_argument("--set", dest="params", action="append", default=None,
                       type=_parse_set, metavar="NAME=VALUE",
@@ -519,8 +534,7 @@ def _run_live(client: Client, wanted: list[str], interval: float, timeout: float
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    log_to_stderr(logging.DEBUG if args.verbose else logging.WARNING, datefmt=None)
     try:
         check_connect_address("cannot connect to", args.address)
         check_keys(args.keys)

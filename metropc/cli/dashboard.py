@@ -29,7 +29,8 @@ import time
 
 from ..dashboard import DEFAULT_PORT, check_bind, parse_bind
 from .client import check_connect_address, check_keys
-from .run_args import UsageError, _Parser, positive_float, positive_int
+from .logsafe import log_to_stderr
+from .run_args import UsageError, _Parser, positive_float, positive_int, shown
 
 log = logging.getLogger("metropc.dashboard")
 PROG = "metropc-dashboard"
@@ -82,16 +83,16 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    log_to_stderr(logging.INFO if args.verbose else logging.WARNING)
     try:
         check_connect_address("output address", args.address)
-        try:
-            host, port = parse_bind(args.bind) if args.bind else ("127.0.0.1", DEFAULT_PORT)
+        try:  # (an empty --bind is an error, as metropc-run's --dashboard '')
+            host, port = (("127.0.0.1", DEFAULT_PORT) if args.bind is None
+                          else parse_bind(args.bind))
             check_bind(host, args.allow_remote)
         except ValueError as e:
-            raise UsageError(f"--bind {args.bind}: {e}" if args.bind else str(e)) from None
+            raise UsageError(f"--bind {shown(args.bind)}: {e}" if args.bind is not None
+                             else str(e)) from None
         check_keys(args.keys)
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -117,7 +118,7 @@ def main(argv=None):
             log.warning("port %d is taken (%s); using a free one", port, e.strerror)
             dash = make(0)
     except OSError as e:
-        print(f"{PROG}: error: cannot serve on {host}:{port}: {e.strerror or e}",
+        print(f"{PROG}: error: cannot serve on {shown(f'{host}:{port}')}: {e.strerror or e}",
               file=sys.stderr)
         return 2
     except (ValueError, RuntimeError) as e:

@@ -12,8 +12,9 @@ MAX_LOG_CHARS.
 from __future__ import annotations
 
 import logging
+import sys
 
-__all__ = ["MAX_LOG_CHARS", "SafeFormatter", "terminal_safe"]
+__all__ = ["MAX_LOG_CHARS", "SafeFormatter", "log_to_stderr", "terminal_safe"]
 
 #: A log line (with its traceback, if any) is cut after this many characters.
 MAX_LOG_CHARS = 10_000
@@ -34,3 +35,11 @@ class SafeFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return terminal_safe(super().format(record))
+
+
+def log_to_stderr(level: int, fmt: str = "%(asctime)s %(name)s %(levelname)s: %(message)s",
+                  datefmt: str | None = "%H:%M:%S") -> None:
+    """``logging.basicConfig`` for a CLI: lines on stderr, made :func:`terminal_safe`."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter(fmt, datefmt=datefmt))
+    logging.basicConfig(level=level, handlers=[handler])

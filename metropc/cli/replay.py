@@ -30,8 +30,9 @@ from types import SimpleNamespace
 
 from .. import endpoints
 from .client import check_keys
-from .run_args import (UsageError, _Parser, check_addresses, check_port_free, parse_address,
-                       parse_rate)
+from .logsafe import log_to_stderr
+from .run_args import (UsageError, _Parser, check_addresses, check_port_free, one_line,
+                       parse_address, parse_rate, shown)
 
 log = logging.getLogger("metropc.replay")
 PROG = "metropc-replay"
@@ -61,9 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    log_to_stderr(logging.INFO)
     try:
         from ..recording.replay import RecordingError, check_views, recorded_views, replay
     except ImportError as e:
@@ -83,8 +82,8 @@ def main(argv=None) -> int:
                 if not views:
                     raise RecordingError("--views names no view")
                 check_views(views, known)
-        except RecordingError as e:
-            raise UsageError(str(e)) from None
+        except RecordingError as e:  # (HDF5's text may hold line breaks)
+            raise UsageError(one_line(e)) from None
         check_port_free("--output", args.output, host, port)
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -104,7 +103,7 @@ def main(argv=None) -> int:
             try:
                 Keys.load(args.keys).server(socket)
             except (OSError, ValueError) as e:  # no server secret: cannot bind
-                print(f"{PROG}: error: --keys {args.keys}: {e}", file=sys.stderr)
+                print(f"{PROG}: error: --keys {shown(args.keys)}: {e}", file=sys.stderr)
                 return 2
         output = args.output
         if output.startswith("tcp://") and output.endswith(":0"):
@@ -112,7 +111,8 @@ def main(argv=None) -> int:
         try:
             endpoints.bind(socket, output)
         except zmq.ZMQError as e:
-            print(f"{PROG}: error: cannot bind {args.output}: {e}", file=sys.stderr)
+            print(f"{PROG}: error: --output {args.output!r}: cannot bind it: {e}",
+                  file=sys.stderr)
             return 2
         addr = socket.last_endpoint.decode()
         print(f"{PROG}: output on {addr}  (watch it with: metropc-client {addr})",

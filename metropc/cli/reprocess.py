@@ -24,7 +24,8 @@ import sys
 import time
 
 from ..error import ContextError, SourceError
-from .run_args import _Parser, parse_param, positive_int
+from .logsafe import log_to_stderr
+from .run_args import _Parser, parse_param, positive_int, shown
 
 log = logging.getLogger("metropc.reprocess")
 PROG = "metropc-reprocess"
@@ -83,9 +84,7 @@ def summary_line(ds, output: str, seconds: float) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-8s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    log_to_stderr(logging.INFO, "%(asctime)s %(levelname)-8s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_dask)
     from ..inprocess import load_context
@@ -95,7 +94,7 @@ def main(argv=None) -> int:
     try:
         distributed = import_distributed()
         if not os.path.isfile(args.context):  # (else it would be compiled as code)
-            return _fail(f"cannot read the context file {args.context}: "
+            return _fail(f"cannot read the context file {shown(args.context)}: "
                          + ("it is a directory" if os.path.isdir(args.context)
                             else "no such file"))
         ctx = load_context(args.context)
@@ -107,7 +106,7 @@ def main(argv=None) -> int:
     except ContextError as e:
         return _fail(str(e).splitlines()[0])
     except OSError as e:
-        return _fail(f"cannot read {args.context}: {e.strerror or e}")
+        return _fail(f"cannot read {shown(args.context)}: {e.strerror or e}")
     views = None if args.views is None else [v.strip() for v in args.views.split(",")
                                              if v.strip()]
     client = None
@@ -118,7 +117,7 @@ def main(argv=None) -> int:
                 client = distributed.Client(args.scheduler, timeout=CONNECT_TIMEOUT,
                                             direct_to_workers=True)
             except OSError as e:
-                return _fail(f"no Dask scheduler at {args.scheduler}: {e}")
+                return _fail(f"no Dask scheduler at {shown(args.scheduler)}: {e}")
         from ..reprocess.driver import reprocess
         from ..reprocess.progress import make_progress
 

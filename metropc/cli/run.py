@@ -28,7 +28,7 @@ import traceback
 
 from ..error import ContextError, SourceError, StopRequested
 from .run_args import (PROG, UsageError, build_parser, check_arguments, check_parameters,
-                       source_options)
+                       one_line, shown, source_options)
 from .run_session import (TIME_UP, ChildOutput, ContextWatcher, FdWatch, Interrupts, Keys,
                           context_text, detach_from_terminal, restore_terminal, setup_logging)
 
@@ -305,9 +305,9 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
         log.error("context refused, nothing runs\n%s",
                   e.format_for_context(context_text(args.context)))
         return 1
-    except SourceError as e:
-        log.error("%s", e)
-        return 1
+    except SourceError as e:  # (what needs the source opened: --source os:nosuch)
+        say(f"{PROG}: error: --source {shown(args.source)}: {one_line(e)}")
+        return 2
     except RuntimeError:  # a stage could not start (e.g. its address taken)
         if stop.is_set():
             return exit_code()

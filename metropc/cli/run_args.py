@@ -15,19 +15,40 @@ import argparse
 import ast
 import difflib
 import errno
+import importlib.util
 import os
 import re
 import socket
+import stat
 
 from ..dashboard.address import is_loopback
-from ..endpoints import BIND_HOST
-from ..error import ContextError
+from ..endpoints import BIND_HOST, ipc_path_problem
+from ..error import ContextError, SourceError
 
 PROG = "metropc-run"
 
 
 class UsageError(Exception):
     """A command-line value metropc-run refuses: one line, exit 2."""
+
+
+def shown(value) -> str:
+    """`value` as it goes into a one-line message: as given when it is plain
+    printable text, else quoted as Python quotes it (``'a\\n'``), so that a
+    newline or a terminal escape in a command-line value neither splits the
+    message nor acts on the terminal, and an empty value is seen (``''``)."""
+    text = str(value)
+    if text and text.isprintable() and text.strip() == text and "'" not in text:
+        return text
+    return repr(text)
+
+
+def one_line(text) -> str:
+    """`text` (a library's message, say) on one line: line breaks become
+    spaces and other control characters escapes, for the same reasons as
+    :func:`shown`."""
+    text = re.sub(r"\s*[\r\n]+\s*", " ", str(text))
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +84,8 @@ def parse_rate(text):
 
 
 def _number(kind, minimum, what):
+    """An argparse type: a `kind` of at least `minimum`, finite; `what` says
+    what is allowed in the message."""
     def parse(text):
         try:
             value = kind(text)
@@ -79,7 +102,9 @@ def _number(kind, minimum, what):
 positive_int = _number(int, 1, "at least 1")
 non_negative_int = _number(int, 0, "0 or more")
 non_negative_float = _number(float, 0, "0 or more")
-positive_float = _number(float, 1e-9, "positive")
+#: (A positive float far below this, such as 5e-324, is a typo, and adding it
+#: to a clock changes nothing: so the message says the minimum.)
+positive_float = _number(float, 1e-9, "a positive number of at least 1e-09")
 
 
 #: POOL workers per CPU metropc-run starts at most (each is a process).
@@ -232,6 +257,9 @@ def parse_address(option, addr):
         directory = os.path.dirname(path) or "."
         if not path or path.endswith("/"):
             raise UsageError(f"{option} {addr!r}: an ipc:// address needs a file name")
+        problem = ipc_path_problem(path)
+        if problem is not None:
+            raise UsageError(f"{option} {addr!r}: {problem}")
         if not path.startswith("@"):  # "@name": Linux abstract namespace, no file
             if not os.path.isdir(directory):
                 raise UsageError(f"{option} {addr!r}: no directory {directory!r}")
@@ -253,7 +281,11 @@ def parse_address(option, addr):
 
 def check_port_free(option, addr, host, port):
     """Bind (and release) `host`:`port` now, so that a taken port is one clear
-    line before any stage starts.  ZeroMQ binds with SO_REUSEADDR, so we do too."""
+    line before any stage starts.  ZeroMQ binds with SO_REUSEADDR, so we do too.
+    An ``ipc://`` `addr` is checked by :func:`check_ipc_free`."""
+    if addr.startswith("ipc://"):
+        check_ipc_free(option, addr)
+        return
     if port is None:
         return
     host = host.strip("[]")
@@ -271,11 +303,57 @@ def check_port_free(option, addr, host, port):
             s.bind(sockaddr)
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise UsageError(f"{option} {addr}: port {port} is already in use "
+                raise UsageError(f"{option} {shown(addr)}: port {port} is already in use "
                                  "(another metropc-run?); pick another port, or 0 for "
                                  "a free one") from None
-            raise UsageError(f"{option} {addr}: cannot bind there: "
+            raise UsageError(f"{option} {shown(addr)}: cannot bind there: "
                              f"{e.strerror or e}") from None
+
+
+def check_ipc_free(option, addr):
+    """Make (and remove) a Unix socket at the path of ``ipc://`` `addr` now:
+    a path the system refuses (``/proc/x``, a read-only file system) was a
+    traceback of a stage, and one for the control socket left the private
+    socket directory behind.  An existing file is never removed here, but
+    ZeroMQ would replace it: a socket someone listens on (another
+    metropc-run's) and a file that is no socket are refused."""
+    path = addr[len("ipc://"):]
+    abstract = path.startswith("@")  # Linux's abstract namespace: no file
+    name = "\0" + path[1:] if abstract else path
+    if not abstract and os.path.lexists(path):
+        _check_existing_socket(option, addr, path)
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(name)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UsageError(f"{option} {addr!r}: already in use (another "
+                                 "metropc-run?); pick another name") from None
+            raise UsageError(f"{option} {addr!r}: cannot make a socket there: "
+                             f"{e.strerror or e}") from None
+    if not abstract:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _check_existing_socket(option, addr, path):
+    """UsageError if the file at `path` is no socket or one that is listened on."""
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise UsageError(f"{option} {addr!r}: {path!r} exists and is not a socket "
+                         "(binding would replace it); pick another path")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(path)
+        except PermissionError as e:
+            raise UsageError(f"{option} {addr!r}: cannot use the socket there: "
+                             f"{e.strerror}") from None
+        except OSError:
+            return  # left behind by a process that is gone: ZeroMQ replaces it
+    raise UsageError(f"{option} {addr!r}: already in use (another metropc-run "
+                     "listens there); pick another path")
 
 
 def check_context_path(path):
@@ -283,9 +361,9 @@ def check_context_path(path):
         raise UsageError(f"the context path {path!r} contains a line break; "
                          "give the path of a context file")
     if not os.path.exists(path):
-        raise UsageError(f"no such context file: {path}")
+        raise UsageError(f"no such context file: {shown(path)}")
     if not os.path.isfile(path):
-        raise UsageError(f"the context {path} is not a file")
+        raise UsageError(f"the context {shown(path)} is not a file")
 
 
 def _coerce(text, default):
@@ -358,7 +436,7 @@ def check_parameters(ctx, pairs):
             values[name] = _coerce(text, default)
         except ValueError as e:
             kind = type(default).__name__
-            raise UsageError(f"--param {name}={text}: {where} declares {name} as a "
+            raise UsageError(f"--param {shown(f'{name}={text}')}: {where} declares {name} as a "
                              f"{kind} (default {default!r}); {text!r} is not one"
                              + (f" ({e})" if "wants" in str(e) else "")) from None
     return values
@@ -375,58 +453,186 @@ def _parse_literal(text):
 def check_arguments(args):
     """Everything that can be checked before any process starts (UsageError)."""
     check_context_path(args.context)
-    bound = []
+    check_source(args.source)
+    bound = []  # (option, address, host, port): every socket metropc-run binds
     for option in ("--control", "--reduce"):
         addr = getattr(args, option[2:])
         if addr is not None:
             bound.append((option, addr, *parse_address(option, addr)))
     bound.append(("--output", args.output, *parse_address("--output", args.output)))
     check_addresses(args)
+    dashboard_bind = check_dashboard(args)
+    args.metrics_bind = check_metrics(args)
+    for option, bind in (("--dashboard", dashboard_bind), ("--metrics", args.metrics_bind)):
+        if bind is not None:
+            host, port = bind
+            bound.append((option, f"{host}:{port}", host, port or None))
+    check_allow_remote(args, dashboard_bind, args.metrics_bind)
+    check_same_address(bound)
     for option, addr, host, port in bound:
         check_port_free(option, addr, host, port)
-    dashboard_bind = None
-    if args.dashboard is not None:
-        from ..dashboard import check_bind, parse_bind
-        try:
-            dashboard_bind = parse_bind(args.dashboard)
-            check_bind(dashboard_bind[0], args.allow_remote)
-        except ValueError as e:
-            raise UsageError(f"--dashboard {args.dashboard}: {e}") from None
-        host, port = dashboard_bind
-        check_port_free("--dashboard", f"{host}:{port}", host, port or None)
     if args.keys is not None:
         from ..security import Keys
         try:
             Keys.load(args.keys)
         except OSError as e:
-            raise UsageError(f"--keys {args.keys}: {e}") from None
+            raise UsageError(f"--keys {shown(args.keys)}: {e}") from None
     check_record(args)
-    args.metrics_bind = check_metrics(args)
     if args.sim_run_length is not None and not str(args.source).startswith("sim"):
         raise UsageError("--sim-run-length is for the simulator (--source sim); "
                          f"{args.source!r} says where its runs are by itself")
     return dashboard_bind
 
 
+def check_dashboard(args):
+    """--dashboard: ``(host, port)`` on loopback (or allowed), or None."""
+    if args.dashboard is None:
+        return None
+    from ..dashboard.address import check_bind, parse_bind
+    try:
+        host, port = parse_bind(args.dashboard)
+        check_bind(host, args.allow_remote)
+    except ValueError as e:
+        raise UsageError(f"--dashboard {shown(args.dashboard)}: {e}") from None
+    return host, port
+
+
 def check_metrics(args):
-    """--metrics: prometheus_client present, a loopback (or allowed) free port."""
+    """--metrics: prometheus_client present, ``(host, port)`` on loopback (or
+    allowed), or None."""
     if args.metrics is None:
         return None
     from ..dashboard.address import is_loopback, parse_bind
     try:
-        import prometheus_client  # noqa: F401
+        importlib.import_module("prometheus_client")  # (the server needs it)
     except ImportError:
         raise UsageError("--metrics needs prometheus_client: pip install "
                          "'metropc[metrics]'") from None
     try:
         host, port = parse_bind(args.metrics)
     except ValueError as e:
-        raise UsageError(f"--metrics {args.metrics}: {e}") from None
+        raise UsageError(f"--metrics {shown(args.metrics)}: {e}") from None
     if not is_loopback(host) and not args.allow_remote:
-        raise UsageError(f"--metrics {args.metrics}: {host!r} is not a loopback "
+        raise UsageError(f"--metrics {shown(args.metrics)}: {host!r} is not a loopback "
                          "interface; pass --allow-remote to serve metrics there on purpose")
-    check_port_free("--metrics", f"{host}:{port}", host, port or None)
     return host, port
+
+
+def check_allow_remote(args, dashboard_bind, metrics_bind):
+    """--allow-remote needs --keys (docs/operations.md, Security), except for a
+    --dashboard or --metrics on another interface alone: keys secure the
+    ZeroMQ sockets, not those HTTP servers (the dashboard asks for a token
+    there, and metrics are read-only; docs/dashboard.md, docs/operations.md).
+    (A non-loopback ZeroMQ address without keys is refused by
+    :func:`check_addresses`, naming it.)"""
+    if not args.allow_remote or args.keys is not None:
+        return
+    if any(bind is not None and not is_loopback(bind[0])
+           for bind in (dashboard_bind, metrics_bind)):
+        return
+    raise UsageError("--allow-remote without --keys: a pipeline open to other hosts "
+                     "must be secured with --keys DIR (make keys with metropc-keys DIR); "
+                     "leave --allow-remote out to keep it on this host")
+
+
+#: Hosts that mean every interface of their family: they take a port on all.
+_WILDCARDS = frozenset({"*", "", "0.0.0.0", "::"})
+
+
+def _interfaces(host):
+    """The addresses `host` binds to: None for every one, else a set."""
+    host = host.strip("[]").lower()
+    if host in _WILDCARDS:
+        return None
+    try:
+        return {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    except (socket.gaierror, UnicodeError):
+        return {host}  # (an interface name, say: compared by name)
+
+
+def _same_place(a, b):
+    """Whether two entries of `bound` (check_arguments) would bind one port or path."""
+    (_, addr_a, host_a, port_a), (_, addr_b, host_b, port_b) = a, b
+    if addr_a.startswith("ipc://") or addr_b.startswith("ipc://"):
+        paths = [addr[len("ipc://"):] for addr in (addr_a, addr_b)]
+        return all(addr.startswith("ipc://") for addr in (addr_a, addr_b)) and (
+            paths[0] == paths[1] or os.path.abspath(paths[0]) == os.path.abspath(paths[1]))
+    if port_a is None or port_a != port_b:
+        return False
+    where_a, where_b = _interfaces(host_a), _interfaces(host_b)
+    return where_a is None or where_b is None or bool(where_a & where_b)
+
+
+def check_same_address(bound):
+    """Two options given one port (or ipc path): the second one's socket
+    could not bind, and that was found only once the pipeline ran (a stage
+    dying, or a server failing with "Address already in use" that did not
+    say its own other socket held the port)."""
+    for i, later in enumerate(bound):
+        for earlier in bound[:i]:
+            if _same_place(earlier, later):
+                raise UsageError(
+                    f"{earlier[0]} {shown(earlier[1])} and {later[0]} {shown(later[1])} "
+                    "are the same address; give each its own (port 0 picks a free one)")
+
+
+def check_source(spec):
+    """--source: refuse now what :func:`metropc.sources.open_source` would
+    refuse once the context is loaded and the stages run (exit 1 then): an
+    empty spec, one that is no source at all, a missing file or run
+    directory, a missing ``file.py`` or module of ``module:callable``.  What
+    needs the source opened or a module imported (a missing attribute, an
+    unreachable bridge) is left to it."""
+    if not str(spec).strip():
+        raise UsageError(f"--source {shown(spec)} is empty: use 'sim', a Karabo bridge "
+                         "endpoint (tcp://HOST:PORT), a run directory or HDF5 file, or "
+                         "module:callable")
+    from .. import sources
+
+    spec = spec.strip()
+    try:
+        kind, target = sources.source_kind(spec)  # what open_source would open
+    except SourceError as e:
+        raise UsageError(f"--source: {one_line(e)}") from None
+    if kind == "files":
+        problem = _files_problem(target)
+    elif kind == "python":
+        problem = _callable_problem(target)
+    else:
+        problem = None
+    if problem is not None:
+        raise UsageError(f"--source {shown(spec)}: {problem}")
+
+
+def _files_problem(target):
+    """Why the files source cannot open `target` (``PATH``, ``A,B``), or None."""
+    target = target.removeprefix("file://")
+    if not target or os.path.exists(os.path.expanduser(target)):
+        return None  # (an empty one: the source says what to give)
+    paths = [t.strip() for t in target.split(",") if t.strip()]
+    for path in paths:
+        if not os.path.exists(os.path.expanduser(path)):
+            return ("no such file or directory" if len(paths) == 1
+                    else f"no such file or directory: {shown(path)}")
+    return None
+
+
+def _callable_problem(target):
+    """Why ``module:callable`` or ``file.py:callable`` cannot be loaded, as
+    far as can be told without importing it, or None."""
+    where, _, _ = target.rpartition(":")
+    if where.endswith(".py"):
+        return None if os.path.isfile(where) else f"no such file: {shown(where)}"
+    top = where.split(".")[0]
+    if not top.isidentifier():
+        return None  # (the source says what is wrong)
+    if os.path.isfile(f"{top}.py") or os.path.isdir(top):  # (it imports from here too)
+        return None
+    try:
+        found = importlib.util.find_spec(top) is not None  # (imports nothing)
+    except (ImportError, ValueError):
+        found = False
+    return None if found else f"no module named {top!r} (here or installed)"
 
 
 def source_options(args):
@@ -447,4 +653,4 @@ def check_record(args):
     try:
         check_record_path(args.record)
     except RecordPathError as e:
-        raise UsageError(f"--record {args.record}: {e}") from None
+        raise UsageError(f"--record {shown(args.record)}: {e}") from None

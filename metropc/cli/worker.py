@@ -29,6 +29,7 @@ import sys
 
 from ..error import StopRequested
 from .client import check_connect_address, check_keys
+from .logsafe import log_to_stderr
 from .run_args import UsageError, _Parser, positive_int
 
 PROG = "metropc-worker"
@@ -95,8 +96,7 @@ def main(argv=None):
         return 2
     from ..stage.pool import run_pool
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    log_to_stderr(logging.DEBUG if args.verbose else logging.INFO, datefmt=None)
     name = args.name or f"pool-{socket.gethostname()}-{os.getpid()}"
     if not name.startswith("pool-"):
         name = f"pool-{name}"

@@ -24,7 +24,7 @@ import re
 from ..error import SourceError
 from .base import COMMON_OPTIONS, Source, internal_event, karabo_key
 
-__all__ = ["open_source", "register_source", "available_sources", "Source",
+__all__ = ["open_source", "register_source", "available_sources", "source_kind", "Source",
            "internal_event", "karabo_key", "parse_options", "SourceError"]
 
 #: name -> factory (a callable or a lazily imported "module:attr" string).
@@ -104,6 +104,15 @@ def _convert(value):
         except ValueError:
             pass
     return value
+
+
+def source_kind(spec) -> tuple[str, str]:
+    """``(name, target)``: the registered source `spec` would open (``"sim"``,
+    ``"files"``, ``"python"``, ...) and what it would be given, without
+    opening or importing anything (so that a command line can be checked
+    before a pipeline starts); SourceError if no source fits."""
+    factory, target = _pick(spec)
+    return next((n for n, f in _NAMED.items() if f is factory), "?"), target
 
 
 def _pick(spec):
