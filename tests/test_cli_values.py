@@ -290,6 +290,15 @@ def test_a_bad_source_is_refused_before_the_context_is_loaded(ctx_file, spec, fr
     assert "loaded" not in proc.stderr
 
 
+def test_a_source_that_fails_to_open_is_a_usage_error_too(ctx_file):
+    """What only opening the source tells (a module without that attribute)
+    comes after the context loaded, but is still the --source value's fault:
+    one line naming it, exit code 2 (it was a log line and exit 1)."""
+    proc = run(ctx_file, "--source", "os:nosuch", "--duration", "1")
+    assert proc.returncode == 2, proc.stderr
+    assert "metropc-run: error: --source os:nosuch: 'os' has no attribute 'nosuch'" in proc.stderr
+
+
 @pytest.mark.parametrize("option, value", [
     ("--dashboard", "tcp://127.0.0.1:5\n"),
     ("--metrics", "9100\x1b[2J"),
