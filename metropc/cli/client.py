@@ -45,7 +45,7 @@ from ..index import (GAUGES, IndexEntry, IndexStageEntry, IndexTimingEntry, Inde
 from ..messages import RUN_MAX
 from ..timing import format_seconds
 from .logsafe import log_to_stderr
-from .run_args import UsageError, _Parser, non_negative_int, shown
+from .usage import Parser, UsageError, non_negative_int, shown
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def check_keys(keys: str | None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="metropc-client",
         description="Show the live index and view results of a metropc pipeline.")
     parser.add_argument("address", metavar="ADDR",

@@ -30,7 +30,7 @@ import time
 from ..dashboard import DEFAULT_PORT, check_bind, parse_bind
 from .client import check_connect_address, check_keys
 from .logsafe import log_to_stderr
-from .run_args import UsageError, _Parser, positive_float, positive_int, shown
+from .usage import Parser, UsageError, positive_float, positive_int, shown
 
 log = logging.getLogger("metropc.dashboard")
 PROG = "metropc-dashboard"
@@ -51,7 +51,7 @@ _history.__name__ = "int"
 
 
 def build_parser():
-    p = _Parser(
+    p = Parser(
         prog=PROG,
         description="Serve a live web dashboard of a metropc pipeline's output.")
     p.add_argument("address", metavar="ADDR",

@@ -30,16 +30,17 @@ from types import SimpleNamespace
 
 from .. import endpoints
 from .client import check_keys
+from .addresses import check_addresses, check_port_free, parse_address
 from .logsafe import log_to_stderr
-from .run_args import (UsageError, _Parser, check_addresses, check_port_free, one_line,
-                       parse_address, parse_rate, shown)
+from .run_args import parse_rate
+from .usage import Parser, UsageError, one_line, shown
 
 log = logging.getLogger("metropc.replay")
 PROG = "metropc-replay"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Publish a metropc recording "
+    p = Parser(prog=PROG, description="Publish a metropc recording "
                                 "with the protocol of a live pipeline.")
     p.add_argument("path", help="a recording file, or a directory of them")
     p.add_argument("--rate", type=parse_rate, default=None, metavar="HZ",

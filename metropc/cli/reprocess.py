@@ -25,7 +25,8 @@ import time
 
 from ..error import ContextError, SourceError
 from .logsafe import log_to_stderr
-from .run_args import _Parser, parse_param, positive_int, shown
+from .run_args import parse_param
+from .usage import Parser, positive_int, shown
 
 log = logging.getLogger("metropc.reprocess")
 PROG = "metropc-reprocess"
@@ -34,7 +35,7 @@ CONNECT_TIMEOUT = 10
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Run a context over whole runs on a Dask cluster "
+    p = Parser(prog=PROG, description="Run a context over whole runs on a Dask cluster "
                 "and write the results as a metropc recording.")
     p.add_argument("context", help="the context file")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
@@ -89,7 +90,8 @@ def main(argv=None) -> int:
         handler.addFilter(_quiet_dask)
     from ..inprocess import load_context
     from ..reprocess.driver import ReprocessError, import_distributed
-    from .run_args import UsageError, check_parameters
+    from .run_args import check_parameters
+    from .usage import UsageError
 
     try:
         distributed = import_distributed()

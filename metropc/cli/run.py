@@ -27,10 +27,10 @@ import time
 import traceback
 
 from ..error import ContextError, SourceError, StopRequested
-from .run_args import (PROG, UsageError, build_parser, check_arguments, check_parameters,
-                       one_line, shown, source_options)
+from .run_args import PROG, build_parser, check_arguments, check_parameters, source_options
 from .run_session import (TIME_UP, ChildOutput, ContextWatcher, FdWatch, Interrupts, Keys,
                           context_text, detach_from_terminal, restore_terminal, setup_logging)
+from .usage import UsageError, one_line, shown
 
 # The pipeline's modules are imported in main(), once SIGINT is blocked, so
 # that a Ctrl-C while they load is handled like any other.

@@ -30,13 +30,13 @@ import sys
 from ..error import StopRequested
 from .client import check_connect_address, check_keys
 from .logsafe import log_to_stderr
-from .run_args import UsageError, _Parser, positive_int
+from .usage import Parser, UsageError, positive_int
 
 PROG = "metropc-worker"
 
 
 def build_parser():
-    p = _Parser(prog=PROG, description="Join a running metropc pipeline as a POOL worker.")
+    p = Parser(prog=PROG, description="Join a running metropc pipeline as a POOL worker.")
     p.add_argument("--control", required=True, metavar="ADDR",
                    help="the pipeline's control address")
     p.add_argument("--reduce", required=True, metavar="ADDR",

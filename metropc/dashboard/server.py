@@ -34,8 +34,6 @@ import time
 import urllib.parse
 
 import tornado.httpserver
-import tornado.ioloop
-import tornado.iostream
 import tornado.netutil
 import tornado.web
 import tornado.websocket
@@ -47,7 +45,8 @@ from . import display
 from .address import check_bind, is_loopback
 from .control import Control, parse_error, parse_value, roi_info
 from .hub import Hub
-from .limits import ACCEPT_PAUSE, FD_ERRORS, LogThrottle, accept_failure, connection_cap
+from .http import LimitedHTTPServer
+from .limits import LogThrottle, connection_cap
 
 __all__ = ["STATIC_DIR", "Dashboard", "serve"]
 
@@ -341,124 +340,6 @@ class _SocketHandler(tornado.websocket.WebSocketHandler):
             self.dashboard.sessions.discard(self.session)
 
 
-class _Acceptor:
-    """Accepts connections on one listening socket for the IO loop, and
-    pauses for :data:`ACCEPT_PAUSE` seconds when ``accept()`` fails.
-
-    Tornado's own handler (``netutil.add_accept_handler``) lets EMFILE
-    escape: the listening socket stays readable, so the loop calls it again
-    at once and asyncio logs a traceback each turn (a million of them in
-    150 s at the fd limit).  This one reports the failure to `on_failure`
-    (which logs it, rate-limited) and stops watching the socket meanwhile.
-    """
-
-    BATCH = 128  # connections taken per turn of the loop, as tornado does
-
-    def __init__(self, sock: socket.socket, on_connection, on_failure):
-        self.sock = sock
-        self.on_connection = on_connection
-        self.on_failure = on_failure
-        self.loop = tornado.ioloop.IOLoop.current()
-        self._timer = None
-        self._closed = False
-        self.loop.add_handler(sock, self._ready, tornado.ioloop.IOLoop.READ)
-
-    def _ready(self, fd, events):
-        for _ in range(self.BATCH):
-            try:
-                connection, address = self.sock.accept()
-            except BlockingIOError:
-                return
-            except ConnectionAbortedError:  # gone while in the backlog
-                continue
-            except OSError as e:
-                self.on_failure(e)
-                self.loop.remove_handler(self.sock)
-                self._timer = self.loop.call_later(ACCEPT_PAUSE, self._resume)
-                return
-            self.on_connection(connection, address)
-
-    def _resume(self):
-        self._timer = None
-        if not self._closed:
-            self.loop.add_handler(self.sock, self._ready, tornado.ioloop.IOLoop.READ)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._timer is not None:
-            self.loop.remove_timeout(self._timer)
-        else:
-            self.loop.remove_handler(self.sock)
-        self.sock.close()
-
-
-class _HTTPServer(tornado.httpserver.HTTPServer):
-    """Tornado's HTTPServer with a cap on open connections, websockets
-    included, and an accept loop (:class:`_Acceptor`) that survives running
-    out of file descriptors.
-
-    The dashboard runs in ``metropc-run``'s process: however many
-    connections a peer opens, the server must leave that process the
-    descriptors it needs.  Beyond `max_connections` a new connection is
-    closed at once (logged once a minute with the count); idle ones are
-    closed by tornado's ``idle_connection_timeout``.
-    """
-
-    def initialize(self, *args, max_connections: int = MAX_CONNECTIONS, **kwargs) -> None:
-        super().initialize(*args, **kwargs)
-        self.max_connections = connection_cap(max_connections)
-        self.port = None
-        self._acceptors: list[_Acceptor] = []
-        self._streams: set[tornado.iostream.IOStream] = set()
-        self.refused = LogThrottle(log)
-        self.accept_failed = LogThrottle(log)
-
-    def add_sockets(self, sockets) -> None:
-        for sock in sockets:
-            self.port = sock.getsockname()[1]
-            self._acceptors.append(_Acceptor(sock, self._accepted, self._accept_failed))
-
-    def stop(self) -> None:
-        """Stop accepting (connections already open stay: see :meth:`close_all`)."""
-        for acceptor in self._acceptors:
-            acceptor.close()
-        self._acceptors = []
-
-    def close_all(self) -> None:
-        """Close every connection, websockets and idle ones included."""
-        for stream in list(self._streams):
-            stream.close()
-        self._streams.clear()
-
-    @property
-    def open_connections(self) -> int:
-        self._streams = {s for s in self._streams if not s.closed()}
-        return len(self._streams)
-
-    def _accepted(self, connection, address):
-        # Forget closed connections only when it matters (not on each accept).
-        if len(self._streams) >= self.max_connections and \
-                self.open_connections >= self.max_connections:
-            connection.close()
-            self.refused("dashboard: closed a connection from %s at once: %d are open, the "
-                         "most this server takes", address[0] if address else "?",
-                         self.max_connections)
-            return
-        stream = tornado.iostream.IOStream(connection, max_buffer_size=self.max_buffer_size,
-                                           read_chunk_size=self.read_chunk_size)
-        self._streams.add(stream)
-        self.handle_stream(stream, address)
-
-    def _accept_failed(self, error: OSError):
-        if error.errno in FD_ERRORS:
-            self.accept_failed(accept_failure("dashboard", self.port, error))
-        else:
-            self.accept_failed("dashboard: accept() on port %s failed: %s; trying again "
-                               "every %g s", self.port, error, ACCEPT_PAUSE)
-
-
 class Dashboard:
     """A web dashboard for one pipeline output, served from a background thread.
 
@@ -591,7 +472,7 @@ class Dashboard:
             # Tornado applies idle_connection_timeout to the wait for each
             # request's headers, the first included; a websocket's connection
             # leaves HTTP once upgraded, so an open page is never cut off.
-            self._server = _HTTPServer(app, idle_connection_timeout=self.idle_timeout,
+            self._server = LimitedHTTPServer(app, idle_connection_timeout=self.idle_timeout,
                                        body_timeout=self.idle_timeout,
                                        max_connections=self.max_connections)
             self._server.add_sockets(self._sockets)
