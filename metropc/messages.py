@@ -123,7 +123,8 @@ OP_RESUME = Op.RESUME.value      # {}: a mark
 #: so REDUCE applies them exactly between the events queued around them.
 MARK_OPS = frozenset({Op.STEP.value, Op.RESET.value, Op.RUN.value, Op.PAUSE.value,
                       Op.RESUME.value})
-OP_HELLO = Op.HELLO.value        # {"stage": str, "output_addr": str?, "reduce_addr": str?, "shm": bool?}
+OP_HELLO = Op.HELLO.value        # {"stage": str, "output_addr": str?, "reduce_addr": str?, "shm": bool?,
+                                 #  "host": str?, "pid": int?}
 OP_HEARTBEAT = Op.HEARTBEAT.value  # an idle worker is alive (pool)
 OP_CREDIT = Op.CREDIT.value      # ready for {"n": int} (default 1) more events (pool);
                                  # "free": int64 serials of input slots it released
@@ -438,7 +439,8 @@ SCHEMAS: dict[bytes, Schema] = {
     OP_RESUME: Schema({}),
     # stage -> frontend
     OP_HELLO: Schema({"stage": Field(_STR, True), "output_addr": Field(_STR),
-                      "reduce_addr": Field(_STR), "shm": Field(_BOOL)}),
+                      "reduce_addr": Field(_STR), "shm": Field(_BOOL), "host": Field(_STR),
+                      "pid": Field(_INT)}),
     OP_HEARTBEAT: Schema({}),
     OP_CREDIT: Schema({"n": Field(_INT, check=_nonneg),
                        "free": Field((bytes,), check=_slot_serials)}),

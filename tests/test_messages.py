@@ -106,6 +106,7 @@ GOOD = [
     (b"reset", {}),
     (b"hello", {"stage": "pool-0"}),
     (b"hello", {"stage": "pool-0", "shm": True}),
+    (b"hello", {"stage": "pool-w", "host": "daq-3", "pid": 4242}),
     (b"hello", {"stage": "reduce", "output_addr": "tcp://127.0.0.1:5555",
                 "reduce_addr": "ipc:///tmp/x"}),
     (b"heartbeat", {}),
@@ -234,6 +235,8 @@ BAD = [
     (b"hello", {"stage": "reduce", "output_addr": 5}, "'output_addr'"),
     (b"hello", {"stage": "reduce", "output_addr": None}, "'output_addr'"),
     (b"hello", {"stage": "reduce", "reduce_addr": b"tcp://x"}, "'reduce_addr'"),
+    (b"hello", {"stage": "pool-w", "host": 7}, "'host'"),
+    (b"hello", {"stage": "pool-w", "pid": "4242"}, "'pid'"),
     (b"hello", {"stage": "pool-0", "shm": 1}, "'shm'"),
     # error, debug, ctx_*
     (b"error", {}, "'msg'"),

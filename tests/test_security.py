@@ -152,6 +152,28 @@ def test_a_remote_worker_its_operator_stops_says_so(secured, caplog):
     assert left.levelname == "WARNING" and "event(s) it held are lost" in left.getMessage()
 
 
+def test_a_second_remote_worker_of_one_name_is_named_and_what_it_held_counted(secured, caplog):
+    """Two metropc-worker --name twin share one ZeroMQ identity: the second
+    takes the name's messages over and the first is cut off.  That was
+    silent (two "joined" lines); now a warning names both processes, what
+    the name held is counted (lost or requeued), and results go on."""
+    fe, keydir = secured
+    with Client(fe.output_addr, views=["tid"], timeout=20, keys=keydir) as client:
+        with joined(fe, keydir, "twin") as first:
+            feed_until(fe, client, lambda v: len(v) >= 5, start=0)
+            with joined(fe, keydir, "twin") as second:
+                wait_for(lambda: any("joined while one of that name runs" in r.getMessage()
+                                     for r in caplog.records), timeout=20)
+                more = feed_until(fe, client, lambda v: len(v) >= 20, start=1000)
+                assert more == sorted(more) and more[-1] >= 1000
+    warned = [r for r in caplog.records if "joined while one of that name runs" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING"
+    text = warned[0].getMessage()
+    assert f"pid {second.pid}) joined" in text and "(host" in text
+    assert f"pid {first.pid})" in text and "give each metropc-worker its own --name" in text
+    assert "event(s) it held are lost" in text
+
+
 def test_peers_without_the_keys_are_refused(secured):
     fe, keydir = secured
     intruder = start_worker(fe, keydir=None, name="intruder")

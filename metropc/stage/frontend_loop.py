@@ -43,6 +43,13 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FrontendLoop"]
 
+
+def _origin_text(hello):
+    """`` (host H, pid P)``: where a remote worker runs, from its hello or
+    a ``(host, pid)`` pair, for messages that tell two of one name apart."""
+    host, pid = (hello.get("host"), hello.get("pid")) if isinstance(hello, dict) else hello
+    return "" if host is None else f" (host {host}, pid {pid})"
+
 #: Seconds a restarted REDUCE waits for results that may still be on their
 #: way from the workers (sent before the restart) before counting them lost.
 RESTART_GRACE = 1.0
@@ -85,6 +92,7 @@ class FrontendLoop:
         self.reduce_watch = ReduceWatch()
         self.reload = ReloadCoordinator()
         self.hello: set[str] = set()
+        self.remote_origins: dict[str, tuple] = {}  # remote worker -> (host, pid)
         self.last_context = None
         self.params: dict = {}
         self.dying = []              # stopped runners, not yet gone
@@ -213,9 +221,10 @@ class FrontendLoop:
             if not name.startswith("pool-"):
                 log.warning("frontend: ignoring hello from unknown stage %r", name)
                 return
-            # A worker started elsewhere (metropc-worker) joins the pool.
-            fe.on_pipeline_debug(f"remote worker {name} joined")
-            log.info("remote worker %s joined", name)
+            if not self.name_taken(name, data):
+                # A worker started elsewhere (metropc-worker) joins the pool.
+                fe.on_pipeline_debug(f"remote worker {name} joined")
+                log.info("remote worker %s joined%s", name, _origin_text(data))
         self.supervisor.on_hello(name, now, remote=not local)
         self.hello.add(name)
         if name.startswith("pool-"):
@@ -428,6 +437,24 @@ class FrontendLoop:
 
     def stage_names(self):
         return list(self.fe._runners) + list(self.supervisor.remote)
+
+    def name_taken(self, name, data):
+        """Whether a remote worker's hello comes under a name that a live one
+        (another process) has.  Both then share one ZeroMQ identity: the
+        newcomer takes the name's messages over, and the first one is cut
+        off (idle from then on, unaware).  That is said, naming both, and
+        what the name held is counted as when a worker dies; the name goes
+        on afresh with the newcomer."""
+        origin = (data.get("host"), data.get("pid"))
+        known = self.remote_origins.get(name)
+        self.remote_origins[name] = origin
+        if known is None or known == origin or name not in self.supervisor.remote:
+            return False  # (the first, or one after the last of that name left)
+        log.warning("%s", self.forget(name, (
+            f"remote worker {name}{_origin_text(data)} joined while one of that name runs"
+            f"{_origin_text(known)}: it takes over the name's messages, and the other one "
+            "is cut off and idles; give each metropc-worker its own --name")))
+        return True
 
     def send_to(self, name, opcode, data):
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import socket
 import threading
 import time
 from time import perf_counter
@@ -417,7 +418,8 @@ def run_pool(control_addr, reduce_addr, index=0, prefetch=2, zmq_context=None, n
             endpoints.connect(results, reduce_addr)
             heartbeat = _Heartbeat(zctx, control_addr, name, secure_client)
         worker = PoolWorker(name, control, results)
-        hello = {"stage": name}
+        # Where it runs: two workers given one name are told apart.
+        hello = {"stage": name, "host": socket.gethostname(), "pid": os.getpid()}
         if shm and worker.open_slots(shm):
             hello["shm"] = True
         send(control, OP_HELLO, hello)
