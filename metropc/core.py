@@ -128,6 +128,7 @@ class Context:
         sys.modules[module.__name__] = module  # for dataclasses in contexts
         try:
             exec(code, self.namespace)
+            self._check_bare_views()
             self._bind_imported_globals()
             for name, (label, _) in self.view_docs.items():
                 if name in self.views:  # set_view_docs() before the view was defined
@@ -154,6 +155,19 @@ class Context:
         finally:
             _loading.reset(token)
             sys.modules.pop(module.__name__, None)
+
+    def _check_bare_views(self):
+        """``@View`` without an output type (``@View.Scalar``) makes a View
+        object that belongs to no context: the function would silently
+        never run.  Refused at its line."""
+        for name, value in self.namespace.items():
+            if type(value) is View and value.kernel is not None:
+                code = getattr(value.kernel, "__code__", None)
+                raise ViewDefError(
+                    f"'{name}' is a bare View, no view of this context: declare a view "
+                    "with its output type, such as @View.Scalar, @View.Vector, "
+                    "@View.Image or @View.Compute", self.path,
+                    code.co_firstlineno if code is not None else None)
 
     def _load_error(self, exc):
         """The ContextError for `exc` raised by context code while loading.

@@ -70,7 +70,9 @@ class _ViewMeta(type):
 
     def __getattr__(cls, name):
         factory = _ViewMeta.attribute_factory
-        if name.startswith("_") or not name[:1].isupper() or factory is None:
+        # (The output's name is case-insensitive, as in the original
+        # metropc: View.scalar is View.Scalar.)
+        if name.startswith("_") or not name[:1].isalpha() or factory is None:
             raise AttributeError(name)
         return factory(name)
 
@@ -169,11 +171,15 @@ class View(metaclass=_ViewMeta):
         self.kernel = kernel
         if name is None:
             name = kernel.__name__ if kernel is not None else type(self).__name__
+        if not isinstance(name, str):  # (clients look views up by their path's text)
+            raise ValueError(f"name must be a string, not {name!r}")
         self.name = name
         if output is not None:
             self.output = ViewOutput(output)
         self.explicit_stage = None if stage is None else _as_stage(stage)
         self.stage = self.explicit_stage or self.default_stage
+        if not isinstance(hidden, (bool, int)):
+            raise ValueError(f"hidden must be True or False, not {hidden!r}")
         self.hidden = bool(hidden)
         if reset_on is _DEFAULT:
             reset_on = self.default_reset_on
@@ -239,5 +245,6 @@ def _as_stage(stage):
             return ViewStage[stage.upper()]
         except KeyError:
             pass
-    raise ValueError(f"unknown stage {stage!r}; use one of "
-                     + ", ".join(s.name.lower() for s in ViewStage))
+    raise ValueError(f"unknown stage {stage!r}; use one of "  # (FRONTEND: not implemented)
+                     + ", ".join(s.name.lower() for s in ViewStage
+                                 if s is not ViewStage.FRONTEND))

@@ -114,10 +114,8 @@ class ViewDecorator:
                     rest = rest[n:]
                     break
             else:
-                known = ", ".join(sorted(cls.kwargs_symbols))
-                raise AttributeError(
-                    f"View.{attr}: '{rest[0]}' is neither an output hint nor a "
-                    f"registered symbol ({known})")
+                raise AttributeError(f"View.{attr}: " + _unknown_token(rest[0], generic,
+                                                                       cls.kwargs_symbols))
         return cls(output, kwargs, origin=attr)
 
     def __call__(self, func=None, /, **kwargs):
@@ -128,7 +126,8 @@ class ViewDecorator:
         if kwargs or not callable(func):
             raise TypeError(f"View.{self.origin} takes keyword arguments only")
         filename, lineno = _caller_line()
-        self._check_keywords(filename, lineno)
+        self._check_keywords(self.kwargs.get("name", getattr(func, "__name__", "?")),
+                             filename, lineno)
         spec = ViewSpec(func, self.output, self.kwargs, filename, lineno, self.origin)
         if _in_class_body(func):
             # A group method: remember it; instances make the views.
@@ -138,7 +137,7 @@ class ViewDecorator:
         spec.create(current_context(), owner=None)
         return func
 
-    def _check_keywords(self, filename, lineno):
+    def _check_keywords(self, name, filename, lineno):
         impl = self.kwargs.get("view_impl", View)
         if not (isinstance(impl, type) and issubclass(impl, View)):
             raise ViewDefError(f"view_impl={impl!r} is not a View subclass",
@@ -147,7 +146,22 @@ class ViewDecorator:
             try:
                 _as_stage(self.kwargs["stage"])
             except ValueError as e:
-                raise ViewDefError(str(e), filename, lineno) from None
+                raise ViewDefError(f"view '{name}': {e}", filename, lineno) from None
+
+
+def _unknown_token(token, generic, symbols):
+    """Why `token` after output `generic` is refused: a hint of another
+    output is named as such; anything else lists what there is."""
+    hints = {name.split("_", 1)[1] for name in ViewOutput.__members__ if "_" in name}
+    if token.upper() in hints:
+        owners = [n.split("_")[0].title() for n in ViewOutput.__members__
+                  if n.endswith("_" + token.upper())]
+        own = [n.split("_", 1)[1].title() for n in ViewOutput.__members__
+               if n.startswith(generic + "_")]
+        return (f"'{token}' is a hint of {' and '.join(owners)}, not of {generic.title()} "
+                f"({generic.title()} takes " + (", ".join(own) or "no hint") + ")")
+    return (f"'{token}' is neither an output hint nor a registered symbol "
+            f"({', '.join(sorted(symbols))})")
 
 
 class ViewSpec:

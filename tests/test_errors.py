@@ -10,6 +10,7 @@ import pytest
 
 import metropc
 from metropc.core import Context
+from metropc.enums import ViewOutput
 from metropc.engine import ErrorReporter
 from metropc.error import (
     ContextError,
@@ -123,6 +124,34 @@ BROKEN = {
         def a(t: 'internal#train_id'):
             return t
     """, ContextError, 1, "unknown output 'Plot'"),
+    "bare View": ("""
+        x = 1
+        @View
+        def a(t: 'internal#train_id'):
+            return t
+    """, ViewDefError, 2, "'a' is a bare View, no view of this context: declare a view "
+                          "with its output type, such as @View.Scalar"),
+    "hint of another output": ("""
+        @View.Scalar_Line
+        def a(t: 'internal#train_id'):
+            return t
+    """, ContextError, 1, "'Line' is a hint of Vector, not of Scalar (Scalar takes Fast, Slow)"),
+    "name no string": ("""
+        @View.Scalar(name=5)
+        def a(t: 'internal#train_id'):
+            return t
+    """, ViewDefError, 1, "name must be a string, not 5"),
+    "hidden no bool": ("""
+        @View.Scalar(hidden='yes')
+        def a(t: 'internal#train_id'):
+            return t
+    """, ViewDefError, 1, "hidden must be True or False, not 'yes'"),
+    "unknown stage": ("""
+        @View.Scalar(stage='pol')
+        def a(t: 'internal#train_id'):
+            return t
+    """, ViewDefError, 1, "view 'a': unknown stage 'pol'; use one of pool, reduce, async, "
+                          "step, action"),
     "bad annotation": ("""
         @View.Scalar
         def a(t):
@@ -182,6 +211,19 @@ BROKEN = {
         math.sqrt(-1)
     """, ContextError, 2, "ValueError: math domain error"),
 }
+
+
+def test_the_output_type_is_case_insensitive_as_in_the_original():
+    ctx = load("""
+        @View.scalar
+        def a(t: 'internal#train_id'):
+            return t
+        @View.vector_line
+        def b(t: 'internal#train_id'):
+            return [t]
+    """)
+    assert ctx.views["a"].output is ViewOutput.SCALAR
+    assert ctx.views["b"].output is ViewOutput.VECTOR_LINE
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
