@@ -707,3 +707,26 @@ def test_an_address_no_client_can_connect_to_is_refused_with_the_reason(address,
     for cls in (Client, Controller):
         with pytest.raises(ValueError, match=why):
             cls(address)
+
+
+def test_a_client_reaches_an_inproc_output_through_the_frontend_s_context(pipeline):
+    """ZeroMQ connects inproc:// only within one context: the frontend
+    offers its own (zmq_context) for clients in the same process."""
+    from metropc.client import Client
+    from metropc.frontend import Context
+
+    fe = pipeline(output_addr="inproc://client-test-output")
+    fe.queue_to_all(b"context", Context(
+        "@View.Scalar\ndef tid(t: 'internal#train_id'):\n    return t\n", version=1).to_dict())
+    with Client(fe.output_addr, views=["tid"], timeout=20, context=fe.zmq_context) as client:
+        assert "view#tid" in client.wait_index(timeout=20)
+        got = []
+        t = 0
+        while len(got) < 3:
+            fe.queue_to_any(b"event", {"internal#train_id": t})
+            t += 1
+            try:
+                got.append(client.recv(timeout=0.2)[1]["data"])
+            except TimeoutError:
+                pass
+    assert got == sorted(got)

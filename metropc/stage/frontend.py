@@ -245,6 +245,13 @@ class ThreadedFrontend:
         self._queue.taker = self._thread
         self._thread.start()
 
+    @property
+    def zmq_context(self) -> zmq.Context:
+        """The ZeroMQ context of this frontend and of its ThreadRunner stages:
+        an ``inproc://`` address is reachable only from it, so a client of
+        an ``inproc://`` output passes it (``Client(addr, context=...)``)."""
+        return self._zctx
+
     # Settings kept as attributes for code that reads them.
     drop_policy = property(lambda self: self.config.drop_policy)
     prefetch = property(lambda self: self.config.prefetch)
