@@ -126,6 +126,10 @@ class ViewDecorator:
         if kwargs or not callable(func):
             raise TypeError(f"View.{self.origin} takes keyword arguments only")
         filename, lineno = _caller_line()
+        if isinstance(func, type):
+            raise ViewDefError(f"View.{self.origin} decorates a function, not a class "
+                               f"({func.__name__!r}): the view's code is a function of "
+                               "its inputs", filename, lineno)
         self._check_keywords(self.kwargs.get("name", getattr(func, "__name__", "?")),
                              filename, lineno)
         spec = ViewSpec(func, self.output, self.kwargs, filename, lineno, self.origin)

@@ -136,6 +136,12 @@ BROKEN = {
         def a(t: 'internal#train_id'):
             return t
     """, ContextError, 1, "'Line' is a hint of Vector, not of Scalar (Scalar takes Fast, Slow)"),
+    "a class": ("""
+        @View.Scalar
+        class X:
+            def __init__(self, t: 'internal#train_id'):
+                self.t = t
+    """, ViewDefError, 1, "View.Scalar decorates a function, not a class ('X')"),
     "name no string": ("""
         @View.Scalar(name=5)
         def a(t: 'internal#train_id'):
