@@ -10,6 +10,7 @@ in the index (``internal#lost_events``, ``internal#dropped_events``).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 
@@ -519,5 +520,50 @@ def test_a_replacement_that_cannot_start_for_lack_of_fds_is_tried_again(tmp_path
     text = "".join(err)
     assert "Too many open files; trying again in 2 s" in text, text
     assert "frontend loop failed" not in text, text
+    # What the death cost is said once, and the start that worked too.
+    assert text.count("starting a replacement") == 1, text
+    assert re.search(r"started a new pool-\d after \d+ failed tr(y|ies)", text), text
     # metropc-run said why before anything failed: it counts its fds.
     assert "file descriptors are open (many connections to its ports?)" in text, text
+
+
+def test_a_reduce_that_cannot_be_restarted_is_given_up_and_the_run_ends_with_3(tmp_path):
+    """REDUCE killed while metropc-run has no fd left: each try to start a
+    new one fails, and after 5 it is given up.  metropc-run then says no
+    more results can come and exits 3, and closes cleanly (it failed in
+    close() on the runner that never started, exit 1 and a traceback)."""
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import cmdline, end_session
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text("@View.Scalar\ndef tid(t: 'internal#train_id'):\n    return t\n")
+    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx), "--pool", "1",
+                             "--rate", "50", "--status", "off", "--duration", "120"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    err = []
+    reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        assert "output on" in proc.stdout.readline()
+        stages = [p for p in psutil.Process(proc.pid).children()
+                  if running(p) and "resource_tracker" not in cmdline(p)]
+        limits = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (8, limits[1]))
+        try:
+            # REDUCE is the first stage started
+            min(stages, key=lambda p: p.create_time()).kill()
+            wait_for(lambda: any("not restarted again" in e for e in err), timeout=40)
+        finally:
+            resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, limits)
+        assert proc.wait(timeout=30) == 3
+    finally:
+        end_session(proc)
+        reader.join(5)
+    text = "".join(err)
+    assert text.count("cannot start a new reduce") == 4, text
+    assert text.count("accumulated state (averages, histograms, step data) is lost") == 1
+    assert "no more results can come; stopping" in text, text
+    assert "Traceback" not in text and "AssertionError" not in text, text

@@ -93,6 +93,7 @@ class FrontendLoop:
         self.reload = ReloadCoordinator()
         self.hello: set[str] = set()
         self.remote_origins: dict[str, tuple] = {}  # remote worker -> (host, pid)
+        self.failed_starts: dict[str, int] = {}  # stage -> tries to start it that failed
         self.last_context = None
         self.params: dict = {}
         self.dying = []              # stopped runners, not yet gone
@@ -392,35 +393,53 @@ class FrontendLoop:
             self.send_to("reduce", OP_LOST, data)
 
     def replace(self, name, instruction, now):
-        """Start a new `name` now; the old one (if stopped) is reaped later."""
+        """Start a new `name` now; the old one (if stopped) is reaped later.
+
+        A start that fails (no fds or memory left) is said and tried again
+        by the supervisor; what the death costs is said at the first try
+        only, and the start that works at last is said too."""
         fe = self.fe
         old = fe._runners[name]
+        retry = not old.spawned  # (the last try failed: all was said then)
         if instruction.stop:
             old.terminate(now)
             self.dying.append(old)
-        fe.restarts[name] += 1
+        if not retry:
+            fe.restarts[name] += 1
+            self.on_stage_lost(name, instruction.reason)
+        runner = fe._make_runner(name)
+        fe._runners[name] = runner
+        try:
+            runner.start()
+        except OSError as e:  # out of file descriptors or memory: try again later
+            self.failed_starts[name] = self.failed_starts.get(name, 0) + 1
+            fe.on_pipeline_error(f"cannot start a new {name}: {e}; trying again in "
+                                 f"{START_RETRY:g} s")
+            return
+        if retry:
+            log.warning("started a new %s after %d failed tr%s", name,
+                        self.failed_starts[name], "y" if self.failed_starts[name] == 1
+                        else "ies")
+        self.failed_starts.pop(name, None)
+
+    def on_stage_lost(self, name, reason):
+        """What a stage's death costs, said, and its part forgotten."""
+        fe = self.fe
         if name == "reduce":
             self.hello.discard(name)
             self.apply(self.reload.stage_gone(name))
-            fe.on_pipeline_error(f"{instruction.reason}; restarting it: accumulated state "
+            fe.on_pipeline_error(f"{reason}; restarting it: accumulated state "
                                  "(averages, histograms, step data) is lost")
             self.fresh_result_segments()
         elif name == "async":
             self.hello.discard(name)
             self.async_busy = None
             self.apply(self.reload.stage_gone(name))
-            fe.on_pipeline_error(f"{instruction.reason}; starting a replacement (the async "
+            fe.on_pipeline_error(f"{reason}; starting a replacement (the async "
                                  "views go on with the newest results)")
         else:
-            text = self.forget(name, instruction.reason)
+            text = self.forget(name, reason)
             fe.on_pipeline_error(f"{text}; starting a replacement")
-        runner = fe._make_runner(name)
-        fe._runners[name] = runner
-        try:
-            runner.start()
-        except OSError as e:  # out of file descriptors or memory: try again later
-            fe.on_pipeline_error(f"cannot start a new {name}: {e}; trying again in "
-                                 f"{START_RETRY:g} s")
 
     def fresh_result_segments(self):
         """The dead REDUCE never frees the result slots it held: every

@@ -165,6 +165,11 @@ class StageRunner:
     def start(self):
         raise NotImplementedError
 
+    @property
+    def spawned(self) -> bool:
+        """Whether the stage exists (False after a start that failed)."""
+        return self.started
+
     def is_alive(self):
         raise NotImplementedError
 
@@ -285,6 +290,13 @@ class ProcessRunner(StageRunner):
         #: A file to note the process in (STAGES_FILE), for end_left_processes.
         self.registry = registry
         self._kill_at = None
+        #: Whether the process exists: `started` but not spawned when the
+        #: start failed (no fds left); the supervisor tries again then.
+        self._spawned = False
+
+    @property
+    def spawned(self) -> bool:
+        return self._spawned
 
     def start(self):
         self.started = True
@@ -302,29 +314,32 @@ class ProcessRunner(StageRunner):
             self._process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        self._spawned = True
         if self.registry is not None:
             note_process(self.registry, self._process.pid)
 
     @property
     def pid(self):
-        return self._process.pid if self.started else None
+        return self._process.pid if self._spawned else None
 
     def is_alive(self):
-        return self.started and self._process.is_alive()
+        return self._spawned and self._process.is_alive()
 
     def join(self, timeout=None):
-        if self.started:
+        if self._spawned:
             self._process.join(timeout)
 
     def terminate(self, now):
         """Ask the process to end (SIGTERM) without waiting for it."""
-        if self.started and self._process.is_alive():
+        if self._spawned and self._process.is_alive():
             self._process.terminate()
             self._kill_at = now + self.KILL_AFTER
 
     def reap(self, now):
         """Kill a terminated process that is still there after KILL_AFTER;
         True once it is gone (never waits)."""
+        if not self._spawned:
+            return True
         if not self._process.is_alive():
             self._process.join(0)
             return True
@@ -335,7 +350,7 @@ class ProcessRunner(StageRunner):
 
     def stop(self):
         """Force the stage to end now, waiting for it (used at shutdown)."""
-        if not self.started:
+        if not self._spawned:
             return
         if self._process.is_alive():
             self._process.terminate()
@@ -346,4 +361,4 @@ class ProcessRunner(StageRunner):
 
     @property
     def exitcode(self):
-        return self._process.exitcode if self.started else None
+        return self._process.exitcode if self._spawned else None
