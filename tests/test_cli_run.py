@@ -330,6 +330,23 @@ def test_error_text_from_a_view_cannot_take_over_the_terminal(tmp_path):
     assert "more characters]" in proc.stderr
 
 
+def test_a_top_level_waiting_inside_c_code_is_quit_at_once_after_5_s(tmp_path):
+    """No signal reaches Python code while C code waits (a deadlocked
+    library): the stop that --duration (or SIGTERM, or Ctrl-C) asked for
+    becomes a quit at once 5 s later, as at a second Ctrl-C."""
+    ctx_file = tmp_path / "deadlock.py"
+    ctx_file.write_text("import ctypes\nlibc = ctypes.CDLL(None)\n"
+                        "m = ctypes.create_string_buffer(64)\n"
+                        "libc.pthread_mutex_lock(m)\nlibc.pthread_mutex_lock(m)\n")
+    proc = subprocess.run([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
+                           "--status", "off", "--duration", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "--duration is up while the context's top level still runs" in proc.stderr
+    assert "did not stop within 5 s (it waits inside C code?); quitting at once" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 SLOW_CTX = """
 import time
 

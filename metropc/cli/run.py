@@ -170,7 +170,9 @@ def _main(args, dashboard_bind, old_mask):
         if children is not None:
             children.restore_cursor()
         restore_terminal()  # echo and line editing, which the keys turned off
-        os._exit(128 + signum)  # 130 for Ctrl-C, 143 for SIGTERM
+        # 130 for Ctrl-C, 143 for SIGTERM; 1 when --duration ended a context
+        # whose top level never returned (nothing ran)
+        os._exit(1 if signum == TIME_UP else 128 + signum)
 
     interrupts = Interrupts(on_stop, on_exit)
     stop = interrupts.stop

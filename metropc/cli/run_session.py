@@ -141,6 +141,9 @@ def context_text(path):
 
 #: The "signal number" of a stop because ``--duration`` is up (see Interrupts.raising).
 TIME_UP = 0
+#: Seconds a context's top level gets to stop (Interrupts.raising) before
+#: metropc-run quits at once, as at a second Ctrl-C.
+UNRESPONSIVE_LOAD = 5.0
 
 
 class Interrupts:
@@ -262,6 +265,17 @@ class Interrupts:
         self._on_stop(signum)
         if self._raise_in is not None:
             signal.pthread_kill(self._raise_in, signal.SIGUSR1)
+            # Code waiting inside C (a lock, a C library) sees no signal
+            # until it returns, which may be never: then quit at once.
+            watchdog = threading.Timer(UNRESPONSIVE_LOAD, self._unresponsive, (signum,))
+            watchdog.daemon = True
+            watchdog.start()
+
+    def _unresponsive(self, signum):
+        if self._raise_in is not None:
+            log.error("the context's top level did not stop within %g s (it waits inside C "
+                      "code?); quitting at once", UNRESPONSIVE_LOAD)
+            self._on_exit(signum)
 
     def uninstall(self):
         self._done.set()
