@@ -150,6 +150,10 @@ class Pipeline:
         self.context_path = None
         self.finished = threading.Event()
         self._stop = threading.Event()
+        #: Events taken from the source and offered to the frontend, once the
+        #: source is done (the tally of a run: out + dropped + lost + what
+        #: was still in the pipeline at the end).
+        self.fed: int | None = None
         self._source = None
         self._feeder = None
         self._max_events = max_events
@@ -524,6 +528,7 @@ class Pipeline:
         finally:
             if run is not None:
                 frontend.end_run()
+            self.fed = n
             if self._stop.is_set():  # (stop_source: --duration, the key q, Ctrl-C)
                 log.info("stopped reading the source after %d events", n)
             else:

@@ -191,6 +191,12 @@ def test_run_stops_on_sigterm_and_at_once_on_a_second_ctrl_c(tmp_path, how):
     wait_for(lambda: not any(running(c) for c in children), timeout=10)
     # No socket directory left behind.
     assert glob.glob(os.path.join(tmp, "metropc-*")) == []
+    if how == "SIGTERM":  # the last line has the tally: out + dropped + lost = fed
+        last = [line for line in err.splitlines() if line.startswith("metropc: out")][-1]
+        m = re.search(r"out (\d+) .*dropped (\d+), lost (\d+),.*; fed (\d+)$", last)
+        assert m is not None, last
+        out, dropped, lost, fed = map(int, m.groups())
+        assert out + dropped + lost == fed or "still in the pipeline" in err, err
 
 
 def test_status_lines_work_on_a_curve_secured_pipeline(tmp_path):

@@ -440,7 +440,7 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
         if status is not None:
             # Counts of the end also when REDUCE is gone: the last index may be
             # a second old (a SIGTERM to the whole group, a given-up REDUCE).
-            status.latest = pipeline.frontend.latest_counts()
+            status.latest = {**pipeline.frontend.latest_counts(), "fed": pipeline.fed}
             status.update(final=True)  # (line mode: the last line, also after Ctrl-C)
         if (left or broken is not None) and not stop.is_set():
             return EXIT_NOT_PUBLISHED

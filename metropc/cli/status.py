@@ -199,7 +199,9 @@ class StatusDisplay:
         return (f"metropc: {out}, dropped {newest('internal#dropped_events', 'dropped')}, "
                 f"lost {newest('internal#lost_events', 'lost')}, view errors {errors}"
                 + (f", refused while paused {paused}" if paused else "") + where + slowest
-                + self._staleness())
+                + self._staleness()
+                # (the last line: what to check the counts against)
+                + (f"; fed {latest['fed']}" if latest.get("fed") is not None else ""))
 
     #: The index comes about once a second; this much later, the numbers are old.
     STALE_AFTER = 3.0
