@@ -162,6 +162,27 @@ def test_the_restart_report_keeps_the_oldest_subscriptions_only(xpub):
     assert output.reported_subscriptions() is reported  # cached until a change
 
 
+def test_each_flood_of_subscriptions_is_warned_about(xpub, monkeypatch, caplog):
+    """The warning doubles its mark as a flood grows, and comes back to
+    the first mark once the flood is gone, so that the next one is said too."""
+    import logging
+
+    from metropc.stage import output as output_module
+    monkeypatch.setattr(output_module, "SUBSCRIPTIONS_WARN", 8)
+    output, subscriber = xpub
+    output._warn_subscriptions = 8
+    with caplog.at_level(logging.WARNING, "metropc.stage.output"):
+        for flood, n in enumerate((20, 12)):
+            peer = subscriber(*[b"made-up-%d-%d" % (flood, i) for i in range(n)])
+            settle(output, lambda o: len(o.prefixes) == n)
+            peer.close(0)
+            settle(output, lambda o: not o.prefixes)
+    warned = [r.getMessage() for r in caplog.records if "distinct subscriptions" in r.getMessage()]
+    # the second, smaller flood is said too (the mark had stayed at 16)
+    assert [w.split(";")[0] for w in warned] == ["output: 20 distinct subscriptions",
+                                                 "output: 12 distinct subscriptions"], warned
+
+
 FLOOD_CTX = """
 @View.Scalar
 def tid(t: 'internal#train_id'):

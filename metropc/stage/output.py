@@ -97,7 +97,7 @@ class Output:
         #: The subscribed prefixes, oldest first (a dict used as an ordered set).
         self.prefixes: dict[bytes, None] = {}
         self._reported: tuple[bytes, ...] | None = ()
-        self._warn_subscriptions = SUBSCRIPTIONS_WARN
+        self._warn_subscriptions = SUBSCRIPTIONS_WARN  # (doubled at each warning)
         self._routes: dict[bytes, tuple[bool, bool]] = {}  # topic -> (plain, batch)
         #: Open batches: view topic -> [records, bytes]; see :meth:`flush`.
         self._batches: dict[bytes, list] = {}
@@ -147,7 +147,9 @@ class Output:
                 self.prefixes.pop(msg[1:], None)
             self._routes.clear()
             self._reported = None
-        if len(self.prefixes) >= self._warn_subscriptions:
+        if len(self.prefixes) < SUBSCRIPTIONS_WARN // 2:  # (a flood gone: warn anew)
+            self._warn_subscriptions = SUBSCRIPTIONS_WARN
+        elif len(self.prefixes) >= self._warn_subscriptions:
             self._warn_subscriptions *= 2
             log.warning("output: %d distinct subscriptions; ZeroMQ keeps each in memory, so a "
                         "client subscribing to made-up topics costs REDUCE memory (docs/"
