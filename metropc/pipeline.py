@@ -61,6 +61,19 @@ class _Frontend(ThreadedFrontend):
         super().on_context_refused(version, why)
 
 
+#: Seconds after which an edit whose top level still runs is said.
+SLOW_LOAD = 5.0
+
+
+def _file_stamp(path):
+    """(mtime, size) of `path`: a newer edit changes it; None if unreadable."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 class _LoadAbandoned(BaseException):
     """Raised in a context's loading thread that took too long (not an
     Exception: the context's own ``except Exception`` does not catch it)."""
@@ -233,7 +246,7 @@ class Pipeline:
         """Load context `source`; raise ContextError and keep the old one if bad."""
         return self._use(self._build(source, path), path)
 
-    def _build(self, source, path):
+    def _build(self, source, path, superseded=None):
         """Build a context (:meth:`_build_now`), giving up after
         RELOAD_TIMEOUT seconds, as the stages do.
 
@@ -242,6 +255,9 @@ class Pipeline:
         caller (metropc-run's main loop): it is refused with a ContextError,
         and the thread is told to stop (an exception raised in it, which a
         loop of Python code gets at once and a blocking call when it returns).
+        One still running after SLOW_LOAD seconds is said; one that
+        `superseded()` (a newer edit of the file was saved) is given up at
+        once, so that the fix is loaded without waiting for the timeout.
         """
         outcome = {}
 
@@ -253,18 +269,38 @@ class Pipeline:
 
         thread = threading.Thread(target=build, name="metropc-context-load", daemon=True)
         thread.start()
-        thread.join(RELOAD_TIMEOUT)
-        if thread.is_alive():
+        why = self._wait_for_build(thread, path, superseded)
+        if why is not None:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
                                                        ctypes.py_object(_LoadAbandoned))
-            error = ContextError(f"its top-level code did not finish within "
-                                 f"{RELOAD_TIMEOUT:g} s (a loop or a call that never "
-                                 "ends?), so it is refused", path, None)
+            error = ContextError(why, path, None)
             self._refused(error)
             raise error
         if "error" in outcome:
             raise outcome["error"]
         return outcome["ctx"]
+
+    @staticmethod
+    def _wait_for_build(thread, path, superseded):
+        """Wait for a context's top level to return; None if it did, else
+        why it is given up (the timeout, or a newer edit)."""
+        start = time.monotonic()
+        slow_said = False
+        while thread.is_alive():
+            waited = time.monotonic() - start
+            if waited >= RELOAD_TIMEOUT:
+                return (f"its top-level code did not finish within {RELOAD_TIMEOUT:g} s "
+                        "(a loop or a call that never ends?), so it is refused")
+            if superseded is not None and superseded():
+                return (f"its top-level code had not finished after {waited:.0f} s when a "
+                        "newer edit was saved, which is loaded instead")
+            if not slow_said and waited >= SLOW_LOAD:
+                slow_said = True
+                log.warning("the top level of the edit of %s has run for %g s and not "
+                            "returned; it is refused after %g s, or at once when you save "
+                            "again", path, SLOW_LOAD, RELOAD_TIMEOUT)
+            thread.join(0.1)
+        return None
 
     def _refused(self, error):
         # Kept with the stages' errors, so dashboards show it too.
@@ -344,7 +380,11 @@ class Pipeline:
         """Read the context file again and load it (see :meth:`load`)."""
         if self.context_path is None:
             raise ValueError("this pipeline was not started from a context file")
-        return self.load(read_context_file(self.context_path), path=self.context_path)
+        stamp = _file_stamp(self.context_path)
+        source = read_context_file(self.context_path)
+        return self._use(self._build(source, self.context_path,
+                                     lambda: _file_stamp(self.context_path) != stamp),
+                         self.context_path)
 
     def set_parameters(self, **values):
         """Change parameters in every stage from the next event on.

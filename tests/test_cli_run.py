@@ -353,6 +353,26 @@ def test_a_top_level_waiting_inside_c_code_is_quit_at_once_after_5_s(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_fix_saved_while_an_edit_hangs_is_loaded_at_once(tmp_path):
+    """An edit whose top level never returns is said after 5 s; a fixed
+    file saved then is loaded at once instead of after the 30 s timeout."""
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(CTX)
+    proc, addr = start(ctx_file)
+    try:
+        ctx_file.write_text("import time\nwhile True:\n    time.sleep(0.01)\n" + CTX)
+        wait_for(lambda: any("the top level of the edit of" in line
+                             for line in proc.err_lines), 30)
+        fixed_at = time.monotonic()
+        ctx_file.write_text(CTX + "\n# fixed\n")
+        wait_for(lambda: any("loaded (version 2" in line for line in proc.err_lines), 30)
+        assert time.monotonic() - fixed_at < 15
+    finally:
+        elapsed, err = stop(proc)
+    assert "a newer edit was saved, which is loaded instead" in err, err
+    assert "did not finish within 30 s" not in err, err
+
+
 SLOW_CTX = """
 import time
 
