@@ -349,7 +349,9 @@ class _Server(http.server.ThreadingHTTPServer):
       down otherwise), and each read or write of its socket times out after
       as long: its thread then ends.
     - At most `max_connections` are open (:func:`connection_cap`); one
-      more is closed at once, and logged once a minute with the count.
+      more takes the place of the oldest that has not sent its request
+      yet, or, if all are being answered, is closed at once (logged once a
+      minute with the count).
     - ``accept()`` failing for want of file descriptors is logged once a
       minute and accepting pauses for :data:`ACCEPT_PAUSE` (socketserver
       would otherwise retry at once, in a busy loop).
@@ -376,6 +378,8 @@ class _Server(http.server.ThreadingHTTPServer):
         self._wake = threading.Event()
         self.refused = LogThrottle(log)
         self.accept_failed = LogThrottle(log)
+        #: Connections closed before their request to make room at the cap.
+        self.evicted = 0
         super().__init__((host, port), _Handler)
 
     @property
@@ -396,12 +400,30 @@ class _Server(http.server.ThreadingHTTPServer):
             raise
 
     def verify_request(self, request, client_address) -> bool:
-        """Take the connection if fewer than `max_connections` are open."""
+        """Take the connection if fewer than `max_connections` are open, or
+        if one of them has not sent its request yet: the oldest of those is
+        closed for it.  A peer holding connections idle cannot lock out a
+        scraper, which sends its request at once."""
+        evicted = None
         with self._lock:
+            if len(self._open) >= self.max_connections and self._reading:
+                evicted = min(self._reading, key=self._reading.get)
+                del self._reading[evicted]
+                self._open.discard(evicted)
             if len(self._open) < self.max_connections:
                 self._open.add(request)
                 self._reading[request] = time.monotonic() + self.idle_timeout
-                return True
+                accepted = True
+            else:
+                accepted = False
+        if evicted is not None:
+            self.evicted += 1
+            try:  # wakes its handler's blocking read with an end of file
+                evicted.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if accepted:
+            return True
         self.refused("metrics: closed a connection from %s at once: %d are open, the most "
                      "this server takes (idle ones are closed after %g s)",
                      client_address[0], self.max_connections, self.idle_timeout)
