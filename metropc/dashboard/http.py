@@ -84,9 +84,12 @@ class LimitedHTTPServer(tornado.httpserver.HTTPServer):
 
     The dashboard runs in ``metropc-run``'s process: however many
     connections a peer opens, the server must leave that process the
-    descriptors it needs.  Beyond `max_connections` a new connection is
-    closed at once (logged once a minute with the count); idle ones are
-    closed by tornado's ``idle_connection_timeout``.
+    descriptors it needs.  At `max_connections` a new connection takes the
+    place of the oldest that is no websocket (an idle keep-alive one, most
+    likely: a browser opens a new one when it needs it), so that a peer
+    holding connections cannot keep new browsers out; if all are
+    websockets, the new one is closed at once (logged once a minute with
+    the count).  Idle ones are closed by tornado's ``idle_connection_timeout``.
     """
 
     def initialize(self, *args, max_connections: int = 256, **kwargs) -> None:
@@ -94,7 +97,10 @@ class LimitedHTTPServer(tornado.httpserver.HTTPServer):
         self.max_connections = connection_cap(max_connections)
         self.port = None
         self._acceptors: list[Acceptor] = []
-        self._streams: set[tornado.iostream.IOStream] = set()
+        self._streams: dict[tornado.iostream.IOStream, None] = {}  # oldest first
+        self._websockets: set[tornado.iostream.IOStream] = set()
+        #: Connections closed to make room for a new one at the cap.
+        self.evicted = 0
         self.refused = LogThrottle(log)
         self.accept_failed = LogThrottle(log)
 
@@ -114,16 +120,25 @@ class LimitedHTTPServer(tornado.httpserver.HTTPServer):
         for stream in list(self._streams):
             stream.close()
         self._streams.clear()
+        self._websockets.clear()
+
+    def websocket_opened(self, stream) -> None:
+        """`stream` is a browser's websocket now: never closed for room."""
+        if stream is not None:
+            self._websockets.add(stream)
 
     @property
     def open_connections(self) -> int:
-        self._streams = {s for s in self._streams if not s.closed()}
+        self._streams = {s: None for s in self._streams if not s.closed()}
+        self._websockets = {s for s in self._websockets if not s.closed()}
         return len(self._streams)
 
     def _accepted(self, connection, address):
         # Forget closed connections only when it matters (not on each accept).
         if len(self._streams) >= self.max_connections and \
                 self.open_connections >= self.max_connections:
+            self._make_room()
+        if len(self._streams) >= self.max_connections:
             connection.close()
             self.refused("dashboard: closed a connection from %s at once: %d are open, the "
                          "most this server takes", address[0] if address else "?",
@@ -131,8 +146,16 @@ class LimitedHTTPServer(tornado.httpserver.HTTPServer):
             return
         stream = tornado.iostream.IOStream(connection, max_buffer_size=self.max_buffer_size,
                                            read_chunk_size=self.read_chunk_size)
-        self._streams.add(stream)
+        self._streams[stream] = None
         self.handle_stream(stream, address)
+
+    def _make_room(self) -> None:
+        """Close the oldest connection that is no websocket, if any."""
+        victim = next((s for s in self._streams if s not in self._websockets), None)
+        if victim is not None:
+            del self._streams[victim]
+            victim.close()
+            self.evicted += 1
 
     def _accept_failed(self, error: OSError):
         if error.errno in FD_ERRORS:

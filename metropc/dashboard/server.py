@@ -320,6 +320,9 @@ class _SocketHandler(tornado.websocket.WebSocketHandler):
         self.dashboard.check_access(self, websocket=True)
 
     def open(self):
+        server = self.dashboard._server
+        if server is not None:  # (its connection is not closed to make room)
+            server.websocket_opened(getattr(self.ws_connection, "stream", None))
         self.session = Session(self.dashboard, self)
         self.dashboard.sessions.add(self.session)
         self.session.send_text(self.dashboard.hello())
@@ -643,6 +646,7 @@ class Dashboard:
         return {"open": server.open_connections if server is not None else 0,
                 "max": self.max_connections, "idle_timeout": self.idle_timeout,
                 "refused": server.refused.count if server is not None else 0,
+                "evicted": server.evicted if server is not None else 0,
                 "accept_failures": server.accept_failed.count if server is not None else 0,
                 "rejected_messages": self.rejects.count}
 
