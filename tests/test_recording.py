@@ -8,6 +8,7 @@ Every process has a deadline and is ended in a ``finally``; files live in
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -798,3 +799,48 @@ def _count_all(path, view):
             return sum(seg["train_id"].shape[0] for seg in f[f"views/{view}"].values())
     except (OSError, KeyError, RuntimeError, ValueError):  # (mid-write: look again)
         return 0
+
+
+def test_a_recorder_that_stops_writing_is_said_and_so_is_its_return(tmp_path):
+    """A write hung on a network disk (here: the recorder stopped with
+    SIGSTOP) was noticed only at the end of the run.  The recorder says it
+    flushed every second; 10 s without it is a warning, and its return a note."""
+    import psutil
+    import signal
+    import threading
+
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text("@View.Scalar\ndef tid(x: 'internal#train_id'):\n    return x\n")
+    path = tmp_path / "rec.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
+                             "--rate", "20", "--status", "off", "--pool", "1",
+                             "--record", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, start_new_session=True)
+    err = []
+    reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        for line in proc.stdout:
+            if "recording to" in line:
+                break
+            assert time.monotonic() < deadline
+        recorder, = [p for p in psutil.Process(proc.pid).children()
+                     if "metropc.recording.recorder" in " ".join(p.cmdline())]
+        recorder.suspend()
+        try:
+            deadline_poll(lambda: any("the recorder has flushed nothing" in e for e in err),
+                          30, "the warning")
+        finally:
+            recorder.resume()
+        deadline_poll(lambda: any("the recorder writes to" in e for e in err), 30, "the note")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+    finally:
+        end_session(proc)
+        reader.join(5)
+    text = "".join(err)
+    assert re.search(rf"has flushed nothing to {re.escape(str(path))} for 1\d s \(a hung disk, "
+                     r"or a stopped process\?\)", text), text
+    assert text.count("the recorder has flushed nothing") == 1

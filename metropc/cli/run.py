@@ -29,7 +29,8 @@ import traceback
 from ..error import ContextError, SourceError, StopRequested
 from .run_args import PROG, build_parser, check_arguments, check_parameters, source_options
 from .run_session import (TIME_UP, ChildOutput, ContextWatcher, FdWatch, Interrupts, Keys,
-                          context_text, detach_from_terminal, restore_terminal, setup_logging)
+                          RecorderWatch, context_text, detach_from_terminal, restore_terminal,
+                          setup_logging)
 from .usage import UsageError, one_line, shown
 
 # The pipeline's modules are imported in main(), once SIGINT is blocked, so
@@ -401,6 +402,7 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
             print(f"{PROG}: keys: r reset, p pause/resume, s step, q quit", flush=True)
         broken = None
         fds = FdWatch()
+        recorder_watch = None if recorder is None else RecorderWatch(args.record)
         while not stop.is_set() and not pipeline.finished.is_set():
             broken = pipeline.frontend.given_up()
             if broken is not None:  # (the reason was logged when it happened)
@@ -413,6 +415,10 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
             if watcher is not None:
                 watcher.poll()
             fds.poll()
+            if recorder is not None and recorder.alive:
+                news = recorder_watch.check(recorder.silent_for())
+                if news is not None:
+                    (log.warning if recorder_watch.silent else log.info)("%s", news)
             if recorder is not None and not recorder.alive:
                 code = recorder.proc.returncode
                 log.error("the recorder %s: nothing more is recorded to %s (%s); the "

@@ -68,6 +68,31 @@ class FdWatch:
             (log.warning if self.warned else log.info)("%s", news)
 
 
+class RecorderWatch:
+    """Says when the recorder stops flushing its file, and when it goes on.
+
+    The recorder says it flushed every second
+    (:meth:`~metropc.recording.process.RecorderProcess.silent_for`); a
+    write hung on a network disk, or a stopped process, says nothing else.
+    :meth:`check` is given the silence and decides (sans I/O).
+    """
+
+    def __init__(self, path: str, after: float = 10.0):
+        self.path, self.after = path, after
+        self.silent = False
+
+    def check(self, seconds: float) -> str | None:
+        if not self.silent and seconds >= self.after:
+            self.silent = True
+            return (f"the recorder has flushed nothing to {self.path} for {seconds:.0f} s (a "
+                    "hung disk, or a stopped process?); once its queue is full, results are "
+                    "dropped for it (counted in internal#output_dropped and in its summary)")
+        if self.silent and seconds < self.after:
+            self.silent = False
+            return f"the recorder writes to {self.path} again"
+        return None
+
+
 def open_fds() -> int | None:
     """How many file descriptors this process has open: the limit if none
     is left to count them with, None where unknown."""

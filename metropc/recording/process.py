@@ -61,6 +61,8 @@ class RecorderProcess:
         if flush_interval is not None:
             cmd += ["--flush-interval", str(flush_interval)]
         self._stopping = False
+        #: When the recorder last said it flushed (every flush interval).
+        self.last_alive = time.monotonic()
         self._lines: queue.Queue = queue.Queue()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, bufsize=1)
@@ -76,6 +78,9 @@ class RecorderProcess:
     def _read(self):
         for line in self.proc.stdout:
             line = line.strip()
+            if line == "alive":
+                self.last_alive = time.monotonic()
+                continue
             if line == "failed" and not self._stopping:
                 log.error("recording to %s stopped (see the message above); the "
                           "pipeline goes on", self.path)
@@ -117,6 +122,12 @@ class RecorderProcess:
     @property
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def silent_for(self) -> float:
+        """Seconds since the recorder last flushed its file: it says so every
+        flush interval (1 s), so a long silence is a write that hangs (a
+        hung network disk) or a stopped process; nothing else tells."""
+        return time.monotonic() - self.last_alive
 
     def stop(self, timeout: float = 10.0) -> int:
         """Write what is left, close the files, end the process; its exit code."""

@@ -227,6 +227,7 @@ def main(argv=None) -> int:
                 if time.monotonic() >= next_flush:
                     recording.flush()
                     next_flush = time.monotonic() + args.flush_interval
+                    _say("alive")  # (a flush hung on the disk says nothing)
             except (OSError, ValueError, RuntimeError) as e:
                 _write_failed(e, args.path)
             if stdin in events:
