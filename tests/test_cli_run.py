@@ -193,7 +193,7 @@ def test_run_stops_on_sigterm_and_at_once_on_a_second_ctrl_c(tmp_path, how):
     assert glob.glob(os.path.join(tmp, "metropc-*")) == []
     if how == "SIGTERM":  # the last line has the tally: out + dropped + lost = fed
         last = [line for line in err.splitlines() if line.startswith("metropc: out")][-1]
-        m = re.search(r"out (\d+) .*dropped (\d+), lost (\d+),.*; fed (\d+)$", last)
+        m = re.search(r"out (\d+) .*dropped (\d+), lost (\d+),.*; ended.*; fed (\d+)$", last)
         assert m is not None, last
         out, dropped, lost, fed = map(int, m.groups())
         assert out + dropped + lost == fed or "still in the pipeline" in err, err

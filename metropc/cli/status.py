@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 
 #: How the status line names the pipeline's states (docs/pipeline.md).
-STATE_WORDS = {"READY": "ready", "RUN": "running", "STOP": "PAUSED (p resumes)"}
+STATE_WORDS = {"READY": "ready", "RUN": "running", "STOP": "PAUSED (p resumes)",
+               "ENDED": "ended"}
 
 class ContextState:
     """Which context version runs, and the latest refused edit if any."""
@@ -187,6 +188,8 @@ class StatusDisplay:
         errors = sum(e.errors for e in idx.values() if isinstance(e, IndexViewEntry))
         status = self.client.status
         state = status.get("state")
+        if state is not None and self.latest is not None:  # the last line: not running
+            state = "ENDED"
         where = "" if state is None else (
             f"; {STATE_WORDS.get(state, state)}"
             + (f", run {status['run']}" if status.get("run") is not None else ""))
