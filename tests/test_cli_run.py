@@ -373,6 +373,31 @@ def test_a_fix_saved_while_an_edit_hangs_is_loaded_at_once(tmp_path):
     assert "did not finish within 30 s" not in err, err
 
 
+def test_an_edit_saved_while_the_pipeline_starts_is_loaded(tmp_path):
+    """The file is watched from when it was first read: an edit saved while
+    the stages start (after the context loaded, before the watch began) was
+    taken for the running context and never loaded."""
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(CTX)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metropc.cli.run", str(ctx_file), "--pool", "1",
+         "--rate", "50", "--status", "off"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = []
+    reader = threading.Thread(target=lambda: err.extend(iter(proc.stderr.readline, "")),
+                              daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("loaded (version 1" in line for line in err), 30)
+        ctx_file.write_text(CTX + "\n@View.Scalar\ndef more(t: 'internal#train_id'):\n"
+                            "    return t\n")
+        wait_for(lambda: any("loaded (version 2," in line for line in err), 30)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+        reader.join(5)
+
+
 SLOW_CTX = """
 import time
 

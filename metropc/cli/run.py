@@ -29,8 +29,8 @@ import traceback
 from ..error import ContextError, SourceError, StopRequested
 from .run_args import PROG, build_parser, check_arguments, check_parameters, source_options
 from .run_session import (TIME_UP, ChildOutput, ContextWatcher, FdWatch, Interrupts, Keys,
-                          RecorderWatch, context_text, detach_from_terminal, restore_terminal,
-                          setup_logging)
+                          RecorderWatch, context_text, detach_from_terminal, file_stamp,
+                          restore_terminal, setup_logging)
 from .usage import UsageError, one_line, shown
 
 # The pipeline's modules are imported in main(), once SIGINT is blocked, so
@@ -244,6 +244,7 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
     if stop.is_set():  # Ctrl-C before anything started
         return exit_code()
     try:
+        stamp = file_stamp(args.context)  # (before reading: see ContextWatcher)
         source = read_context_file(args.context)
     except OSError as e:
         say(f"{PROG}: error: cannot read the context file {args.context}: "
@@ -385,7 +386,7 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
             state.stage_message(msg)
 
         pipeline.on_error = on_stage_error
-        watcher = None if args.no_watch else ContextWatcher(pipeline, state)
+        watcher = None if args.no_watch else ContextWatcher(pipeline, state, stamp)
         if mode != "off":
             status = StatusDisplay(pipeline.output_addr, pipeline.ctx.event_alias,
                                    keys=args.keys, context=state, live=(mode == "live"))

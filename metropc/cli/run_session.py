@@ -104,6 +104,15 @@ def open_fds() -> int | None:
         return None
 
 
+def file_stamp(path):
+    """``(mtime, size)`` of `path`, which an edit changes; None if unreadable."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 class ContextWatcher:
     """Reloads the context file when it changes; keeps the old one on error.
 
@@ -113,24 +122,20 @@ class ContextWatcher:
     saved meanwhile is loaded after it.
     """
 
-    def __init__(self, pipeline, state=None):
+    def __init__(self, pipeline, state=None, stamp=None):
+        """`stamp`: :func:`file_stamp` of the file taken before it was first
+        read, so that an edit saved while the pipeline started is loaded
+        too (a stamp taken now would take that edit for the one running)."""
         self.pipeline = pipeline
         self.path = pipeline.context_path
         self.state = state
-        self._stamp = self._read_stamp()
+        self._stamp = file_stamp(self.path) if stamp is None else stamp
         self._loading = None
-
-    def _read_stamp(self):
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
 
     def poll(self):
         if self._loading is not None and self._loading.is_alive():
             return
-        stamp = self._read_stamp()
+        stamp = file_stamp(self.path)
         if stamp is None or stamp == self._stamp:
             return
         self._stamp = stamp
