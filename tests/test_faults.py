@@ -470,6 +470,24 @@ def test_a_worker_killed_under_overload_loses_only_what_it_held(pipeline, collec
     assert not any("gave up waiting" in e for e in fe.errors), fe.errors
 
 
+def run_in_background(tmp_path, *args):
+    """metropc-run on a one-view context in a session of its own, its
+    stderr lines collected in a list by a thread: ``(proc, lines, thread)``."""
+    import subprocess
+    import sys
+
+    ctx = tmp_path / "ctx.py"
+    ctx.write_text("@View.Scalar\ndef tid(t: 'internal#train_id'):\n    return t\n")
+    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx), "--rate", "50",
+                             "--status", "off", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    return proc, lines, reader
+
+
 def test_a_replacement_that_cannot_start_for_lack_of_fds_is_tried_again(tmp_path):
     """metropc-run out of file descriptors (held connections, say) when a
     worker dies: starting its replacement fails.  That is reported and tried
@@ -478,19 +496,9 @@ def test_a_replacement_that_cannot_start_for_lack_of_fds_is_tried_again(tmp_path
     Before, the OSError ended the frontend loop: nothing was dispatched any
     more while metropc-run went on showing "running"."""
     import resource
-    import subprocess
-    import sys
 
     from conftest import cmdline, end_session
-    ctx = tmp_path / "ctx.py"
-    ctx.write_text("@View.Scalar\ndef tid(t: 'internal#train_id'):\n    return t\n")
-    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx), "--pool", "2",
-                             "--rate", "50", "--status", "off", "--duration", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    err = []
-    reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
-    reader.start()
+    proc, err, reader = run_in_background(tmp_path, "--pool", "2", "--duration", "60")
     try:
         line = proc.stdout.readline()  # printed once the pipeline is ready
         assert "output on" in line, line
@@ -533,19 +541,9 @@ def test_a_reduce_that_cannot_be_restarted_is_given_up_and_the_run_ends_with_3(t
     more results can come and exits 3, and closes cleanly (it failed in
     close() on the runner that never started, exit 1 and a traceback)."""
     import resource
-    import subprocess
-    import sys
 
     from conftest import cmdline, end_session
-    ctx = tmp_path / "ctx.py"
-    ctx.write_text("@View.Scalar\ndef tid(t: 'internal#train_id'):\n    return t\n")
-    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx), "--pool", "1",
-                             "--rate", "50", "--status", "off", "--duration", "120"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    err = []
-    reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
-    reader.start()
+    proc, err, reader = run_in_background(tmp_path, "--pool", "1", "--duration", "120")
     try:
         assert "output on" in proc.stdout.readline()
         stages = [p for p in psutil.Process(proc.pid).children()

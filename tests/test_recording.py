@@ -409,22 +409,33 @@ def test_record_views_that_are_no_views_are_refused_before_starting(tmp_path, vi
     assert not (tmp_path / "rec.h5").exists()
 
 
-def test_sigkill_of_metropc_run_leaves_a_complete_file(tmp_path):
-    """The parent dies: the recorder sees its stdin end, writes and closes."""
+def _recording_run(tmp_path, path, rate, stderr):
+    """metropc-run recording a one-view context to `path`, in a session of
+    its own; returns once it says it records."""
     ctx_file = tmp_path / "ctx.py"
     ctx_file.write_text("@View.Scalar\ndef tid(x: 'internal#train_id'):\n    return x\n")
-    path = tmp_path / "rec.h5"
     proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
-                             "--rate", "50", "--status", "off", "--pool", "1",
+                             "--rate", rate, "--status", "off", "--pool", "1",
                              "--record", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True,
                             cwd=tmp_path, start_new_session=True)
+    deadline = time.monotonic() + 60
     try:
-        deadline = time.monotonic() + 60
         for line in proc.stdout:
             if "recording to" in line:
-                break
-            assert time.monotonic() < deadline
+                return proc
+            assert time.monotonic() < deadline, "no 'recording to' within 60 s"
+        raise AssertionError(f"metropc-run ended (exit {proc.wait(10)}) before recording")
+    except BaseException:
+        end_session(proc)
+        raise
+
+
+def test_sigkill_of_metropc_run_leaves_a_complete_file(tmp_path):
+    """The parent dies: the recorder sees its stdin end, writes and closes."""
+    path = tmp_path / "rec.h5"
+    proc = _recording_run(tmp_path, path, "50", stderr=subprocess.DEVNULL)
+    try:
         deadline_poll(lambda: _count(path, "tid") >= 20, 60, "20 results recorded")
         proc.kill()
         proc.wait(10)
@@ -809,23 +820,12 @@ def test_a_recorder_that_stops_writing_is_said_and_so_is_its_return(tmp_path):
     import signal
     import threading
 
-    ctx_file = tmp_path / "ctx.py"
-    ctx_file.write_text("@View.Scalar\ndef tid(x: 'internal#train_id'):\n    return x\n")
     path = tmp_path / "rec.h5"
-    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
-                             "--rate", "20", "--status", "off", "--pool", "1",
-                             "--record", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path, start_new_session=True)
+    proc = _recording_run(tmp_path, path, "20", stderr=subprocess.PIPE)
     err = []
     reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + 60
-        for line in proc.stdout:
-            if "recording to" in line:
-                break
-            assert time.monotonic() < deadline
         recorder, = [p for p in psutil.Process(proc.pid).children()
                      if "metropc.recording.recorder" in " ".join(p.cmdline())]
         recorder.suspend()
