@@ -561,6 +561,7 @@ def test_scrapers_that_go_away_mid_answer_leave_no_traceback(running, capsys):
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    samples = scrape(base)  # still serving
-    assert ("metropc_events_total", frozenset()) in samples
+    # Still serving; the events counter comes with the first index (about a
+    # second after the start, which these 20 connections may take less than).
+    poll(lambda: scrape(base), lambda samples: ("metropc_events_total", frozenset()) in samples)
     assert "Traceback" not in capsys.readouterr().err
