@@ -16,6 +16,7 @@ import io
 import linecache
 import logging
 import numbers
+import os
 import sys
 import tokenize
 import types
@@ -571,6 +572,21 @@ def _scalar_kind(declared):
     if isinstance(declared, str):
         return "str"
     return None
+
+
+#: Seconds after which a context's top level that has not returned is said
+#: (metropc-run's first load, and a reload of an edit).
+SLOW_LOAD = 5.0
+
+
+def context_file_stamp(filename) -> tuple[int, int] | None:
+    """``(mtime, size)`` of a context file, which an edit changes; None if
+    it cannot be read.  How the file is watched for edits."""
+    try:
+        st = os.stat(filename)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def read_context_file(filename) -> str:

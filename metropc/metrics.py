@@ -418,10 +418,7 @@ class _Server(http.server.ThreadingHTTPServer):
                 accepted = False
         if evicted is not None:
             self.evicted += 1
-            try:  # wakes its handler's blocking read with an end of file
-                evicted.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _hang_up(evicted)
         if accepted:
             return True
         self.refused("metrics: closed a connection from %s at once: %d are open, the most "
@@ -448,10 +445,7 @@ class _Server(http.server.ThreadingHTTPServer):
                 del self._reading[request]
         for request in late:
             log.debug("metrics: no request within %g s, closing", self.idle_timeout)
-            try:  # wakes the handler's blocking read with an end of file
-                request.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _hang_up(request)
 
     def shutdown_request(self, request):
         with self._lock:
@@ -470,16 +464,22 @@ class _Server(http.server.ThreadingHTTPServer):
         with self._lock:
             open_now = list(self._open)
         for request in open_now:
-            try:
-                request.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _hang_up(request)
 
     def handle_error(self, request, client_address):
         if isinstance(sys.exc_info()[1], ConnectionError):
             log.debug("metrics: client %s went away", client_address)
             return
         super().handle_error(request, client_address)
+
+
+def _hang_up(connection: socket.socket) -> None:
+    """End `connection` from here: its handler's blocking read wakes with an
+    end of file, and its thread ends (closing is left to that thread)."""
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:  # (gone already)
+        pass
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -22,7 +22,7 @@ import os
 import threading
 import time
 
-from .core import Context, read_context_file
+from .core import SLOW_LOAD, Context, context_file_stamp, read_context_file
 from .engine import STEP, Action
 from .error import ContextError, SourceError, UnknownParameterError
 from .config import DROP_BLOCK, PipelineConfig
@@ -59,19 +59,6 @@ class _Frontend(ThreadedFrontend):
     def on_context_refused(self, version, why):
         self._owner.on_refused(version)
         super().on_context_refused(version, why)
-
-
-#: Seconds after which an edit whose top level still runs is said.
-SLOW_LOAD = 5.0
-
-
-def _file_stamp(path):
-    """(mtime, size) of `path`: a newer edit changes it; None if unreadable."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
 
 
 class _LoadAbandoned(BaseException):
@@ -380,10 +367,10 @@ class Pipeline:
         """Read the context file again and load it (see :meth:`load`)."""
         if self.context_path is None:
             raise ValueError("this pipeline was not started from a context file")
-        stamp = _file_stamp(self.context_path)
+        stamp = context_file_stamp(self.context_path)
         source = read_context_file(self.context_path)
         return self._use(self._build(source, self.context_path,
-                                     lambda: _file_stamp(self.context_path) != stamp),
+                                     lambda: context_file_stamp(self.context_path) != stamp),
                          self.context_path)
 
     def set_parameters(self, **values):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 
-__all__ = ["MAX_LOG_CHARS", "SafeFormatter", "log_to_stderr", "terminal_safe"]
+__all__ = ["MAX_LOG_CHARS", "SafeFormatter", "escaped", "log_to_stderr", "terminal_safe"]
 
 #: A log line (with its traceback, if any) is cut after this many characters.
 MAX_LOG_CHARS = 10_000
@@ -25,9 +25,15 @@ def terminal_safe(text: str, limit: int = MAX_LOG_CHARS) -> str:
     and tabs kept) and cut to `limit` characters, saying how many more."""
     if len(text) > limit:
         text = f"{text[:limit]} ... [{len(text) - limit} more characters]"
+    return escaped(text, keep="\n\t")
+
+
+def escaped(text: str, keep: str = "") -> str:
+    """`text` with every unprintable character but those in `keep` written
+    as Python escapes it (``\\x1b``, ``\\n``): a terminal shows it, not obeys it."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
 
 
 class SafeFormatter(logging.Formatter):

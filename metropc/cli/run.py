@@ -24,12 +24,11 @@ import signal
 import sys
 import threading
 import time
-import traceback
 
-from ..error import ContextError, SourceError, StopRequested
+from ..error import ContextError, SourceError, StopRequested, _context_frame_lineno
 from .run_args import PROG, build_parser, check_arguments, check_parameters, source_options
 from .run_session import (TIME_UP, ChildOutput, ContextWatcher, FdWatch, Interrupts, Keys,
-                          RecorderWatch, context_text, detach_from_terminal, file_stamp,
+                          RecorderWatch, context_text, detach_from_terminal,
                           restore_terminal, setup_logging)
 from .usage import UsageError, one_line, shown
 
@@ -200,16 +199,12 @@ def _main(args, dashboard_bind, old_mask):
             children.close()
 
 
-#: Seconds after which a context's top level still running is said.
-SLOW_LOAD = 5.0
-
-
 def load_context(source, args, interrupts):
     """The context of `args.context`, its top level run here, in the main
     thread.  A top level that does not return is said after SLOW_LOAD
     seconds, and ends at Ctrl-C, SIGTERM or the end of --duration
     (StopRequested) rather than hanging metropc-run."""
-    from ..core import Context
+    from ..core import SLOW_LOAD, Context
     slow = threading.Timer(SLOW_LOAD, log.warning, (
         "the top level of %s has run for %g s and not returned (Ctrl-C stops)",
         args.context, SLOW_LOAD))
@@ -222,17 +217,8 @@ def load_context(source, args, interrupts):
         slow.cancel()
 
 
-def _context_line(exc, path) -> str:
-    """`` (at line N)``: where in file `path` `exc` was raised, if there."""
-    line = None
-    for frame, lineno in traceback.walk_tb(exc.__traceback__):
-        if frame.f_code.co_filename == path:
-            line = lineno
-    return "" if line is None else f" (at line {line})"
-
-
 def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
-    from ..core import read_context_file
+    from ..core import context_file_stamp, read_context_file
     from ..pipeline import Pipeline
     from .status import ContextState, StatusDisplay
 
@@ -244,7 +230,7 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
     if stop.is_set():  # Ctrl-C before anything started
         return exit_code()
     try:
-        stamp = file_stamp(args.context)  # (before reading: see ContextWatcher)
+        stamp = context_file_stamp(args.context)  # (before reading: see ContextWatcher)
         source = read_context_file(args.context)
     except OSError as e:
         say(f"{PROG}: error: cannot read the context file {args.context}: "
@@ -257,7 +243,8 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
         ctx = load_context(source, args, interrupts)
         parameters = check_parameters(ctx, args.param)
     except StopRequested as e:
-        where = _context_line(e, args.context)
+        line = _context_frame_lineno(e.__traceback__, args.context)
+        where = "" if line is None else f" (at line {line})"
         say(f"{PROG}: stopped while the top level of {args.context} ran{where}; nothing "
             "ran (a context's top level must return: put loops in views)")
         return 1 if interrupts.signum == TIME_UP else exit_code()

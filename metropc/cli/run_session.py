@@ -104,15 +104,6 @@ def open_fds() -> int | None:
         return None
 
 
-def file_stamp(path):
-    """``(mtime, size)`` of `path`, which an edit changes; None if unreadable."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
-
-
 class ContextWatcher:
     """Reloads the context file when it changes; keeps the old one on error.
 
@@ -123,19 +114,22 @@ class ContextWatcher:
     """
 
     def __init__(self, pipeline, state=None, stamp=None):
-        """`stamp`: :func:`file_stamp` of the file taken before it was first
-        read, so that an edit saved while the pipeline started is loaded
-        too (a stamp taken now would take that edit for the one running)."""
+        """`stamp`: :func:`~metropc.core.context_file_stamp` of the file
+        taken before it was first read, so that an edit saved while the
+        pipeline started is loaded too (a stamp taken now would take that
+        edit for the one running)."""
+        from ..core import context_file_stamp  # (numpy and xarray: not for --help)
+        self._stamp_of = context_file_stamp
         self.pipeline = pipeline
         self.path = pipeline.context_path
         self.state = state
-        self._stamp = file_stamp(self.path) if stamp is None else stamp
+        self._stamp = context_file_stamp(self.path) if stamp is None else stamp
         self._loading = None
 
     def poll(self):
         if self._loading is not None and self._loading.is_alive():
             return
-        stamp = file_stamp(self.path)
+        stamp = self._stamp_of(self.path)
         if stamp is None or stamp == self._stamp:
             return
         self._stamp = stamp

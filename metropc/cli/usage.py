@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import re
 
+from .logsafe import escaped
+
 __all__ = ["Parser", "UsageError", "non_negative_float", "non_negative_int", "one_line",
            "positive_float", "positive_int", "shown"]
 
@@ -35,8 +37,7 @@ def one_line(text) -> str:
     """`text` (a library's message, say) on one line: line breaks become
     spaces and other control characters escapes, for the same reasons as
     :func:`shown`."""
-    text = re.sub(r"\s*[\r\n]+\s*", " ", str(text))
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return escaped(re.sub(r"\s*[\r\n]+\s*", " ", str(text)))
 
 
 class Parser(argparse.ArgumentParser):
