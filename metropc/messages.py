@@ -123,8 +123,8 @@ OP_RESUME = Op.RESUME.value      # {}: a mark
 #: so REDUCE applies them exactly between the events queued around them.
 MARK_OPS = frozenset({Op.STEP.value, Op.RESET.value, Op.RUN.value, Op.PAUSE.value,
                       Op.RESUME.value})
-OP_HELLO = Op.HELLO.value        # {"stage": str, "output_addr": str?, "reduce_addr": str?, "shm": bool?,
-                                 #  "host": str?, "pid": int?}
+OP_HELLO = Op.HELLO.value        # {"stage": str, "output_addr": str?, "reduce_addr": str?,
+                                 #  "shm": bool?, "host": str?, "pid": int?}
 OP_HEARTBEAT = Op.HEARTBEAT.value  # an idle worker is alive (pool)
 OP_CREDIT = Op.CREDIT.value      # ready for {"n": int} (default 1) more events (pool);
                                  # "free": int64 serials of input slots it released

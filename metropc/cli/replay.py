@@ -41,7 +41,7 @@ PROG = "metropc-replay"
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description="Publish a metropc recording "
-                                "with the protocol of a live pipeline.")
+                                      "with the protocol of a live pipeline.")
     p.add_argument("path", help="a recording file, or a directory of them")
     p.add_argument("--rate", type=parse_rate, default=None, metavar="HZ",
                    help="events per second, or 'max' (default: the recorded pace)")

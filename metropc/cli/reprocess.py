@@ -36,7 +36,7 @@ CONNECT_TIMEOUT = 10
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description="Run a context over whole runs on a Dask cluster "
-                "and write the results as a metropc recording.")
+                                      "and write the results as a metropc recording.")
     p.add_argument("context", help="the context file")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
                    help="run directories (or HDF5 files), each one run, in this order")

@@ -476,8 +476,8 @@ class Dashboard:
             # request's headers, the first included; a websocket's connection
             # leaves HTTP once upgraded, so an open page is never cut off.
             self._server = LimitedHTTPServer(app, idle_connection_timeout=self.idle_timeout,
-                                       body_timeout=self.idle_timeout,
-                                       max_connections=self.max_connections)
+                                             body_timeout=self.idle_timeout,
+                                             max_connections=self.max_connections)
             self._server.add_sockets(self._sockets)
             self._tick_handle = None
             loop.call_soon(self._tick)

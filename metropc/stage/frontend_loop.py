@@ -44,10 +44,15 @@ log = logging.getLogger(__name__)
 __all__ = ["FrontendLoop"]
 
 
-def _origin_text(hello):
-    """`` (host H, pid P)``: where a remote worker runs, from its hello or
-    a ``(host, pid)`` pair, for messages that tell two of one name apart."""
-    host, pid = (hello.get("host"), hello.get("pid")) if isinstance(hello, dict) else hello
+def _origin(hello) -> tuple:
+    """``(host, pid)`` of a remote worker, from its hello: two of one name
+    are told apart by it."""
+    return hello.get("host"), hello.get("pid")
+
+
+def _origin_text(origin) -> str:
+    """`` (host H, pid P)`` for messages, from :func:`_origin`."""
+    host, pid = origin
     return "" if host is None else f" (host {host}, pid {pid})"
 
 #: Seconds a restarted REDUCE waits for results that may still be on their
@@ -225,7 +230,7 @@ class FrontendLoop:
             if not self.name_taken(name, data):
                 # A worker started elsewhere (metropc-worker) joins the pool.
                 fe.on_pipeline_debug(f"remote worker {name} joined")
-                log.info("remote worker %s joined%s", name, _origin_text(data))
+                log.info("remote worker %s joined%s", name, _origin_text(_origin(data)))
         self.supervisor.on_hello(name, now, remote=not local)
         self.hello.add(name)
         if name.startswith("pool-"):
@@ -464,13 +469,13 @@ class FrontendLoop:
         off (idle from then on, unaware).  That is said, naming both, and
         what the name held is counted as when a worker dies; the name goes
         on afresh with the newcomer."""
-        origin = (data.get("host"), data.get("pid"))
+        origin = _origin(data)
         known = self.remote_origins.get(name)
         self.remote_origins[name] = origin
         if known is None or known == origin or name not in self.supervisor.remote:
             return False  # (the first, or one after the last of that name left)
         log.warning("%s", self.forget(name, (
-            f"remote worker {name}{_origin_text(data)} joined while one of that name runs"
+            f"remote worker {name}{_origin_text(origin)} joined while one of that name runs"
             f"{_origin_text(known)}: it takes over the name's messages, and the other one "
             "is cut off and idles; give each metropc-worker its own --name")))
         return True

@@ -168,7 +168,8 @@ class ReduceStage:
         lags one report behind (see :meth:`RestartPoint.report
         <metropc.stage.reduce_restart.RestartPoint.report>`)."""
         return self.restart_point.report((
-            self.buffer.next_seq, self.buffer.lost, self.stale, self.output.reported_subscriptions(),
+            self.buffer.next_seq, self.buffer.lost, self.stale,
+            self.output.reported_subscriptions(),
             self.run, self.state, self.output.dropped, self.meter.counts.get(EVENTS, 0)))
 
     @property

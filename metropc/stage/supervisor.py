@@ -31,7 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["Supervisor", "ReduceWatch", "Replace", "GiveUp", "Panic", "Gone", "StageState",
-           "RESTART_LIMIT", "RESTART_WINDOW", "START_RETRY", "REMOTE_SILENCE", "STALL_AFTER", "STAGE_REFUSED"]
+           "RESTART_LIMIT", "RESTART_WINDOW", "START_RETRY", "REMOTE_SILENCE", "STALL_AFTER",
+           "STAGE_REFUSED"]
 
 #: A stage that dies this often within RESTART_WINDOW seconds is not restarted.
 RESTART_LIMIT = 5
