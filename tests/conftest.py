@@ -182,7 +182,7 @@ UNIT_MODULES = frozenset({
     "test_errors", "test_event_queue", "test_messages", "test_parameters_checked",
     "test_paths", "test_protocol", "test_protocol_batch", "test_protocol_fuzz",
     "test_protocol_layouts", "test_reduce_parts", "test_reduce_stage", "test_reload",
-    "test_inputs", "test_roi",
+    "test_inputs", "test_recording_space", "test_roi",
     "test_supervisor", "test_viewgroup",
 })
 

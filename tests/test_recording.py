@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -636,15 +637,16 @@ def test_recorder_refuses_a_path_it_cannot_write(tmp_path):
         RecorderProcess(str(tmp_path / "missing" / "x.h5"))
 
 
-def test_full_disk_stops_recording_not_the_pipeline(tmp_path):
-    """A 2 MiB tmpfs fills up: the recorder says so and exits 3, the pipeline
-    keeps publishing, and the file keeps what was flushed."""
+def test_full_disk_stops_recording_not_the_pipeline(tmp_path, capfd):
+    """An 8 MiB tmpfs fills up: the recorder stops before it is full, closes
+    its file cleanly (whole: every train id next to its own data), says so
+    and exits 3; the pipeline keeps publishing."""
     from metropc.pipeline import Pipeline
 
     mnt = tmp_path / "small"
     mnt.mkdir()
     if os.geteuid() != 0 or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
             capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
@@ -683,11 +685,17 @@ def test_full_disk_stops_recording_not_the_pipeline(tmp_path):
                     assert payload["data"][0] == payload["event_id"]
         finally:
             rec.stop(timeout=10)
-        with h5py.File(path, "r", swmr=True) as f:
+        err = capfd.readouterr().err
+        assert re.search(r"recording to \S+rec\.h5 stopped: the disk is nearly full "
+                         r"\(\d+\.\d MiB free", err), err
+        assert shutil.disk_usage(mnt).free >= 1 << 20  # (nothing failed half way)
+        # closed cleanly: a plain (not SWMR) reader opens it
+        with h5py.File(path, "r") as f:
             tid = f["views/big/0/train_id"][:]
-            data = f["views/big/0/data"]
-            assert len(tid) >= 2
-            np.testing.assert_array_equal(data[len(tid) - 1], np.full(20000, tid[-1]))
+            data = f["views/big/0/data"][:len(tid)]
+        assert len(tid) >= 2
+        assert list(tid) == list(range(len(tid)))
+        np.testing.assert_array_equal(data, np.repeat(tid[:, None], 20000, axis=1))
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -263,6 +264,25 @@ def test_results_equal_metropc_run_over_two_runs(tmp_path, runs, ctx_file, clien
         kinds = [k.decode() if isinstance(k, bytes) else k for k in marks["kind"][:]]
         assert kinds == ["run_start", "run_end", "run_start", "run_end"]
         assert list(marks["run"][:]) == [1, 1, 2, 2]
+
+
+def test_a_disk_nearly_full_stops_with_whole_files(tmp_path, runs, ctx_file, client,
+                                                   monkeypatch):
+    """The output's disk is all but full: one line, and a file closed cleanly."""
+    from metropc.recording import space
+    from metropc.reprocess.driver import ReprocessError
+
+    monkeypatch.setattr(space, "free_bytes", lambda path: space.RESERVE + 1000)
+    out = tmp_path / "out.h5"
+    with pytest.raises(ReprocessError) as e:
+        metropc.reprocess(str(ctx_file), [str(r) for r in runs], client=client,
+                          output=str(out), chunk_trains=5)
+    assert re.fullmatch(rf"stopped: the disk of {re.escape(str(out))} is nearly full "
+                        r"\(1\.0 MiB free; .*\); the files are closed and keep every "
+                        r"result up to the last flush \(\d+ after it are not written\)",
+                        str(e.value)), str(e.value)
+    with h5py.File(out, "r") as f:  # (a plain reader: the file was closed)
+        assert f.attrs["format"] == "metropc-recording"
 
 
 @pytest.fixture

@@ -58,15 +58,18 @@ class Column:
         self.ds = None
         self.rows = 0          # rows in the file
         self.pending: list = []
+        row_bytes = max(1, int(np.prod(self.row_shape, dtype=np.int64))) * (
+            8 if self.vlen else self.dtype.itemsize)
+        #: Rows per chunk, and the bytes a new chunk takes on the disk.
+        self.chunk_rows = max(1, min(CHUNK_ROWS, CHUNK_BYTES // row_bytes))
+        self.chunk_bytes = self.chunk_rows * row_bytes
 
     def create(self, h5: h5py.File, start_rows: int = 0) -> None:
         """Create the dataset (in a file not in SWMR mode), or bind an existing one."""
         if self.path in h5:
             self.bind(h5)
             return
-        row_bytes = max(1, int(np.prod(self.row_shape, dtype=np.int64))) * (
-            8 if self.vlen else self.dtype.itemsize)
-        rows = max(1, min(CHUNK_ROWS, CHUNK_BYTES // row_bytes))
+        rows = self.chunk_rows
         chunk_row = tuple(max(1, n) for n in self.row_shape)
         maxshape = (None,) + ((None,) * len(self.row_shape) if self.ragged
                               else self.row_shape)
@@ -82,6 +85,34 @@ class Column:
         """Take the dataset from a (re)opened file."""
         self.ds = h5[self.path]
         self.rows = self.ds.shape[0]
+        chunks = self.ds.chunks
+        if chunks:  # (a file appended to has the chunks it was made with)
+            self.chunk_rows = chunks[0]
+            self.chunk_bytes = int(np.prod(chunks, dtype=np.int64)) * (
+                8 if self.vlen else self.dtype.itemsize)
+
+    def bytes_ahead(self, rows: list | None = None) -> int:
+        """At most how many bytes of the disk writing takes: of the pending
+        rows, or of `rows` written after them; their data, and every chunk
+        they start.
+
+        Conservative on purpose: it decides when the recorder stops before
+        the disk is full (see :mod:`metropc.recording.space`).
+        """
+        start = self.rows
+        if rows is None:
+            rows = self.pending
+        else:
+            start += len(self.pending)
+        if not rows:
+            return 0
+        end = start + len(rows)
+        chunks = _chunks_for(end, self.chunk_rows) - _chunks_for(start, self.chunk_rows)
+        if len(rows) == 1 or self.vlen or self.row_shape:
+            data = sum(_nbytes(r, self.dtype.itemsize) for r in rows)
+        else:  # (a thousand scalars: no need to look at each)
+            data = len(rows) * self.dtype.itemsize
+        return data + chunks * self.chunk_bytes
 
     def append(self, value, *, now: bool = False) -> None:
         """Add one row; written at once if `now` (and the dataset exists)."""
@@ -138,3 +169,18 @@ class Column:
                     else:
                         ds[(start + i,) + tuple(slice(0, n) for n in r.shape)] = r
         self.rows = start + k
+
+
+def _chunks_for(rows: int, chunk_rows: int) -> int:
+    """Chunks that `rows` rows occupy."""
+    return -(-rows // chunk_rows)
+
+
+def _nbytes(row, itemsize: int) -> int:
+    """Bytes of one row: an array's, a text's or bytes' length, or one item."""
+    nbytes = getattr(row, "nbytes", None)
+    if nbytes is not None:
+        return int(nbytes)
+    if isinstance(row, (str, bytes, bytearray, memoryview)):
+        return len(row) + 16  # (and the heap's record of it)
+    return itemsize * max(1, int(np.size(row)))

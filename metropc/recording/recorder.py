@@ -22,9 +22,10 @@ It is a client like any other: a SUB socket subscribed to ``index``,
 docs/protocol.md section 7a): it only ever records metropc's own
 pipeline, which offers them, and a batch of small results costs REDUCE
 one message where plain ones cost one per result.  Everything it has is written and flushed at
-least every second.  When the disk is full, or any write fails, it says
-so in one line and exits 3 without writing anything more, so the files
-keep everything up to the last flush; the pipeline is not affected.
+least every second.  When the disk is all but full it closes its files
+without what waits (metropc.recording.space), says so in one line and
+exits 3; when a write fails anyway, it says so and exits 3 at once
+without writing anything more.  The pipeline is not affected.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from ..protocol import decode_protocol
 from ..protocol_batch import BATCH_PREFIX
 from ..protocol_layouts import decode_batch
 from ..seqgaps import SeqGaps
+from .space import DiskNearlyFull
 
 log = logging.getLogger("metropc.recording")
 
@@ -162,15 +164,34 @@ def _drop_stdout() -> None:
 
 
 def _write_failed(e: BaseException, path: str) -> None:
-    """A write failed (a full disk, most often): say so and leave at once.
+    """A write failed (an I/O error, a disk filled by someone else): say so
+    and leave at once.
 
     Nothing more is written, not even by closing the files, so each file
-    stays as it was at the last flush, which SWMR keeps consistent.
+    stays as SWMR keeps it after a crash: up to the last flush, except what
+    the failed write itself may have left half done.
     """
     reason = "the disk is full" if "No space left" in str(e) or \
         getattr(e, "errno", None) == 28 else f"{type(e).__name__}: {e}"
     log.error("recording to %s stopped: %s; the files keep everything up to the "
               "last flush (at most a second before); the pipeline goes on", path, reason)
+    logging.shutdown()
+    sys.stderr.flush()
+    _say("failed")
+    os._exit(EXIT_WRITE_FAILED)
+
+
+def _disk_nearly_full(e: DiskNearlyFull, recording) -> None:
+    """The disk is all but full: close the files without the results that
+    wait (so they are whole), say so, and leave."""
+    try:
+        left_out = recording.abandon()
+    except (OSError, ValueError, RuntimeError) as error:
+        _write_failed(error, e.path)
+    log.error("recording to %s stopped: the disk is nearly full (%s); the files are "
+              "closed and keep every result up to the last flush%s; the pipeline goes on",
+              e.path, e, f" ({left_out} result(s) after it are not recorded)"
+              if left_out else "")
     logging.shutdown()
     sys.stderr.flush()
     _say("failed")
@@ -228,6 +249,8 @@ def main(argv=None) -> int:
                     recording.flush()
                     next_flush = time.monotonic() + args.flush_interval
                     _say("alive")  # (a flush hung on the disk says nothing)
+            except DiskNearlyFull as e:
+                _disk_nearly_full(e, recording)
             except (OSError, ValueError, RuntimeError) as e:
                 _write_failed(e, args.path)
             if stdin in events:
@@ -249,7 +272,10 @@ def main(argv=None) -> int:
                         stop.append(1)
         try:
             recorder.drain()  # what arrived before the stop
+            recording.flush()  # (before close: a disk all but full leaves the files whole)
             recording.close()
+        except DiskNearlyFull as e:
+            _disk_nearly_full(e, recording)
         except (OSError, ValueError, RuntimeError) as e:
             _write_failed(e, args.path)
         log.info("recorded %d results to %s", recording.recorded, args.path)

@@ -53,10 +53,18 @@ class Segment:
         """Give up on this segment: drop what waits, take nothing more;
         returns how many results were dropped."""
         self.failed = True
+        return self.drop_pending()
+
+    def drop_pending(self) -> int:
+        """Forget the results not written yet; how many they were."""
         for col in self.columns():
             col.pending = []
         # (train_id is written last: its rows are the results written whole)
         return self.rows - self.meta["train_id"].rows
+
+    def bytes_ahead(self) -> int:
+        """At most how many bytes of the disk the next :meth:`write` takes."""
+        return 0 if self.failed else sum(col.bytes_ahead() for col in self.columns())
 
     def columns(self) -> list[Column]:
         """Every column, data first and train_id last (the order of writing:

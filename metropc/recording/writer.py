@@ -24,10 +24,11 @@ import h5py
 
 from ..messages import unpack_seq
 from .._version import __version__
-from .columns import Column
+from .columns import LARGE_ROW, Column
 from .layout import (FORMAT, FORMAT_VERSION, META, META_TABLES, MISSING, NO_EVENT,
                      RUN_ABSENT, RUN_NONE, VIEWS, classify, to_json)
 from .segment import Segment
+from .space import check_room
 
 __all__ = ["Recording", "RecordingFile", "check_record_path", "RecordPathError"]
 
@@ -133,9 +134,13 @@ class RecordingFile:
         """Add one result; False if results of its layout proved unwritable."""
         segments = self.segments.setdefault(view, [])
         if segments and segments[-1].layout.accepts(layout):
-            if segments[-1].failed:
+            segment = segments[-1]
+            if segment.failed:
                 return False
-            segments[-1].append(data, layout, meta)
+            if segment.created and getattr(data, "nbytes", 0) >= LARGE_ROW:
+                # (written at once, so its room is looked at now)
+                check_room(self.path, segment.data.bytes_ahead([data]))
+            segment.append(data, layout, meta)
             return True
         if segments and segments[-1].layout.kind == "dataarray":
             # Coordinates that differ from the segment's: a segment of
@@ -162,7 +167,12 @@ class RecordingFile:
                                    "hidden": hidden, "label": label, "time": now})
 
     def flush(self) -> None:
-        """Create waiting segments, write every pending row, flush the file."""
+        """Create waiting segments, write every pending row, flush the file.
+
+        Raises :class:`~metropc.recording.space.DiskNearlyFull`, having
+        written nothing, when that would leave the disk all but full.
+        """
+        check_room(self.path, self.bytes_ahead())
         if self.new:
             self._create(self.new)
             self.new = []
@@ -173,6 +183,23 @@ class RecordingFile:
             for col in columns.values():
                 col.write()
         self.h5.flush()
+
+    def bytes_ahead(self) -> int:
+        """At most how many bytes of the disk the next :meth:`flush` takes."""
+        return (sum(seg.bytes_ahead() for segs in self.segments.values() for seg in segs)
+                + sum(col.bytes_ahead() for cols in self.tables.values()
+                      for col in cols.values()))
+
+    def abandon(self) -> int:
+        """Close the file without writing what waits (the disk is all but
+        full); how many results that leaves out."""
+        dropped = sum(seg.drop_pending() for segs in self.segments.values() for seg in segs)
+        for columns in self.tables.values():
+            for col in columns.values():
+                col.pending = []
+        self.new = []
+        self.h5.close()
+        return dropped
 
     def _create(self, segments: list[Segment]) -> None:
         """Leave SWMR mode (close, reopen), create `segments`, enter it again."""
@@ -394,6 +421,21 @@ class Recording:
         """Write everything pending and flush every open file."""
         for f in self.files.values():
             f.flush()
+
+    def abandon(self) -> int:
+        """Close every file without writing what waits, for a disk that is
+        all but full; how many results that leaves out."""
+        files, self.files = list(self.files.values()), {}
+        dropped, error = 0, None
+        for f in files:
+            try:
+                dropped += f.abandon()
+            except Exception as e:  # noqa: BLE001 - close the others, then report
+                error = error or e
+        self.recorded -= dropped
+        if error is not None:
+            raise error
+        return dropped
 
     def close(self) -> None:
         """Flush and close every file."""

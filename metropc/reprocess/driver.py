@@ -353,6 +353,7 @@ def reprocess(context, run, *, client=None, parameters: Mapping[str, Any] | None
 def _run_chunks(distributed, client, ctx, chunks, ctx_paths, record, output, progress,
                 retries, max_ahead) -> Summary:
     """Submit the chunks (at most `max_ahead` beyond REDUCE), reduce them in order."""
+    from ..recording.space import DiskNearlyFull
     from ..recording.writer import Recording
     from .worker import process_chunk
 
@@ -424,6 +425,13 @@ def _run_chunks(distributed, client, ctx, chunks, ctx_paths, record, output, pro
             if progress is not None:
                 progress.close()
         reducer.finish()
+        recording.flush()  # (before close: a disk all but full leaves the files whole)
+    except DiskNearlyFull as e:
+        left_out = recording.abandon()
+        raise ReprocessError(
+            f"stopped: the disk of {output} is nearly full ({e}); the files are closed "
+            f"and keep every result up to the last flush" + (
+                f" ({left_out} after it are not written)" if left_out else "")) from None
     finally:
         recording.close()
     return summary

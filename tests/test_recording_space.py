@@ -1,0 +1,105 @@
+"""How much of the disk a recording's next write takes, and the stop
+before the disk is full (the recorder's side: tests/test_recording.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from metropc.recording import space
+from metropc.recording.columns import CHUNK_ROWS, Column
+from metropc.recording.space import RESERVE, DiskNearlyFull, check_room
+
+
+def test_a_row_that_starts_a_chunk_costs_the_chunk():
+    col = Column("v/0/data", "<f8", (20000,), ragged=True)
+    assert (col.chunk_rows, col.chunk_bytes) == (6, 960000)  # 1 MiB chunks
+    row = np.zeros(20000)
+    assert col.bytes_ahead([row]) == 160000 + 960000  # the first row: a new chunk
+    col.rows = 1
+    assert col.bytes_ahead([row]) == 160000           # in the chunk already there
+    col.rows = 6
+    assert col.bytes_ahead([row]) == 160000 + 960000  # the seventh: the next chunk
+    col.pending = [row] * 5                           # rows 6..10, then row 11 ...
+    assert col.bytes_ahead() == 5 * 160000 + 960000
+    assert col.bytes_ahead([row]) == 160000           # ... is in their chunk
+    col.pending = []
+    assert col.bytes_ahead() == 0
+
+
+def test_scalars_cost_their_items_and_their_chunks():
+    col = Column("v/0/train_id", "<i8")
+    assert col.chunk_rows == CHUNK_ROWS
+    col.pending = list(range(1000))
+    assert col.bytes_ahead() == 8000 + CHUNK_ROWS * 8
+    col.rows = 1
+    assert col.bytes_ahead() == 8000
+
+
+def test_text_costs_its_length():
+    col = Column("meta/contexts/source", "str")
+    col.rows = 1
+    col.pending = ["x" * 1000, "y"]
+    assert col.bytes_ahead() == 1000 + 1 + 2 * 16
+
+
+def test_check_room_keeps_the_reserve(monkeypatch):
+    monkeypatch.setattr(space, "free_bytes", lambda path: 10 * RESERVE)
+    check_room("/data/rec.h5", 9 * RESERVE)  # leaves exactly the reserve
+    check_room("/data/rec.h5", 0)
+    with pytest.raises(DiskNearlyFull) as e:
+        check_room("/data/rec.h5", 9 * RESERVE + 1)
+    assert (e.value.free, e.value.need) == (10 * RESERVE, 9 * RESERVE + 1)
+    assert str(e.value) == "10.0 MiB free; the next write needs up to 9.0 MiB, " \
+        "and 1.0 MiB is kept free"
+
+
+def test_free_bytes_of_a_real_directory(tmp_path):
+    import shutil
+
+    free = space.free_bytes(str(tmp_path / "rec.h5"))
+    assert abs(free - shutil.disk_usage(tmp_path).free) < 64 << 20
+
+
+def test_a_recording_stops_whole_when_the_disk_is_nearly_full(tmp_path, monkeypatch):
+    """In process: a flush that would leave less than the reserve writes
+    nothing; abandoning closes the file with every flushed result whole."""
+    import h5py
+
+    from metropc.recording.writer import Recording
+
+    free = [1 << 40]
+    monkeypatch.setattr(space, "free_bytes", lambda path: free[0])
+    path = tmp_path / "rec.h5"
+    rec = Recording(str(path))
+    for n in range(3):
+        assert rec.add_result("v", {"data": np.full(1000, n), "event_id": n}, 0.0)
+    rec.flush()
+    free[0] = RESERVE + 100  # (less than the next flush takes)
+    for n in range(3, 5):
+        rec.add_result("v", {"data": np.full(1000, n), "event_id": n}, 0.0)
+    with pytest.raises(DiskNearlyFull):
+        rec.flush()
+    assert rec.abandon() == 2
+    assert rec.recorded == 3
+    with h5py.File(path, "r") as f:  # closed cleanly: no SWMR needed
+        tid = f["views/v/0/train_id"][:]
+        np.testing.assert_array_equal(tid, [0, 1, 2])
+        np.testing.assert_array_equal(f["views/v/0/data"][:3],
+                                      np.repeat(tid[:, None], 1000, axis=1))
+
+
+def test_a_large_row_is_looked_at_before_it_is_written(tmp_path, monkeypatch):
+    """Rows of 64 KiB or more are written as they come: their room too."""
+    from metropc.recording.writer import Recording
+
+    free = [1 << 40]
+    monkeypatch.setattr(space, "free_bytes", lambda path: free[0])
+    rec = Recording(str(tmp_path / "rec.h5"))
+    rec.add_result("v", {"data": np.zeros(20000), "event_id": 0}, 0.0)
+    rec.flush()  # (creates the segment: the next large rows go straight to the file)
+    free[0] = RESERVE + 100000
+    with pytest.raises(DiskNearlyFull):
+        rec.add_result("v", {"data": np.zeros(20000), "event_id": 1}, 0.0)
+    assert rec.abandon() == 0
+    assert rec.recorded == 1
