@@ -212,6 +212,8 @@ def test_a_subscription_flood_does_not_hold_up_the_results():
     rng = random.Random(11)
     with Pipeline(FLOOD_CTX, source=None, pool=1, ready_timeout=60) as pipe, \
             Client(pipe.output_addr, views=["tid"], timeout=60) as client:
+        pipe.request_index()
+        client.wait_index()  # (subscribed: else the first result can pass it by)
         pipe.send({"internal#train_id": 0})
         assert client.recv(timeout=30)[1]["data"] == 0
         zctx = zmq.Context.instance()
