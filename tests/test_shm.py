@@ -369,6 +369,37 @@ def test_segments_of_a_killed_frontend_are_removed_by_the_next_start(tmp_path, p
     assert shmem.owned_segments(proc.pid) == []
 
 
+KILLED_TRACKER = """
+import os, signal, time
+from multiprocessing import resource_tracker
+from metropc.frontend import ProcessRunner, ThreadedFrontend
+if __name__ == "__main__":
+    fe = ThreadedFrontend(num_pool_stages=1, sr_cls=ProcessRunner)
+    assert fe.wait_ready(30) and fe.shm is not None
+    pid = resource_tracker._resource_tracker._pid
+    os.kill(pid, signal.SIGKILL)
+    while open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] != "Z":
+        time.sleep(0.01)  # (a zombie until a relaunch would wait for it)
+    fe.close()
+    print("closed", os.getpid(), flush=True)
+"""
+
+
+def test_a_killed_resource_tracker_makes_no_tracebacks_at_the_end(tmp_path):
+    """The tracker is killed (by hand, or with the process group): the
+    frontend unlinks its segments itself and asks no tracker to forget them.
+    Asking started a new tracker, with a warning, which printed a KeyError
+    traceback for each segment it had never heard of."""
+    script = tmp_path / "frontend.py"
+    script.write_text(KILLED_TRACKER)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60)
+    said, pid = proc.stdout.split()
+    assert said == "closed", proc.stderr
+    assert "Traceback" not in proc.stderr and "relaunching" not in proc.stderr, proc.stderr
+    assert shmem.owned_segments(int(pid)) == []  # (the frontend unlinked them)
+
+
 # -- workers on other hosts -------------------------------------------------------
 
 PID_CTX = f"""

@@ -57,9 +57,10 @@ from .frontend_loop import START_ASYNC
 from .pool import run_pool
 from .queue import EventQueue
 from .reduce_loop import run_reduce
-from .runner import (STAGES_FILE, LogForwarder, ProcessRunner, StageRunner, ThreadRunner,
+from .runner import (STAGES_FILE, ProcessRunner, StageRunner, ThreadRunner,
                      end_left_processes, note_process)
 from .segments import left_by_dead_owners, owner_tag
+from .stagelogs import LogForwarder
 
 __all__ = ["ThreadedFrontend", "ProcessRunner", "ThreadRunner", "StageRunner",
            "Context", "ContextError", "encode_protocol", "decode_protocol",
@@ -224,7 +225,7 @@ class ThreadedFrontend:
         self.shm = None
         try:
             if sr_cls.can_stop:
-                self._logs = LogForwarder()
+                self._logs = LogForwarder(self._tmpdir)
             self._open_shm(config.shm, config.shm_size, config.shm_threshold)
             self._runners = self._make_runners()
             tracker = getattr(resource_tracker, "_resource_tracker", None)
@@ -566,7 +567,7 @@ class ThreadedFrontend:
         options = {"registry": self.registry}
         if self._logs is not None:
             options.update(log_level=logging.getLogger("metropc").getEffectiveLevel(),
-                           log_queue=self._logs.queue)
+                           log_address=self._logs.address)
         if name == "reduce":
             # A restarted REDUCE binds the address clients already use.
             return self.sr_cls(run_reduce, dict(

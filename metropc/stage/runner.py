@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
-import logging.handlers
 import multiprocessing
 from multiprocessing import resource_tracker
 import os
@@ -22,14 +21,15 @@ import time
 
 from ..error import StopRequested
 from . import segments
+from .stagelogs import forward_logging
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StageRunner", "ThreadRunner", "ProcessRunner", "LogForwarder", "STAGES_FILE",
+__all__ = ["StageRunner", "ThreadRunner", "ProcessRunner", "STAGES_FILE",
            "note_process", "resume_listed", "end_left_processes"]
 
 
-def _stage_main(target, kwargs, log_level=None, log_queue=None):
+def _stage_main(target, kwargs, log_level=None, log_address=None):
     """Entry point of a stage process: run the loop, exit with its code."""
     # The frontend owns shutdown: Ctrl-C in a terminal reaches the whole
     # process group, and children must not die before being told to stop.
@@ -47,7 +47,7 @@ def _stage_main(target, kwargs, log_level=None, log_queue=None):
     try:
         sys.unraisablehook = _leave_later
         _die_with_parent()
-        _forward_logging(log_level, log_queue)
+        forward_logging(log_level, log_address)
         # Everything imported so far (numpy, xarray, pandas: ~70 000 objects)
         # lives as long as the process: out of the cyclic collector's sight,
         # a full collection takes microseconds instead of tens of
@@ -99,41 +99,6 @@ def _signal_again():
     global _raised_at
     _raised_at = float("-inf")  # not a repeat: the first one never left
     os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _forward_logging(level, queue):
-    """Send this process's log records to the frontend's process, which
-    shows them through its own handlers (only the CLI configures logging)."""
-    if queue is None:
-        return
-    root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(queue)]
-    root.setLevel(logging.WARNING if level is None else level)
-
-
-class LogForwarder:
-    """The frontend's end of the stage processes' log records.
-
-    Each record is handed to the logger of the same name in this process,
-    so it goes wherever the application (the CLI) configured logging.
-    """
-
-    def __init__(self):
-        self.queue = multiprocessing.get_context("spawn").Queue()
-        self._listener = logging.handlers.QueueListener(self.queue, _Replay())
-        self._listener.start()
-
-    def close(self):
-        self._listener.stop()
-        self.queue.close()
-        self.queue.join_thread()
-
-
-class _Replay(logging.Handler):
-    def emit(self, record):
-        logger = logging.getLogger(record.name)
-        if logger.isEnabledFor(record.levelno):
-            logger.handle(record)
 
 
 def _die_with_parent():
@@ -282,11 +247,12 @@ class ProcessRunner(StageRunner):
     #: Seconds a stopped stage gets to leave before it is killed.
     KILL_AFTER = 1.0
 
-    def __init__(self, target, kwargs, name, *, log_level=None, log_queue=None,
+    def __init__(self, target, kwargs, name, *, log_level=None, log_address=None,
                  registry=None, **options):
         super().__init__(target, kwargs, name)
         self.log_level = log_level
-        self.log_queue = log_queue
+        #: Where the stage sends its log records (a stagelogs.LogForwarder).
+        self.log_address = log_address
         #: A file to note the process in (STAGES_FILE), for end_left_processes.
         self.registry = registry
         self._kill_at = None
@@ -303,7 +269,7 @@ class ProcessRunner(StageRunner):
         mp = multiprocessing.get_context("spawn")
         self._process = mp.Process(target=_stage_main,
                                    args=(self.target, self.kwargs, self.log_level,
-                                         self.log_queue),
+                                         self.log_address),
                                    name=f"metropc-{self.name}", daemon=True)
         # The child must never see a Ctrl-C meant for the frontend, not even
         # before it ignores SIGINT: it starts with SIGINT blocked.  The

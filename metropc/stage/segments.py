@@ -167,10 +167,37 @@ def _tracked(name):
     removes what dead owners left (cleanup_stale).  The tracker says so on
     stderr ("leaked shared_memory objects")."""
     resource_tracker.register("/" + name, "shared_memory")
+    _known_to[name] = _tracker_pid()
+
+
+#: The resource tracker (pid) each segment was registered with.
+_known_to: dict[str, int | None] = {}
+
+
+def _tracker_pid() -> int | None:
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    return getattr(tracker, "_pid", None)
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` runs (a child that died and was not waited for
+    does not; Linux's /proc tells, elsewhere it is assumed to run)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return True
 
 
 def _unlink(name):
-    if name in _live:
+    tracker = _known_to.pop(name, None)
+    if name in _live and tracker is not None and tracker == _tracker_pid() \
+            and _running(tracker):
+        # (A tracker that was killed is not asked: asking would start a
+        # new one, with a warning, which knows nothing of the segment and
+        # prints a traceback for it.)
         resource_tracker.unregister("/" + name, "shared_memory")
     _live.discard(name)
     try:
