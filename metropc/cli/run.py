@@ -318,6 +318,8 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
         if stop.is_set():  # Ctrl-C while the stages started (the source may have begun)
             interrupted(pipeline)
             return exit_code()
+        if recorder is not None:  # (noted first: ended by the next frontend if left stopped)
+            pipeline.frontend.note_process(recorder.proc.pid)
         with_keys = f" --keys {args.keys}" if args.keys else ""  # (CURVE: clients need them)
         print(f"{PROG}: output on {pipeline.output_addr}  "
               f"(watch it with: metropc-client {pipeline.output_addr}{with_keys})", flush=True)
@@ -332,7 +334,6 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
                   f"{fe.reduce_addr}" + (f" --keys {args.keys}" if args.keys else "") + ")",
                   flush=True)
         if recorder is not None:
-            pipeline.frontend.note_process(recorder.proc.pid)  # (ended if left stopped)
             if recorder.connect(pipeline.output_addr):
                 ctx = pipeline.ctx  # published before the recorder subscribed
                 recorder.send_meta("context", {

@@ -427,7 +427,7 @@ class Keys:
         global _terminal
         self.fd = fd
         _terminal = (fd, termios.tcgetattr(fd))
-        self._enter()
+        self._enter(termios.TCSAFLUSH)  # (keys typed before the run are not keys)
         self._old_tstp = signal.signal(signal.SIGTSTP, self._on_stop)
         self._old_cont = signal.signal(signal.SIGCONT, self._on_continue)
 
@@ -442,11 +442,14 @@ class Keys:
         except (ImportError, OSError, ValueError):
             return None
 
-    def _enter(self):
+    def _enter(self, when=None):
+        """Cbreak mode; keys typed meanwhile are kept unless `when` says
+        otherwise (a continue runs this twice: once from SIGCONT's handler,
+        once after the stop, and a key typed in between is the user's)."""
         import termios
         import tty
 
-        tty.setcbreak(self.fd)
+        tty.setcbreak(self.fd, termios.TCSANOW if when is None else when)
         # Ctrl-S would stop the terminal's output (XON/XOFF flow control),
         # and with it everything that writes to it: the log, the stages'
         # output, and so, once their pipe is full, the stages themselves.
