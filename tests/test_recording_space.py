@@ -8,7 +8,7 @@ import pytest
 
 from metropc.recording import space
 from metropc.recording.columns import CHUNK_ROWS, Column
-from metropc.recording.space import RESERVE, DiskNearlyFull, check_room
+from metropc.recording.space import RESERVE, DiskNearlyFull, Room
 
 
 def test_a_row_that_starts_a_chunk_costs_the_chunk():
@@ -43,15 +43,54 @@ def test_text_costs_its_length():
     assert col.bytes_ahead() == 1000 + 1 + 2 * 16
 
 
-def test_check_room_keeps_the_reserve(monkeypatch):
-    monkeypatch.setattr(space, "free_bytes", lambda path: 10 * RESERVE)
-    check_room("/data/rec.h5", 9 * RESERVE)  # leaves exactly the reserve
-    check_room("/data/rec.h5", 0)
+class FakeDisk:
+    """free_bytes answers, counted, and a clock that moves when told."""
+
+    def __init__(self, free):
+        self.free, self.asked, self.now = free, 0, 0.0
+
+    def free_bytes(self, path):
+        self.asked += 1
+        return self.free
+
+
+@pytest.fixture
+def disk(monkeypatch):
+    fake = FakeDisk(10 * RESERVE)
+    monkeypatch.setattr(space, "free_bytes", fake.free_bytes)
+    return fake
+
+
+def test_room_keeps_the_reserve(disk):
+    room = Room("/data/rec.h5", clock=lambda: disk.now)
+    room.take(9 * RESERVE)  # leaves exactly the reserve
+    room.take(0)
     with pytest.raises(DiskNearlyFull) as e:
-        check_room("/data/rec.h5", 9 * RESERVE + 1)
-    assert (e.value.free, e.value.need) == (10 * RESERVE, 9 * RESERVE + 1)
-    assert str(e.value) == "10.0 MiB free; the next write needs up to 9.0 MiB, " \
+        room.take(1)
+    assert (e.value.free, e.value.need) == (RESERVE, 1)
+    assert str(e.value) == "1.0 MiB free; the next write needs up to 0.0 MiB, " \
         "and 1.0 MiB is kept free"
+
+
+def test_room_asks_the_file_system_at_most_every_interval(disk):
+    """Between two answers what was taken is subtracted; a refusal is
+    checked against a fresh answer (space freed meanwhile counts)."""
+    room = Room("/data/rec.h5", interval=0.5, clock=lambda: disk.now)
+    for _ in range(8):
+        room.take(RESERVE)
+    assert disk.asked == 1                    # (8 MiB taken of 10)
+    with pytest.raises(DiskNearlyFull):
+        room.take(2 * RESERVE)                # 2 left: refused (the answer is this instant's)
+    assert disk.asked == 1
+    disk.now = 0.1
+    disk.free = 20 * RESERVE                  # someone freed space
+    room.take(2 * RESERVE)                    # refused by the count, accepted by a fresh answer
+    assert disk.asked == 2
+    room.take(RESERVE)
+    assert disk.asked == 2
+    disk.now = 0.7
+    room.take(1)
+    assert disk.asked == 3                    # the interval is over: asked again
 
 
 def test_free_bytes_of_a_real_directory(tmp_path):
@@ -70,6 +109,7 @@ def test_a_recording_stops_whole_when_the_disk_is_nearly_full(tmp_path, monkeypa
 
     free = [1 << 40]
     monkeypatch.setattr(space, "free_bytes", lambda path: free[0])
+    monkeypatch.setattr(space.Room, "INTERVAL", 0.0)  # (each write asks)
     path = tmp_path / "rec.h5"
     rec = Recording(str(path))
     for n in range(3):
@@ -95,6 +135,7 @@ def test_a_large_row_is_looked_at_before_it_is_written(tmp_path, monkeypatch):
 
     free = [1 << 40]
     monkeypatch.setattr(space, "free_bytes", lambda path: free[0])
+    monkeypatch.setattr(space.Room, "INTERVAL", 0.0)  # (each write asks)
     rec = Recording(str(tmp_path / "rec.h5"))
     rec.add_result("v", {"data": np.zeros(20000), "event_id": 0}, 0.0)
     rec.flush()  # (creates the segment: the next large rows go straight to the file)

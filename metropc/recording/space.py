@@ -5,22 +5,23 @@ disk fills in the middle of a flush, some of the file's metadata may reach
 the disk and some not, and the last rows can read back wrong (a train id
 of 0 next to the data of another train).  So the recorder does not wait for
 the disk to say no.  Before each flush, and before each large row it writes
-at once, it asks the file system how much is free; when writing on would
-leave less than :data:`RESERVE` (room for HDF5's metadata and the close),
-it stops writing, closes its files cleanly, and exits.  What the files hold
-then is whole: every result up to the last flush.
+at once, it counts the write against what the file system said is free
+(:class:`Room`); when writing on would leave less than :data:`RESERVE`
+(room for HDF5's metadata and the close), it stops writing, closes its
+files cleanly, and exits.  What the files hold then is whole: every result
+up to the last flush.
 
 A disk filled by someone else between the check and the write can still
-fail a write: the recorder then stops at once (see
-:func:`metropc.recording.recorder`), and the file keeps what HDF5 managed
-to write, as after a power cut.
+fail a write: the recorder then stops at once (metropc.recording.recorder),
+and the file keeps what HDF5 managed to write, as after a power cut.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
-__all__ = ["DiskNearlyFull", "RESERVE", "check_room", "free_bytes"]
+__all__ = ["DiskNearlyFull", "RESERVE", "Room", "free_bytes"]
 
 #: Bytes the recorder keeps free on the recording's disk.
 RESERVE = 1 << 20
@@ -45,10 +46,38 @@ def free_bytes(path: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def check_room(path: str, need: int) -> None:
-    """Raise :class:`DiskNearlyFull` unless `need` bytes fit with the reserve to spare."""
-    if need <= 0:
-        return
-    free = free_bytes(path)
-    if free - need < RESERVE:
-        raise DiskNearlyFull(path, free, need)
+class Room:
+    """The free space on the disk of one file, for one writer.
+
+    The file system is asked at most every `interval` seconds (``statvfs``
+    on a network file system can take milliseconds, and a recorder may
+    write a thousand large rows a second); in between, what this writer
+    takes is subtracted from the last answer.  A refusal is always
+    checked against a fresh answer, so space freed meanwhile counts.
+    """
+
+    #: Seconds between two questions to the file system.
+    INTERVAL = 0.5
+
+    def __init__(self, path: str, interval: float | None = None, clock=time.monotonic):
+        self.path = path
+        self.interval = self.INTERVAL if interval is None else interval
+        self.clock = clock
+        self._free: int | None = None
+        self._asked = float("-inf")
+
+    def take(self, need: int) -> None:
+        """Account for writing `need` bytes, or raise :class:`DiskNearlyFull`."""
+        if need <= 0:
+            return
+        now = self.clock()
+        if self._free is None or now - self._asked >= self.interval:
+            self._ask(now)
+        if self._free - need < RESERVE and self._asked != now:
+            self._ask(now)
+        if self._free - need < RESERVE:
+            raise DiskNearlyFull(self.path, self._free, need)
+        self._free -= need
+
+    def _ask(self, now: float) -> None:
+        self._free, self._asked = free_bytes(self.path), now

@@ -28,7 +28,7 @@ from .columns import LARGE_ROW, Column
 from .layout import (FORMAT, FORMAT_VERSION, META, META_TABLES, MISSING, NO_EVENT,
                      RUN_ABSENT, RUN_NONE, VIEWS, classify, to_json)
 from .segment import Segment
-from .space import check_room
+from .space import Room
 
 __all__ = ["Recording", "RecordingFile", "check_record_path", "RecordPathError"]
 
@@ -102,6 +102,7 @@ class RecordingFile:
             table: {name: Column(f"{META}/{table}/{name}", dtype)
                     for name, dtype in columns.items()}
             for table, columns in META_TABLES.items()}
+        self.room = Room(path)  # (stop before the disk is full: recording.space)
         exists = os.path.exists(path)
         #: Whether this session made the file (its root attributes are ours).
         self.created = not exists
@@ -139,7 +140,7 @@ class RecordingFile:
                 return False
             if segment.created and getattr(data, "nbytes", 0) >= LARGE_ROW:
                 # (written at once, so its room is looked at now)
-                check_room(self.path, segment.data.bytes_ahead([data]))
+                self.room.take(segment.data.bytes_ahead([data]))
             segment.append(data, layout, meta)
             return True
         if segments and segments[-1].layout.kind == "dataarray":
@@ -172,7 +173,7 @@ class RecordingFile:
         Raises :class:`~metropc.recording.space.DiskNearlyFull`, having
         written nothing, when that would leave the disk all but full.
         """
-        check_room(self.path, self.bytes_ahead())
+        self.room.take(self.bytes_ahead())
         if self.new:
             self._create(self.new)
             self.new = []
