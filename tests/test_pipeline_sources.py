@@ -154,6 +154,24 @@ def test_an_edit_the_stages_refuse_leaves_the_running_context_its_data(tmp_path)
         assert pipe.ctx.version == 3
 
 
+def test_the_index_of_a_reloaded_context_comes_with_its_status(tmp_path):
+    """A client that has the index of a reloaded context has the status of
+    that context already: it is sent just before the index, not after."""
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(SIM_FLUX_CTX)
+    with Pipeline(str(ctx_file), source="sim", rate=50, pool=1) as pipe, \
+            Client(pipe.output_addr, views=["flux"], timeout=30) as client:
+        client.recv()
+        assert client.status["version"] == 1
+        ctx_file.write_text(SIM_FLUX_CTX + "\n@View.Scalar\ndef tid(t: 'internal#train_id'):"
+                            "\n    return t\n")
+        assert pipe.reload().version == 2
+        deadline = time.monotonic() + 30
+        while "view#tid" not in client.wait_index(timeout=30):
+            assert time.monotonic() < deadline, "no index of version 2"
+        assert client.status["version"] == 2
+
+
 def test_a_context_whose_top_level_never_ends_is_refused_in_time(tmp_path, monkeypatch):
     """Top-level code that never ends cannot hang a reload: it is refused
     after RELOAD_TIMEOUT (shortened here), its thread is stopped, and the

@@ -659,12 +659,14 @@ class ReduceStage:
         self.index_counts.on_stats(data)
 
     def publish_index(self):
-        """Send the index (no ``seq``: its keys are paths, and it is sent
-        again) and the status."""
+        """Send the status and the index (no ``seq``: its keys are paths,
+        and it is sent again).  The status first: a client that has the
+        new index (of a reloaded context, say) has the status that goes
+        with it (its context version) already."""
         self.report_given_up()
+        self.publish_status()
         if self.output.wants(OP_INDEX):
             self.output.send(encode_protocol(OP_INDEX, self.index()))
-        self.publish_status()
 
     _given_up_reported = 0
 
