@@ -520,6 +520,7 @@ class FrontendLoop:
                     if batch is None:
                         return
             if batch is not None:
+                dispatcher.fill(batch)
                 self.send_events(batch)
             elif control[2] == OP_STEP:
                 self.send_step(None)
