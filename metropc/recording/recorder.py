@@ -14,7 +14,8 @@ one line each way:
   parent knows and the output sent before the recorder subscribed (the
   first ``context``);
 - ``stop`` or the end of stdin (the parent exited or was killed) makes it
-  write what it has, close the files and exit 0.
+  take in what is still on its way (until nothing came for 0.2 s), write
+  what it has, close the files and exit 0.
 
 It is a client like any other: a SUB socket subscribed to ``index``,
 ``context``, ``params``, ``mark`` and the results in batches,
@@ -51,6 +52,8 @@ FLUSH_INTERVAL = 1.0
 META_TOPICS = ("context", "params", "mark")
 STATUS = b"status"
 EXIT_WRITE_FAILED = 3
+#: At a stop, results are taken in until none came for this long (seconds).
+QUIET_S = 0.2
 
 
 class Recorder:
@@ -128,6 +131,18 @@ class Recorder:
                 break
             self._safe_handle(frames)
             n += 1
+        return n
+
+    def drain_until_quiet(self, quiet: float = QUIET_S, longest: float = 2.0) -> int:
+        """At a stop: handle what is still on its way, until nothing came
+        for `quiet` s (`longest` s at most).  A recorder that was stopped
+        (SIGSTOP) and is continued to stop has results waiting in the
+        kernel that ZeroMQ's thread has not taken in yet: a plain drain
+        would miss them."""
+        n = 0
+        deadline = time.monotonic() + longest
+        while time.monotonic() < deadline and self.socket.poll(int(quiet * 1000)):
+            n += self.drain()
         return n
 
     def _safe_handle(self, frames) -> None:
@@ -271,7 +286,7 @@ def main(argv=None) -> int:
                     elif command == "stop":
                         stop.append(1)
         try:
-            recorder.drain()  # what arrived before the stop
+            recorder.drain_until_quiet()  # what arrived, or is on its way, before the stop
             recording.flush()  # (before close: a disk all but full leaves the files whole)
             recording.close()
         except DiskNearlyFull as e:
