@@ -57,7 +57,9 @@ _NAME_RE = re.compile(r"metropc-shm-([0-9]{1,10})-([0-9]{1,20})-([a-z]{1,8}[0-9]
 MAX_DIMS = 64
 
 _counter = itertools.count()
-_live = set()   # names this process created and has not unlinked
+#: Names this process created and has not unlinked, each with the pid of
+#: the resource tracker it was registered with.
+_live: dict[str, int | None] = {}
 #: Taking a lock is a full memory barrier: it orders reading a slot's data
 #: before clearing its state byte (REDUCE), and seeing the cleared byte
 #: before writing new data (worker), on CPUs with weaker ordering than x86.
@@ -71,16 +73,23 @@ def available():
     return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK | os.X_OK)
 
 
-def _start_time(pid):
-    """Start time of process `pid` (clock ticks since boot), None if gone."""
+def _stat(pid):
+    """The fields of ``/proc/<pid>/stat`` after the command name (the state
+    first), or None if the process is gone (or there is no /proc)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             text = f.read()
     except OSError:
         return None
+    end = text.rfind(b")")
+    return None if end < 0 else text[end + 2:].split()
+
+
+def _start_time(pid):
+    """Start time of process `pid` (clock ticks since boot), None if gone."""
     try:
-        return int(text[text.rindex(b")") + 2:].split()[19])
-    except (ValueError, IndexError):
+        return int(_stat(pid)[19])
+    except (TypeError, ValueError, IndexError):
         return None
 
 
@@ -167,11 +176,7 @@ def _tracked(name):
     removes what dead owners left (cleanup_stale).  The tracker says so on
     stderr ("leaked shared_memory objects")."""
     resource_tracker.register("/" + name, "shared_memory")
-    _known_to[name] = _tracker_pid()
-
-
-#: The resource tracker (pid) each segment was registered with.
-_known_to: dict[str, int | None] = {}
+    _live[name] = _tracker_pid()
 
 
 def _tracker_pid() -> int | None:
@@ -180,26 +185,27 @@ def _tracker_pid() -> int | None:
 
 
 def _running(pid: int) -> bool:
-    """Whether process `pid` runs (a child that died and was not waited for
-    does not; Linux's /proc tells, elsewhere it is assumed to run)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):
+    """Whether process `pid` runs: a child that died and was not waited for
+    (a zombie) does not (without /proc, only whether the pid exists)."""
+    fields = _stat(pid)
+    if fields is None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:  # (another user's: it exists)
+            pass
         return True
+    return bool(fields) and fields[0] not in (b"Z", b"X")
 
 
 def _unlink(name):
-    tracker = _known_to.pop(name, None)
-    if name in _live and tracker is not None and tracker == _tracker_pid() \
-            and _running(tracker):
+    tracker = _live.pop(name, None)
+    if tracker is not None and tracker == _tracker_pid() and _running(tracker):
         # (A tracker that was killed is not asked: asking would start a
         # new one, with a warning, which knows nothing of the segment and
         # prints a traceback for it.)
         resource_tracker.unregister("/" + name, "shared_memory")
-    _live.discard(name)
     try:
         os.unlink(os.path.join(SHM_DIR, name))
     except OSError:
@@ -286,7 +292,7 @@ class Segment:
         path = os.path.join(SHM_DIR, name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
-        _live.add(name)
+        _live[name] = None  # (unlinked at exit, whatever the tracker does)
         _tracked(name)
         try:
             os.ftruncate(fd, data_offset + nunits * UNIT)
