@@ -58,8 +58,9 @@ class Column:
         self.ds = None
         self.rows = 0          # rows in the file
         self.pending: list = []
-        row_bytes = max(1, int(np.prod(self.row_shape, dtype=np.int64))) * (
-            8 if self.vlen else self.dtype.itemsize)
+        #: Bytes of one item in a chunk (a vlen item is a reference to the heap).
+        self.item_bytes = 8 if self.vlen else self.dtype.itemsize
+        row_bytes = max(1, int(np.prod(self.row_shape, dtype=np.int64))) * self.item_bytes
         #: Rows per chunk, and the bytes a new chunk takes on the disk.
         self.chunk_rows = max(1, min(CHUNK_ROWS, CHUNK_BYTES // row_bytes))
         self.chunk_bytes = self.chunk_rows * row_bytes
@@ -88,8 +89,7 @@ class Column:
         chunks = self.ds.chunks
         if chunks:  # (a file appended to has the chunks it was made with)
             self.chunk_rows = chunks[0]
-            self.chunk_bytes = int(np.prod(chunks, dtype=np.int64)) * (
-                8 if self.vlen else self.dtype.itemsize)
+            self.chunk_bytes = int(np.prod(chunks, dtype=np.int64)) * self.item_bytes
 
     def bytes_ahead(self, rows: list | None = None) -> int:
         """At most how many bytes of the disk writing takes: of the pending

@@ -123,9 +123,8 @@ class RecordingFile:
                 for key, value in attrs.items():
                     self.h5.attrs[key] = value
                 self.h5.require_group(VIEWS)
-            for columns in self.tables.values():
-                for col in columns.values():
-                    col.create(self.h5)
+            for col in self._table_columns():
+                col.create(self.h5)
             self.h5.swmr_mode = True
         except BaseException:
             self.h5.close()
@@ -177,37 +176,42 @@ class RecordingFile:
         if self.new:
             self._create(self.new)
             self.new = []
-        for segments in self.segments.values():
-            for segment in segments:
-                self._write(segment)
-        for columns in self.tables.values():
-            for col in columns.values():
-                col.write()
+        for segment in self._all_segments():
+            self._write(segment)
+        for col in self._table_columns():
+            col.write()
         self.h5.flush()
+
+    def _all_segments(self):
+        """Every segment of every view, in the order they were made."""
+        for segments in self.segments.values():
+            yield from segments
+
+    def _table_columns(self):
+        """Every column of the metadata tables."""
+        for columns in self.tables.values():
+            yield from columns.values()
 
     def bytes_ahead(self) -> int:
         """At most how many bytes of the disk the next :meth:`flush` takes."""
-        return (sum(seg.bytes_ahead() for segs in self.segments.values() for seg in segs)
-                + sum(col.bytes_ahead() for cols in self.tables.values()
-                      for col in cols.values()))
+        return (sum(seg.bytes_ahead() for seg in self._all_segments())
+                + sum(col.bytes_ahead() for col in self._table_columns()))
 
     def abandon(self) -> int:
         """Close the file without writing what waits (the disk is all but
         full); how many results that leaves out."""
-        dropped = sum(seg.drop_pending() for segs in self.segments.values() for seg in segs)
-        for columns in self.tables.values():
-            for col in columns.values():
-                col.pending = []
+        dropped = sum(seg.drop_pending() for seg in self._all_segments())
+        for col in self._table_columns():
+            col.pending = []
         self.new = []
         self.h5.close()
         return dropped
 
     def _create(self, segments: list[Segment]) -> None:
         """Leave SWMR mode (close, reopen), create `segments`, enter it again."""
-        for segs in self.segments.values():
-            for segment in segs:
-                if segment.created:
-                    self._write(segment)
+        for segment in self._all_segments():
+            if segment.created:
+                self._write(segment)
         self.h5.close()
         self.h5 = h5py.File(self.path, "r+", libver="latest", locking=False)
         for segment in segments:
@@ -217,13 +221,11 @@ class RecordingFile:
                 # (its group stays, without train_id: readers skip it; deleting
                 # it here would keep SWMR mode from starting again)
                 self._failed(segment, e)
-        for segs in self.segments.values():
-            for segment in segs:
-                if segment.created and segment not in segments:
-                    segment.bind(self.h5)
-        for columns in self.tables.values():
-            for col in columns.values():
-                col.bind(self.h5)
+        for segment in self._all_segments():
+            if segment.created and segment not in segments:
+                segment.bind(self.h5)
+        for col in self._table_columns():
+            col.bind(self.h5)
         self.h5.swmr_mode = True
 
     def _write(self, segment: Segment) -> None:
@@ -426,13 +428,7 @@ class Recording:
     def abandon(self) -> int:
         """Close every file without writing what waits, for a disk that is
         all but full; how many results that leaves out."""
-        files, self.files = list(self.files.values()), {}
-        dropped, error = 0, None
-        for f in files:
-            try:
-                dropped += f.abandon()
-            except Exception as e:  # noqa: BLE001 - close the others, then report
-                error = error or e
+        dropped, error = self._close_each(RecordingFile.abandon)
         self.recorded -= dropped
         if error is not None:
             raise error
@@ -440,12 +436,19 @@ class Recording:
 
     def close(self) -> None:
         """Flush and close every file."""
-        files, self.files = list(self.files.values()), {}
-        error = None
-        for f in files:
-            try:
-                f.close()
-            except Exception as e:  # noqa: BLE001 - close the others, then report
-                error = error or e
+        _, error = self._close_each(RecordingFile.close)
         if error is not None:
             raise error
+
+    def _close_each(self, close) -> tuple[int, Exception | None]:
+        """`close` every open file, all of them even when one raises: the
+        sum of what they returned, and the first error (for the caller to
+        raise once the counts are kept)."""
+        files, self.files = list(self.files.values()), {}
+        total, error = 0, None
+        for f in files:
+            try:
+                total += close(f) or 0
+            except Exception as e:  # noqa: BLE001 - close the others, then report
+                error = error or e
+        return total, error
