@@ -144,3 +144,39 @@ def test_a_large_row_is_looked_at_before_it_is_written(tmp_path, monkeypatch):
         rec.add_result("v", {"data": np.zeros(20000), "event_id": 1}, 0.0)
     assert rec.abandon() == 0
     assert rec.recorded == 1
+
+
+def test_the_rest_of_a_batch_is_counted_as_left_out(tmp_path, monkeypatch):
+    """The disk fills in the middle of a batch of results: those of the batch
+    not handed to the writer are counted with the ones that waited."""
+    import zmq
+
+    from metropc.messages import pack_seq
+    from metropc.protocol import encode_protocol
+    from metropc.protocol_batch import pack_records
+    from metropc.recording.recorder import Recorder
+    from metropc.recording.writer import Recording
+
+    free = [1 << 40]
+    monkeypatch.setattr(space, "free_bytes", lambda path: free[0])
+    monkeypatch.setattr(space.Room, "INTERVAL", 0.0)
+    recording = Recording(str(tmp_path / "rec.h5"))
+    recorder = Recorder(recording, ["a"])
+    try:
+        def batch(first, n):
+            records = [encode_protocol(b"view#a", {
+                "data": np.full(20000, float(t)), "event_id": t, "version": 1,
+                "seq": pack_seq(7, t)})[1:] for t in range(first, first + n)]
+            return [zmq.Frame(f) for f in pack_records(b"view#a", records)]
+
+        recorder.handle(batch(0, 1))
+        recording.flush()  # (the segment exists: large rows are written as they come)
+        recorder.handle(batch(1, 2))  # two written at once, waiting for their train ids
+        free[0] = RESERVE + 100
+        with pytest.raises(DiskNearlyFull) as e:
+            recorder.handle(batch(3, 5))
+        assert e.value.unwritten == 5
+        assert recording.abandon() == 2  # + those 5: 7 left out, 1 recorded
+        assert recording.recorded == 1
+    finally:
+        recorder.close()

@@ -105,9 +105,14 @@ class Recorder:
                 return  # a prefix match (batch#view#a also matches batch#view#ab)
             # All decoded first: a malformed batch records nothing of itself.
             _, payloads = decode_batch(frames)
-            for _, payload in self.gaps.count_batch(view_topic.decode(), payloads):
+            new = self.gaps.count_batch(view_topic.decode(), payloads)
+            for i, (_, payload) in enumerate(new):
                 self.received += 1
-                self.recording.add_result(name, payload, now)
+                try:
+                    self.recording.add_result(name, payload, now)
+                except DiskNearlyFull as e:  # (the rest of the batch is left out too)
+                    e.unwritten += len(new) - i
+                    raise
         elif topic == b"index":
             _, payload = decode_protocol(frames)
             self.recording.note_index(decode_index(payload), now)
@@ -200,7 +205,7 @@ def _disk_nearly_full(e: DiskNearlyFull, recording) -> None:
     """The disk is all but full: close the files without the results that
     wait (so they are whole), say so, and leave."""
     try:
-        left_out = recording.abandon()
+        left_out = recording.abandon() + e.unwritten
     except (OSError, ValueError, RuntimeError) as error:
         _write_failed(error, e.path)
     log.error("recording to %s stopped: the disk is nearly full (%s); the files are "

@@ -32,6 +32,8 @@ class DiskNearlyFull(Exception):
 
     def __init__(self, path: str, free: int, need: int):
         self.path, self.free, self.need = path, free, need
+        #: Results received but not handed to the writer (the rest of a batch).
+        self.unwritten = 0
         super().__init__(f"{_mib(free)} free; the next write needs up to {_mib(need)}, "
                          f"and {_mib(RESERVE)} is kept free")
 
