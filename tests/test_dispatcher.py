@@ -782,6 +782,14 @@ def test_shm_batch_bytes_bound(slots, monkeypatch):
     assert [sent_values(take(d, q)) for _ in range(3)] == [[0, 1], [2, 3], [4]]
 
 
+def test_shm_batch_events_bound(slots, monkeypatch):
+    # small slot events: the bytes would allow all six, the count allows four
+    monkeypatch.setattr(dispatcher_mod, "SHM_BATCH_EVENTS", 4)
+    d = shm_dispatcher(slots, "a")
+    q = make_queue([slot_event(i, nbytes=16 << 10) for i in range(6)])
+    assert [sent_values(take(d, q)) for _ in range(2)] == [[0, 1, 2, 3], [4, 5]]
+
+
 def test_worker_without_shm_gets_arrays_by_socket(slots):
     # the 32 KiB array is above the slot threshold but below ZERO_COPY_MIN
     d = shm_dispatcher(slots, "a", "b", shm_workers={"a"})

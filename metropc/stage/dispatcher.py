@@ -15,7 +15,8 @@ The policy:
   BATCH_SECONDS of measured work per message (a CPU-bound view gets one
   event per message, so it spreads over the pool); an event with a large
   buffer goes alone.
-- For a worker on this host, large arrays go into shared-memory slots; a
+- For a worker on this host, large arrays go into shared-memory slots (at
+  most SHM_BATCH_EVENTS events and SHM_BATCH_BYTES per message); a
   worker holding SHM_WORKER_BYTES of slots is asked last, and an event
   waits for a slot only while some worker will free one.
 - Dispatching runs at most MAX_AHEAD events ahead of the newest progress
@@ -50,8 +51,13 @@ __all__ = ["Dispatcher", "Batch", "batch_limit", "BATCH_MAX", "BATCH_SECONDS"]
 BATCH_MAX = 128
 #: Events are batched only up to about this much measured work per message.
 BATCH_SECONDS = 0.005
-#: Most bytes of shared-memory slots referred to by one worker message.
-SHM_BATCH_BYTES = 8 << 20
+#: Most bytes of shared-memory slots referred to by one worker message: each
+#: message costs every stage about 0.3 ms of CPU, which four 4 MiB events share
+#: (+8-14 % events/s against two, benchmarks/pipeline.py).
+SHM_BATCH_BYTES = 16 << 20
+#: Most events with slots in one worker message: more leave fewer messages to
+#: spread over the workers (1 MiB events: -5 % events/s with 14 against 8).
+SHM_BATCH_EVENTS = 8
 #: Most bytes of shared-memory slots one worker holds at once (beyond one event).
 SHM_WORKER_BYTES = 32 << 20
 #: How many events dispatching may run ahead of REDUCE's reported progress:
@@ -334,7 +340,8 @@ class Dispatcher:
                 plan = shm.plan(data)
             if plan is not None:
                 nbytes = plan[1] * shmem.UNIT
-                if batch.messages and slot_bytes + nbytes > SHM_BATCH_BYTES:
+                if batch.messages and (slot_bytes + nbytes > SHM_BATCH_BYTES
+                                       or len(placed) >= SHM_BATCH_EVENTS):
                     break
                 ticket = None
                 if shm.fits_ever(plan) and not self.shm_saturated(worker, nbytes):
