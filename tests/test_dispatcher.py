@@ -737,7 +737,7 @@ def test_shm_event_travels_in_a_slot(slots):
     assert opcode == OP_EVENT
     assert data["img"] is None and isinstance(data[KEY_SHM], bytes)
     assert data["x"] == 7 and data[SEQ_PATH] == b.seqs[0]
-    assert not b.small
+    assert b.small  # its array is in the slot: the batch goes as one pickled frame
     # the queue item keeps the event as it was before it went in a slot
     assert b.items[0][2]["img"] is ev["img"] and KEY_SHM not in b.items[0][2]
     assert slots.placed == 1 and slots.placed_bytes == 200 << 10
@@ -775,6 +775,15 @@ def test_shm_events_are_batched_together(slots, monkeypatch):
     assert slots.placed == 4
 
 
+def test_event_with_an_array_left_out_of_its_slot_is_not_small(slots):
+    # a structured dtype has no slot layout: that array stays in the event
+    ev = {**slot_event(1), "rec": np.zeros(16 << 10, dtype=[("a", "<f4"), ("b", "<i4")])}
+    b = take(shm_dispatcher(slots, "a"), make_queue([ev]))
+    (_, data), = b.messages
+    assert data["img"] is None and data["rec"] is ev["rec"]
+    assert not b.small
+
+
 def test_shm_batch_bytes_bound(slots, monkeypatch):
     monkeypatch.setattr(dispatcher_mod, "SHM_BATCH_BYTES", 500 << 10)
     d = shm_dispatcher(slots, "a")
@@ -797,7 +806,7 @@ def test_worker_without_shm_gets_arrays_by_socket(slots):
     mid = [{"x": i, "arr": np.zeros(32 << 10, np.uint8)} for i in range(4)]
     q = make_queue(mid)
     ba = take(d, q, limit=1)            # a: in a slot
-    assert ba.worker == "a" and KEY_SHM in ba.messages[0][1] and not ba.small
+    assert ba.worker == "a" and KEY_SHM in ba.messages[0][1] and ba.small
     bb = take(d, q)                     # b: by socket, small enough to batch
     assert bb.worker == "b"
     assert sent_values(bb) == [1, 2, 3] and bb.small
