@@ -532,3 +532,63 @@ def test_slot_references_are_checked_and_only_raise_protocol_error():
     finally:
         slots.close()
     assert slots.input_name not in shmem.owned_segments()
+
+
+def test_worker_maps_a_batch_of_slots_and_skips_only_a_forged_one():
+    """A POOL worker maps every slot of a message before it runs the views;
+    a forged reference skips its own event, reported once, and the events
+    around it keep their arrays; every slot is released."""
+    import zmq
+    from metropc.core import Context as LoadedContext
+    from metropc.enums import ContextStage
+    from metropc.messages import KEY_META, META_EVENT, META_SKIP, OP_ERROR, OP_EVENT
+    from metropc.stage.common import SEQ_PATH, recv
+    from metropc.stage.pool import PoolWorker
+
+    src = "@View.Scalar\ndef total(a: 'karabo#X:o[a]'):\n    return float(a.sum())\n"
+    slots = shmem.FrontendSlots(4 << 20, num_workers=1)
+    zctx = zmq.Context()
+    control, frontend = zctx.socket(zmq.PAIR), zctx.socket(zmq.PAIR)
+    control.bind("inproc://control")
+    frontend.connect("inproc://control")
+    try:
+        worker = PoolWorker("pool-0", control, None)
+        worker.slots = shmem.SlotReader()
+        worker.activate(LoadedContext(src, stage=ContextStage.POOL, version=1))
+        worker.forward_views = {"total"}
+        messages = []
+        for seq in range(3):
+            data = {"karabo#X:o[a]": np.full(40000, seq + 1, np.float32), SEQ_PATH: seq}
+            if seq == 1:
+                messages.append((OP_EVENT, {**data, "karabo#X:o[a]": None,
+                                            shmem.KEY_SHM: b"forged"}))
+                continue
+            plan = slots.plan(data)
+            messages.append((OP_EVENT, slots.fill(data, plan, slots.reserve_for("pool-0", plan))))
+        assert len(slots.held["pool-0"]) == 2
+        calls = []
+        attach, run = worker.slots.attach, worker._event
+        worker.slots.attach = lambda raw, target: calls.append("map") or attach(raw, target)
+        worker._event = lambda event: calls.append("run") or run(event)
+        results, had_event, stop = worker.handle(messages)
+        assert calls == ["map", "map", "map", "run", "run"]  # all mapped, then run
+        assert had_event and not stop
+        metas = [out[KEY_META] for _, out in results]
+        assert [(m[0], m[-1]) for m in metas] == [(0, META_EVENT), (1, META_SKIP),
+                                                  (2, META_EVENT)]
+        assert [out.get("view#total") for _, out in results] == [40000.0, None, 120000.0]
+        assert frontend.poll(2000)
+        opcode, data = recv(frontend)
+        assert opcode == OP_ERROR and "bad shared-memory reference" in data["msg"]
+        assert not frontend.poll(100)  # reported once
+        del results, messages
+        free = worker.released_slots()
+        assert free is not None and len(free) == 2 * 8
+        slots.release("pool-0", free)
+        assert not slots.holds("pool-0")
+        worker.slots.close()
+    finally:
+        control.close(0)
+        frontend.close(0)
+        zctx.term()
+        slots.close()

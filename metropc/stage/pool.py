@@ -183,14 +183,23 @@ class PoolWorker:
         """
         results_out, had_event = [], False
         self.received = time.time()
-        for opcode, data in messages:
+        leases = self.attach_slots(messages)
+        for i, (opcode, data) in enumerate(messages):
             if opcode == OP_STOP:
+                for lease in leases.values():
+                    if lease is not None:
+                        self.slots.done(lease)
                 return results_out, had_event, True
             if opcode == OP_EVENT:
                 had_event = True
             try:
                 # Events straight to event(): the per-event path.
-                out = self.event(data) if opcode == OP_EVENT else self.on_message(opcode, data)
+                if opcode != OP_EVENT:
+                    out = self.on_message(opcode, data)
+                elif i in leases:
+                    out = self.slot_event(data, leases.pop(i))
+                else:
+                    out = self.event(data)
             except Exception as e:  # noqa: BLE001 - no message may end a worker
                 self.rejected(opcode, e)
                 seq = data.get(SEQ_PATH) if opcode == OP_EVENT else None
@@ -326,16 +335,33 @@ class PoolWorker:
     def event(self, event):
         """Run one event; returns the result message for REDUCE (or None)."""
         raw = event.pop(KEY_SHM, None)
-        if raw is not None:
-            lease = self.attach(event, raw)
-            if lease is None:
-                seq = event.get(SEQ_PATH)
-                return None if type(seq) is not int else {KEY_META: pack_meta(seq, kind=META_SKIP)}
-            try:
-                return self._event(event)
-            finally:
-                self.slots.done(lease)
-        return self._event(event)
+        if raw is None:
+            return self._event(event)
+        return self.slot_event(event, self.attach(event, raw))
+
+    def attach_slots(self, messages):
+        """Map the slots of a message's events before running any of them:
+        ``{index: Lease, or None if malformed}``.
+
+        Mapping a slot takes 3 us of Python when its code is in the caches,
+        40 us when a view has just streamed a megabyte through them, as each
+        view of a large event does.  Mapped together, only the first is cold.
+        """
+        leases = {}
+        for i, (opcode, data) in enumerate(messages):
+            if opcode == OP_EVENT and KEY_SHM in data:
+                leases[i] = self.attach(data, data.pop(KEY_SHM))
+        return leases
+
+    def slot_event(self, event, lease):
+        """Run an event whose arrays `lease` mapped (None: it could not be)."""
+        if lease is None:
+            seq = event.get(SEQ_PATH)
+            return None if type(seq) is not int else {KEY_META: pack_meta(seq, kind=META_SKIP)}
+        try:
+            return self._event(event)
+        finally:
+            self.slots.done(lease)
 
     def attach(self, event, raw):
         """Put the arrays of an input slot into `event`; None if malformed."""
@@ -344,7 +370,9 @@ class PoolWorker:
                 raise ProtocolError("a slot reference, but no shared memory here")
             return self.slots.attach(raw, event)
         except ProtocolError as e:
-            log.warning("%s: event dropped: %s", self.name, e)
+            # (Not `e` itself in the record: its traceback holds the frames,
+            # and with them the message's other events and their slots.)
+            log.warning("%s: event dropped: %s", self.name, str(e))
             send(self.control, OP_ERROR, {"msg": f"[{self.name}] event dropped: {e}"})
             return None
 
