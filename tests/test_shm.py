@@ -592,3 +592,26 @@ def test_worker_maps_a_batch_of_slots_and_skips_only_a_forged_one():
         frontend.close(0)
         zctx.term()
         slots.close()
+
+
+def test_place_leaves_the_copy_to_the_caller():
+    """The dispatcher places a batch's events first and copies their arrays
+    together afterwards; the reference is the same either way."""
+    slots = shmem.FrontendSlots(4 << 20, num_workers=1)
+    try:
+        data = {"a": np.arange(40000, dtype=np.float32), "b": 1}
+        plan = slots.plan(data)
+        sent, copies = slots.place(data, plan, slots.reserve_for("pool-0", plan))
+        assert sent["a"] is None and sent["b"] == 1 and len(copies) == 1
+        reader = shmem.SlotReader()
+        got = {}
+        lease = reader.attach(sent[shmem.KEY_SHM], got)
+        assert not got["a"].any()  # placed, not copied yet
+        shmem.copy_into_slots(copies)
+        np.testing.assert_array_equal(got["a"], data["a"])
+        del got, copies
+        reader.done(lease)
+        assert reader.collect() == [lease]
+        reader.close()
+    finally:
+        slots.close()

@@ -384,9 +384,13 @@ class Dispatcher:
         """
         if not batch.fills:
             return
+        copies = []
         for i, plan, ticket in batch.fills:
             opcode, data = batch.messages[i]
-            batch.messages[i] = (opcode, self.shm.fill(data, plan, ticket))
+            data, todo = self.shm.place(data, plan, ticket)
+            batch.messages[i] = (opcode, data)
+            copies += todo
+        shmem.copy_into_slots(copies)
         batch.fills = []
         batch.small = not any(has_large_value(data) for _, data in batch.messages)
 

@@ -36,7 +36,7 @@ __all__ = ["DEFAULT_THRESHOLD", "SHM_DIR", "PREFIX", "UNIT", "ALIGN", "MIN_SEGME
            "available", "default_size", "parse_size", "cleanup_stale", "owned_segments",
            "owner_tag", "owner_alive", "left_by_dead_owners",
            "unlink_owned", "Segment", "Arena", "eligible", "plan_slot",
-           "fill_slot", "fence"]
+           "fill_slot", "place_slot", "copy_into_slots", "fence"]
 
 #: Arrays of this many bytes or more travel in slots.
 DEFAULT_THRESHOLD = 65536
@@ -452,14 +452,23 @@ def plan_slot(items):
 
 
 def fill_slot(seg, start, entries, nunits, serial=0):
-    """Copy the planned arrays into the slot; returns the reference bytes.
+    """Copy the planned arrays into the slot; returns the reference bytes
+    (see :func:`place_slot`)."""
+    ref, copies = place_slot(seg, start, entries, nunits, serial)
+    copy_into_slots(copies)
+    return ref
+
+
+def place_slot(seg, start, entries, nunits, serial=0):
+    """The reference bytes of a slot, and the ``(destination, array)``
+    copies that fill it (for :func:`copy_into_slots`).
 
     A reference is msgpack ``[segment, start unit, units, serial, entries]``,
     each entry ``[key, byte offset in the slot, dtype, shape, fortran]``;
     `serial` names the allocation (never reused) for releases.
     """
     base = start * UNIT
-    refs = []
+    refs, copies = [], []
     for key, arr, off, fortran in entries:
         n = arr.nbytes
         dst = seg.data[base + off:base + off + n].view(arr.dtype)
@@ -467,6 +476,17 @@ def fill_slot(seg, start, entries, nunits, serial=0):
             dst = dst.reshape(arr.shape[::-1]).T
         else:
             dst = dst.reshape(arr.shape)
-        np.copyto(dst, arr, casting="no")
+        copies.append((dst, arr))
         refs.append([key, off, dtype_descr(arr.dtype), list(arr.shape), fortran])
-    return msgpack.packb([seg.name, start, nunits, serial, refs])
+    return msgpack.packb([seg.name, start, nunits, serial, refs]), copies
+
+
+def copy_into_slots(copies):
+    """Make the copies :func:`place_slot` planned.
+
+    Several events' copies are made back to back, after the Python that
+    placed them: each copy of a megabyte pushes that code out of the CPU's
+    caches, and placing the next event then costs tens of microseconds.
+    """
+    for dst, arr in copies:
+        np.copyto(dst, arr, casting="no")

@@ -51,15 +51,15 @@ from ..error import ProtocolError
 from ..protocol_arrays import DTYPE_RE
 from .common import KEY_SHM
 from .segments import (ALIGN, DEFAULT_THRESHOLD, MAX_DIMS, MIN_SEGMENT, PREFIX, SHM_DIR,
-                       UNIT, Arena, Segment, available, cleanup_stale, default_size,
-                       eligible, fence, fill_slot, owned_segments, owner_tag, parse_size,
-                       plan_slot, unlink_owned)
+                       UNIT, Arena, Segment, available, cleanup_stale, copy_into_slots,
+                       default_size, eligible, fence, fill_slot, owned_segments, owner_tag,
+                       parse_size, place_slot, plan_slot, unlink_owned)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["KEY_SHM", "DEFAULT_THRESHOLD", "SHM_DIR", "PREFIX", "UNIT", "ALIGN",
            "MIN_SEGMENT", "available", "default_size", "parse_size", "cleanup_stale",
-           "owned_segments", "unlink_owned", "owner_tag", "Segment", "Arena",
+           "owned_segments", "unlink_owned", "owner_tag", "copy_into_slots", "Segment", "Arena",
            "Lease", "SlotReader", "SlotWriter", "FrontendSlots"]
 
 # -- reading side (POOL workers for events, REDUCE for results) -----------------
@@ -373,16 +373,24 @@ class FrontendSlots:
 
     def fill(self, data, plan, ticket):
         """The event to send: `data` with its large arrays moved into the slot."""
+        out, copies = self.place(data, plan, ticket)
+        copy_into_slots(copies)
+        return out
+
+    def place(self, data, plan, ticket):
+        """``(event to send, copies to make)``: :meth:`fill` with the copies
+        left to the caller (:func:`copy_into_slots`), to make those of a
+        batch together."""
         entries, nunits = plan
         serial, start = ticket
-        ref = fill_slot(self.input, start, entries, nunits, serial)
+        ref, copies = place_slot(self.input, start, entries, nunits, serial)
         out = dict(data)
         for key, arr, _, _ in entries:
             out[key] = None
             self.placed_bytes += arr.nbytes
         out[KEY_SHM] = ref
         self.placed += 1
-        return out
+        return out, copies
 
     def release(self, worker, raw):
         """`worker` freed the slots in `raw` (int64 serials, from its credit).
