@@ -28,7 +28,7 @@ Measures in one run, with the targets of issue 20:
 Every ratio is taken within one run (this VM's speed drifts by +-35 %
 within minutes); the lossless case (1) alternates PAIRS runs of the
 skeleton and the pipeline and reports the median of the pairs' ratios, and
-the paced cases (2) alternate PAIRS short phases of the
+the paced cases (2) alternate PACED_PAIRS phases of PAIR_S seconds of the
 skeleton and of the pipeline and report the median of the pairs' ratios.
 """
 
@@ -47,7 +47,12 @@ import zmq
 WINDOW = 64
 IMG_WINDOW = 16
 PHASE_S = 3.0          # seconds of sending per throughput measurement
-PAIRS = 3              # paced cases: alternating skeleton/pipeline phases of PHASE_S / PAIRS
+PAIRS = 3              # lossless case: alternating skeleton/pipeline runs
+# Paced cases: alternating skeleton/pipeline phases of PAIR_S each.  The
+# skeleton's rate for 1 MiB images moves between 1,300 and 3,500 events/s
+# from one phase to the next; the median of five pairs is steadier than of three.
+PACED_PAIRS = 5
+PAIR_S = 1.0
 DRAIN_TIMEOUT = 5.0    # give up waiting for results after this much silence
 LAT_HZ = 100.0
 LAT_N = 500
@@ -563,7 +568,7 @@ class Bench:
 
 
 def pipeline_throughputs(mpctx, results):
-    """The paced cases, each as PAIRS alternating phases of the skeleton and
+    """The paced cases, each as PACED_PAIRS alternating phases of the skeleton and
     the pipeline (the machine drifts within a minute: each pair is measured
     within seconds).  Stores the median rates and the median of the pairs'
     ratios."""
@@ -579,9 +584,9 @@ def pipeline_throughputs(mpctx, results):
                 make, window = (lambda i, img=img: {"internal#train_id": i, IMG_PATH: img},
                                 IMG_WINDOW)
             pairs = []
-            for _ in range(PAIRS):
-                skel = run_skeleton(mpctx, shape, PHASE_S / PAIRS)
-                pipe = bench.throughput(make, window, PHASE_S / PAIRS)
+            for _ in range(PACED_PAIRS):
+                skel = run_skeleton(mpctx, shape, PAIR_S)
+                pipe = bench.throughput(make, window, PAIR_S)
                 pairs.append((skel, pipe))
                 print(f"  {name:>12}: skeleton {skel:10.1f} ev/s, pipeline {pipe:10.1f} ev/s",
                       flush=True)
