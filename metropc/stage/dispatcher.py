@@ -53,7 +53,7 @@ BATCH_MAX = 128
 BATCH_SECONDS = 0.005
 #: Most bytes of shared-memory slots referred to by one worker message: each
 #: message costs every stage about 0.3 ms of CPU, which four 4 MiB events share
-#: (+8-14 % events/s against two, benchmarks/pipeline.py).
+#: (+8-14 % events/s against two, in alternating runs).
 SHM_BATCH_BYTES = 16 << 20
 #: Most events with slots in one worker message: more leave fewer messages to
 #: spread over the workers (1 MiB events: -5 % events/s with 14 against 8).
