@@ -193,13 +193,12 @@ class PoolWorker:
             if opcode == OP_EVENT:
                 had_event = True
             try:
-                # Events straight to event(): the per-event path.
                 if opcode != OP_EVENT:
                     out = self.on_message(opcode, data)
-                elif i in leases:
+                elif i in leases:  # (its slot is mapped already)
                     out = self.slot_event(data, leases.pop(i))
                 else:
-                    out = self.event(data)
+                    out = self._event(data)
             except Exception as e:  # noqa: BLE001 - no message may end a worker
                 self.rejected(opcode, e)
                 seq = data.get(SEQ_PATH) if opcode == OP_EVENT else None
