@@ -482,13 +482,20 @@ def test_cleanup_removes_only_segments_of_dead_owners(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted([names[0], *names[3:]])
 
 
+def fill(slots, data, plan, ticket):
+    """The event as the dispatcher sends it, its arrays copied into the slot."""
+    sent, copies = slots.place(data, plan, ticket)
+    shmem.copy_into_slots(copies)
+    return sent
+
+
 def test_slot_references_are_checked_and_only_raise_protocol_error():
     slots = shmem.FrontendSlots(4 << 20, num_workers=1)
     try:
         data = {"a": np.arange(40000, dtype=np.float32), "b": 1}
         plan = slots.plan(data)
         ticket = slots.reserve_for("pool-0", plan)
-        sent = slots.fill(data, plan, ticket)
+        sent = fill(slots, data, plan, ticket)
         assert sent["a"] is None and sent["b"] == 1
         reader = shmem.SlotReader()
         got = {}
@@ -564,7 +571,7 @@ def test_worker_maps_a_batch_of_slots_and_skips_only_a_forged_one():
                                             shmem.KEY_SHM: b"forged"}))
                 continue
             plan = slots.plan(data)
-            messages.append((OP_EVENT, slots.fill(data, plan, slots.reserve_for("pool-0", plan))))
+            messages.append((OP_EVENT, fill(slots, data, plan, slots.reserve_for("pool-0", plan))))
         assert len(slots.held["pool-0"]) == 2
         calls = []
         attach, run = worker.slots.attach, worker._event

@@ -371,16 +371,10 @@ class FrontendSlots:
     def fits_ever(self, plan):
         return plan[1] <= self.arena.limit
 
-    def fill(self, data, plan, ticket):
-        """The event to send: `data` with its large arrays moved into the slot."""
-        out, copies = self.place(data, plan, ticket)
-        copy_into_slots(copies)
-        return out
-
     def place(self, data, plan, ticket):
-        """``(event to send, copies to make)``: :meth:`fill` with the copies
-        left to the caller (:func:`copy_into_slots`), to make those of a
-        batch together."""
+        """``(event to send, copies to make)``: `data` with its large arrays
+        placed in the slot, and the copies that put them there, left to the
+        caller (:func:`copy_into_slots`) to make those of a batch together."""
         entries, nunits = plan
         serial, start = ticket
         ref, copies = place_slot(self.input, start, entries, nunits, serial)
