@@ -211,9 +211,7 @@ class PoolWorker:
         return results_out, had_event, False
 
     def on_message(self, opcode, data):
-        """Apply one message; the result for REDUCE of an event, else None."""
-        if opcode == OP_EVENT:
-            return self.event(data)
+        """Apply one message other than an event (handle() runs those)."""
         if opcode in StagedContext.OPCODES:
             reply, ctx = self.staged.handle(opcode, data)
             if reply is not None:
@@ -330,13 +328,6 @@ class PoolWorker:
         self.ctx = ctx
         self.engine = Engine(ctx, ErrorReporter(sink=self.report))
         self.forward_views, self.forward_paths = reduce_inputs(ctx)
-
-    def event(self, event):
-        """Run one event; returns the result message for REDUCE (or None)."""
-        raw = event.pop(KEY_SHM, None)
-        if raw is None:
-            return self._event(event)
-        return self.slot_event(event, self.attach(event, raw))
 
     def attach_slots(self, messages):
         """Map the slots of a message's events before running any of them:
