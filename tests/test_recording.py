@@ -640,6 +640,14 @@ def test_recorder_refuses_a_path_it_cannot_write(tmp_path):
         RecorderProcess(str(tmp_path / "missing" / "x.h5"))
 
 
+def test_a_file_hdf5_cannot_create_is_said_in_one_line():
+    # /proc passes the checks for root but takes no new file, for anyone.
+    with pytest.raises(RecorderError) as e:
+        RecorderProcess("/proc/metropc-test.h5")
+    assert str(e.value) == "cannot create /proc/metropc-test.h5: No such file or directory" \
+        or "not writable" in str(e.value), str(e.value)
+
+
 def test_full_disk_stops_recording_not_the_pipeline(tmp_path, capfd):
     """An 8 MiB tmpfs fills up: the recorder stops before it is full, closes
     its file cleanly (whole: every train id next to its own data), says so

@@ -106,7 +106,12 @@ class RecordingFile:
         exists = os.path.exists(path)
         #: Whether this session made the file (its root attributes are ours).
         self.created = not exists
-        self.h5 = h5py.File(path, "a" if exists else "w", libver="latest", locking=False)
+        try:
+            self.h5 = h5py.File(path, "a" if exists else "w", libver="latest", locking=False)
+        except OSError as e:  # (HDF5's own text is a paragraph of flags)
+            why = os.strerror(e.errno) if e.errno else str(e)
+            raise RecordPathError(f"cannot {'open' if exists else 'create'} {path}: "
+                                  f"{why}") from None
         try:
             if exists:
                 if self.h5.attrs.get("format") != FORMAT:
