@@ -711,6 +711,68 @@ def test_full_disk_stops_recording_not_the_pipeline(tmp_path, capfd):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
 
 
+def test_a_write_that_fails_stops_the_recorder_in_one_line_and_keeps_the_file(
+        tmp_path, capfd):
+    """A file size limit (ulimit -f) reached in the middle of a recording: a
+    write fails for real (EFBIG; Python ignores SIGXFSZ).  The recorder says
+    why in a few words, exits 3, and the file keeps every flushed row, each
+    whole; the pipeline goes on."""
+    import psutil
+
+    from metropc.pipeline import Pipeline
+
+    ctx = ("import numpy as np\n@View.Vector\ndef big(x: 'karabo#DEV.x'):\n"
+           "    return np.full(20000, x)\n")
+    path = tmp_path / "rec.h5"
+    rec = RecorderProcess(str(path), flush_interval=0.2)
+    try:
+        with Pipeline(ctx, source=None, pool=1) as pipe:
+            assert rec.connect(pipe.output_addr, timeout=30)
+            n = 0
+
+            def send():
+                nonlocal n
+                pipe.send({"internal#train_id": n, "internal#event_id": n,
+                           "karabo#DEV.x": float(n)})
+                n += 1
+
+            def flushed():
+                send()
+                return _count(path, "big") >= 3
+            deadline_poll(flushed, 30, "three results flushed")
+            # From now on the file may grow by 1 MiB (about six more results).
+            limit = path.stat().st_size + (1 << 20)
+            psutil.Process(rec.proc.pid).rlimit(psutil.RLIMIT_FSIZE, (limit, limit))
+
+            def recorder_stopped():
+                send()
+                return rec.proc.poll() is not None
+            deadline_poll(recorder_stopped, 60, "a write to fail")
+            assert rec.proc.returncode == 3
+            from metropc.client import Client
+            with Client(pipe.output_addr, views=["big"], timeout=30) as client:
+                def result():
+                    send()
+                    try:
+                        return client.recv(timeout=0.2)
+                    except TimeoutError:
+                        return None
+                _, payload = deadline_poll(result, 30, "a result after the stop")
+                assert payload["data"][0] == payload["event_id"]
+    finally:
+        rec.stop(timeout=10)
+    err = capfd.readouterr().err
+    stopped = [line for line in err.splitlines() if "stopped:" in line]
+    assert len(stopped) == 1, err
+    assert re.search(r"recording to \S+rec\.h5 stopped: File too large; the files keep "
+                     r"everything up to the last flush", stopped[0]), stopped[0]
+    with h5py.File(path, "r", swmr=True) as f:  # (as after a SIGKILL)
+        tid = f["views/big/0/train_id"][:]
+        data = f["views/big/0/data"][:len(tid)]
+    assert len(tid) >= 3 and list(tid[:3]) == [0, 1, 2]
+    np.testing.assert_array_equal(data[:3], np.repeat(tid[:3, None], 20000, axis=1))
+
+
 def test_metropc_run_says_when_its_recorder_dies(tmp_path):
     """A recorder killed under a running metropc-run: one error line, the
     pipeline goes on, the exit is clean."""

@@ -32,6 +32,7 @@ without writing anything more.  The pipeline is not affected.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -44,7 +45,7 @@ from ..protocol import decode_protocol
 from ..protocol_batch import BATCH_PREFIX
 from ..protocol_layouts import decode_batch
 from ..seqgaps import SeqGaps
-from .space import DiskNearlyFull
+from .space import DiskNearlyFull, os_error_text
 
 log = logging.getLogger("metropc.recording")
 
@@ -191,8 +192,9 @@ def _write_failed(e: BaseException, path: str) -> None:
     stays as SWMR keeps it after a crash: up to the last flush, except what
     the failed write itself may have left half done.
     """
-    reason = "the disk is full" if "No space left" in str(e) or \
-        getattr(e, "errno", None) == 28 else f"{type(e).__name__}: {e}"
+    reason = os_error_text(e)
+    if reason == os.strerror(errno.ENOSPC):
+        reason = "the disk is full"
     log.error("recording to %s stopped: %s; the files keep everything up to the "
               "last flush (at most a second before); the pipeline goes on", path, reason)
     logging.shutdown()

@@ -19,9 +19,10 @@ and the file keeps what HDF5 managed to write, as after a power cut.
 from __future__ import annotations
 
 import os
+import re
 import time
 
-__all__ = ["DiskNearlyFull", "RESERVE", "Room", "free_bytes"]
+__all__ = ["DiskNearlyFull", "RESERVE", "Room", "free_bytes", "os_error_text"]
 
 #: Bytes the recorder keeps free on the recording's disk.
 RESERVE = 1 << 20
@@ -83,3 +84,16 @@ class Room:
 
     def _ask(self, now: float) -> None:
         self._free, self._asked = free_bytes(self.path), now
+
+
+def os_error_text(error: BaseException) -> str:
+    """What the operating system said of a failed file operation, in a few
+    words (``File too large``), where HDF5 wraps it in a paragraph of
+    flags and buffer addresses; otherwise the error's first line."""
+    if getattr(error, "errno", None):
+        return os.strerror(error.errno)
+    text = str(error)
+    said = re.search(r"error message = '([^']+)'", text)
+    if said:
+        return said.group(1)
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

@@ -28,7 +28,7 @@ from .columns import LARGE_ROW, Column
 from .layout import (FORMAT, FORMAT_VERSION, META, META_TABLES, MISSING, NO_EVENT,
                      RUN_ABSENT, RUN_NONE, VIEWS, classify, to_json)
 from .segment import Segment
-from .space import Room
+from .space import Room, os_error_text
 
 __all__ = ["Recording", "RecordingFile", "check_record_path", "RecordPathError"]
 
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 class RecordPathError(ValueError):
     """A --record path that cannot be written (one line for the user)."""
+
 
 
 def check_record_path(path: str) -> None:
@@ -108,10 +109,9 @@ class RecordingFile:
         self.created = not exists
         try:
             self.h5 = h5py.File(path, "a" if exists else "w", libver="latest", locking=False)
-        except OSError as e:  # (HDF5's own text is a paragraph of flags)
-            why = os.strerror(e.errno) if e.errno else str(e)
+        except OSError as e:
             raise RecordPathError(f"cannot {'open' if exists else 'create'} {path}: "
-                                  f"{why}") from None
+                                  f"{os_error_text(e)}") from None
         try:
             if exists:
                 if self.h5.attrs.get("format") != FORMAT:
