@@ -323,6 +323,8 @@ def test_sigkill_of_the_recorder_leaves_a_readable_file(tmp_path):
                 except (OSError, KeyError):
                     return False
             deadline_poll(some_rows, 60, "100 rows flushed")
+            with open(f"/proc/{rec.proc.pid}/comm") as f:  # (found by its name)
+                assert f.read().strip() == "metropc-record"
             rec.proc.kill()
             rec.proc.wait(10)
     finally:

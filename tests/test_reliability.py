@@ -68,6 +68,14 @@ def start_counting(pipeline, collector_factory, **kwargs):
     return fe, col
 
 
+def test_stage_processes_carry_their_names(pipeline, collector_factory):
+    """`top`, `pgrep metropc-reduce` and `pstree` tell the stages apart."""
+    fe, col = start_counting(pipeline, collector_factory)
+    for name in ("pool-0", "pool-1", "reduce"):
+        with open(f"/proc/{fe._runners[name].pid}/comm") as f:
+            assert f.read().strip() == f"metropc-{name}"
+
+
 def test_killed_worker_is_replaced_and_its_events_counted(pipeline, collector_factory):
     fe, col = start_counting(pipeline, collector_factory)
     feeder = Feeder(fe)

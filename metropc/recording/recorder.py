@@ -45,6 +45,7 @@ from ..protocol import decode_protocol
 from ..protocol_batch import BATCH_PREFIX
 from ..protocol_layouts import decode_batch
 from ..seqgaps import SeqGaps
+from ..stage.runner import name_process
 from .space import DiskNearlyFull, os_error_text
 
 log = logging.getLogger("metropc.recording")
@@ -235,6 +236,7 @@ def main(argv=None) -> int:
     stop = []
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # metropc-run stops it, and last
+    name_process("metropc-record")
 
     import zmq
 

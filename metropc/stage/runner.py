@@ -26,7 +26,7 @@ from .stagelogs import forward_logging
 log = logging.getLogger(__name__)
 
 __all__ = ["StageRunner", "ThreadRunner", "ProcessRunner", "STAGES_FILE",
-           "note_process", "resume_listed", "end_left_processes"]
+           "note_process", "resume_listed", "end_left_processes", "name_process"]
 
 
 def _stage_main(target, kwargs, log_level=None, log_address=None):
@@ -47,6 +47,7 @@ def _stage_main(target, kwargs, log_level=None, log_address=None):
     try:
         sys.unraisablehook = _leave_later
         _die_with_parent()
+        name_process(multiprocessing.current_process().name)
         forward_logging(log_level, log_address)
         # Everything imported so far (numpy, xarray, pandas: ~70 000 objects)
         # lives as long as the process: out of the cyclic collector's sight,
@@ -101,16 +102,29 @@ def _signal_again():
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _prctl(option, arg) -> bool:
+    """Linux's prctl(2); False where there is none."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(option, arg) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def _die_with_parent():
     """Ask Linux to send SIGTERM when the frontend process dies (no orphans)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the parent's close() must do
-        pass
+    PR_SET_PDEATHSIG = 1
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # (not Linux: the parent's close() must do)
     if os.getppid() == 1:  # the parent died before prctl took effect
         raise SystemExit(1)
+
+
+def name_process(name: str) -> None:
+    """Give this process the name `top`, `ps -o comm`, `pstree` and `pgrep`
+    show (Linux keeps 15 bytes), e.g. ``metropc-reduce``: the stages are
+    all ``python3 ... spawn_main`` on their command lines, and the one to
+    look at, or to signal, must be found by name."""
+    PR_SET_NAME = 15
+    _prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]))
 
 
 class StageRunner:
