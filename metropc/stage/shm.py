@@ -182,8 +182,10 @@ class SlotReader:
                 if not self._warned and stuck[0].ref() is not None:
                     self._warned = True
                     log.info("shared memory: %d slot(s) still referenced %.0f s after "
-                             "their event (a view keeps input arrays?); they stay "
-                             "allocated until released", len(keep), now - stuck[0].since)
+                             "their event (a view keeps input arrays, or results that "
+                             "are views of them wait to be sent: REDUCE busy or stopped?)"
+                             "; they stay allocated until released",
+                             len(keep), now - stuck[0].since)
         return free
 
     def free_in_header(self, leases):
