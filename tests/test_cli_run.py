@@ -432,8 +432,8 @@ def test_events_that_do_not_get_through_in_the_end_are_named_and_exit_3(tmp_path
     exits 3, so that a script can tell that results are missing."""
     ctx_file = tmp_path / "ctx.py"
     ctx_file.write_text(SLOW_CTX.replace("time.sleep(0.1)", "time.sleep(3)"))
-    code = ("import sys, metropc.cli.run as run; run.DRAIN_STALL_TIMEOUT = 1.0; "
-            "sys.exit(run.main(sys.argv[1:]))")
+    code = ("import sys, metropc.cli.run as run, metropc.cli.run_live as live; "
+            "live.DRAIN_STALL_TIMEOUT = 1.0; sys.exit(run.main(sys.argv[1:]))")
     proc = subprocess.run([sys.executable, "-c", code, str(ctx_file), "--rate", "max",
                            "--max-events", "4", "--pool", "1", "--status", "off",
                            "--drop-policy", "block"],
@@ -488,8 +488,9 @@ def _slow_run_in_its_own_group(ctx_file, *args, interrupt_wait=None):
     from metropc.client import Client
     program = ["-m", "metropc.cli.run"]
     if interrupt_wait is not None:
-        program = ["-c", f"import sys, metropc.cli.run as run; run.INTERRUPT_WAIT = "
-                         f"{interrupt_wait!r}; sys.exit(run.main(sys.argv[1:]))"]
+        program = ["-c", "import sys, metropc.cli.run as run, metropc.cli.run_live as live; "
+                         f"live.INTERRUPT_WAIT = {interrupt_wait!r}; "
+                         "sys.exit(run.main(sys.argv[1:]))"]
     proc = subprocess.Popen([sys.executable, *program, str(ctx_file),
                              "--rate", "max", "--pool", "1", "--status", "off",
                              "--drop-policy", "block", *args],

@@ -23,13 +23,12 @@ import shutil
 import signal
 import sys
 import threading
-import time
 
 from ..error import ContextError, SourceError, StopRequested, _context_frame_lineno
 from .run_args import PROG, build_parser, check_arguments, check_parameters, source_options
-from .run_session import (TIME_UP, ChildOutput, ContextWatcher, FdWatch, Interrupts, Keys,
-                          RecorderWatch, context_text, detach_from_terminal,
-                          restore_terminal, setup_logging)
+from .run_live import Leave, LiveRun, interrupted
+from .run_session import (TIME_UP, ChildOutput, Interrupts, context_text,
+                          detach_from_terminal, restore_terminal, setup_logging)
 from .usage import UsageError, one_line, shown
 
 # The pipeline's modules are imported in main(), once SIGINT is blocked, so
@@ -50,49 +49,6 @@ def main(argv=None):
         return _main(args, dashboard_bind, old_mask)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-
-
-#: Seconds without an event getting through after which a finished source's
-#: last events are given up (metropc.pipeline.Pipeline.drain).
-DRAIN_STALL_TIMEOUT = 30.0
-
-
-#: The exit code when the last events were given up (their results were not
-#: published): a script that runs metropc-run can tell.
-EXIT_NOT_PUBLISHED = 3
-
-
-#: Seconds Ctrl-C or SIGTERM leaves the events already in the pipeline to
-#: get through (a second Ctrl-C quits at once).
-INTERRUPT_WAIT = 3.0
-
-
-def finish(pipeline, stop, on_wait=None) -> int:
-    """The source finished, or the run ends (--duration, key q): let the
-    last events through before stopping (their results are published, or
-    counted lost); returns how many did not get through (the pipeline's
-    close names them).  `on_wait()` keeps a status display going meanwhile."""
-    pipeline.stop_source()
-    left = pipeline.drain(DRAIN_STALL_TIMEOUT, stop, timeout=1.0, on_wait=on_wait)
-    if pipeline.frontend.unfinished() and not stop.is_set():  # (a run's end mark, too)
-        if left:  # slow views: say what we wait for
-            log.info("letting the last %d event(s) through (Ctrl-C stops sooner)", left)
-        left = pipeline.drain(DRAIN_STALL_TIMEOUT, stop, on_wait=on_wait)
-    if left and not stop.is_set():
-        why = pipeline.frontend.given_up()
-        log.warning("giving up on the last events: %s", why or
-                    f"none got through for {DRAIN_STALL_TIMEOUT:g} s")
-    return left
-
-
-def interrupted(pipeline, on_wait=None) -> int:
-    """Ctrl-C or SIGTERM: the source stops at once, and what it already fed
-    gets INTERRUPT_WAIT seconds to get through (at the usual rate that is
-    milliseconds); returns how many did not (the pipeline's close names
-    them, so Ctrl-C stays one line when nothing is lost)."""
-    pipeline.stop_source()
-    pipeline.stand_down()  # a SIGTERM to the process group ends the stages too
-    return pipeline.drain(INTERRUPT_WAIT, timeout=INTERRUPT_WAIT, on_wait=on_wait)
 
 
 #: The smallest terminal (columns, rows) the live status region fits in; in a
@@ -218,10 +174,6 @@ def load_context(source, args, interrupts):
 
 
 def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
-    from ..core import context_file_stamp, read_context_file
-    from ..pipeline import Pipeline
-    from .status import ContextState, StatusDisplay
-
     stop = interrupts.stop
 
     def exit_code():
@@ -230,80 +182,13 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
     if stop.is_set():  # Ctrl-C before anything started
         return exit_code()
     try:
-        stamp = context_file_stamp(args.context)  # (before reading: see ContextWatcher)
-        source = read_context_file(args.context)
-    except OSError as e:
-        say(f"{PROG}: error: cannot read the context file {args.context}: "
-            f"{e.strerror or e}")
-        return 2
-    except ContextError as e:  # not text
-        log.error("context refused, nothing runs\n%s", e)
-        return 1
-    try:
-        ctx = load_context(source, args, interrupts)
-        parameters = check_parameters(ctx, args.param)
-    except StopRequested as e:
-        line = _context_frame_lineno(e.__traceback__, args.context)
-        where = "" if line is None else f" (at line {line})"
-        say(f"{PROG}: stopped while the top level of {args.context} ran{where}; nothing "
-            "ran (a context's top level must return: put loops in views)")
-        return 1 if interrupts.signum == TIME_UP else exit_code()
-    except UsageError as e:
-        say(f"{PROG}: error: {e}")
-        return 2
-    except ContextError as e:
-        log.error("context refused, nothing runs\n%s", e.format_for_context(source))
-        return 1
-    if stop.is_set():
-        return exit_code()
-
-    output = args.output
-    if output.startswith("tcp://") and output.endswith(":0"):
-        output = output[:-2] + ":*"
-    recorder = None
-    if args.record is not None:  # the source waits until it subscribed
-        from ..recording.process import RecorderError, RecorderProcess
-        views = (None if args.record_views is None
-                 else [v.strip() for v in args.record_views.split(",") if v.strip()])
-        unknown = None if views is None else [v for v in views if v not in ctx.views]
-        if views is not None and (unknown or not views):
-            known = ", ".join(n for n, v in ctx.views.items() if not v.hidden) or "none"
-            say(f"{PROG}: error: --record-views {args.record_views!r}: "
-                + (f"no view named {', '.join(unknown)}" if unknown else "names no view")
-                + f" in {args.context} (its views: {known})")
-            return 2
-        try:
-            recorder = RecorderProcess(args.record, views=views, keys=args.keys)
-        except RecorderError as e:
-            say(f"{PROG}: error: --record {args.record}: {e}")
-            return 2
-    try:
-        try:
-            pipeline = Pipeline(args.context, source=args.source, pool=args.pool,
-                                output=output, parameters=parameters, rate=args.rate,
-                                seed=args.seed, bridge_socket=args.bridge_socket,
-                                queue_size=args.queue_size, drop_policy=args.drop_policy,
-                                max_events=args.max_events, control=args.control,
-                                reduce=args.reduce, keys=args.keys,
-                                event_timeout=args.event_timeout or None,
-                                shm_size=args.shm_size, start=recorder is None,
-                                **source_options(args))
-        except BaseException:
-            if recorder is not None:
-                recorder.stop()
-            raise
-    except ContextError as e:
-        log.error("context refused, nothing runs\n%s",
-                  e.format_for_context(context_text(args.context)))
-        return 1
-    except SourceError as e:  # (what needs the source opened: --source os:nosuch)
-        say(f"{PROG}: error: --source {shown(args.source)}: {one_line(e)}")
-        return 2
-    except RuntimeError:  # a stage could not start (e.g. its address taken)
+        stamp, ctx, parameters = _load(args, interrupts, say, exit_code)
         if stop.is_set():
             return exit_code()
-        log.error("the pipeline did not start; the messages above say why")
-        return 1
+        recorder = _start_recorder(args, ctx, say)
+        pipeline = _start_pipeline(args, parameters, recorder, stop, say, exit_code)
+    except Leave as e:
+        return e.code
     # As in the stage processes (metropc.stage.runner): what is imported and
     # built by now stays, so full collections need not walk it (a ~40 ms
     # pause of the frontend thread otherwise).
@@ -313,149 +198,113 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
     interrupts.when_stopped(pipeline.stand_down)
     if pipeline.frontend._tmpdir:
         leftovers.append(pipeline.frontend._tmpdir)
-    status = live = dashboard = keys = metrics = None
+    run = LiveRun(pipeline, recorder, args)
     try:
         if stop.is_set():  # Ctrl-C while the stages started (the source may have begun)
             interrupted(pipeline)
             return exit_code()
-        if recorder is not None:  # (noted first: ended by the next frontend if left stopped)
-            pipeline.frontend.note_process(recorder.proc.pid)
-        with_keys = f" --keys {args.keys}" if args.keys else ""  # (CURVE: clients need them)
-        print(f"{PROG}: output on {pipeline.output_addr}  "
-              f"(watch it with: metropc-client {pipeline.output_addr}{with_keys})", flush=True)
-        if pipeline.control_addr is not None:
-            print(f"{PROG}: control on {pipeline.control_addr}  (metropc-client "
-                  f"{pipeline.output_addr}{with_keys} --reset | --pause | --resume)",
-                  flush=True)
-        if any(str(a).startswith("tcp://") for a in (args.control, args.reduce)):
-            fe = pipeline.frontend  # their bound addresses (port 0: the one picked)
-            print(f"{PROG}: stages on {fe.control_addr} and {fe.reduce_addr}  "
-                  f"(join with: metropc-worker --control {fe.control_addr} --reduce "
-                  f"{fe.reduce_addr}" + (f" --keys {args.keys}" if args.keys else "") + ")",
-                  flush=True)
-        if recorder is not None:
-            if recorder.connect(pipeline.output_addr):
-                ctx = pipeline.ctx  # published before the recorder subscribed
-                recorder.send_meta("context", {
-                    "version": ctx.version, "path": ctx.path, "source": ctx.source,
-                    "parameters": dict(ctx.parameters)})
-                print(f"{PROG}: recording to {args.record}", flush=True)
-            else:
-                log.error("the recorder did not subscribe to %s; nothing is recorded",
-                          pipeline.output_addr)
-            pipeline.start()  # the recorder listens: from the first event on
-        if dashboard_bind is not None:
-            try:
-                from ..dashboard import serve
-                dashboard = serve(pipeline.output_addr, *dashboard_bind, control=pipeline,
-                                  allow_remote=args.allow_remote, keys=args.keys,
-                                  title=os.path.basename(args.context))
-            except (ImportError, OSError) as e:
-                log.error("cannot serve the dashboard on %s: %s", args.dashboard, e)
-                return 2
-            print(f"{PROG}: dashboard on {dashboard.url}", flush=True)
-        if getattr(args, "metrics_bind", None) is not None:
-            from ..metrics import MetricsServer
-            try:
-                metrics = MetricsServer(pipeline.output_addr, *args.metrics_bind,
-                                        pipeline=pipeline, keys=args.keys,
-                                        allow_remote=args.allow_remote).start()
-            except (ImportError, OSError, ValueError) as e:
-                log.error("cannot serve metrics on %s: %s", args.metrics, e)
-                return 2
-            print(f"{PROG}: metrics on {metrics.url} (and /status)", flush=True)
-        state = ContextState(args.context)
-        if pipeline.ctx is not None:
-            state.loaded(pipeline.version, len(pipeline.ctx.views))
-        on_error = pipeline.on_error
-
-        def on_stage_error(msg):  # called in the frontend's thread
-            on_error(msg)
-            state.stage_message(msg)
-
-        pipeline.on_error = on_stage_error
-        watcher = None if args.no_watch else ContextWatcher(pipeline, state, stamp)
-        if mode != "off":
-            status = StatusDisplay(pipeline.output_addr, pipeline.ctx.event_alias,
-                                   keys=args.keys, context=state, live=(mode == "live"))
-        if mode == "live":
-            from rich.live import Live
-
-            status.height = lambda: console.size.height
-            live = Live(get_renderable=status.render, console=console,
-                        refresh_per_second=4, redirect_stdout=True, redirect_stderr=True)
-            live.start()
-        t_end = None if args.duration is None else time.monotonic() + args.duration
-        keys = Keys.open(mode == "live")
-        if keys is not None:
-            print(f"{PROG}: keys: r reset, p pause/resume, s step, q quit", flush=True)
-        broken = None
-        fds = FdWatch()
-        recorder_watch = None if recorder is None else RecorderWatch(args.record)
-        while not stop.is_set() and not pipeline.finished.is_set():
-            broken = pipeline.frontend.given_up()
-            if broken is not None:  # (the reason was logged when it happened)
-                log.critical("%s: no more results can come; stopping", broken)
-                break
-            if keys is None:
-                stop.wait(0.25)
-            elif keys.act(pipeline, 0.25) == "quit":
-                break
-            if watcher is not None:
-                watcher.poll()
-            fds.poll()
-            if recorder is not None and recorder.alive:
-                news = recorder_watch.check(recorder.silent_for())
-                if news is not None:
-                    (log.warning if recorder_watch.silent else log.info)("%s", news)
-            if recorder is not None and not recorder.alive:
-                code = recorder.proc.returncode
-                log.error("the recorder %s: nothing more is recorded to %s (%s); the "
-                          "pipeline goes on", f"died (exit code {code})" if code else
-                          "ended (exit code 0) without being told to", args.record,
-                          "it keeps what was flushed" if code else "it closed the file")
-                recorder.stop(1.0)  # (reaped)
-                recorder = None
-            if status is not None:
-                status.update()
-            if t_end is not None and time.monotonic() >= t_end:
-                break
-        left = 0
-        on_wait = None if status is None else status.update
-        if broken is not None:
-            pipeline.stop_source()  # (close() names what is left)
-        elif not stop.is_set():
-            left = finish(pipeline, stop, on_wait)
-            if status is not None and not stop.is_set():  # the last line: the last counts
-                status.refresh(pipeline.request_index)
-        if stop.is_set():  # Ctrl-C or SIGTERM, also while finishing
-            interrupted(pipeline, on_wait)
-            if status is not None and pipeline.frontend.stages_alive():
-                status.refresh(pipeline.request_index, timeout=0.5)  # the counts of now
-        if status is not None:
-            # Counts of the end also when REDUCE is gone: the last index may be
-            # a second old (a SIGTERM to the whole group, a given-up REDUCE).
-            status.latest = {**pipeline.frontend.latest_counts(), "fed": pipeline.fed}
-            status.update(final=True)  # (line mode: the last line, also after Ctrl-C)
-        if (left or broken is not None) and not stop.is_set():
-            return EXIT_NOT_PUBLISHED
-        return exit_code()
+        run.announce()
+        run.start_recording()
+        run.serve(dashboard_bind)
+        run.show(mode, console, stamp)
+        broken = run.watch(stop)
+        return run.wind_up(broken, stop, exit_code())
+    except Leave as e:
+        return e.code
     finally:
-        if keys is not None:
-            keys.close()
-        if live is not None:
-            live.refresh()
-            live.stop()
-        if dashboard is not None:
-            dashboard.stop()
-        if metrics is not None:
-            metrics.stop()
-        pipeline.close(timeout=3.0)
-        if recorder is not None:
-            recorder.stop()  # after the pipeline: it writes every last result
-        if status is not None:
-            status.close()
+        run.close()
 
+
+def _load(args, interrupts, say, exit_code):
+    """``(stamp, ctx, parameters)``: the context file as read (for its
+    watcher), its context and the --param values; Leave if it cannot run."""
+    from ..core import context_file_stamp, read_context_file
+
+    try:
+        stamp = context_file_stamp(args.context)  # (before reading: see ContextWatcher)
+        source = read_context_file(args.context)
+    except OSError as e:
+        say(f"{PROG}: error: cannot read the context file {args.context}: "
+            f"{e.strerror or e}")
+        raise Leave(2) from None
+    except ContextError as e:  # not text
+        log.error("context refused, nothing runs\n%s", e)
+        raise Leave(1) from None
+    try:
+        ctx = load_context(source, args, interrupts)
+        return stamp, ctx, check_parameters(ctx, args.param)
+    except StopRequested as e:
+        line = _context_frame_lineno(e.__traceback__, args.context)
+        where = "" if line is None else f" (at line {line})"
+        say(f"{PROG}: stopped while the top level of {args.context} ran{where}; nothing "
+            "ran (a context's top level must return: put loops in views)")
+        raise Leave(1 if interrupts.signum == TIME_UP else exit_code()) from None
+    except UsageError as e:
+        say(f"{PROG}: error: {e}")
+        raise Leave(2) from None
+    except ContextError as e:
+        log.error("context refused, nothing runs\n%s", e.format_for_context(source))
+        raise Leave(1) from None
+
+
+def _start_recorder(args, ctx, say):
+    """The recorder of --record (None without), started before the pipeline:
+    the source waits until it subscribed.  Leave(2) if it cannot record."""
+    if args.record is None:
+        return None
+    from ..recording.process import RecorderError, RecorderProcess
+
+    views = (None if args.record_views is None
+             else [v.strip() for v in args.record_views.split(",") if v.strip()])
+    unknown = None if views is None else [v for v in views if v not in ctx.views]
+    if views is not None and (unknown or not views):
+        known = ", ".join(n for n, v in ctx.views.items() if not v.hidden) or "none"
+        say(f"{PROG}: error: --record-views {args.record_views!r}: "
+            + (f"no view named {', '.join(unknown)}" if unknown else "names no view")
+            + f" in {args.context} (its views: {known})")
+        raise Leave(2)
+    try:
+        return RecorderProcess(args.record, views=views, keys=args.keys)
+    except RecorderError as e:
+        say(f"{PROG}: error: --record {args.record}: {e}")
+        raise Leave(2) from None
+
+
+def _start_pipeline(args, parameters, recorder, stop, say, exit_code):
+    """The pipeline's stages, started (its source too, unless a recorder
+    must subscribe first); Leave if it did not start."""
+    from ..pipeline import Pipeline
+
+    output = args.output
+    if output.startswith("tcp://") and output.endswith(":0"):
+        output = output[:-2] + ":*"
+    try:
+        try:
+            return Pipeline(args.context, source=args.source, pool=args.pool,
+                            output=output, parameters=parameters, rate=args.rate,
+                            seed=args.seed, bridge_socket=args.bridge_socket,
+                            queue_size=args.queue_size, drop_policy=args.drop_policy,
+                            max_events=args.max_events, control=args.control,
+                            reduce=args.reduce, keys=args.keys,
+                            event_timeout=args.event_timeout or None,
+                            shm_size=args.shm_size, start=recorder is None,
+                            **source_options(args))
+        except BaseException:
+            if recorder is not None:
+                recorder.stop()
+            raise
+    except ContextError as e:
+        log.error("context refused, nothing runs\n%s",
+                  e.format_for_context(context_text(args.context)))
+        raise Leave(1) from None
+    except SourceError as e:  # (what needs the source opened: --source os:nosuch)
+        say(f"{PROG}: error: --source {shown(args.source)}: {one_line(e)}")
+        raise Leave(2) from None
+    except RuntimeError:  # a stage could not start (e.g. its address taken)
+        if stop.is_set():
+            raise Leave(exit_code()) from None
+        log.error("the pipeline did not start; the messages above say why")
+        raise Leave(1) from None
 
 if __name__ == "__main__":
     sys.exit(main())
