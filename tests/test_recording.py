@@ -7,6 +7,7 @@ Every process has a deadline and is ended in a ``finally``; files live in
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -650,6 +651,34 @@ def test_a_file_hdf5_cannot_create_is_said_in_one_line():
         or "not writable" in str(e.value), str(e.value)
 
 
+BIG_CTX = ("import numpy as np\n@View.Vector\ndef big(x: 'karabo#DEV.x'):\n"
+           "    return np.full(20000, x)\n")
+
+
+def _sender(pipe):
+    """A function that sends the next numbered event (train id n, x = n) to `pipe`."""
+    numbers = itertools.count()
+
+    def send():
+        n = next(numbers)
+        pipe.send({"internal#train_id": n, "internal#event_id": n, "karabo#DEV.x": float(n)})
+    return send
+
+
+def _assert_big_results_go_on(pipe, send):
+    """A client still gets results of BIG_CTX's view (the recorder has stopped)."""
+    from metropc.client import Client
+    with Client(pipe.output_addr, views=["big"], timeout=30) as client:
+        def result():
+            send()
+            try:
+                return client.recv(timeout=0.2)
+            except TimeoutError:
+                return None
+        _, payload = deadline_poll(result, 30, "a result after the stop")
+        assert payload["data"][0] == payload["event_id"]
+
+
 def test_full_disk_stops_recording_not_the_pipeline(tmp_path, capfd):
     """An 8 MiB tmpfs fills up: the recorder stops before it is full, closes
     its file cleanly (whole: every train id next to its own data), says so
@@ -663,39 +692,19 @@ def test_full_disk_stops_recording_not_the_pipeline(tmp_path, capfd):
             capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        ctx = ("import numpy as np\n@View.Vector\ndef big(x: 'karabo#DEV.x'):\n"
-               "    return np.full(20000, x)\n")
         path = mnt / "rec.h5"
         rec = RecorderProcess(str(path), flush_interval=0.2)
         try:
-            with Pipeline(ctx, source=None, pool=1) as pipe:
+            with Pipeline(BIG_CTX, source=None, pool=1) as pipe:
                 assert rec.connect(pipe.output_addr, timeout=30)
-                for n in range(2):  # flushed before the disk fills: kept
-                    pipe.send({"internal#train_id": n, "internal#event_id": n,
-                               "karabo#DEV.x": float(n)})
+                send = _sender(pipe)
+                for _ in range(2):  # flushed before the disk fills: kept
+                    send()
                 deadline_poll(lambda: _count(path, "big") >= 2, 30, "two results flushed")
-                n = 2
-
-                def recorder_stopped():
-                    nonlocal n
-                    pipe.send({"internal#train_id": n, "internal#event_id": n,
-                               "karabo#DEV.x": float(n)})
-                    n += 1
-                    return rec.proc.poll() is not None
-                deadline_poll(recorder_stopped, 60, "the disk to fill up")
+                deadline_poll(lambda: send() or rec.proc.poll() is not None, 60,
+                              "the disk to fill up")
                 assert rec.proc.returncode == 3
-                # the pipeline goes on
-                from metropc.client import Client
-                with Client(pipe.output_addr, views=["big"], timeout=30) as client:
-                    def result():
-                        pipe.send({"internal#train_id": n, "internal#event_id": n,
-                                   "karabo#DEV.x": float(n)})
-                        try:
-                            return client.recv(timeout=0.2)
-                        except TimeoutError:
-                            return None
-                    path_, payload = deadline_poll(result, 30, "a result after the stop")
-                    assert payload["data"][0] == payload["event_id"]
+                _assert_big_results_go_on(pipe, send)
         finally:
             rec.stop(timeout=10)
         err = capfd.readouterr().err
@@ -723,44 +732,21 @@ def test_a_write_that_fails_stops_the_recorder_in_one_line_and_keeps_the_file(
 
     from metropc.pipeline import Pipeline
 
-    ctx = ("import numpy as np\n@View.Vector\ndef big(x: 'karabo#DEV.x'):\n"
-           "    return np.full(20000, x)\n")
     path = tmp_path / "rec.h5"
     rec = RecorderProcess(str(path), flush_interval=0.2)
     try:
-        with Pipeline(ctx, source=None, pool=1) as pipe:
+        with Pipeline(BIG_CTX, source=None, pool=1) as pipe:
             assert rec.connect(pipe.output_addr, timeout=30)
-            n = 0
-
-            def send():
-                nonlocal n
-                pipe.send({"internal#train_id": n, "internal#event_id": n,
-                           "karabo#DEV.x": float(n)})
-                n += 1
-
-            def flushed():
-                send()
-                return _count(path, "big") >= 3
-            deadline_poll(flushed, 30, "three results flushed")
+            send = _sender(pipe)
+            deadline_poll(lambda: send() or _count(path, "big") >= 3, 30,
+                          "three results flushed")
             # From now on the file may grow by 1 MiB (about six more results).
             limit = path.stat().st_size + (1 << 20)
             psutil.Process(rec.proc.pid).rlimit(psutil.RLIMIT_FSIZE, (limit, limit))
-
-            def recorder_stopped():
-                send()
-                return rec.proc.poll() is not None
-            deadline_poll(recorder_stopped, 60, "a write to fail")
+            deadline_poll(lambda: send() or rec.proc.poll() is not None, 60,
+                          "a write to fail")
             assert rec.proc.returncode == 3
-            from metropc.client import Client
-            with Client(pipe.output_addr, views=["big"], timeout=30) as client:
-                def result():
-                    send()
-                    try:
-                        return client.recv(timeout=0.2)
-                    except TimeoutError:
-                        return None
-                _, payload = deadline_poll(result, 30, "a result after the stop")
-                assert payload["data"][0] == payload["event_id"]
+            _assert_big_results_go_on(pipe, send)
     finally:
         rec.stop(timeout=10)
     err = capfd.readouterr().err
