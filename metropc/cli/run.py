@@ -26,10 +26,9 @@ import threading
 
 from ..error import ContextError, SourceError, StopRequested, _context_frame_lineno
 from .run_args import PROG, build_parser, check_arguments, check_parameters, source_options
-from .run_live import Leave, LiveRun, interrupted
 from .run_session import (TIME_UP, ChildOutput, Interrupts, context_text,
                           detach_from_terminal, restore_terminal, setup_logging)
-from .usage import UsageError, one_line, shown
+from .usage import Leave, UsageError, one_line, shown
 
 # The pipeline's modules are imported in main(), once SIGINT is blocked, so
 # that a Ctrl-C while they load is handled like any other.
@@ -174,6 +173,10 @@ def load_context(source, args, interrupts):
 
 
 def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
+    # Imported now, not when first used: a run at its limit of open files
+    # could not open them then.
+    from .run_live import LiveRun, interrupted
+
     stop = interrupts.stop
 
     def exit_code():

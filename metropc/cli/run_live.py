@@ -15,13 +15,12 @@ import time
 
 from .run_args import PROG
 from .run_session import ContextWatcher, FdWatch, Keys, RecorderWatch
-
-# The pipeline's modules (and the status display's) are imported when used:
-# metropc-run imports this module before it blocks SIGINT (metropc.cli.run).
+from .status import ContextState, StatusDisplay
+from .usage import Leave
 
 log = logging.getLogger("metropc.run")
 
-__all__ = ["LiveRun", "Leave", "finish", "interrupted", "DRAIN_STALL_TIMEOUT",
+__all__ = ["LiveRun", "finish", "interrupted", "DRAIN_STALL_TIMEOUT",
            "EXIT_NOT_PUBLISHED", "INTERRUPT_WAIT"]
 
 #: Seconds without an event getting through after which a finished source's
@@ -35,14 +34,6 @@ EXIT_NOT_PUBLISHED = 3
 #: Seconds Ctrl-C or SIGTERM leaves the events already in the pipeline to
 #: get through (a second Ctrl-C quits at once).
 INTERRUPT_WAIT = 3.0
-
-
-class Leave(Exception):
-    """The run cannot go on (its reason was said): exit with `code`."""
-
-    def __init__(self, code: int):
-        super().__init__(code)
-        self.code = code
 
 
 def finish(pipeline, stop, on_wait=None) -> int:
@@ -145,8 +136,6 @@ class LiveRun:
     def show(self, mode, console, stamp) -> None:
         """The status display (`mode`: live, lines or off), the context file's
         watcher (`stamp`: the file as loaded) and, on a terminal, the keys."""
-        from .status import ContextState, StatusDisplay
-
         pipeline, args = self.pipeline, self.args
         state = ContextState(args.context)
         if pipeline.ctx is not None:

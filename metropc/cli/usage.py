@@ -14,12 +14,20 @@ import re
 
 from .logsafe import escaped
 
-__all__ = ["Parser", "UsageError", "non_negative_float", "non_negative_int", "one_line",
+__all__ = ["Leave", "Parser", "UsageError", "non_negative_float", "non_negative_int", "one_line",
            "positive_float", "positive_int", "shown"]
 
 
 class UsageError(Exception):
     """A command-line value a tool refuses: one line, exit 2."""
+
+
+class Leave(Exception):
+    """A tool cannot go on, and has said why: exit with `code`."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
 
 
 def shown(value) -> str:
