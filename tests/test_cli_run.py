@@ -426,6 +426,33 @@ def test_a_finished_source_s_last_events_get_through_before_the_end(tmp_path):
     assert summaries[-1].startswith("metropc: out 30 "), summaries
 
 
+def test_ctrl_c_while_the_last_events_get_through_exits_130(tmp_path):
+    """The source is done and metropc-run waits for the last events: a
+    Ctrl-C then stops it as at any other moment (exit code 130)."""
+    ctx_file = tmp_path / "ctx.py"
+    ctx_file.write_text(SLOW_CTX.replace("time.sleep(0.1)", "time.sleep(0.5)"))
+    proc = subprocess.Popen([sys.executable, "-m", "metropc.cli.run", str(ctx_file),
+                             "--rate", "max", "--max-events", "40", "--pool", "1",
+                             "--status", "off", "--drop-policy", "block"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        lines = []
+        for line in proc.stderr:  # (until it says it waits: 20 s of events are left)
+            lines.append(line)
+            if "letting the last" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    err = "".join(lines) + rest
+    assert "letting the last" in err, err
+    assert proc.returncode == 130, err
+
+
 def test_events_that_do_not_get_through_in_the_end_are_named_and_exit_3(tmp_path):
     """When none of the last events gets through for DRAIN_STALL_TIMEOUT
     (shortened here), metropc-run gives up on them, says how many, and

@@ -211,7 +211,7 @@ def _run(args, dashboard_bind, mode, console, interrupts, leftovers, say):
         run.serve(dashboard_bind)
         run.show(mode, console, stamp)
         broken = run.watch(stop)
-        return run.wind_up(broken, stop, exit_code())
+        return run.wind_up(broken, stop, exit_code)
     except Leave as e:
         return e.code
     finally:

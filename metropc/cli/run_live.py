@@ -212,9 +212,10 @@ class LiveRun:
 
     # -- ending -----------------------------------------------------------------
 
-    def wind_up(self, broken, stop, exit_code: int) -> int:
+    def wind_up(self, broken, stop, exit_code) -> int:
         """Let the last events through (or what a stop allows), show the last
-        counts; the exit code (EXIT_NOT_PUBLISHED if events were given up)."""
+        counts; the exit code: EXIT_NOT_PUBLISHED if events were given up,
+        else `exit_code()`, asked last (a Ctrl-C while finishing makes it 130)."""
         pipeline, status = self.pipeline, self.status
         left = 0
         on_wait = None if status is None else status.update
@@ -235,7 +236,7 @@ class LiveRun:
             status.update(final=True)  # (line mode: the last line, also after Ctrl-C)
         if (left or broken is not None) and not stop.is_set():
             return EXIT_NOT_PUBLISHED
-        return exit_code
+        return exit_code()
 
     def close(self) -> None:
         if self.keys is not None:
