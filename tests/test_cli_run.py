@@ -426,6 +426,18 @@ def test_a_finished_source_s_last_events_get_through_before_the_end(tmp_path):
     assert summaries[-1].startswith("metropc: out 30 "), summaries
 
 
+def _ctrl_c(proc, timeout=30) -> str:
+    """Ctrl-C to `proc` (SIGINT); the rest of its stderr once it has ended
+    (killed if it has not within `timeout`)."""
+    try:
+        proc.send_signal(signal.SIGINT)
+        return proc.communicate(timeout=timeout)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def test_ctrl_c_while_the_last_events_get_through_exits_130(tmp_path):
     """The source is done and metropc-run waits for the last events: a
     Ctrl-C then stops it as at any other moment (exit code 130)."""
@@ -436,19 +448,14 @@ def test_ctrl_c_while_the_last_events_get_through_exits_130(tmp_path):
                              "--status", "off", "--drop-policy", "block"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    lines = []
     try:
-        lines = []
         for line in proc.stderr:  # (until it says it waits: 20 s of events are left)
             lines.append(line)
             if "letting the last" in line:
                 break
-        proc.send_signal(signal.SIGINT)
-        _, rest = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    err = "".join(lines) + rest
+        err = "".join(lines) + _ctrl_c(proc)  # (also ends it if the wait failed)
     assert "letting the last" in err, err
     assert proc.returncode == 130, err
 
@@ -623,13 +630,7 @@ def test_ctrl_c_names_the_events_that_could_not_get_through(tmp_path):
     ctx_file = tmp_path / "ctx.py"
     ctx_file.write_text(SLOW_CTX.replace("time.sleep(0.1)", "time.sleep(2)"))
     proc = _slow_run_in_its_own_group(ctx_file, interrupt_wait=0.5)
-    try:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    err = _ctrl_c(proc)
     assert proc.returncode == 130, err
     n = int(err.split("stopping with ")[1].split()[0])
     assert 16 <= n <= 16 + 8, err  # the queue, and what the worker holds
