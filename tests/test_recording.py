@@ -306,30 +306,24 @@ def test_sigkill_of_the_recorder_leaves_a_readable_file(tmp_path):
           "@View.Vector\ndef ramp(x: 'karabo#DEV.x'):\n    " \
           "import numpy as np\n    return np.full(50000, x)\n"
     path = tmp_path / "rec.h5"
-    rec = RecorderProcess(str(path), flush_interval=0.2)
-    try:
-        with Pipeline(ctx, source=None, pool=1) as pipe:
-            assert rec.connect(pipe.output_addr, timeout=30)
-            sent = 0
+    with RecorderProcess(str(path), flush_interval=0.2) as rec, \
+            Pipeline(ctx, source=None, pool=1) as pipe:
+        assert rec.connect(pipe.output_addr, timeout=30)
+        send = _sender(pipe)
 
-            def some_rows():
-                nonlocal sent
-                for _ in range(20):
-                    pipe.send({"internal#train_id": sent, "internal#event_id": sent,
-                               "karabo#DEV.x": float(sent)})
-                    sent += 1
-                try:
-                    with open_file(str(path)) as f:
-                        return f["views/double/0/train_id"].shape[0] >= 100
-                except (OSError, KeyError):
-                    return False
-            deadline_poll(some_rows, 60, "100 rows flushed")
-            with open(f"/proc/{rec.proc.pid}/comm") as f:  # (found by its name)
-                assert f.read().strip() == "metropc-record"
-            rec.proc.kill()
-            rec.proc.wait(10)
-    finally:
-        rec.stop(timeout=10)
+        def some_rows():
+            for _ in range(20):
+                send()
+            try:
+                with open_file(str(path)) as f:
+                    return f["views/double/0/train_id"].shape[0] >= 100
+            except (OSError, KeyError):
+                return False
+        deadline_poll(some_rows, 60, "100 rows flushed")
+        with open(f"/proc/{rec.proc.pid}/comm") as f:  # (found by its name)
+            assert f.read().strip() == "metropc-record"
+        rec.proc.kill()
+        rec.proc.wait(10)
     # A killed SWMR writer leaves the "open for writing" flag: plain h5py
     # opens the file with swmr=True (or after `h5clear -s`).
     with h5py.File(path, "r", swmr=True) as f:
@@ -693,20 +687,17 @@ def test_full_disk_stops_recording_not_the_pipeline(tmp_path, capfd):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         path = mnt / "rec.h5"
-        rec = RecorderProcess(str(path), flush_interval=0.2)
-        try:
-            with Pipeline(BIG_CTX, source=None, pool=1) as pipe:
-                assert rec.connect(pipe.output_addr, timeout=30)
-                send = _sender(pipe)
-                for _ in range(2):  # flushed before the disk fills: kept
-                    send()
-                deadline_poll(lambda: _count(path, "big") >= 2, 30, "two results flushed")
-                deadline_poll(lambda: send() or rec.proc.poll() is not None, 60,
-                              "the disk to fill up")
-                assert rec.proc.returncode == 3
-                _assert_big_results_go_on(pipe, send)
-        finally:
-            rec.stop(timeout=10)
+        with RecorderProcess(str(path), flush_interval=0.2) as rec, \
+                Pipeline(BIG_CTX, source=None, pool=1) as pipe:
+            assert rec.connect(pipe.output_addr, timeout=30)
+            send = _sender(pipe)
+            for _ in range(2):  # flushed before the disk fills: kept
+                send()
+            deadline_poll(lambda: _count(path, "big") >= 2, 30, "two results flushed")
+            deadline_poll(lambda: send() or rec.proc.poll() is not None, 60,
+                          "the disk to fill up")
+            assert rec.proc.returncode == 3
+            _assert_big_results_go_on(pipe, send)
         err = capfd.readouterr().err
         assert re.search(r"recording to \S+rec\.h5 stopped: the disk is nearly full "
                          r"\(\d+\.\d MiB free", err), err
@@ -733,22 +724,17 @@ def test_a_write_that_fails_stops_the_recorder_in_one_line_and_keeps_the_file(
     from metropc.pipeline import Pipeline
 
     path = tmp_path / "rec.h5"
-    rec = RecorderProcess(str(path), flush_interval=0.2)
-    try:
-        with Pipeline(BIG_CTX, source=None, pool=1) as pipe:
-            assert rec.connect(pipe.output_addr, timeout=30)
-            send = _sender(pipe)
-            deadline_poll(lambda: send() or _count(path, "big") >= 3, 30,
-                          "three results flushed")
-            # From now on the file may grow by 1 MiB (about six more results).
-            limit = path.stat().st_size + (1 << 20)
-            psutil.Process(rec.proc.pid).rlimit(psutil.RLIMIT_FSIZE, (limit, limit))
-            deadline_poll(lambda: send() or rec.proc.poll() is not None, 60,
-                          "a write to fail")
-            assert rec.proc.returncode == 3
-            _assert_big_results_go_on(pipe, send)
-    finally:
-        rec.stop(timeout=10)
+    with RecorderProcess(str(path), flush_interval=0.2) as rec, \
+            Pipeline(BIG_CTX, source=None, pool=1) as pipe:
+        assert rec.connect(pipe.output_addr, timeout=30)
+        send = _sender(pipe)
+        deadline_poll(lambda: send() or _count(path, "big") >= 3, 30, "three results flushed")
+        # From now on the file may grow by 1 MiB (about six more results).
+        limit = path.stat().st_size + (1 << 20)
+        psutil.Process(rec.proc.pid).rlimit(psutil.RLIMIT_FSIZE, (limit, limit))
+        deadline_poll(lambda: send() or rec.proc.poll() is not None, 60, "a write to fail")
+        assert rec.proc.returncode == 3
+        _assert_big_results_go_on(pipe, send)
     err = capfd.readouterr().err
     stopped = [line for line in err.splitlines() if "stopped:" in line]
     assert len(stopped) == 1, err
